@@ -1,0 +1,4 @@
+//! Demo (placeholder).
+pub fn run(_a: &crate::cli::DemoArgs) -> i32 {
+    1
+}

@@ -1,0 +1,55 @@
+//! ringrelay: a single-process Linux daemon that relays many independent data channels on one
+//! io_uring ring, fans each out to many outputs, and publishes decimated samples into shared
+//! memory that external readers attach to.
+//!
+//! ```text
+//!                 +-------------------- one io_uring ring (SQPOLL, registered buffers) -------+
+//!  udp/tcp/unix   |                                                                           |
+//!  input ------>  | Source --read into pool buffer--> Channel --same buffer--> Output (tcp)   |
+//!                 |                                     |      \-----------> Output (udp)   |
+//!                 |                                     |       \----------> Output (file)  |
+//!                 |                                     +--> Decimator --> ShmWriter        |
+//!                 +---------------------------------------------------------------------------+
+//!                                                                   /dev/shm/ringrelay/<channel>
+//!                                                                   <- readers (C, Python, Rust)
+//! ```
+//!
+//! The crate has a hard border between a pure engine and a thin driver:
+//!
+//! * Engine (no `unsafe`, no syscalls, time passed in): [`config`], [`url`], [`units`],
+//!   [`sample`], [`token`], [`backoff`], [`outq`] (per-output queue and slow-output policy),
+//!   [`stats`], [`decimate`], [`shm::layout`].
+//! * Driver (the only `unsafe`): [`ring`] (the one io_uring ring: setup, probing, the one place
+//!   SQEs are pushed), [`pool`] (the registered buffer arena), [`shm::writer`]/[`shm::reader`]
+//!   (the mapped region).
+//! * The event loop [`daemon`] owns the ring, the pool and every [`channel::Channel`]: it turns
+//!   completions into engine calls and engine decisions into submissions.
+//! * Commands: [`cli`] dispatches to [`daemon`] (`run`), [`config`] (`check`), [`gen`], [`probe`],
+//!   [`demo`], [`tail`] and [`stat`].
+#![deny(unsafe_code)]
+
+pub mod backoff;
+pub mod caps;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod decimate;
+pub mod demo;
+pub mod gen;
+pub mod logging;
+pub mod net;
+pub mod outq;
+#[allow(unsafe_code)]
+pub mod pool;
+pub mod probe;
+#[allow(unsafe_code)]
+pub mod ring;
+pub mod sample;
+pub mod shm;
+pub mod stat;
+pub mod stats;
+pub mod tail;
+pub mod token;
+pub mod units;
+pub mod url;

@@ -1,0 +1,4 @@
+//! Probe (placeholder).
+pub fn run(_b: bool) -> i32 {
+    1
+}

@@ -1,0 +1,1 @@
+//! Shared-memory regions of decimated samples: layout, writer and reader.

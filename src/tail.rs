@@ -1,0 +1,4 @@
+//! Tail (placeholder).
+pub fn run(_a: &crate::cli::TailArgs) -> i32 {
+    1
+}
