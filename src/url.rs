@@ -1,1 +1,556 @@
-//! TODO
+//! Endpoint URLs: `udp://HOST:PORT`, `tcp://`, `tcp-listen://`, `unix://`, `unix-listen://`,
+//! `file://`, each followed by space-separated `key=value` options.
+//!
+//! Owns: the syntax of an endpoint and the validation of its options for the role it plays
+//! (input or output). It never resolves names or touches a socket: that is [`crate::net`].
+
+use crate::units::parse_size;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The kind of endpoint a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Udp,
+    Tcp,
+    TcpListen,
+    Unix,
+    UnixListen,
+    File,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Udp => "udp",
+            Scheme::Tcp => "tcp",
+            Scheme::TcpListen => "tcp-listen",
+            Scheme::Unix => "unix",
+            Scheme::UnixListen => "unix-listen",
+            Scheme::File => "file",
+        }
+    }
+
+    /// Stream schemes carry bytes without datagram boundaries.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Scheme::Udp)
+    }
+
+    /// Listening schemes accept connections from peers.
+    pub fn is_listen(self) -> bool {
+        matches!(self, Scheme::TcpListen | Scheme::UnixListen)
+    }
+}
+
+/// Where an endpoint points.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A host (IP literal or name, brackets removed for IPv6) and a port.
+    Inet { host: String, port: u16 },
+    /// A filesystem path (Unix socket or file).
+    Path(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Inet { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Target::Inet { host, port } => write!(f, "{host}:{port}"),
+            Target::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// What a slow output does when its backlog exceeds `max_backlog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnSlow {
+    /// Close the connection (subscribers' default); the peer may reconnect.
+    Disconnect,
+    /// Drop new data for this output and count it (the only mode for UDP outputs).
+    Drop,
+    /// Stop reading the input until the output drains, so nothing is lost.
+    Block,
+}
+
+impl OnSlow {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnSlow::Disconnect => "disconnect",
+            OnSlow::Drop => "drop",
+            OnSlow::Block => "block",
+        }
+    }
+}
+
+/// An address range for `allow=`: `192.168.0.0/16`, `::1/128`, or a bare address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address range (e.g. 192.168.0.0/16)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("'{s}': prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this range. IPv4-mapped IPv6 peers match IPv4 ranges.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                (u32::from(net) & mask) == (u32::from(a) & mask)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                (u128::from(net) & mask) == (u128::from(a) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Typed options; `None` means "the default for this role".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// Multicast group to join (udp input).
+    pub group: Option<IpAddr>,
+    /// Interface name or address for multicast.
+    pub iface: Option<String>,
+    /// SO_RCVBUF for udp inputs.
+    pub rcvbuf: Option<u64>,
+    /// SO_SNDBUF for outputs.
+    pub sndbuf: Option<u64>,
+    /// Peers allowed to connect to a listening endpoint (empty: everyone).
+    pub allow: Vec<Cidr>,
+    pub max_clients: Option<u32>,
+    pub max_backlog: Option<u64>,
+    pub on_slow: Option<OnSlow>,
+    /// File rotation size.
+    pub rotate: Option<u64>,
+    /// Rotated files kept.
+    pub keep: Option<u32>,
+    /// Multicast TTL / unicast hop limit for udp outputs.
+    pub ttl: Option<u32>,
+}
+
+/// A parsed endpoint URL with its options.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    pub target: Target,
+    pub opts: Options,
+}
+
+/// Whether an endpoint is a channel's input or one of its outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Input,
+    Output,
+}
+
+impl Endpoint {
+    /// Parses a URL with options, accepting any known option (see [`Endpoint::parse_for`]).
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        let mut words = s.split_ascii_whitespace();
+        let url = words.next().ok_or("empty endpoint URL")?;
+        let (scheme_s, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("'{url}' is not a URL (e.g. udp://0.0.0.0:5000)"))?;
+        let scheme = match scheme_s {
+            "udp" => Scheme::Udp,
+            "tcp" => Scheme::Tcp,
+            "tcp-listen" => Scheme::TcpListen,
+            "unix" => Scheme::Unix,
+            "unix-listen" => Scheme::UnixListen,
+            "file" => Scheme::File,
+            other => {
+                return Err(format!(
+                    "unknown scheme '{other}://' (udp, tcp, tcp-listen, unix, unix-listen, file)"
+                ))
+            }
+        };
+        let target = match scheme {
+            Scheme::Unix | Scheme::UnixListen | Scheme::File => {
+                if !rest.starts_with('/') {
+                    return Err(format!(
+                        "'{url}' needs an absolute path ({}:///path)",
+                        scheme.name()
+                    ));
+                }
+                if rest.len() > 1 && rest.ends_with('/') {
+                    return Err(format!("'{url}' names a directory, not a file"));
+                }
+                if matches!(scheme, Scheme::Unix | Scheme::UnixListen) && rest.len() > 107 {
+                    return Err(format!("'{url}': a Unix socket path is at most 107 bytes"));
+                }
+                Target::Path(PathBuf::from(rest))
+            }
+            _ => parse_host_port(rest).map_err(|e| format!("'{url}': {e}"))?,
+        };
+        let mut opts = Options::default();
+        for w in words {
+            let (k, v) = w
+                .split_once('=')
+                .ok_or_else(|| format!("option '{w}' must be key=value"))?;
+            if v.is_empty() {
+                return Err(format!("option '{k}' has no value"));
+            }
+            let bad = |e: String| format!("option {k}: {e}");
+            match k {
+                "group" => {
+                    let ip: IpAddr = v
+                        .parse()
+                        .map_err(|_| bad(format!("'{v}' is not an IP address")))?;
+                    if !ip.is_multicast() {
+                        return Err(bad(format!("'{v}' is not a multicast address")));
+                    }
+                    opts.group = Some(ip);
+                }
+                "iface" => opts.iface = Some(v.to_string()),
+                "rcvbuf" => opts.rcvbuf = Some(parse_size(v).map_err(bad)?),
+                "sndbuf" => opts.sndbuf = Some(parse_size(v).map_err(bad)?),
+                "allow" => {
+                    for c in v.split(',') {
+                        opts.allow.push(Cidr::parse(c).map_err(bad)?);
+                    }
+                }
+                "max_clients" => {
+                    opts.max_clients = Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|&n| (1..=65000).contains(&n))
+                            .ok_or_else(|| bad(format!("'{v}' is not a count in 1..=65000")))?,
+                    )
+                }
+                "max_backlog" => {
+                    let n = parse_size(v).map_err(bad)?;
+                    if n == 0 {
+                        return Err(bad("must be more than 0".into()));
+                    }
+                    opts.max_backlog = Some(n)
+                }
+                "on_slow" => {
+                    opts.on_slow = Some(match v {
+                        "disconnect" => OnSlow::Disconnect,
+                        "drop" => OnSlow::Drop,
+                        "block" => OnSlow::Block,
+                        _ => {
+                            return Err(bad(format!("'{v}' is not one of disconnect, drop, block")))
+                        }
+                    })
+                }
+                "rotate" => {
+                    let n = parse_size(v).map_err(bad)?;
+                    if n < 4096 {
+                        return Err(bad("rotation size must be at least 4KiB".into()));
+                    }
+                    opts.rotate = Some(n)
+                }
+                "keep" => {
+                    opts.keep = Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|&n| (1..=1000).contains(&n))
+                            .ok_or_else(|| bad(format!("'{v}' is not a count in 1..=1000")))?,
+                    )
+                }
+                "ttl" => {
+                    opts.ttl = Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|&n| n <= 255)
+                            .ok_or_else(|| bad(format!("'{v}' is not a TTL in 0..=255")))?,
+                    )
+                }
+                _ => return Err(format!("unknown option '{k}'")),
+            }
+        }
+        Ok(Endpoint {
+            scheme,
+            target,
+            opts,
+        })
+    }
+
+    /// Parses and checks that every option makes sense for `role` and this scheme.
+    pub fn parse_for(s: &str, role: Role) -> Result<Endpoint, String> {
+        let ep = Endpoint::parse(s)?;
+        let o = &ep.opts;
+        let sc = ep.scheme;
+        let mut allowed: Vec<&str> = Vec::new();
+        match (role, sc) {
+            (Role::Input, Scheme::File) => {
+                return Err(
+                    "file:// is an output; inputs are udp, tcp, tcp-listen, unix, unix-listen"
+                        .into(),
+                )
+            }
+            (Role::Input, Scheme::Udp) => allowed.extend(["group", "iface", "rcvbuf"]),
+            (Role::Input, Scheme::TcpListen) => allowed.extend(["allow", "rcvbuf"]),
+            (Role::Input, _) => allowed.extend(["rcvbuf"]),
+            (Role::Output, Scheme::Udp) => {
+                allowed.extend(["ttl", "iface", "sndbuf", "on_slow", "max_backlog"])
+            }
+            (Role::Output, Scheme::TcpListen | Scheme::UnixListen) => {
+                allowed.extend(["max_clients", "allow", "max_backlog", "on_slow", "sndbuf"])
+            }
+            (Role::Output, Scheme::File) => {
+                allowed.extend(["rotate", "keep", "max_backlog", "on_slow"])
+            }
+            (Role::Output, _) => allowed.extend(["max_backlog", "on_slow", "sndbuf"]),
+        }
+        if sc == Scheme::UnixListen {
+            allowed.retain(|k| *k != "allow");
+        }
+        let set: [(&str, bool); 11] = [
+            ("group", o.group.is_some()),
+            ("iface", o.iface.is_some()),
+            ("rcvbuf", o.rcvbuf.is_some()),
+            ("sndbuf", o.sndbuf.is_some()),
+            ("allow", !o.allow.is_empty()),
+            ("max_clients", o.max_clients.is_some()),
+            ("max_backlog", o.max_backlog.is_some()),
+            ("on_slow", o.on_slow.is_some()),
+            ("rotate", o.rotate.is_some()),
+            ("keep", o.keep.is_some()),
+            ("ttl", o.ttl.is_some()),
+        ];
+        for (k, present) in set {
+            if present && !allowed.contains(&k) {
+                let role_s = match role {
+                    Role::Input => "an input",
+                    Role::Output => "an output",
+                };
+                return Err(format!(
+                    "option '{k}' does not apply to {} {role_s}",
+                    sc.name()
+                ));
+            }
+        }
+        if role == Role::Output && sc == Scheme::Udp && o.on_slow.is_some_and(|m| m != OnSlow::Drop)
+        {
+            return Err("udp outputs always drop when slow (on_slow=drop)".into());
+        }
+        if sc == Scheme::Udp && role == Role::Input && o.iface.is_some() && o.group.is_none() {
+            return Err("iface= needs group= on a udp input".into());
+        }
+        if let Target::Inet { port: 0, .. } = ep.target {
+            if !(role == Role::Output && sc == Scheme::Tcp) && !sc.is_listen() && sc != Scheme::Udp
+            {
+                return Err("port 0 is only valid for listening or udp input endpoints".into());
+            }
+            if role == Role::Output && matches!(sc, Scheme::Udp | Scheme::Tcp) {
+                return Err("an output needs a destination port other than 0".into());
+            }
+            if role == Role::Input && sc == Scheme::Tcp {
+                return Err("tcp:// input dials a producer: it needs a port other than 0".into());
+            }
+        }
+        Ok(ep)
+    }
+
+    /// The default slow-output policy for this output scheme.
+    pub fn default_on_slow(&self) -> OnSlow {
+        match self.scheme {
+            Scheme::Udp => OnSlow::Drop,
+            Scheme::TcpListen | Scheme::UnixListen => OnSlow::Disconnect,
+            Scheme::Tcp | Scheme::Unix | Scheme::File => OnSlow::Block,
+        }
+    }
+
+    /// The URL without options.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme.name(), self.target)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url())?;
+        let o = &self.opts;
+        if let Some(g) = o.group {
+            write!(f, " group={g}")?;
+        }
+        if let Some(i) = &o.iface {
+            write!(f, " iface={i}")?;
+        }
+        if let Some(n) = o.rcvbuf {
+            write!(f, " rcvbuf={n}")?;
+        }
+        if let Some(n) = o.sndbuf {
+            write!(f, " sndbuf={n}")?;
+        }
+        if !o.allow.is_empty() {
+            let v: Vec<String> = o.allow.iter().map(|c| c.to_string()).collect();
+            write!(f, " allow={}", v.join(","))?;
+        }
+        if let Some(n) = o.max_clients {
+            write!(f, " max_clients={n}")?;
+        }
+        if let Some(n) = o.max_backlog {
+            write!(f, " max_backlog={n}")?;
+        }
+        if let Some(m) = o.on_slow {
+            write!(f, " on_slow={}", m.name())?;
+        }
+        if let Some(n) = o.rotate {
+            write!(f, " rotate={n}")?;
+        }
+        if let Some(n) = o.keep {
+            write!(f, " keep={n}")?;
+        }
+        if let Some(n) = o.ttl {
+            write!(f, " ttl={n}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_host_port(s: &str) -> Result<Target, String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+        let p = p
+            .strip_prefix(':')
+            .ok_or("IPv6 address needs a port: [::1]:5000")?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("'{h}' is not an IPv6 address"));
+        }
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or("needs HOST:PORT")?;
+        if h.contains(':') {
+            return Err("IPv6 addresses go in brackets: [::1]:5000".into());
+        }
+        (h, p)
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%'))
+    {
+        return Err(format!("'{host}' is not a host name or address"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
+    Ok(Target::Inet {
+        host: host.to_string(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_issue_examples() {
+        let e = Endpoint::parse_for("udp://0.0.0.0:5000 group=239.1.1.1 iface=eth0", Role::Input)
+            .unwrap();
+        assert_eq!(e.scheme, Scheme::Udp);
+        assert_eq!(e.opts.group, Some("239.1.1.1".parse().unwrap()));
+        let e = Endpoint::parse_for(
+            "tcp-listen://0.0.0.0:6000 max_backlog=8MiB on_slow=disconnect max_clients=64 allow=192.168.0.0/16",
+            Role::Output,
+        )
+        .unwrap();
+        assert_eq!(e.opts.max_backlog, Some(8 << 20));
+        assert_eq!(e.opts.max_clients, Some(64));
+        assert!(e.opts.allow[0].contains("192.168.3.4".parse().unwrap()));
+        assert!(!e.opts.allow[0].contains("10.0.0.1".parse().unwrap()));
+        let e = Endpoint::parse_for("tcp://collector.example:7000 on_slow=block", Role::Output)
+            .unwrap();
+        assert_eq!(
+            e.target,
+            Target::Inet {
+                host: "collector.example".into(),
+                port: 7000
+            }
+        );
+        let e = Endpoint::parse_for(
+            "file:///var/lib/ringrelay/seismo.raw rotate=256MiB",
+            Role::Output,
+        )
+        .unwrap();
+        assert_eq!(e.opts.rotate, Some(256 << 20));
+        let e = Endpoint::parse_for("udp://[::1]:5000", Role::Input).unwrap();
+        assert_eq!(e.url(), "udp://[::1]:5000");
+    }
+
+    #[test]
+    fn rejects_misuse() {
+        assert!(Endpoint::parse("http://x:1").is_err());
+        assert!(Endpoint::parse("udp://::1:5000").is_err());
+        assert!(Endpoint::parse("udp://host").is_err());
+        assert!(Endpoint::parse("udp://h:99999").is_err());
+        assert!(Endpoint::parse("unix://relative").is_err());
+        assert!(Endpoint::parse("udp://h:1 bogus=1").is_err());
+        assert!(Endpoint::parse("udp://h:1 group=10.0.0.1").is_err());
+        assert!(Endpoint::parse_for("file:///x", Role::Input).is_err());
+        assert!(Endpoint::parse_for("udp://h:1 on_slow=block", Role::Output).is_err());
+        assert!(Endpoint::parse_for("udp://h:1 rotate=1MiB", Role::Output).is_err());
+        assert!(Endpoint::parse_for("tcp://h:0", Role::Output).is_err());
+        assert!(Endpoint::parse_for("unix-listen:///x allow=1.2.3.4", Role::Output).is_err());
+    }
+
+    #[test]
+    fn cidr_edges() {
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(all.contains("::ffff:1.2.3.4".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4/33").is_err());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "tcp-listen://127.0.0.1:6000 allow=10.0.0.0/8 max_clients=3 max_backlog=1024 on_slow=drop",
+            "udp://[::1]:7000 ttl=4",
+            "file:///tmp/x.raw rotate=65536 keep=3",
+        ] {
+            let e = Endpoint::parse(s).unwrap();
+            assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);
+        }
+    }
+}
