@@ -34,6 +34,8 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[allow(unsafe_code)]
+pub mod daemonize;
 pub mod decimate;
 pub mod demo;
 pub mod gen;
