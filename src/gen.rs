@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::GenArgs;
 use crate::sample::SampleType;
+use crate::units::{parse_duration, parse_size};
 
 /// The waveform rate used for synthesis when frames are sent as fast as possible.
 pub const NOMINAL_RATE: f64 = 48000.0;
@@ -476,47 +477,6 @@ impl Conn {
     }
 }
 
-/// Parses a size (`64KiB`, `1GiB`, `4096`).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 64KiB, 1GiB, 4096)"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("'{s}' has an unknown size unit '{unit}'")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large a size"))
-}
-
-/// Parses a duration (`500ms`, `10s`, `2m`; a bare number is seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 10s, 2m)"))?;
-    let d = match unit {
-        "ns" => Duration::from_nanos(n),
-        "us" => Duration::from_micros(n),
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86400)),
-        _ => return Err(format!("'{s}' has an unknown duration unit '{unit}'")),
-    };
-    Ok(d)
-}
-
 /// Turns the command-line arguments into a plan, or a message for the user.
 fn plan(a: &GenArgs, target: &Target) -> Result<Plan, String> {
     let format = SampleType::parse(&a.format)?;
@@ -882,18 +842,6 @@ mod tests {
         h.clear();
         packet_header(0x0102_0304, 2, &mut h);
         assert_eq!(h, vec![3, 4]);
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("1024").unwrap(), 1024);
-        assert_eq!(parse_size("64KiB").unwrap(), 65536);
-        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
-        assert!(parse_size("12 parsecs").is_err());
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("soon").is_err());
     }
 
     fn args(url: &str) -> GenArgs {
