@@ -1,1 +1,247 @@
-//! TODO
+//! One output's queue of pending chunks and its slow-output policy.
+//!
+//! Owns: what an output still has to send, how much of the front chunk already went out (short
+//! writes), and the decision taken when the output falls behind (`on_slow`). Pure: chunks name
+//! pool buffers by index; the caller retains a buffer for every chunk queued and releases the
+//! indices this queue hands back.
+//!
+//! A backlog is measured two ways, and crossing either limit makes the output "slow":
+//! payload bytes (`max_backlog`) and pool buffers held (`max_buffers`), because a queue of
+//! small datagrams pins a whole pool buffer per datagram; without the buffer limit one stuck
+//! subscriber could empty the pool for every other output and channel.
+
+use crate::url::OnSlow;
+use std::collections::VecDeque;
+
+/// A range of a pool buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub buf: u16,
+    pub off: u32,
+    pub len: u32,
+}
+
+/// What `offer` did with a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued; the caller retains the buffer.
+    Queued,
+    /// Queued, and the output is now over its limit: a `block` output asks the channel to stop
+    /// reading its input. The caller retains the buffer.
+    QueuedBlocking,
+    /// Not queued: the output is over its limit and drops (counted).
+    Dropped,
+    /// Not queued: the output is over its limit and must be disconnected.
+    Disconnect,
+}
+
+#[derive(Debug)]
+pub struct OutQueue {
+    items: VecDeque<Chunk>,
+    bytes: u64,
+    sent: u32,
+    pub policy: OnSlow,
+    pub max_bytes: u64,
+    pub max_buffers: usize,
+}
+
+impl OutQueue {
+    pub fn new(policy: OnSlow, max_bytes: u64, max_buffers: usize) -> OutQueue {
+        OutQueue {
+            items: VecDeque::with_capacity(max_buffers + 1),
+            bytes: 0,
+            sent: 0,
+            policy,
+            max_bytes,
+            max_buffers: max_buffers.max(1),
+        }
+    }
+
+    /// Payload bytes not yet handed to the kernel.
+    pub fn backlog(&self) -> u64 {
+        self.bytes - u64::from(self.sent)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn over(&self, extra_bytes: u64, extra_items: usize) -> bool {
+        self.backlog() + extra_bytes > self.max_bytes
+            || self.items.len() + extra_items > self.max_buffers
+    }
+
+    /// Whether the queue is over a limit now.
+    pub fn is_over_limit(&self) -> bool {
+        self.over(0, 0)
+    }
+
+    /// Whether a blocked input may resume: both measures at or below half their limit.
+    pub fn may_resume(&self) -> bool {
+        self.backlog() <= self.max_bytes / 2 && self.items.len() <= self.max_buffers / 2
+    }
+
+    /// Offers a chunk according to the policy.
+    pub fn offer(&mut self, c: Chunk) -> Offer {
+        debug_assert!(c.len > 0);
+        if self.over(u64::from(c.len), 1) {
+            match self.policy {
+                OnSlow::Drop => return Offer::Dropped,
+                OnSlow::Disconnect => return Offer::Disconnect,
+                OnSlow::Block => {
+                    self.push(c);
+                    return Offer::QueuedBlocking;
+                }
+            }
+        }
+        self.push(c);
+        Offer::Queued
+    }
+
+    fn push(&mut self, c: Chunk) {
+        self.bytes += u64::from(c.len);
+        self.items.push_back(c);
+    }
+
+    /// The bytes to send next: the front chunk minus what already went out.
+    pub fn front(&self) -> Option<Chunk> {
+        self.items.front().map(|c| Chunk {
+            buf: c.buf,
+            off: c.off + self.sent,
+            len: c.len - self.sent,
+        })
+    }
+
+    /// Records that `n` bytes of the front went out. Returns the buffer to release when the
+    /// front chunk is complete.
+    pub fn advance(&mut self, n: u32) -> Option<u16> {
+        let front = *self.items.front()?;
+        let left = front.len - self.sent;
+        assert!(n <= left, "advance {n} past the front chunk ({left} left)");
+        self.sent += n;
+        if self.sent == front.len {
+            self.items.pop_front();
+            self.bytes -= u64::from(front.len);
+            self.sent = 0;
+            Some(front.buf)
+        } else {
+            None
+        }
+    }
+
+    /// Drops the whole front chunk (a datagram that failed to send). Returns its buffer.
+    pub fn skip_front(&mut self) -> Option<u16> {
+        let front = self.items.pop_front()?;
+        self.bytes -= u64::from(front.len);
+        self.sent = 0;
+        Some(front.buf)
+    }
+
+    /// Empties the queue, returning every buffer it held.
+    pub fn clear(&mut self) -> Vec<u16> {
+        self.bytes = 0;
+        self.sent = 0;
+        self.items.drain(..).map(|c| c.buf).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn c(buf: u16, len: u32) -> Chunk {
+        Chunk { buf, off: 4, len }
+    }
+
+    #[test]
+    fn short_writes_resume_mid_chunk() {
+        let mut q = OutQueue::new(OnSlow::Block, 1 << 20, 16);
+        assert_eq!(q.offer(c(1, 100)), Offer::Queued);
+        assert_eq!(q.offer(c(2, 50)), Offer::Queued);
+        assert_eq!(q.advance(30), None);
+        assert_eq!(
+            q.front(),
+            Some(Chunk {
+                buf: 1,
+                off: 34,
+                len: 70
+            })
+        );
+        assert_eq!(q.backlog(), 120);
+        assert_eq!(q.advance(70), Some(1));
+        assert_eq!(
+            q.front(),
+            Some(Chunk {
+                buf: 2,
+                off: 4,
+                len: 50
+            })
+        );
+        assert_eq!(q.advance(50), Some(2));
+        assert!(q.is_empty());
+        assert_eq!(q.backlog(), 0);
+    }
+
+    #[test]
+    fn policies_at_the_limit() {
+        for (policy, want) in [
+            (OnSlow::Drop, Offer::Dropped),
+            (OnSlow::Disconnect, Offer::Disconnect),
+            (OnSlow::Block, Offer::QueuedBlocking),
+        ] {
+            let mut q = OutQueue::new(policy, 250, 16);
+            assert_eq!(q.offer(c(1, 100)), Offer::Queued);
+            assert_eq!(q.offer(c(2, 100)), Offer::Queued);
+            assert_eq!(q.offer(c(3, 100)), want, "{policy:?}");
+        }
+        // The buffer limit applies too: tiny datagrams each pin a buffer.
+        let mut q = OutQueue::new(OnSlow::Drop, 1 << 30, 2);
+        assert_eq!(q.offer(c(1, 1)), Offer::Queued);
+        assert_eq!(q.offer(c(2, 1)), Offer::Queued);
+        assert_eq!(q.offer(c(3, 1)), Offer::Dropped);
+    }
+
+    #[test]
+    fn resume_hysteresis() {
+        let mut q = OutQueue::new(OnSlow::Block, 400, 64);
+        for i in 0..5 {
+            q.offer(c(i, 100));
+        }
+        assert!(q.is_over_limit());
+        assert!(!q.may_resume());
+        q.advance(100);
+        q.advance(100);
+        assert!(!q.may_resume());
+        q.advance(100);
+        assert!(q.may_resume());
+    }
+
+    proptest! {
+        /// Whatever the write sizes, every buffer queued comes back exactly once, in order,
+        /// and the backlog accounts for every byte.
+        #[test]
+        fn buffers_come_back_once(lens in proptest::collection::vec(1u32..5000, 1..40),
+                                  writes in proptest::collection::vec(1u32..7000, 1..400)) {
+            let mut q = OutQueue::new(OnSlow::Block, u64::MAX, 1000);
+            for (i, l) in lens.iter().enumerate() {
+                q.offer(c(i as u16, *l));
+            }
+            let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+            let mut back = Vec::new();
+            let mut sent = 0u64;
+            for w in writes.iter().cycle().take(10_000) {
+                let Some(f) = q.front() else { break };
+                let n = (*w).min(f.len);
+                sent += u64::from(n);
+                if let Some(b) = q.advance(n) { back.push(b); }
+                prop_assert_eq!(q.backlog(), total - sent);
+            }
+            prop_assert_eq!(back, (0..lens.len() as u16).collect::<Vec<_>>());
+        }
+    }
+}
