@@ -1,0 +1,795 @@
+//! Relay benchmark: ringrelay side by side with socat and a plain blocking-threads relay, on
+//! loopback, in one run, printing throughput, relay CPU per GB and ratios to the peers.
+//!
+//! Owns: the bench cases and their measurement method. It never touches the daemon's internals:
+//! every relay under test is a separate process (ringrelay, socat, or this bench binary
+//! re-executed as the blocking relay), and its CPU time is what `getrusage(RUSAGE_CHILDREN)`
+//! gains when that one child is reaped, so it covers every thread of the relay (io-wq and
+//! SQPOLL threads included) and nothing else. Sources and sinks are threads of the bench.
+//!
+//! Cases:
+//! * (a) TCP 1-to-1 bulk: a writer pushes `TCP_BYTES` through the relay (input `tcp-listen://`,
+//!   output `tcp://` to a counting sink). Gbit/s from the source's connect to the sink's last
+//!   byte; relay CPU seconds per GB (10^9 bytes).
+//! * (b) UDP 1-to-4 fan-out: one sender sends `UDP_DATAGRAMS` datagrams of 1 KiB as fast as it
+//!   can; four receivers count. Delivered datagrams/s (all four outputs together) and drop %.
+//!   socat has no fan-out, so it sits this case out.
+//! * (c) ringrelay with `sqpoll = on` and `sqpoll = off`, both in (a) and (b).
+//!
+//! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
+//! (smaller volumes, 1 run: for CI). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
+//! name prefix while developing.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Marks warm-up datagrams, which receivers ignore.
+const WARMUP_SEQ: u64 = u64::MAX;
+const DATAGRAM: usize = 1024;
+const RCVBUF: usize = 4 << 20;
+
+/// One relay under test.
+#[derive(Clone, Debug)]
+enum Relay {
+    Ringrelay { sqpoll: &'static str },
+    Socat { buf: usize },
+    Blocking { buf: usize },
+}
+
+impl Relay {
+    fn name(&self) -> String {
+        match self {
+            Relay::Ringrelay { sqpoll } => format!("ringrelay sqpoll={sqpoll}"),
+            Relay::Socat { buf } => format!("socat -b {}", human(*buf)),
+            Relay::Blocking { buf } => format!("blocking {}", human(*buf)),
+        }
+    }
+}
+
+fn human(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{}MiB", n >> 20)
+    } else {
+        format!("{}KiB", n >> 10)
+    }
+}
+
+/// Where a relay reads and writes.
+#[derive(Clone, Debug)]
+enum Wiring {
+    /// The relay listens on `input` for one producer and dials `output`.
+    Tcp {
+        input: SocketAddr,
+        output: SocketAddr,
+    },
+    /// The relay binds `input` and sends every datagram to each of `outputs`.
+    Udp {
+        input: SocketAddr,
+        outputs: Vec<SocketAddr>,
+    },
+}
+
+struct Bench {
+    ringrelay: String,
+    tmp: std::path::PathBuf,
+    seq: u32,
+}
+
+impl Bench {
+    fn spawn(&mut self, relay: &Relay, w: &Wiring) -> io::Result<Child> {
+        let mut cmd = match relay {
+            Relay::Ringrelay { sqpoll } => {
+                self.seq += 1;
+                let path = self.tmp.join(format!(
+                    "relay-bench-{}-{}.conf",
+                    std::process::id(),
+                    self.seq
+                ));
+                let mut conf = format!("[global]\nsqpoll = {sqpoll}\n\n[channel default]\n");
+                match w {
+                    Wiring::Tcp { input, output } => {
+                        conf += &format!("input = tcp-listen://{input}\noutput = tcp://{output}\n")
+                    }
+                    Wiring::Udp { input, outputs } => {
+                        conf += &format!("input = udp://{input}\n");
+                        for o in outputs {
+                            conf += &format!("output = udp://{o}\n");
+                        }
+                    }
+                }
+                std::fs::write(&path, conf)?;
+                let mut c = Command::new(&self.ringrelay);
+                c.arg("run").arg("-c").arg(&path);
+                c.arg("--log-level").arg("warn");
+                c
+            }
+            Relay::Socat { buf } => {
+                let Wiring::Tcp { input, output } = w else {
+                    return Err(io::Error::other("socat has no fan-out"));
+                };
+                let mut c = Command::new("socat");
+                c.arg("-b").arg(buf.to_string());
+                c.arg(format!(
+                    "TCP-LISTEN:{},bind={},reuseaddr",
+                    input.port(),
+                    input.ip()
+                ));
+                c.arg(format!("TCP:{}:{}", output.ip(), output.port()));
+                c
+            }
+            Relay::Blocking { buf } => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg("--blocking-relay").arg(buf.to_string());
+                match w {
+                    Wiring::Tcp { input, output } => {
+                        c.arg("tcp").arg(input.to_string()).arg(output.to_string());
+                    }
+                    Wiring::Udp { input, outputs } => {
+                        c.arg("udp").arg(input.to_string());
+                        c.args(outputs.iter().map(|o| o.to_string()));
+                    }
+                }
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.spawn()
+    }
+}
+
+/// Stops a relay (if it has not exited by itself) and returns its CPU seconds: user + system of
+/// all its threads, from the growth of RUSAGE_CHILDREN across reaping it.
+fn reap(mut child: Child) -> (f64, String) {
+    let before = cpu_children();
+    let pid = Pid::from_raw(child.id() as i32);
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = kill(pid, Signal::SIGTERM);
+        let t = Instant::now();
+        while matches!(child.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(8) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let _ = child.wait();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (cpu_children() - before, err)
+}
+
+fn cpu_children() -> f64 {
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn free_port_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_port_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One measurement.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    /// Gbit/s (TCP) or delivered datagrams/s (UDP).
+    rate: f64,
+    /// CPU s per GB (TCP) or CPU µs per delivered datagram (UDP).
+    cpu: f64,
+    /// Drop % (UDP).
+    drop: f64,
+}
+
+/// Case (a): pushes `total` bytes through the relay; `Err` names what went wrong.
+fn tcp_run(b: &mut Bench, relay: &Relay, total: u64, limit: Duration) -> Result<Sample, String> {
+    let sink = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let output = sink.local_addr().unwrap();
+    let input = free_port_tcp();
+    let w = Wiring::Tcp { input, output };
+    let child = b.spawn(relay, &w).map_err(|e| format!("spawn: {e}"))?;
+    let deadline = Instant::now() + limit;
+
+    let got = Arc::new(AtomicU64::new(0));
+    let end = Arc::new(Mutex::new(None::<Instant>));
+    let abort = Arc::new(AtomicBool::new(false));
+    let sink_thread = {
+        let (got, end, abort) = (Arc::clone(&got), Arc::clone(&end), Arc::clone(&abort));
+        thread::spawn(move || {
+            sink.set_nonblocking(true).unwrap();
+            let mut s = loop {
+                match sink.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) if Instant::now() < deadline && !abort.load(Ordering::Relaxed) => {
+                        thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => return,
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            while n < total && Instant::now() < deadline && !abort.load(Ordering::Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        n += k as u64;
+                        got.store(n, Ordering::Relaxed);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            *end.lock().unwrap() = Some(Instant::now());
+        })
+    };
+
+    // The source: connect once the relay listens, then write as fast as the relay takes it.
+    let connect_by = Instant::now() + Duration::from_secs(10);
+    let mut src = loop {
+        match TcpStream::connect(input) {
+            Ok(s) => break s,
+            Err(_)
+                if Instant::now() < connect_by && !matches!(child_exited(&child), Ok(Some(_))) =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                let (_, err) = reap(child);
+                abort.store(true, Ordering::Relaxed);
+                let _ = sink_thread.join();
+                return Err(format!(
+                    "cannot connect to the relay: {e}; relay said: {}",
+                    err.trim()
+                ));
+            }
+        }
+    };
+    let _ = src.set_write_timeout(Some(Duration::from_millis(200)));
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    let mut fail = None;
+    while sent < total && Instant::now() < deadline {
+        let n = ((total - sent) as usize).min(chunk.len());
+        match src.write(&chunk[..n]) {
+            Ok(k) => sent += k as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                fail = Some(format!("source write: {e}"));
+                break;
+            }
+        }
+    }
+    let _ = src.shutdown(Shutdown::Write);
+    let _ = sink_thread.join();
+    drop(src);
+    let (cpu, err) = reap(child);
+    let n = got.load(Ordering::Relaxed);
+    if n != total {
+        return Err(format!(
+            "sink got {n} of {total} bytes{}{}",
+            fail.map(|f| format!(" ({f})")).unwrap_or_default(),
+            if err.is_empty() {
+                String::new()
+            } else {
+                format!("; relay said: {}", err.trim())
+            }
+        ));
+    }
+    let secs = end
+        .lock()
+        .unwrap()
+        .unwrap()
+        .duration_since(t0)
+        .as_secs_f64();
+    Ok(Sample {
+        rate: total as f64 * 8.0 / secs / 1e9,
+        cpu: cpu / (total as f64 / 1e9),
+        drop: 0.0,
+    })
+}
+
+fn child_exited(c: &Child) -> io::Result<Option<()>> {
+    // `try_wait` needs `&mut`; peek at /proc instead so the child is reaped only by `reap`.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id()))?;
+    Ok(stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .filter(|s| *s == "Z" || *s == "X")
+        .map(|_| ()))
+}
+
+/// Case (b): `count` datagrams of 1 KiB through a 1-to-4 fan-out.
+fn udp_run(b: &mut Bench, relay: &Relay, count: u64, limit: Duration) -> Result<Sample, String> {
+    const OUTS: usize = 4;
+    let mut socks = Vec::new();
+    for _ in 0..OUTS {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        let _ = s.set_recv_buffer_size(RCVBUF);
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let s: UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        socks.push(s);
+    }
+    let outputs: Vec<SocketAddr> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+    let input = free_port_udp();
+    let w = Wiring::Udp {
+        input,
+        outputs: outputs.clone(),
+    };
+    let child = b.spawn(relay, &w).map_err(|e| format!("spawn: {e}"))?;
+    let deadline = Instant::now() + limit;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let warm = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let mut rx = Vec::new();
+    for (i, s) in socks.into_iter().enumerate() {
+        let (done, warm, last) = (Arc::clone(&done), Arc::clone(&warm), Arc::clone(&last));
+        rx.push(thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0u64;
+            let mut seen_warm = false;
+            while !done.load(Ordering::Relaxed) {
+                match s.recv(&mut buf) {
+                    Ok(k) if k >= 8 => {
+                        if u64::from_be_bytes(buf[..8].try_into().unwrap()) == WARMUP_SEQ {
+                            if !seen_warm {
+                                seen_warm = true;
+                                warm.fetch_or(1 << i, Ordering::Relaxed);
+                            }
+                        } else {
+                            n += 1;
+                            if n % 64 == 0 {
+                                *last.lock().unwrap() = Instant::now();
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {}
+                }
+            }
+            n
+        }));
+    }
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    tx.connect(input).unwrap();
+    let mut pkt = vec![0u8; DATAGRAM];
+    // Warm up until every receiver has heard from the relay: it is bound and its outputs work.
+    pkt[..8].copy_from_slice(&WARMUP_SEQ.to_be_bytes());
+    let ready = loop {
+        if warm.load(Ordering::Relaxed) == (1 << OUTS) - 1 {
+            break true;
+        }
+        if Instant::now() >= deadline || matches!(child_exited(&child), Ok(Some(_))) {
+            break false;
+        }
+        let _ = tx.send(&pkt);
+        thread::sleep(Duration::from_millis(20));
+    };
+    if !ready {
+        done.store(true, Ordering::Relaxed);
+        rx.into_iter().for_each(|t| {
+            let _ = t.join();
+        });
+        let (_, err) = reap(child);
+        return Err(format!(
+            "relay never delivered to all outputs: {}",
+            err.trim()
+        ));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    *last.lock().unwrap() = t0;
+    for seq in 0..count {
+        pkt[..8].copy_from_slice(&seq.to_be_bytes());
+        loop {
+            match tx.send(&pkt) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => thread::yield_now(),
+                Err(_) => break,
+            }
+        }
+    }
+    let t_sent = t0.elapsed().as_secs_f64();
+    // Wait until the receivers have been quiet for 300 ms.
+    loop {
+        thread::sleep(Duration::from_millis(50));
+        let quiet = last.lock().unwrap().elapsed();
+        if quiet > Duration::from_millis(300) || Instant::now() >= deadline {
+            break;
+        }
+    }
+    let (cpu, _err) = reap(child);
+    // The relay is gone: take what is left in the receive queues, then stop.
+    thread::sleep(Duration::from_millis(100));
+    done.store(true, Ordering::Relaxed);
+    let got: u64 = rx.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    let secs = last
+        .lock()
+        .unwrap()
+        .duration_since(t0)
+        .as_secs_f64()
+        .max(t_sent);
+    let want = count * OUTS as u64;
+    Ok(Sample {
+        rate: got as f64 / secs,
+        cpu: if got > 0 {
+            cpu * 1e6 / got as f64
+        } else {
+            f64::NAN
+        },
+        drop: 100.0 * (want - got.min(want)) as f64 / want as f64,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Medians of a relay's runs, or why it could not run.
+struct Row {
+    name: String,
+    kind: &'static str,
+    result: Result<Sample, String>,
+}
+
+fn measure(runs: usize, mut f: impl FnMut() -> Result<Sample, String>) -> Result<Sample, String> {
+    let mut ok = Vec::new();
+    let mut last_err = None;
+    for _ in 0..runs {
+        match f() {
+            Ok(s) => ok.push(s),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if ok.is_empty() {
+        return Err(last_err.unwrap_or_else(|| "no runs".into()));
+    }
+    Ok(Sample {
+        rate: median(ok.iter().map(|s| s.rate).collect()),
+        cpu: median(ok.iter().map(|s| s.cpu).collect()),
+        drop: median(ok.iter().map(|s| s.drop).collect()),
+    })
+}
+
+fn print_table(title: &str, rate_h: &str, cpu_h: &str, with_drop: bool, rows: &[Row]) {
+    println!("\n{title}");
+    let drop_h = if with_drop { "    drop %" } else { "" };
+    println!("  {:<24} {:>14} {:>16}{drop_h}", "relay", rate_h, cpu_h);
+    for r in rows {
+        match &r.result {
+            Ok(s) => {
+                let d = if with_drop {
+                    format!(" {:>9.2}", s.drop)
+                } else {
+                    String::new()
+                };
+                println!("  {:<24} {:>14.3} {:>16.3}{d}", r.name, s.rate, s.cpu);
+            }
+            Err(e) => println!("  {:<24} not measured: {e}", r.name),
+        }
+    }
+    // Ratios of each ringrelay row to each peer: rate (higher is better) and CPU (lower is better).
+    let ours: Vec<&Row> = rows.iter().filter(|r| r.kind == "ringrelay").collect();
+    let peers: Vec<&Row> = rows.iter().filter(|r| r.kind != "ringrelay").collect();
+    for o in &ours {
+        let Ok(os) = &o.result else { continue };
+        for p in &peers {
+            let Ok(ps) = &p.result else { continue };
+            let mut line = format!(
+                "  {} / {}: {} x{:.2}, CPU x{:.2}",
+                o.name,
+                p.name,
+                if with_drop {
+                    "delivered/s"
+                } else {
+                    "throughput"
+                },
+                os.rate / ps.rate,
+                os.cpu / ps.cpu
+            );
+            if with_drop {
+                line += &format!(", drop {:.2}% vs {:.2}%", os.drop, ps.drop);
+            }
+            println!("{line}");
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{date}, {cpu}, {cores} cores, Linux {kernel}")
+}
+
+fn have_socat() -> Result<(), String> {
+    let found = || {
+        Command::new("socat")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found() {
+        return Ok(());
+    }
+    eprintln!("relay bench: socat not found, trying apt-get install -y socat");
+    let _ = Command::new("timeout")
+        .args(["180", "apt-get", "install", "-y", "socat"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if found() {
+        Ok(())
+    } else {
+        Err("socat is not installed and apt-get install socat failed".into())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--blocking-relay") {
+        std::process::exit(blocking::main(&args[2..]));
+    }
+    let quick = std::env::var("RELAY_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+    let only: Option<Vec<String>> = std::env::var("RELAY_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let (runs, tcp_bytes, udp_count) = if quick {
+        (1, 256u64 << 20, 50_000u64)
+    } else {
+        (3, 2u64 << 30, 200_000u64)
+    };
+    let limit = Duration::from_secs(if quick { 20 } else { 120 });
+
+    let socat = have_socat();
+    let mut relays = vec![
+        Relay::Ringrelay { sqpoll: "off" },
+        Relay::Ringrelay { sqpoll: "on" },
+        Relay::Socat { buf: 8192 },
+        Relay::Socat { buf: 1 << 20 },
+        Relay::Blocking { buf: 64 << 10 },
+        Relay::Blocking { buf: 1 << 20 },
+    ];
+    if let Some(only) = &only {
+        relays.retain(|r| only.iter().any(|o| r.name().starts_with(o.as_str())));
+    }
+    let mut b = Bench {
+        ringrelay: env!("CARGO_BIN_EXE_ringrelay").to_string(),
+        tmp: std::env::temp_dir(),
+        seq: 0,
+    };
+
+    println!(
+        "ringrelay relay bench ({}), loopback",
+        if quick { "quick" } else { "full" }
+    );
+    println!("machine: {}", machine());
+    println!(
+        "{} run(s) per cell, medians; TCP {} MiB per run, UDP {} datagrams of {} B per run",
+        runs,
+        tcp_bytes >> 20,
+        udp_count,
+        DATAGRAM
+    );
+
+    let kind = |r: &Relay| match r {
+        Relay::Ringrelay { .. } => "ringrelay",
+        Relay::Socat { .. } => "socat",
+        Relay::Blocking { .. } => "blocking",
+    };
+    let mut tcp_rows = Vec::new();
+    for r in &relays {
+        let result = match (r, &socat) {
+            (Relay::Socat { .. }, Err(e)) => Err(e.clone()),
+            _ => measure(runs, || tcp_run(&mut b, r, tcp_bytes, limit)),
+        };
+        tcp_rows.push(Row {
+            name: r.name(),
+            kind: kind(r),
+            result,
+        });
+    }
+    print_table(
+        "(a) TCP 1-to-1 bulk",
+        "Gbit/s",
+        "CPU s/GB",
+        false,
+        &tcp_rows,
+    );
+
+    let mut udp_rows = Vec::new();
+    for r in relays.iter().filter(|r| !matches!(r, Relay::Socat { .. })) {
+        udp_rows.push(Row {
+            name: r.name(),
+            kind: kind(r),
+            result: measure(runs, || udp_run(&mut b, r, udp_count, limit)),
+        });
+    }
+    print_table(
+        "(b) UDP 1-to-4 fan-out, 1 KiB datagrams (socat: no fan-out)",
+        "delivered/s",
+        "CPU us/dgram",
+        true,
+        &udp_rows,
+    );
+    println!(
+        "\n(c) sqpoll: compare the ringrelay sqpoll=on and sqpoll=off rows above; on a 2-core box \
+         the SQPOLL thread competes with the load generator."
+    );
+}
+
+/// The plain blocking-threads relay the bench compares with: std blocking sockets, one thread
+/// per output when fanning out, a fixed buffer size. Run as `BENCH --blocking-relay BUF tcp IN
+/// OUT` or `BENCH --blocking-relay BUF udp IN OUT...`.
+mod blocking {
+    use super::*;
+
+    pub fn main(args: &[String]) -> i32 {
+        let run = || -> io::Result<()> {
+            let buf: usize = args[0].parse().map_err(io::Error::other)?;
+            let addr = |s: &String| s.parse::<SocketAddr>().map_err(io::Error::other);
+            let input = addr(&args[2])?;
+            let outputs: Vec<SocketAddr> = args[3..].iter().map(addr).collect::<Result<_, _>>()?;
+            match args[1].as_str() {
+                "tcp" => tcp(buf, input, &outputs),
+                "udp" => udp(buf, input, &outputs),
+                k => Err(io::Error::other(format!("unknown kind {k}"))),
+            }
+        };
+        match run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("blocking relay: {e}");
+                1
+            }
+        }
+    }
+
+    fn tcp(buf: usize, input: SocketAddr, outputs: &[SocketAddr]) -> io::Result<()> {
+        let l = TcpListener::bind(input)?;
+        let (mut src, _) = l.accept()?;
+        let mut outs: Vec<TcpStream> = outputs
+            .iter()
+            .map(TcpStream::connect)
+            .collect::<Result<_, _>>()?;
+        let mut b = vec![0u8; buf];
+        if outs.len() == 1 {
+            // 1-to-1: one thread, read then write.
+            let out = &mut outs[0];
+            loop {
+                let n = src.read(&mut b)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&b[..n])?;
+            }
+            out.shutdown(Shutdown::Write)?;
+            return Ok(());
+        }
+        let mut txs: Vec<SyncSender<Arc<[u8]>>> = Vec::new();
+        let mut joins = Vec::new();
+        for mut o in outs {
+            let (tx, rx) = sync_channel::<Arc<[u8]>>(16);
+            txs.push(tx);
+            joins.push(thread::spawn(move || {
+                for chunk in rx {
+                    if o.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                let _ = o.shutdown(Shutdown::Write);
+            }));
+        }
+        loop {
+            let n = src.read(&mut b)?;
+            if n == 0 {
+                break;
+            }
+            let chunk: Arc<[u8]> = Arc::from(&b[..n]);
+            for tx in &txs {
+                let _ = tx.send(Arc::clone(&chunk));
+            }
+        }
+        drop(txs);
+        joins.into_iter().for_each(|j| {
+            let _ = j.join();
+        });
+        Ok(())
+    }
+
+    fn udp(buf: usize, input: SocketAddr, outputs: &[SocketAddr]) -> io::Result<()> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = s.set_recv_buffer_size(RCVBUF);
+        s.bind(&input.into())?;
+        let s: UdpSocket = s.into();
+        let mut txs: Vec<SyncSender<Arc<[u8]>>> = Vec::new();
+        for o in outputs {
+            let (tx, rx) = sync_channel::<Arc<[u8]>>(4096);
+            let out = UdpSocket::bind("127.0.0.1:0")?;
+            out.connect(o)?;
+            txs.push(tx);
+            thread::spawn(move || {
+                for d in rx {
+                    let _ = out.send(&d);
+                }
+            });
+        }
+        let mut b = vec![0u8; buf.min(65536)];
+        loop {
+            let n = s.recv(&mut b)?;
+            let d: Arc<[u8]> = Arc::from(&b[..n]);
+            for tx in &txs {
+                // A full queue drops, as a UDP relay must rather than stall the input.
+                if let Err(TrySendError::Disconnected(_)) = tx.try_send(Arc::clone(&d)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
