@@ -1,1 +1,181 @@
-//! TODO
+//! What the running kernel's io_uring offers and which paths the daemon chose.
+//!
+//! Owns: the record of probed features (found by the ring driver at start) and its human
+//! report, printed by `ringrelay probe` and logged at start. Pure.
+
+use std::fmt;
+
+#[derive(Clone, Debug, Default)]
+pub struct Caps {
+    /// `uname -r` and `uname -m` of the running kernel.
+    pub kernel: String,
+    pub machine: String,
+    /// The Linux 5.10 feature set was forced (`features = baseline`).
+    pub baseline: bool,
+    /// The ring runs with a kernel submission-polling thread.
+    pub sqpoll: bool,
+    /// Why SQPOLL is off, when it was wanted.
+    pub sqpoll_note: Option<String>,
+    /// Whether the poll thread was seen running (`iou-sqp-*` thread, Linux 5.12+).
+    pub sqpoll_thread_seen: Option<bool>,
+    /// The pool is registered as fixed buffers.
+    pub registered_buffers: bool,
+    /// Why it is not.
+    pub registered_note: Option<String>,
+    /// Multishot accept (5.19+), found by trial.
+    pub multishot_accept: bool,
+    /// Setup feature bits.
+    pub feat_nodrop: bool,
+    pub feat_submit_stable: bool,
+    pub feat_fast_poll: bool,
+    pub feat_sqpoll_nonfixed: bool,
+    pub feat_ext_arg: bool,
+    pub feat_native_workers: bool,
+    pub feat_cqe_skip: bool,
+    /// Opcodes by name and whether the kernel has them.
+    pub ops: Vec<(&'static str, bool)>,
+    /// Ring entries granted.
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    /// RLIMIT_MEMLOCK soft limit in bytes (None: unlimited).
+    pub memlock: Option<u64>,
+}
+
+impl Caps {
+    pub fn has_op(&self, name: &str) -> bool {
+        self.ops.iter().any(|(n, ok)| *n == name && *ok)
+    }
+
+    /// A 32-bit ARM kernel, where user-allocated provided-buffer rings crashed the kernel.
+    pub fn is_arm32_kernel(&self) -> bool {
+        self.machine.starts_with("armv")
+    }
+
+    /// One line for the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}{}",
+            self.kernel,
+            self.machine,
+            on_off(self.sqpoll),
+            on_off(self.registered_buffers),
+            on_off(self.multishot_accept),
+            if self.baseline {
+                " (baseline feature set forced)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+impl fmt::Display for Caps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "kernel            {} {}", self.kernel, self.machine)?;
+        writeln!(
+            f,
+            "ring              {} SQ / {} CQ entries",
+            self.sq_entries, self.cq_entries
+        )?;
+        writeln!(
+            f,
+            "feature set       {}",
+            if self.baseline {
+                "baseline (Linux 5.10)"
+            } else {
+                "auto (probed)"
+            }
+        )?;
+        writeln!(f, "setup features:")?;
+        for (n, v, since) in [
+            ("NODROP", self.feat_nodrop, "5.5"),
+            ("SUBMIT_STABLE", self.feat_submit_stable, "5.5"),
+            ("FAST_POLL", self.feat_fast_poll, "5.7"),
+            ("SQPOLL_NONFIXED", self.feat_sqpoll_nonfixed, "5.11"),
+            ("EXT_ARG", self.feat_ext_arg, "5.11"),
+            ("NATIVE_WORKERS", self.feat_native_workers, "5.12"),
+            ("CQE_SKIP", self.feat_cqe_skip, "5.17"),
+        ] {
+            writeln!(f, "  {n:<18} {:<4} (mainline {since})", yes_no(v))?;
+        }
+        writeln!(f, "opcodes:")?;
+        for (n, v) in &self.ops {
+            writeln!(f, "  {n:<18} {}", yes_no(*v))?;
+        }
+        writeln!(f, "paths the daemon uses:")?;
+        let sq = if self.sqpoll {
+            match self.sqpoll_thread_seen {
+                Some(true) => "on (poll thread running)".to_string(),
+                Some(false) => "on (poll thread not seen)".to_string(),
+                None => "on".to_string(),
+            }
+        } else {
+            format!(
+                "off{}",
+                self.sqpoll_note
+                    .as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            )
+        };
+        writeln!(f, "  submission        SQPOLL {sq}")?;
+        let rb = if self.registered_buffers {
+            "registered (READ_FIXED / WRITE_FIXED)".to_string()
+        } else {
+            format!(
+                "plain READ / WRITE{}",
+                self.registered_note
+                    .as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            )
+        };
+        writeln!(f, "  buffers           {rb}")?;
+        writeln!(
+            f,
+            "  accept            {}",
+            if self.multishot_accept {
+                "multishot ACCEPT"
+            } else {
+                "single-shot ACCEPT, re-armed per connection"
+            }
+        )?;
+        writeln!(
+            f,
+            "  udp receive       RECV with MSG_TRUNC into pool buffers, several in flight"
+        )?;
+        writeln!(
+            f,
+            "  stream receive    one read in flight per input, into a pool buffer"
+        )?;
+        writeln!(
+            f,
+            "  output            one write in flight per output, short writes resubmitted"
+        )?;
+        writeln!(
+            f,
+            "  connect           non-blocking connect + POLL_ADD(POLLOUT)"
+        )?;
+        match self.memlock {
+            Some(m) => writeln!(f, "memlock limit     {}", crate::units::format_size(m))?,
+            None => writeln!(f, "memlock limit     unlimited")?,
+        }
+        Ok(())
+    }
+}

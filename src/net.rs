@@ -1,1 +1,330 @@
-//! TODO
+//! Socket and file creation for endpoints: resolve, bind, listen, join multicast groups,
+//! start non-blocking connects, open output files.
+//!
+//! Owns: every socket option the daemon sets. Data never passes through here: once created, a
+//! descriptor is driven only through the ring. Sockets stay blocking (io_uring polls them
+//! internally); only a connect in progress is non-blocking, and it is switched back once it
+//! completes.
+
+use crate::url::{Endpoint, Target};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// Default receive buffer asked for on UDP inputs (the kernel caps it at net.core.rmem_max).
+pub const DEFAULT_UDP_RCVBUF: usize = 4 << 20;
+
+/// Resolves HOST:PORT to one address (IP literals never touch the resolver).
+pub fn resolve(ep: &Endpoint) -> io::Result<SocketAddr> {
+    match &ep.target {
+        Target::Inet { host, port } => {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                return Ok(SocketAddr::new(ip, *port));
+            }
+            (host.as_str(), *port)
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))
+        }
+        Target::Path(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an internet endpoint",
+        )),
+    }
+}
+
+fn path_of(ep: &Endpoint) -> io::Result<&Path> {
+    match &ep.target {
+        Target::Path(p) => Ok(p),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a path endpoint",
+        )),
+    }
+}
+
+fn into_fd(s: Socket) -> OwnedFd {
+    // SAFETY: into_raw_fd hands over sole ownership of a valid descriptor.
+    OwnedFd::from(s)
+}
+
+fn iface_index(name: &str) -> io::Result<u32> {
+    nix::net::if_::if_nametoindex(name).map_err(io::Error::from)
+}
+
+/// The first IPv4 address of an interface, for IP_MULTICAST_IF by name.
+fn iface_ipv4(name: &str) -> io::Result<Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    for a in addrs {
+        if a.interface_name != name {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|x| x.as_sockaddr_in()) {
+            return Ok(sin.ip());
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("interface {name} has no IPv4 address"),
+    ))
+}
+
+/// Binds a UDP input, joining its multicast group if it has one.
+pub fn udp_input(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
+    let addr = resolve(ep)?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    let rcv = ep
+        .opts
+        .rcvbuf
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_UDP_RCVBUF);
+    let _ = s.set_recv_buffer_size(rcv);
+    if let Some(group) = ep.opts.group {
+        // Several listeners of one group on one host need the port shared.
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&SockAddr::from(addr))?;
+        match group {
+            IpAddr::V4(g) => {
+                let iface = match ep.opts.iface.as_deref() {
+                    None => socket2::InterfaceIndexOrAddress::Index(0),
+                    Some(i) => match i.parse::<Ipv4Addr>() {
+                        Ok(a) => socket2::InterfaceIndexOrAddress::Address(a),
+                        Err(_) => socket2::InterfaceIndexOrAddress::Index(iface_index(i)?),
+                    },
+                };
+                s.join_multicast_v4_n(&g, &iface)?;
+                // Only this socket's group, not every group any socket on the host joined.
+                let _ = s.set_multicast_all_v4(false);
+            }
+            IpAddr::V6(g) => {
+                let idx = match ep.opts.iface.as_deref() {
+                    None => 0,
+                    Some(i) => iface_index(i)?,
+                };
+                s.join_multicast_v6(&g, idx)?;
+                let _ = s.set_multicast_all_v6(false);
+            }
+        }
+    } else {
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&SockAddr::from(addr))?;
+    }
+    let local = s.local_addr()?.as_socket().unwrap_or(addr);
+    Ok((into_fd(s), local))
+}
+
+/// Binds and listens on TCP.
+pub fn tcp_listen(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
+    let addr = resolve(ep)?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(1024)?;
+    let local = s.local_addr()?.as_socket().unwrap_or(addr);
+    Ok((into_fd(s), local))
+}
+
+/// Binds and listens on a Unix stream socket, replacing a stale socket file (never any other
+/// kind of file).
+pub fn unix_listen(ep: &Endpoint) -> io::Result<OwnedFd> {
+    let path = path_of(ep)?;
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if md.file_type().is_socket() {
+            // A live listener answers a connect; a stale file from a crash does not.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "path exists and is not a socket",
+            ));
+        }
+    }
+    let s = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+    s.bind(&SockAddr::unix(path)?)?;
+    s.listen(1024)?;
+    Ok(into_fd(s))
+}
+
+/// Outcome of starting a connect.
+pub struct Dialing {
+    pub fd: OwnedFd,
+    /// The connect is in progress: wait for POLLOUT, then [`finish_connect`].
+    pub in_progress: bool,
+}
+
+/// Starts a non-blocking connect to a TCP or Unix endpoint.
+pub fn dial(ep: &Endpoint, sndbuf: Option<u64>) -> io::Result<Dialing> {
+    let (s, addr) = match &ep.target {
+        Target::Inet { .. } => {
+            let a = resolve(ep)?;
+            let s = Socket::new(Domain::for_address(a), Type::STREAM.cloexec(), None)?;
+            let _ = s.set_tcp_nodelay(true);
+            (s, SockAddr::from(a))
+        }
+        Target::Path(p) => (
+            Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?,
+            SockAddr::unix(p)?,
+        ),
+    };
+    if let Some(n) = sndbuf {
+        let _ = s.set_send_buffer_size(n as usize);
+    }
+    s.set_nonblocking(true)?;
+    let in_progress = match s.connect(&addr) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => true, // Unix backlog full
+        Err(e) => return Err(e),
+    };
+    if !in_progress {
+        s.set_nonblocking(false)?;
+    }
+    Ok(Dialing {
+        fd: into_fd(s),
+        in_progress,
+    })
+}
+
+/// After POLLOUT on a connecting socket: the connect's result, and the socket made blocking.
+pub fn finish_connect(fd: RawFd) -> io::Result<()> {
+    // SAFETY: borrow the descriptor for the duration of this call without taking ownership.
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    if let Some(e) = s.take_error()? {
+        return Err(e);
+    }
+    // A Unix connect that returned EAGAIN is not connected yet: peer_addr tells.
+    s.peer_addr()?;
+    s.set_nonblocking(false)?;
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn unsafe_socket(fd: RawFd) -> Socket {
+    // SAFETY: callers wrap the result in ManuallyDrop, so the descriptor (owned elsewhere) is
+    // only borrowed.
+    unsafe { Socket::from_raw_fd(fd) }
+}
+
+/// Creates a connected UDP socket for an output (unicast or multicast).
+pub fn udp_output(ep: &Endpoint) -> io::Result<OwnedFd> {
+    let addr = resolve(ep)?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    if let Some(n) = ep.opts.sndbuf {
+        let _ = s.set_send_buffer_size(n as usize);
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_multicast() => {
+            s.set_multicast_ttl_v4(ep.opts.ttl.unwrap_or(1))?;
+            s.set_multicast_loop_v4(true)?;
+            if let Some(i) = ep.opts.iface.as_deref() {
+                match i.parse::<Ipv4Addr>() {
+                    Ok(a) => s.set_multicast_if_v4(&a)?,
+                    Err(_) => s.set_multicast_if_v4(&iface_ipv4(i)?)?,
+                }
+            }
+        }
+        IpAddr::V6(ip) if ip.is_multicast() => {
+            s.set_multicast_hops_v6(ep.opts.ttl.unwrap_or(1))?;
+            s.set_multicast_loop_v6(true)?;
+            if let Some(i) = ep.opts.iface.as_deref() {
+                s.set_multicast_if_v6(iface_index(i)?)?;
+            }
+        }
+        IpAddr::V4(_) => {
+            if let Some(t) = ep.opts.ttl {
+                s.set_ttl_v4(t)?;
+            }
+        }
+        IpAddr::V6(_) => {
+            if let Some(t) = ep.opts.ttl {
+                s.set_unicast_hops_v6(t)?;
+            }
+        }
+    }
+    s.connect(&SockAddr::from(addr))?;
+    Ok(into_fd(s))
+}
+
+/// Opens an output file for appending (created 0644 if missing).
+pub fn open_append(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    Ok(OwnedFd::from(f))
+}
+
+/// The peer address of an accepted socket, if it has an IP one.
+pub fn peer_ip(fd: RawFd) -> Option<IpAddr> {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    s.peer_addr().ok()?.as_socket().map(|a| a.ip())
+}
+
+/// The peer of an accepted socket, for logs.
+pub fn peer_name(fd: RawFd) -> String {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    match s.peer_addr() {
+        Ok(a) => match a.as_socket() {
+            Some(sa) => sa.to_string(),
+            None => "unix peer".into(),
+        },
+        Err(_) => "unknown peer".into(),
+    }
+}
+
+/// Shuts a socket down in both directions: wakes any pending receive with 0 and sends FIN.
+pub fn shutdown(fd: RawFd) {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Sets the send buffer of an accepted socket.
+pub fn set_sndbuf(fd: RawFd, n: u64) {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    let _ = s.set_send_buffer_size(n as usize);
+}
+
+/// Takes ownership of a descriptor the kernel returned (accept).
+#[allow(unsafe_code)]
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by accept through the ring and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Releases an OwnedFd into a raw descriptor (for handing to a child process, etc.).
+pub fn into_raw(fd: OwnedFd) -> RawFd {
+    fd.into_raw_fd()
+}
+
+/// Raw descriptor of an owned one.
+pub fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}

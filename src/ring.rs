@@ -1,1 +1,579 @@
-//! TODO
+//! The one io_uring ring: setup with SQPOLL, feature probing, fixed-buffer registration, the one
+//! place submissions are pushed, and the reaping of completions.
+//!
+//! Owns: the ring and the buffer pool (so the pool outlives every submission that points into
+//! it). Nothing else in the daemon calls into io_uring. It never interprets a completion:
+//! [`crate::daemon`] does, through the [`crate::token::Token`] in `user_data`.
+//!
+//! Safety argument for [`Ring::push`], the only place an SQE is handed to the kernel: every
+//! pointer an SQE carries refers either to (a) the pool arena, which is mapped for the life of
+//! the `Ring` and whose buffers the caller has put in the `Kernel` state (reads) or holds a
+//! reference to until the completion (writes), or (b) storage boxed inside the `Ring` itself
+//! (the timer's timespec and the signal pipe's read buffer), allocated once and never moved or
+//! freed while the ring lives. File descriptors are kept open by their owners until every
+//! operation on them has completed (the daemon counts in-flight operations per endpoint). On
+//! drop, the ring cancels what is still in flight and waits for those completions, and if any
+//! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
+
+use crate::caps::Caps;
+use crate::config::SqpollMode;
+use crate::outq::Chunk;
+use crate::pool::{BufId, BufferPool};
+use crate::token::{OpKind, Token};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// How to build the ring.
+#[derive(Clone, Debug)]
+pub struct RingOptions {
+    pub entries: u32,
+    pub sqpoll: SqpollMode,
+    pub sqpoll_idle_ms: u32,
+    pub sqpoll_cpu: Option<u32>,
+    pub baseline: bool,
+    pub buffer_size: u32,
+    pub buffer_count: u32,
+    /// Try multishot accept (skipped by `probe` when only reporting).
+    pub trial_multishot: bool,
+}
+
+/// One completion, copied out of the ring.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion {
+    pub user_data: u64,
+    pub res: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    /// More completions will follow for the same submission (multishot).
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+}
+
+/// An operation to submit. Buffers are named by pool index; the ring turns them into addresses.
+#[derive(Clone, Copy, Debug)]
+pub enum Sqe {
+    /// Receive one datagram into `buf` at `off`; with MSG_TRUNC the result is the datagram's
+    /// real length even when it did not fit.
+    RecvDatagram {
+        fd: RawFd,
+        buf: BufId,
+        off: u32,
+        len: u32,
+    },
+    /// Read the next bytes of a stream into `buf` at `off`.
+    ReadStream {
+        fd: RawFd,
+        buf: BufId,
+        off: u32,
+        len: u32,
+    },
+    /// Send a chunk on a socket or append it to a file.
+    Write {
+        fd: RawFd,
+        chunk: Chunk,
+        socket: bool,
+    },
+    /// Accept a connection (multishot where the kernel has it and the caller asks).
+    Accept { fd: RawFd, multishot: bool },
+    /// Wait until `fd` is writable (a non-blocking connect finished).
+    PollOut { fd: RawFd },
+    /// The periodic timer (100 ms).
+    Tick,
+    /// Read from the signal pipe.
+    ReadSignal { fd: RawFd },
+    /// Cancel the operation tagged `user_data`.
+    Cancel { user_data: u64 },
+}
+
+/// Period of the daemon's timer.
+pub const TICK: Duration = Duration::from_millis(100);
+
+pub struct Ring {
+    // Field order matters: the ring is dropped before the pool it points into.
+    uring: IoUring,
+    pool: BufferPool,
+    tick: Box<types::Timespec>,
+    sigbuf: Box<[u8; 64]>,
+    overflow: VecDeque<squeue::Entry>,
+    in_flight: usize,
+    pub caps: Caps,
+}
+
+fn uname() -> (String, String) {
+    let u = nix::sys::utsname::uname();
+    match u {
+        Ok(u) => (
+            u.release().to_string_lossy().into_owned(),
+            u.machine().to_string_lossy().into_owned(),
+        ),
+        Err(_) => ("unknown".into(), "unknown".into()),
+    }
+}
+
+/// RLIMIT_MEMLOCK soft limit; `None` when unlimited.
+pub fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
+    if rc != 0 || r.rlim_cur == libc::RLIM_INFINITY {
+        None
+    } else {
+        Some(r.rlim_cur as u64)
+    }
+}
+
+fn setup_error(e: io::Error, what: &str) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => format!(
+            "{what}: io_uring is not available (ENOSYS): the kernel is older than 5.10 or built \
+             without io_uring, this is an emulator (qemu-user), or a seccomp filter blocks it \
+             (Docker's default profile does: run with a profile that allows io_uring_setup, \
+             io_uring_enter and io_uring_register)"
+        ),
+        Some(libc::EPERM) => format!(
+            "{what}: io_uring is disabled (EPERM): check `sysctl kernel.io_uring_disabled` \
+             (0 enables it for everyone, 2 disables it) or the container's policy"
+        ),
+        Some(libc::ENOMEM) => format!(
+            "{what}: not enough locked memory for the ring (ENOMEM): kernels before 5.12 \
+             charge rings to RLIMIT_MEMLOCK (now {}); raise it with `ulimit -l` or \
+             LimitMEMLOCK= in the systemd unit, or lower ring_entries",
+            memlock_limit()
+                .map(crate::units::format_size)
+                .unwrap_or_else(|| "unlimited".into())
+        ),
+        _ => format!("{what}: {e}"),
+    }
+}
+
+fn build(
+    opts: &RingOptions,
+    sqpoll: bool,
+    modern_flags: bool,
+) -> io::Result<IoUring<squeue::Entry, cqueue::Entry>> {
+    let mut b = IoUring::<squeue::Entry, cqueue::Entry>::builder();
+    b.setup_cqsize(opts.entries * 4);
+    if sqpoll {
+        b.setup_sqpoll(opts.sqpoll_idle_ms);
+        if let Some(cpu) = opts.sqpoll_cpu {
+            b.setup_sqpoll_cpu(cpu);
+        }
+    } else if modern_flags {
+        b.setup_coop_taskrun().setup_taskrun_flag();
+    }
+    b.build(opts.entries)
+}
+
+fn sqpoll_thread_running() -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    rd.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("comm"))
+            .map(|c| c.starts_with("iou-sqp"))
+            .unwrap_or(false)
+    })
+}
+
+const OPS: &[(&str, u8)] = &[
+    ("READ_FIXED", opcode::ReadFixed::CODE),
+    ("WRITE_FIXED", opcode::WriteFixed::CODE),
+    ("POLL_ADD", opcode::PollAdd::CODE),
+    ("TIMEOUT", opcode::Timeout::CODE),
+    ("ACCEPT", opcode::Accept::CODE),
+    ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+    ("CONNECT", opcode::Connect::CODE),
+    ("READ", opcode::Read::CODE),
+    ("WRITE", opcode::Write::CODE),
+    ("SEND", opcode::Send::CODE),
+    ("RECV", opcode::Recv::CODE),
+    ("SPLICE", opcode::Splice::CODE),
+    ("TEE", opcode::Tee::CODE),
+    ("PROVIDE_BUFFERS", opcode::ProvideBuffers::CODE),
+    ("SHUTDOWN", opcode::Shutdown::CODE),
+    ("SOCKET", opcode::Socket::CODE),
+    ("SEND_ZC", opcode::SendZc::CODE),
+];
+
+/// Operations the daemon cannot run without.
+const REQUIRED: &[&str] = &[
+    "READ_FIXED",
+    "WRITE_FIXED",
+    "POLL_ADD",
+    "TIMEOUT",
+    "ACCEPT",
+    "ASYNC_CANCEL",
+    "READ",
+    "WRITE",
+    "SEND",
+    "RECV",
+];
+
+impl Ring {
+    /// Builds the ring, probes the kernel, maps and registers the buffer pool.
+    pub fn new(opts: &RingOptions) -> Result<Ring, String> {
+        let (kernel, machine) = uname();
+        let mut caps = Caps {
+            kernel,
+            machine,
+            baseline: opts.baseline,
+            memlock: memlock_limit(),
+            ..Caps::default()
+        };
+        let want_sqpoll = opts.sqpoll != SqpollMode::Off;
+        let mut uring = None;
+        if want_sqpoll {
+            match build(opts, true, false) {
+                Ok(r) if !r.params().is_feature_sqpoll_nonfixed() => {
+                    // Before 5.11 an SQPOLL ring only takes registered files; we do not build
+                    // that mode.
+                    caps.sqpoll_note =
+                        Some("kernel lacks SQPOLL for unregistered files (Linux 5.11+)".into());
+                    drop(r);
+                }
+                Ok(r) => {
+                    caps.sqpoll = true;
+                    uring = Some(r);
+                }
+                Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::ENOSYS)) {
+                        return Err(setup_error(e, "cannot create the io_uring ring"));
+                    }
+                    caps.sqpoll_note = Some(format!("the kernel refused SQPOLL: {e}"));
+                }
+            }
+            if uring.is_none() && opts.sqpoll == SqpollMode::On {
+                return Err(format!(
+                    "sqpoll = on but {}; use sqpoll = auto or off",
+                    caps.sqpoll_note
+                        .as_deref()
+                        .unwrap_or("SQPOLL is unavailable")
+                ));
+            }
+        }
+        let uring = match uring {
+            Some(r) => r,
+            None => match build(opts, false, !opts.baseline) {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => build(opts, false, false)
+                    .map_err(|e| setup_error(e, "cannot create the io_uring ring"))?,
+                Err(e) => return Err(setup_error(e, "cannot create the io_uring ring")),
+            },
+        };
+        let p = uring.params();
+        caps.sq_entries = p.sq_entries();
+        caps.cq_entries = p.cq_entries();
+        caps.feat_nodrop = p.is_feature_nodrop();
+        caps.feat_submit_stable = p.is_feature_submit_stable();
+        caps.feat_fast_poll = p.is_feature_fast_poll();
+        caps.feat_sqpoll_nonfixed = p.is_feature_sqpoll_nonfixed();
+        caps.feat_ext_arg = p.is_feature_ext_arg();
+        caps.feat_native_workers = p.is_feature_native_workers();
+        caps.feat_cqe_skip = p.is_feature_skip_cqe_on_success();
+        if caps.sqpoll && caps.feat_native_workers {
+            caps.sqpoll_thread_seen = Some(sqpoll_thread_running());
+        }
+        let mut probe = Probe::new();
+        uring
+            .submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| setup_error(e, "cannot probe io_uring opcodes (Linux 5.6+ needed)"))?;
+        caps.ops = OPS
+            .iter()
+            .map(|(n, code)| (*n, probe.is_supported(*code)))
+            .collect();
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|n| !caps.has_op(n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this kernel's io_uring lacks {} (Linux 5.10 or later is needed)",
+                missing.join(", ")
+            ));
+        }
+        let pool = BufferPool::new(opts.buffer_size, opts.buffer_count)
+            .map_err(|e| format!("cannot map the buffer pool: {e}"))?;
+        let mut ring = Ring {
+            uring,
+            pool,
+            tick: Box::new(types::Timespec::from(TICK)),
+            sigbuf: Box::new([0u8; 64]),
+            overflow: VecDeque::new(),
+            in_flight: 0,
+            caps,
+        };
+        ring.register_pool(opts);
+        if opts.trial_multishot && !opts.baseline && ring.caps.has_op("SOCKET") {
+            ring.caps.multishot_accept = ring.trial_multishot_accept();
+        }
+        Ok(ring)
+    }
+
+    fn register_pool(&mut self, opts: &RingOptions) {
+        let need = u64::from(opts.buffer_size) * u64::from(opts.buffer_count);
+        let iov = self.pool.iovecs();
+        // SAFETY: the iovecs describe the pool arena, which stays mapped at a fixed address for
+        // as long as this ring exists (the ring is dropped first, see the field order).
+        let r = unsafe { self.uring.submitter().register_buffers(&iov) };
+        match r {
+            Ok(()) => self.caps.registered_buffers = true,
+            Err(e) => {
+                let limit = self
+                    .caps
+                    .memlock
+                    .map(crate::units::format_size)
+                    .unwrap_or_else(|| "unlimited".into());
+                self.caps.registered_note = Some(match e.raw_os_error() {
+                    Some(libc::ENOMEM) | Some(libc::EPERM) => format!(
+                        "registering {} of buffers exceeds RLIMIT_MEMLOCK ({limit}); raise it \
+                         (`ulimit -l`, LimitMEMLOCK= in the unit, or CAP_IPC_LOCK) or shrink \
+                         buffer_count/buffer_size",
+                        crate::units::format_size(need)
+                    ),
+                    _ => format!("registering buffers failed: {e}"),
+                });
+            }
+        }
+    }
+
+    /// Submits a multishot accept on a throwaway loopback listener and connects to it: a
+    /// kernel with multishot accept answers with a socket and the MORE flag, an older one with
+    /// -EINVAL.
+    fn trial_multishot_accept(&mut self) -> bool {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return false;
+        };
+        let Ok(addr) = l.local_addr() else {
+            return false;
+        };
+        use std::os::fd::AsRawFd;
+        let trial = Token::new(OpKind::Accept, crate::token::DAEMON_CHANNEL, 1, 0).encode();
+        self.push_entry(
+            opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(trial),
+        );
+        let _client = std::net::TcpStream::connect(addr);
+        let mut ok = false;
+        let mut done = false;
+        let mut cancelled = false;
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            if self.wait(Some(Duration::from_millis(100))).is_err() {
+                break;
+            }
+            out.clear();
+            self.reap(&mut out);
+            for c in &out {
+                if c.user_data != trial {
+                    continue;
+                }
+                if c.res >= 0 {
+                    let _ = nix::unistd::close(c.res);
+                    ok |= c.more();
+                }
+                if !c.more() {
+                    done = true;
+                }
+            }
+            if done {
+                break;
+            }
+            if !cancelled {
+                self.push(
+                    Sqe::Cancel { user_data: trial },
+                    Token::daemon(OpKind::Cancel),
+                );
+                cancelled = true;
+            }
+        }
+        // The listener must outlive the accept: `done` says its last completion arrived.
+        if !done {
+            std::mem::forget(l);
+        }
+        ok
+    }
+
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    pub fn pool_mut(&mut self) -> &mut BufferPool {
+        &mut self.pool
+    }
+
+    /// Submissions whose completion has not arrived yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Queues one operation tagged with `token`.
+    pub fn push(&mut self, sqe: Sqe, token: Token) {
+        let ud = token.encode();
+        let registered = self.caps.registered_buffers;
+        let e = match sqe {
+            Sqe::RecvDatagram { fd, buf, off, len } => {
+                let ptr = self.pool.addr(buf, off);
+                opcode::Recv::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_TRUNC)
+                    .build()
+            }
+            Sqe::ReadStream { fd, buf, off, len } => {
+                let ptr = self.pool.addr(buf, off);
+                if registered {
+                    opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf).build()
+                } else {
+                    opcode::Read::new(types::Fd(fd), ptr, len).build()
+                }
+            }
+            Sqe::Write { fd, chunk, socket } => {
+                let ptr = self.pool.addr(chunk.buf, chunk.off);
+                if registered {
+                    opcode::WriteFixed::new(types::Fd(fd), ptr, chunk.len, chunk.buf).build()
+                } else if socket {
+                    opcode::Send::new(types::Fd(fd), ptr, chunk.len).build()
+                } else {
+                    opcode::Write::new(types::Fd(fd), ptr, chunk.len).build()
+                }
+            }
+            Sqe::Accept { fd, multishot } => {
+                if multishot && self.caps.multishot_accept {
+                    opcode::AcceptMulti::new(types::Fd(fd))
+                        .flags(libc::SOCK_CLOEXEC)
+                        .build()
+                } else {
+                    opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                        .flags(libc::SOCK_CLOEXEC)
+                        .build()
+                }
+            }
+            Sqe::PollOut { fd } => {
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()
+            }
+            Sqe::Tick => opcode::Timeout::new(&*self.tick as *const types::Timespec).build(),
+            Sqe::ReadSignal { fd } => {
+                opcode::Read::new(types::Fd(fd), self.sigbuf.as_mut_ptr(), 64).build()
+            }
+            Sqe::Cancel { user_data } => opcode::AsyncCancel::new(user_data).build(),
+        };
+        self.push_entry(e.user_data(ud));
+    }
+
+    fn push_entry(&mut self, e: squeue::Entry) {
+        self.in_flight += 1;
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(e);
+            return;
+        }
+        // SAFETY: see the module documentation: every pointer in `e` is into the pool arena
+        // or into storage boxed in this Ring, both alive and unmoved until the completion.
+        let r = unsafe { self.uring.submission().push(&e) };
+        if r.is_err() {
+            self.overflow.push_back(e);
+        }
+    }
+
+    fn drain_overflow(&mut self) {
+        while let Some(e) = self.overflow.front() {
+            // SAFETY: as in push_entry.
+            if unsafe { self.uring.submission().push(e) }.is_err() {
+                break;
+            }
+            self.overflow.pop_front();
+        }
+    }
+
+    /// Submits what is queued and waits for at least one completion (or `timeout`).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        loop {
+            self.drain_overflow();
+            let r = match timeout {
+                Some(t) if self.caps.feat_ext_arg => {
+                    let ts = types::Timespec::from(t);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.uring.submitter().submit_with_args(1, &args)
+                }
+                _ => self.uring.submit_and_wait(1),
+            };
+            match r {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // Completions are waiting in the kernel's overflow list: reap, then enter again.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            if !self.overflow.is_empty() && self.uring.completion().is_empty() {
+                // The SQ was full; with SQPOLL, wait for the kernel thread to make room.
+                if self.caps.sqpoll {
+                    let _ = self.uring.submitter().squeue_wait();
+                }
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Submits without waiting (SQPOLL: usually no system call at all).
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.drain_overflow();
+        match self.uring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available completion into `out`.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        for c in self.uring.completion() {
+            if !cqueue::more(c.flags()) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            out.push(Completion {
+                user_data: c.user_data(),
+                res: c.result(),
+                flags: c.flags(),
+            });
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.in_flight == 0 {
+            return;
+        }
+        // The daemon cancels its endpoints' operations before it lets the ring go; wait a
+        // little for the last completions, and if some are still owed after that, leak the
+        // pool: the kernel may yet write into it.
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        let mut out = Vec::new();
+        while self.in_flight > 0 && std::time::Instant::now() < deadline {
+            if self.wait(Some(Duration::from_millis(50))).is_err() {
+                break;
+            }
+            out.clear();
+            self.reap(&mut out);
+        }
+        if self.in_flight > 0 {
+            let pool = std::mem::replace(
+                &mut self.pool,
+                BufferPool::new(4096, 1).expect("a one-page pool"),
+            );
+            std::mem::forget(pool);
+        }
+    }
+}
