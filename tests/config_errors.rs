@@ -1,0 +1,341 @@
+//! `ringrelay check -c FILE`: every class of config error is reported as `FILE:LINE: key: message`
+//! on stderr with exit code 1, all errors of a file in one run; a good file gives exit 0 and a
+//! summary on stdout.
+//!
+//! Each case is a config that is valid but for one error, placed on a line found by its text.
+//! The check runs in the config's directory with a relative FILE, so FILE is printed as given.
+
+mod common;
+
+use common::*;
+
+const CONF: &str = "ringrelay.conf";
+
+/// A valid channel to put around an error.
+const GOOD_CHANNEL: &str =
+    "[channel good]\ninput = udp://127.0.0.1:5000\noutput = udp://127.0.0.1:5001\n";
+
+/// Runs `ringrelay check -c ringrelay.conf` on `text`; returns (exit code, stdout, stderr).
+fn check(text: &str) -> (Option<i32>, String, String) {
+    let dir = TempDir::new("check");
+    std::fs::write(dir.join(CONF), text).unwrap();
+    run_to_end(Features::Auto, &["check", "-c", CONF], dir.path())
+}
+
+/// The 1-based number of the first line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with '{needle}' in:\n{text}"))
+        + 1
+}
+
+/// The error lines (`FILE:LINE: ...`) of a check's stderr, as (line number, whole line).
+fn error_lines(stderr: &str) -> Vec<(usize, String)> {
+    let prefix = format!("{CONF}:");
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix(&prefix)?;
+            let (num, _) = rest.split_once(':')?;
+            Some((num.trim().parse().ok()?, l.to_string()))
+        })
+        .collect()
+}
+
+/// Expects an error reported on `line` naming one of `keys`.
+fn expect_error_at(text: &str, stderr: &str, line: usize, keys: &[&str]) {
+    let errors = error_lines(stderr);
+    let at_line: Vec<&String> = errors
+        .iter()
+        .filter(|(n, _)| *n == line)
+        .map(|(_, l)| l)
+        .collect();
+    assert!(
+        !at_line.is_empty(),
+        "no error reported at {CONF}:{line}; config:\n{text}\nstderr:\n{stderr}"
+    );
+    if keys.is_empty() {
+        return;
+    }
+    assert!(
+        at_line.iter().any(|l| keys.iter().any(|k| l.contains(k))),
+        "the error at {CONF}:{line} names none of {keys:?}; stderr:\n{stderr}"
+    );
+}
+
+/// Checks `text`, which has exactly one error: on the line containing `needle`, naming one of
+/// `keys` (no key check when empty).
+fn expect_one_error(text: &str, needle: &str, keys: &[&str]) {
+    let (code, _out, err) = check(text);
+    assert_eq!(
+        code,
+        Some(1),
+        "exit code of check; config:\n{text}\nstderr:\n{err}"
+    );
+    let line = line_of(text, needle);
+    expect_error_at(text, &err, line, keys);
+    let errors = error_lines(&err);
+    assert_eq!(
+        errors.len(),
+        1,
+        "one error expected, got {}; config:\n{text}\nstderr:\n{err}",
+        errors.len()
+    );
+}
+
+fn with_global(global_line: &str) -> String {
+    format!("[global]\nsqpoll = auto\n{global_line}\n\n{GOOD_CHANNEL}")
+}
+
+fn with_channel_line(channel_line: &str) -> String {
+    format!("[global]\nsqpoll = off\n\n[channel odd]\ninput = udp://127.0.0.1:5000\n{channel_line}\noutput = udp://127.0.0.1:5001\n")
+}
+
+#[test]
+fn good_config_passes_with_a_summary() {
+    let text = format!(
+        "# a comment\n[global]\nsqpoll = auto   # trailing comment\nbuffer_size = 64KiB\nbuffer_count = 256\nstats_interval = 60s\nshutdown_timeout = 5s\n\n{GOOD_CHANNEL}\n[channel second]\ninput = tcp-listen://[::1]:6000\noutput = tcp-listen://127.0.0.1:6001 max_backlog=256KiB on_slow=disconnect max_clients=8 allow=127.0.0.0/8,::1/128\noutput = tcp://127.0.0.1:6002 on_slow=block\noutput = file:///tmp/ringrelay-check-example.raw rotate=1MiB keep=3\nframing = u32be\n"
+    );
+    let (code, out, err) = check(&text);
+    assert_eq!(code, Some(0), "check of a good config; stderr:\n{err}");
+    assert!(
+        error_lines(&err).is_empty(),
+        "errors for a good config:\n{err}"
+    );
+    assert!(
+        out.contains("good"),
+        "summary does not name channel 'good':\n{out}"
+    );
+    assert!(
+        out.contains("second"),
+        "summary does not name channel 'second':\n{out}"
+    );
+    assert!(
+        out.contains("6002"),
+        "summary does not show the tcp:// output:\n{out}"
+    );
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let dir = TempDir::new("check-missing");
+    let (code, _out, err) = run_to_end(Features::Auto, &["check", "-c", "absent.conf"], dir.path());
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    assert!(
+        err.contains("absent.conf"),
+        "stderr does not name the file:\n{err}"
+    );
+}
+
+#[test]
+fn unknown_key_in_global() {
+    expect_one_error(&with_global("bogus_key = 1"), "bogus_key", &["bogus_key"]);
+}
+
+#[test]
+fn unknown_key_in_channel() {
+    expect_one_error(&with_channel_line("colour = blue"), "colour", &["colour"]);
+}
+
+#[test]
+fn bad_enum_value() {
+    expect_one_error(&with_global("log = papyrus"), "papyrus", &["log"]);
+    expect_one_error(
+        &format!("[global]\nsqpoll = sometimes\n\n{GOOD_CHANNEL}"),
+        "sometimes",
+        &["sqpoll"],
+    );
+    expect_one_error(
+        &with_global("features = futuristic"),
+        "futuristic",
+        &["features"],
+    );
+    expect_one_error(&with_global("log_level = loud"), "loud", &["log_level"]);
+    expect_one_error(&with_channel_line("framing = u16le"), "u16le", &["framing"]);
+}
+
+#[test]
+fn bad_number() {
+    expect_one_error(
+        &with_global("ring_entries = many"),
+        "many",
+        &["ring_entries"],
+    );
+    expect_one_error(&with_global("buffer_count = -3"), "-3", &["buffer_count"]);
+}
+
+#[test]
+fn bad_size() {
+    expect_one_error(
+        &with_global("buffer_size = 64QiB"),
+        "64QiB",
+        &["buffer_size"],
+    );
+    expect_one_error(
+        &with_channel_line("output = tcp-listen://127.0.0.1:6000 max_backlog=lots"),
+        "lots",
+        &["output", "max_backlog"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    expect_one_error(
+        &with_global("stats_interval = soon"),
+        "soon",
+        &["stats_interval"],
+    );
+    expect_one_error(
+        &with_global("shutdown_timeout = 5 parsecs"),
+        "parsecs",
+        &["shutdown_timeout"],
+    );
+}
+
+#[test]
+fn missing_input() {
+    let text = "[global]\nsqpoll = off\n\n[channel lonely]\noutput = udp://127.0.0.1:5001\n";
+    expect_one_error(text, "[channel lonely]", &["input"]);
+}
+
+#[test]
+fn duplicate_input() {
+    let text = "[channel twice]\ninput = udp://127.0.0.1:5000\ninput = udp://127.0.0.1:5002\noutput = udp://127.0.0.1:5001\n";
+    let (code, _out, err) = check(text);
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    expect_error_at(text, &err, 3, &["input"]);
+}
+
+#[test]
+fn duplicate_channel() {
+    let text = format!("{GOOD_CHANNEL}\n[channel twin]\ninput = udp://127.0.0.1:5100\noutput = udp://127.0.0.1:5101\n\n[channel twin]\ninput = udp://127.0.0.1:5200\noutput = udp://127.0.0.1:5201\n");
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("[channel twin]"))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    let (code, _out, err) = check(&text);
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    expect_error_at(&text, &err, second, &["twin"]);
+}
+
+#[test]
+fn bad_url() {
+    expect_one_error(
+        &with_channel_line("output = gopher://127.0.0.1:70"),
+        "gopher",
+        &["output"],
+    );
+    expect_one_error(
+        &with_channel_line("output = udp://127.0.0.1:99999"),
+        "99999",
+        &["output"],
+    );
+    expect_one_error(
+        &with_channel_line("output = udp://127.0.0.1"),
+        "output = udp://127.0.0.1",
+        &["output"],
+    );
+    expect_one_error(
+        &with_channel_line("output = tcp-listen://[::1:6000"),
+        "[::1:6000",
+        &["output"],
+    );
+    let text = "[channel badin]\ninput = udpx://127.0.0.1:5000\noutput = udp://127.0.0.1:5001\n";
+    expect_one_error(text, "udpx", &["input"]);
+}
+
+#[test]
+fn url_not_allowed_in_its_role() {
+    // A file is an output only.
+    let text = "[channel fileinput]\ninput = file:///tmp/x.raw\noutput = udp://127.0.0.1:5001\n";
+    expect_one_error(text, "file://", &["input"]);
+}
+
+#[test]
+fn bad_url_option() {
+    expect_one_error(
+        &with_channel_line("output = udp://127.0.0.1:6000 colour=blue"),
+        "colour",
+        &["output", "colour"],
+    );
+    expect_one_error(
+        &with_channel_line("output = tcp-listen://127.0.0.1:6000 on_slow=sometimes"),
+        "sometimes",
+        &["output", "on_slow"],
+    );
+    expect_one_error(
+        &with_channel_line("output = tcp-listen://127.0.0.1:6000 allow=300.1.1.1/8"),
+        "300.1.1.1",
+        &["output", "allow"],
+    );
+}
+
+#[test]
+fn unknown_section() {
+    let text = format!("[global]\nsqpoll = off\n\n[servers]\nname = x\n\n{GOOD_CHANNEL}");
+    let (code, _out, err) = check(&text);
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    expect_error_at(&text, &err, line_of(&text, "[servers]"), &["servers"]);
+}
+
+#[test]
+fn key_outside_section() {
+    let text = format!("sqpoll = on\n\n[global]\nbuffer_count = 256\n\n{GOOD_CHANNEL}");
+    expect_one_error(&text, "sqpoll = on", &["sqpoll"]);
+}
+
+#[test]
+fn malformed_line() {
+    expect_one_error(
+        &with_global("this line has no equals sign"),
+        "no equals sign",
+        &[],
+    );
+    let text = format!("[global\nsqpoll = off\n\n{GOOD_CHANNEL}");
+    let (code, _out, err) = check(&text);
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    expect_error_at(&text, &err, 1, &[]);
+}
+
+/// Every error of a file comes out in one run, each at its own line.
+#[test]
+fn all_errors_in_one_run() {
+    let text = "\
+sqpoll = on
+[global]
+bogus_key = 1
+buffer_size = 64QiB
+stats_interval = soon
+
+[channel a]
+input = udpx://127.0.0.1:5000
+output = udp://127.0.0.1:5001
+colour = blue
+
+[channel b]
+output = udp://127.0.0.1:5002
+
+[servers]
+x = 1
+";
+    let (code, _out, err) = check(text);
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    let expected: &[(&str, &[&str])] = &[
+        ("sqpoll = on", &["sqpoll"]),
+        ("bogus_key", &["bogus_key"]),
+        ("64QiB", &["buffer_size"]),
+        ("soon", &["stats_interval"]),
+        ("udpx", &["input"]),
+        ("colour", &["colour"]),
+        ("[channel b]", &["input"]),
+        ("[servers]", &["servers"]),
+    ];
+    for (needle, keys) in expected {
+        expect_error_at(text, &err, line_of(text, needle), keys);
+    }
+}

@@ -1,0 +1,121 @@
+//! `tcp://` outputs: the relay dials a collector, and with `on_slow = block` (their default) it
+//! loses nothing while the collector is away. Each scenario runs with both feature sets.
+//!
+//! What plain TCP does and does not guarantee, and so what these tests can demand:
+//! * Bytes the relay has not yet handed to a connection stay queued (under `block` the relay
+//!   stops reading its input instead of dropping), and go out on the next connection.
+//! * Bytes already handed to a connection's kernel socket are gone for the relay: if the
+//!   collector closed without reading them, nobody can tell how many it read. So the tests never
+//!   let the collector discard anything: the collector that "goes away" only half-closes (sends
+//!   FIN) and keeps reading until the relay closes its end. Every byte the relay wrote on the old
+//!   connection is then read, and the old connection's bytes followed by the new connection's
+//!   bytes must be exactly the stream.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+in_both_feature_sets!(
+    collector_down_at_start_gets_every_byte,
+    collector_going_away_is_redialed,
+);
+
+/// The collector is not listening when data start; it comes up a second later and receives
+/// every byte from the first one.
+fn collector_down_at_start_gets_every_byte(features: Features) {
+    let dir = TempDir::new("collector-late");
+    let (relay, (input, collector_addr)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        // Nobody listens here yet; the relay's dials are refused and retried with backoff.
+        let collector = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel late]\ninput = tcp-listen://{input}\noutput = tcp://{collector} on_slow=block max_backlog=1MiB\n",
+            dir.global_section()
+        );
+        (conf, (input, collector))
+    });
+    let payload = Arc::new(pattern(20, 8 << 20));
+    let producer = connect_tcp(input);
+    let writer = write_in_thread(producer, payload.clone(), 64 * 1024);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let collector = Collector::listen(collector_addr, None);
+    wait_for(
+        "the collector to receive the whole stream",
+        TRANSFER_TIMEOUT,
+        || collector.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+    relay.stop();
+}
+
+/// The collector goes away mid-stream (FIN, listener closed for a second) and comes back on the
+/// same port: the relay redials, and the two connections together carry the stream exactly once.
+fn collector_going_away_is_redialed(features: Features) {
+    let dir = TempDir::new("collector-redial");
+    // The first collector's accepted sockets get a small fixed receive buffer, so the relay cannot
+    // hand it the whole stream before it notices the collector's FIN.
+    let mut first = Collector::listen("127.0.0.1:0".parse().unwrap(), Some(64 * 1024));
+    let collector_addr = first.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel redial]\ninput = tcp-listen://{input}\noutput = tcp://{collector_addr} on_slow=block max_backlog=1MiB\n",
+            dir.global_section()
+        );
+        (conf, input)
+    });
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !first.connections().is_empty()
+    });
+
+    let payload = Arc::new(pattern(21, 32 << 20));
+    let producer = connect_tcp(input);
+    let writer = write_in_thread(producer, payload.clone(), 64 * 1024);
+
+    // Mid-stream: after the first MiB, the collector stops listening and half-closes.
+    let conn1 = first.connections()[0].clone();
+    conn1.wait_len(1 << 20, TRANSFER_TIMEOUT);
+    first.stop_listening();
+    let raw = first_connection_socket(&first);
+    raw.shutdown(Shutdown::Write).expect("half-close");
+    // Keep reading until the relay closes its end: then every byte it wrote there is read.
+    let end = conn1.wait_end(TRANSFER_TIMEOUT);
+    assert!(
+        end.is_some(),
+        "the relay never closed its connection after the collector's FIN (it read {} of {} bytes on it)",
+        conn1.len(),
+        payload.len()
+    );
+    assert!(
+        conn1.len() < payload.len(),
+        "the whole stream went to the first connection: nothing left to test the redial with"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let second = Collector::listen(collector_addr, None);
+    wait_for(
+        "the two connections to carry the whole stream",
+        TRANSFER_TIMEOUT,
+        || conn1.len() + second.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    let mut got = conn1.data();
+    got.extend_from_slice(&second.concatenated());
+    assert_same_bytes(
+        "first connection followed by the redialed one",
+        &got,
+        &payload,
+    );
+    relay.stop();
+}
+
+/// A handle on the first accepted connection's socket, for a half-close.
+fn first_connection_socket(c: &Collector) -> std::net::TcpStream {
+    c.connections()[0].tcp_handle().expect("a tcp connection")
+}
