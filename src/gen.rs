@@ -138,32 +138,45 @@ impl Synth {
         } else {
             NOMINAL_RATE
         };
-        out.reserve(n_frames * self.frame_bytes());
-        for i in 0..n_frames as u64 {
-            let f = start_frame.wrapping_add(i);
-            for k in 0..n {
-                let shift = k as f64 / n as f64;
-                let v = match self.signal {
-                    Signal::Sine(hz) => {
-                        let cycles = (f as f64 * hz / rate).fract() + shift;
-                        Value::Unit(a * (std::f64::consts::TAU * cycles).sin())
-                    }
-                    Signal::Square(hz) => {
-                        let cycles = ((f as f64 * hz / rate).fract() + shift).fract();
-                        Value::Unit(if cycles < 0.5 { a } else { -a })
-                    }
-                    Signal::Ramp => {
-                        let cycles = ((f as f64 / rate).fract() + shift).fract();
-                        Value::Unit(a * (2.0 * cycles - 1.0))
-                    }
-                    Signal::Counter => Value::Count(f.wrapping_add(k as u64)),
-                    Signal::Noise(seed) => {
-                        let h = noise_bits(seed, f, k);
-                        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
-                        Value::Unit(a * (2.0 * u - 1.0))
-                    }
-                };
-                encode(self.format, v, out);
+        let base = out.len();
+        out.resize(base + n_frames * self.frame_bytes(), 0);
+        let dst = &mut out[base..];
+        // Sub-channel k is shifted by k/N of a period.
+        let shifts: Vec<f64> = (0..n).map(|k| k as f64 / n as f64).collect();
+        // The signal is chosen once per call so each loop below is monomorphic.
+        match self.signal {
+            Signal::Sine(hz) => self.fill_with(dst, start_frame, |f, k| {
+                let cycles = (f as f64 * hz / rate).fract() + shifts[k as usize];
+                Value::Unit(a * (std::f64::consts::TAU * cycles).sin())
+            }),
+            Signal::Square(hz) => self.fill_with(dst, start_frame, |f, k| {
+                let cycles = ((f as f64 * hz / rate).fract() + shifts[k as usize]).fract();
+                Value::Unit(if cycles < 0.5 { a } else { -a })
+            }),
+            Signal::Ramp => self.fill_with(dst, start_frame, |f, k| {
+                let cycles = ((f as f64 / rate).fract() + shifts[k as usize]).fract();
+                Value::Unit(a * (2.0 * cycles - 1.0))
+            }),
+            Signal::Counter => self.fill_with(dst, start_frame, |f, k| {
+                Value::Count(f.wrapping_add(k as u64))
+            }),
+            Signal::Noise(seed) => self.fill_with(dst, start_frame, |f, k| {
+                let u = (noise_bits(seed, f, k) >> 11) as f64 / (1u64 << 53) as f64;
+                Value::Unit(a * (2.0 * u - 1.0))
+            }),
+        }
+    }
+
+    /// Encodes `value(frame, sub_channel)` for every sample of `dst` (whole frames).
+    #[inline(always)]
+    fn fill_with(&self, dst: &mut [u8], start_frame: u64, value: impl Fn(u64, u32) -> Value) {
+        let n = self.interleave.max(1);
+        let w = self.format.width();
+        let format = self.format;
+        for (i, frame) in dst.chunks_exact_mut(w * n as usize).enumerate() {
+            let f = start_frame.wrapping_add(i as u64);
+            for (k, d) in frame.chunks_exact_mut(w).enumerate() {
+                encode(format, value(f, k as u32), d);
             }
         }
     }
@@ -210,51 +223,51 @@ fn noise_bits(seed: u64, frame: u64, k: u32) -> u64 {
     x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
-/// Encodes one value in `format` and appends it.
-fn encode(format: SampleType, v: Value, out: &mut Vec<u8>) {
+/// Encodes one value in `format` into `out`, which is exactly one sample wide.
+#[inline(always)]
+fn encode(format: SampleType, v: Value, out: &mut [u8]) {
     // Signed full scale, rounded; unsigned is the same swing around the midpoint.
     let signed = |v: f64, max: f64| (v * max).round().clamp(-max - 1.0, max) as i64;
     match (format, v) {
-        (SampleType::U8, Value::Unit(x)) => out.push((128 + signed(x, 127.0)) as u8),
-        (SampleType::I8, Value::Unit(x)) => out.push(signed(x, 127.0) as i8 as u8),
+        (SampleType::U8, Value::Unit(x)) => out[0] = (128 + signed(x, 127.0)) as u8,
+        (SampleType::I8, Value::Unit(x)) => out[0] = signed(x, 127.0) as i8 as u8,
         (SampleType::U16Le, Value::Unit(x)) => {
-            out.extend_from_slice(&((32768 + signed(x, 32767.0)) as u16).to_le_bytes())
+            out.copy_from_slice(&((32768 + signed(x, 32767.0)) as u16).to_le_bytes())
         }
         (SampleType::I16Le, Value::Unit(x)) => {
-            out.extend_from_slice(&(signed(x, 32767.0) as i16).to_le_bytes())
+            out.copy_from_slice(&(signed(x, 32767.0) as i16).to_le_bytes())
         }
         (SampleType::I16Be, Value::Unit(x)) => {
-            out.extend_from_slice(&(signed(x, 32767.0) as i16).to_be_bytes())
+            out.copy_from_slice(&(signed(x, 32767.0) as i16).to_be_bytes())
         }
-        (SampleType::U32Le, Value::Unit(x)) => out.extend_from_slice(
-            &((2_147_483_648 + signed(x, 2_147_483_647.0)) as u32).to_le_bytes(),
-        ),
+        (SampleType::U32Le, Value::Unit(x)) => out
+            .copy_from_slice(&((2_147_483_648 + signed(x, 2_147_483_647.0)) as u32).to_le_bytes()),
         (SampleType::I32Le, Value::Unit(x)) => {
-            out.extend_from_slice(&(signed(x, 2_147_483_647.0) as i32).to_le_bytes())
+            out.copy_from_slice(&(signed(x, 2_147_483_647.0) as i32).to_le_bytes())
         }
         (SampleType::I32Be, Value::Unit(x)) => {
-            out.extend_from_slice(&(signed(x, 2_147_483_647.0) as i32).to_be_bytes())
+            out.copy_from_slice(&(signed(x, 2_147_483_647.0) as i32).to_be_bytes())
         }
-        (SampleType::F32Le, Value::Unit(x)) => out.extend_from_slice(&(x as f32).to_le_bytes()),
-        (SampleType::F32Be, Value::Unit(x)) => out.extend_from_slice(&(x as f32).to_be_bytes()),
-        (SampleType::F64Le, Value::Unit(x)) => out.extend_from_slice(&x.to_le_bytes()),
-        (SampleType::U8 | SampleType::I8, Value::Count(c)) => out.push(c as u8),
+        (SampleType::F32Le, Value::Unit(x)) => out.copy_from_slice(&(x as f32).to_le_bytes()),
+        (SampleType::F32Be, Value::Unit(x)) => out.copy_from_slice(&(x as f32).to_be_bytes()),
+        (SampleType::F64Le, Value::Unit(x)) => out.copy_from_slice(&x.to_le_bytes()),
+        (SampleType::U8 | SampleType::I8, Value::Count(c)) => out[0] = c as u8,
         (SampleType::U16Le | SampleType::I16Le, Value::Count(c)) => {
-            out.extend_from_slice(&(c as u16).to_le_bytes())
+            out.copy_from_slice(&(c as u16).to_le_bytes())
         }
-        (SampleType::I16Be, Value::Count(c)) => out.extend_from_slice(&(c as u16).to_be_bytes()),
+        (SampleType::I16Be, Value::Count(c)) => out.copy_from_slice(&(c as u16).to_be_bytes()),
         (SampleType::U32Le | SampleType::I32Le, Value::Count(c)) => {
-            out.extend_from_slice(&(c as u32).to_le_bytes())
+            out.copy_from_slice(&(c as u32).to_le_bytes())
         }
-        (SampleType::I32Be, Value::Count(c)) => out.extend_from_slice(&(c as u32).to_be_bytes()),
+        (SampleType::I32Be, Value::Count(c)) => out.copy_from_slice(&(c as u32).to_be_bytes()),
         (SampleType::F32Le, Value::Count(c)) => {
-            out.extend_from_slice(&((c % (1 << 24)) as f32).to_le_bytes())
+            out.copy_from_slice(&((c % (1 << 24)) as f32).to_le_bytes())
         }
         (SampleType::F32Be, Value::Count(c)) => {
-            out.extend_from_slice(&((c % (1 << 24)) as f32).to_be_bytes())
+            out.copy_from_slice(&((c % (1 << 24)) as f32).to_be_bytes())
         }
         (SampleType::F64Le, Value::Count(c)) => {
-            out.extend_from_slice(&((c % (1 << 53)) as f64).to_le_bytes())
+            out.copy_from_slice(&((c % (1 << 53)) as f64).to_le_bytes())
         }
     }
 }
