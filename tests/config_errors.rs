@@ -95,7 +95,7 @@ fn with_channel_line(channel_line: &str) -> String {
 #[test]
 fn good_config_passes_with_a_summary() {
     let text = format!(
-        "# a comment\n[global]\nsqpoll = auto   # trailing comment\nbuffer_size = 64KiB\nbuffer_count = 256\nstats_interval = 60s\nshutdown_timeout = 5s\n\n{GOOD_CHANNEL}\n[channel second]\ninput = tcp-listen://[::1]:6000\noutput = tcp-listen://127.0.0.1:6001 max_backlog=256KiB on_slow=disconnect max_clients=8 allow=127.0.0.0/8,::1/128\noutput = tcp://127.0.0.1:6002 on_slow=block\noutput = file:///tmp/ringrelay-check-example.raw rotate=1MiB keep=3\nframing = u32be\n"
+        "# a comment\n[global]\nsqpoll = auto   # trailing comment\nbuffer_size = 64KiB\nbuffer_count = 256\nstats_interval = 60s\nshutdown_timeout = 5s\n\n{GOOD_CHANNEL}\n[channel second]\ninput = tcp-listen://[::1]:6000\noutput = tcp-listen://127.0.0.1:6001 max_backlog=256KiB on_slow=disconnect max_clients=8 allow=127.0.0.0/8,::1/128\noutput = tcp://127.0.0.1:6002 on_slow=block\noutput = file:///tmp/ringrelay-check-example.raw rotate=1MiB keep=3\n\n[channel framed]\ninput = udp://[::1]:5003 rcvbuf=1MiB\nframing = u32be\noutput = unix-listen:///tmp/ringrelay-check-example.sock\noutput = udp://239.1.2.3:5004 ttl=1 iface=127.0.0.1\n"
     );
     let (code, out, err) = check(&text);
     assert_eq!(code, Some(0), "check of a good config; stderr:\n{err}");
@@ -153,6 +153,13 @@ fn bad_enum_value() {
     );
     expect_one_error(&with_global("log_level = loud"), "loud", &["log_level"]);
     expect_one_error(&with_channel_line("framing = u16le"), "u16le", &["framing"]);
+}
+
+/// `framing` length-prefixes datagrams: a stream input has none.
+#[test]
+fn framing_on_a_stream_input() {
+    let text = "[channel streamy]\ninput = tcp-listen://127.0.0.1:5000\nframing = u32be\noutput = tcp-listen://127.0.0.1:5001\n";
+    expect_one_error(text, "framing", &["framing"]);
 }
 
 #[test]
