@@ -1,1 +1,349 @@
-//! TODO
+//! A channel: one input, its outputs, their endpoints and queues, and the bookkeeping that
+//! keeps a completion from outliving what it was for.
+//!
+//! Owns: the state of every endpoint of one channel (a slab of slots indexed by the `endpoint`
+//! field of a [`crate::token::Token`]), each output's queue and counters, and the binding of
+//! its sockets and files at start. It submits nothing: the event loop in [`crate::daemon`]
+//! drives it through the ring.
+//!
+//! Endpoint life: `Connecting` (non-blocking connect, waiting for POLLOUT) -> `Up` ->
+//! `Closing` (shut down, operations cancelled, waiting for their completions) -> slot freed.
+//! A slot is reused only once its in-flight count is zero, and each new occupant takes a fresh
+//! generation, so a late completion can never be mistaken for the new occupant's.
+
+use crate::backoff::Backoff;
+use crate::config::{ChannelConfig, Framing, OutputConfig};
+use crate::net;
+use crate::outq::OutQueue;
+use crate::pool::BufId;
+use crate::stats::{InputStats, OutputStats};
+use crate::url::{Scheme, Target};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Receives kept in flight on a UDP input.
+pub const UDP_RECVS_IN_FLIGHT: usize = 8;
+/// Bytes kept free in front of every datagram for the u32be length prefix.
+pub const PREFIX: u32 = 4;
+
+/// What an endpoint is to its channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The input socket: a UDP socket or a producer's stream (accepted or dialed).
+    Input,
+    /// Listener accepting producers (`tcp-listen://`, `unix-listen://` inputs).
+    InputListener,
+    /// Listener accepting subscribers of output `out`.
+    OutputListener { out: usize },
+    /// A subscriber of output `out`.
+    Subscriber { out: usize },
+    /// The one link of output `out`: pushed connection, UDP destination or file.
+    Link { out: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Connecting,
+    Up,
+    Closing,
+}
+
+/// One open descriptor of a channel and what is in flight on it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub gen: u32,
+    pub role: Role,
+    pub fd: Option<OwnedFd>,
+    pub link: Link,
+    /// Submissions whose final completion has not arrived.
+    pub in_flight: u32,
+    /// Buffers lent to the kernel for receives on this endpoint.
+    pub reading: Vec<BufId>,
+    /// Buffer of the write in flight (it holds its own reference).
+    pub writing: Option<BufId>,
+    /// An accept is armed.
+    pub accepting: bool,
+    /// Subscribers keep their own queue; links use their output's.
+    pub queue: Option<OutQueue>,
+    pub peer: String,
+}
+
+impl Endpoint {
+    pub fn new(gen: u32, role: Role, fd: OwnedFd, link: Link) -> Endpoint {
+        Endpoint {
+            gen,
+            role,
+            fd: Some(fd),
+            link,
+            in_flight: 0,
+            reading: Vec::with_capacity(UDP_RECVS_IN_FLIGHT),
+            writing: None,
+            accepting: false,
+            queue: None,
+            peer: String::new(),
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)
+    }
+}
+
+/// An output file's rotation state.
+#[derive(Debug)]
+pub struct FileOut {
+    pub path: PathBuf,
+    pub size: u64,
+    pub rotate: Option<u64>,
+    pub keep: u32,
+}
+
+/// One configured output.
+#[derive(Debug)]
+pub struct Output {
+    pub cfg: OutputConfig,
+    /// The queue of a link output (kept across reconnects).
+    pub queue: OutQueue,
+    pub link: Option<u16>,
+    pub listener: Option<u16>,
+    pub subscribers: Vec<u16>,
+    pub backoff: Backoff,
+    pub retry_at: Option<Instant>,
+    /// The output is in a fault state (logged once on entry, once on recovery).
+    pub faulted: bool,
+    /// Bytes of the current fault episode's errors, for the recovery log line.
+    pub file: Option<FileOut>,
+    pub stats: OutputStats,
+    /// A send to this output was refused with a fault worth one log line.
+    pub connected_once: bool,
+}
+
+impl Output {
+    pub fn scheme(&self) -> Scheme {
+        self.cfg.endpoint.scheme
+    }
+
+    /// Whether this output keeps one link (as opposed to listening for subscribers).
+    pub fn is_link(&self) -> bool {
+        !self.scheme().is_listen()
+    }
+
+    /// Whether chunks go out as datagrams.
+    pub fn is_datagram(&self) -> bool {
+        self.scheme() == Scheme::Udp
+    }
+
+    pub fn url(&self) -> String {
+        self.cfg.endpoint.url()
+    }
+}
+
+/// Everything about one channel.
+pub struct Channel {
+    pub cfg: ChannelConfig,
+    pub slots: Vec<Option<Endpoint>>,
+    free_slots: Vec<u16>,
+    /// The live input endpoint.
+    pub input: Option<u16>,
+    pub input_listener: Option<u16>,
+    pub input_backoff: Backoff,
+    pub input_retry_at: Option<Instant>,
+    pub input_faulted: bool,
+    /// An input fd bound at start, waiting to be activated.
+    pub pending_input: Option<OwnedFd>,
+    pub pending_input_listener: Option<OwnedFd>,
+    pub outputs: Vec<Output>,
+    /// A `block` output is over its limit: the input is not read.
+    pub blocked: bool,
+    /// Stopping: no more input, outputs drain.
+    pub draining: bool,
+    pub stats: InputStats,
+    pub publisher: Option<crate::shm::Publisher>,
+    /// Per-output pending fds bound at start (listeners, udp sockets, files).
+    pub pending_out: Vec<Option<OwnedFd>>,
+}
+
+/// Buffers one output may hold: a quarter of the pool shared among the channels, at least 4.
+pub fn buffer_quota(buffer_count: u32, channels: usize) -> usize {
+    ((buffer_count as usize) / 4 / channels.max(1)).max(4)
+}
+
+impl Channel {
+    /// Binds the input and every listening output, creates UDP outputs and opens files: all
+    /// the work that can fail on a bad address, before any ring exists. Errors name the
+    /// channel and URL.
+    pub fn bind(cfg: &ChannelConfig, quota: usize, seed: u64) -> Result<Channel, String> {
+        let name = &cfg.name;
+        let fail = |url: String, e: std::io::Error| format!("channel {name}: {url}: {e}");
+        let mut pending_input = None;
+        let mut pending_input_listener = None;
+        match cfg.input.scheme {
+            Scheme::Udp => {
+                let (fd, _) = net::udp_input(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
+                pending_input = Some(fd);
+            }
+            Scheme::TcpListen => {
+                let (fd, _) = net::tcp_listen(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
+                pending_input_listener = Some(fd);
+            }
+            Scheme::UnixListen => {
+                let fd = net::unix_listen(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
+                pending_input_listener = Some(fd);
+            }
+            Scheme::Tcp | Scheme::Unix => {
+                // Dialed once the loop runs; an unresolvable name is an error now.
+                if let Target::Inet { .. } = cfg.input.target {
+                    net::resolve(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
+                }
+            }
+            Scheme::File => unreachable!("rejected by the config parser"),
+        }
+        let mut outputs = Vec::new();
+        let mut pending_out = Vec::new();
+        for (i, oc) in cfg.outputs.iter().enumerate() {
+            let ep = &oc.endpoint;
+            let mut file = None;
+            let fd = match ep.scheme {
+                Scheme::TcpListen => Some(net::tcp_listen(ep).map_err(|e| fail(ep.url(), e))?.0),
+                Scheme::UnixListen => Some(net::unix_listen(ep).map_err(|e| fail(ep.url(), e))?),
+                Scheme::Udp => Some(net::udp_output(ep).map_err(|e| fail(ep.url(), e))?),
+                Scheme::File => {
+                    let Target::Path(p) = &ep.target else {
+                        unreachable!()
+                    };
+                    let fd = net::open_append(p).map_err(|e| fail(ep.url(), e))?;
+                    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                    file = Some(FileOut {
+                        path: p.clone(),
+                        size,
+                        rotate: ep.opts.rotate,
+                        keep: ep.opts.keep.unwrap_or(10),
+                    });
+                    Some(fd)
+                }
+                Scheme::Tcp | Scheme::Unix => {
+                    if let Target::Inet { .. } = ep.target {
+                        net::resolve(ep).map_err(|e| fail(ep.url(), e))?;
+                    }
+                    None
+                }
+            };
+            pending_out.push(fd);
+            outputs.push(Output {
+                cfg: oc.clone(),
+                queue: OutQueue::new(oc.on_slow, oc.max_backlog, quota),
+                link: None,
+                listener: None,
+                subscribers: Vec::new(),
+                backoff: Backoff::new(seed.wrapping_mul(31).wrapping_add(i as u64 + 1)),
+                retry_at: None,
+                faulted: false,
+                file,
+                stats: OutputStats::default(),
+                connected_once: false,
+            });
+        }
+        Ok(Channel {
+            cfg: cfg.clone(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            input: None,
+            input_listener: None,
+            input_backoff: Backoff::new(seed),
+            input_retry_at: None,
+            input_faulted: false,
+            pending_input,
+            pending_input_listener,
+            outputs,
+            blocked: false,
+            draining: false,
+            stats: InputStats::default(),
+            publisher: None,
+            pending_out,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn framing(&self) -> Framing {
+        self.cfg.framing
+    }
+
+    pub fn input_is_datagram(&self) -> bool {
+        self.cfg.input.scheme == Scheme::Udp
+    }
+
+    /// Puts an endpoint in a free slot and returns its index.
+    pub fn insert(&mut self, ep: Endpoint) -> u16 {
+        if let Some(i) = self.free_slots.pop() {
+            self.slots[i as usize] = Some(ep);
+            i
+        } else {
+            self.slots.push(Some(ep));
+            (self.slots.len() - 1) as u16
+        }
+    }
+
+    pub fn ep(&self, slot: u16) -> Option<&Endpoint> {
+        self.slots.get(slot as usize).and_then(|s| s.as_ref())
+    }
+
+    pub fn ep_mut(&mut self, slot: u16) -> Option<&mut Endpoint> {
+        self.slots.get_mut(slot as usize).and_then(|s| s.as_mut())
+    }
+
+    /// The endpoint in `slot` if it still has generation `gen`.
+    pub fn ep_gen(&mut self, slot: u16, gen: u32) -> Option<&mut Endpoint> {
+        self.ep_mut(slot).filter(|e| e.gen == gen)
+    }
+
+    /// Finds the slot of the endpoint with generation `gen` (stale completions of receives,
+    /// whose token carries a buffer index instead of a slot).
+    pub fn slot_of_gen(&self, gen: u32) -> Option<u16> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|e| e.gen == gen))
+            .map(|i| i as u16)
+    }
+
+    /// Frees a closing endpoint's slot once nothing is in flight on it. Returns whether it
+    /// was freed (its descriptor is closed by the drop).
+    pub fn reap_if_idle(&mut self, slot: u16) -> bool {
+        let idle = self
+            .ep(slot)
+            .is_some_and(|e| e.link == Link::Closing && e.in_flight == 0);
+        if idle {
+            self.slots[slot as usize] = None;
+            self.free_slots.push(slot);
+        }
+        idle
+    }
+
+    /// Endpoints still open or closing.
+    pub fn live_endpoints(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Whether every output's queue is empty and no write is in flight.
+    pub fn drained(&self) -> bool {
+        self.outputs.iter().all(|o| o.queue.is_empty())
+            && self
+                .slots
+                .iter()
+                .flatten()
+                .all(|e| e.writing.is_none() && e.queue.as_ref().is_none_or(|q| q.is_empty()))
+    }
+
+    /// Whether every block output is back under half its limit.
+    pub fn may_unblock(&self) -> bool {
+        self.outputs.iter().all(|o| o.queue.may_resume())
+            && self.slots.iter().flatten().all(|e| {
+                e.queue
+                    .as_ref()
+                    .is_none_or(|q| q.policy != crate::url::OnSlow::Block || q.may_resume())
+            })
+    }
+}
