@@ -46,6 +46,208 @@ stage_probe() {
   else fail probe "exit $rc (baseline: $rcb)"; fi
 }
 
+# ---- relay stages: each starts its relays with logs in $T/NAME.log and stops them itself ----
+
+# Waits (bounded) until log file $1 shows the ready line.
+wait_ready() {
+  i=0
+  while [ $i -lt 300 ]; do
+    grep -q "ready: " "$1" 2>/dev/null && return 0
+    sleep 0.1; i=$((i + 1))
+  done
+  echo "--- $1:"; cat "$1"; return 1
+}
+
+# Sends SIGTERM to pid $1 and waits for it (SIGKILL after 30 s); prints its exit code.
+term_wait() {
+  kill -TERM "$1" 2>/dev/null
+  i=0
+  while kill -0 "$1" 2>/dev/null && [ $i -lt 300 ]; do
+    # A zombie still answers kill -0: stop waiting once it has exited.
+    grep -q '^State:.*Z' /proc/$1/status 2>/dev/null && break
+    sleep 0.1; i=$((i + 1))
+  done
+  kill -KILL "$1" 2>/dev/null
+  wait "$1"; echo $?
+}
+
+# Size of file $1 in bytes (0 when missing).
+size() { if [ -f "$1" ]; then wc -c < "$1" | tr -d ' '; else echo 0; fi; }
+
+# UDP fan-out: one UDP input to two UDP outputs (received by two sink relays writing files)
+# and a file; all three must hold the same bytes, all the generator sent.
+stage_udp() {
+  d=$T/udp; mkdir -p $d
+  ringrelay run --input udp://127.0.0.1:5101 --output file://$d/s1.raw > $d/s1.log 2>&1 & s1=$!
+  ringrelay run --input udp://127.0.0.1:5102 --output file://$d/s2.raw > $d/s2.log 2>&1 & s2=$!
+  ringrelay run --input udp://127.0.0.1:5100 --output udp://127.0.0.1:5101 \
+    --output udp://127.0.0.1:5102 --output file://$d/direct.raw > $d/relay.log 2>&1 & r=$!
+  if ! wait_ready $d/s1.log || ! wait_ready $d/s2.log || ! wait_ready $d/relay.log; then
+    kill $s1 $s2 $r 2>/dev/null; fail udp "relays not ready"; return
+  fi
+  timeout 60 ringrelay gen udp://127.0.0.1:5100 --format i16le --signal counter \
+    --rate 20000 --frames 40000 --packet-bytes 1000 > $d/gen.log 2>&1
+  sleep 1
+  rr=$(term_wait $r); r1=$(term_wait $s1); r2=$(term_wait $s2)
+  want=80000
+  sums=$(md5sum $d/direct.raw $d/s1.raw $d/s2.raw 2>/dev/null | awk '{print $1}' | sort -u | wc -l)
+  echo "udp: direct=$(size $d/direct.raw) s1=$(size $d/s1.raw) s2=$(size $d/s2.raw) want=$want exits=$rr/$r1/$r2"
+  if [ "$(size $d/direct.raw)" = $want ] && [ "$(size $d/s1.raw)" = $want ] &&
+     [ "$(size $d/s2.raw)" = $want ] && [ "$sums" = 1 ] && [ "$rr$r1$r2" = 000 ]; then
+    pass udp
+  else
+    tail -5 $d/relay.log; fail udp "fan-out mismatch"
+  fi
+}
+
+# TCP fan-out: a TCP producer to two subscribers, one stalled (never reads), and a file. The
+# stalled one is disconnected; the other and the file get every byte.
+stage_tcp() {
+  d=$T/tcp; mkdir -p $d
+  cat > $d/conf <<EOC
+[global]
+buffer_count = 64
+shm_dir = $d/shm
+[channel t]
+input = tcp-listen://127.0.0.1:5200
+output = tcp-listen://127.0.0.1:6200 max_backlog=256KiB
+output = file://$d/ref.raw
+EOC
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r; fail tcp "relay not ready"; return; }
+  nc 127.0.0.1 6200 > $d/fast.raw & f=$!
+  # The stalled subscriber: nc writes into a pipe nobody reads.
+  mkfifo $d/stall
+  nc 127.0.0.1 6200 > $d/stall & st=$!
+  sleep 1
+  timeout 120 ringrelay gen tcp://127.0.0.1:5200 --format u8 --signal counter --rate max \
+    --bytes 16MiB > $d/gen.log 2>&1
+  rg=$?
+  sleep 2
+  rr=$(term_wait $r)
+  sleep 1; kill $f $st 2>/dev/null
+  want=16777216
+  echo "tcp: ref=$(size $d/ref.raw) fast=$(size $d/fast.raw) gen=$rg exit=$rr"
+  if [ "$(size $d/ref.raw)" = $want ] && [ "$(size $d/fast.raw)" = $want ] &&
+     cmp -s $d/ref.raw $d/fast.raw && [ "$rr" = 0 ] && grep -qi "disconnect" $d/relay.log; then
+    pass tcp
+  else
+    tail -5 $d/relay.log; fail tcp "subscriber fan-out"
+  fi
+}
+
+# Decimation into shared memory, read back with `ringrelay tail`.
+stage_shm() {
+  d=$T/shm; mkdir -p $d
+  cat > $d/conf <<EOC
+[global]
+shm_dir = $d/regions
+[channel s]
+input = udp://127.0.0.1:5300
+output = file://$d/raw.raw
+sample = i16le
+sample_rate = 1000
+decimate = mean:10
+EOC
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r; fail shm "relay not ready"; return; }
+  timeout 60 ringrelay gen udp://127.0.0.1:5300 --format i16le --signal counter --rate 10000 \
+    --frames 1000 --packet-bytes 200 > $d/gen.log 2>&1
+  sleep 1
+  timeout 30 ringrelay tail s --shm-dir $d/regions --format csv > $d/tail.csv 2> $d/tail.err
+  rt=$?
+  rr=$(term_wait $r)
+  lines=$(wc -l < $d/tail.csv | tr -d ' ')
+  echo "shm: tail exit=$rt lines=$lines relay exit=$rr; first rows:"; head -3 $d/tail.csv
+  # 1000 frames / 10 = 100 decimated frames plus the header line.
+  if [ $rt = 0 ] && [ "$lines" = 101 ] && head -1 $d/tail.csv | grep -q '^frame,time_ns'; then
+    pass shm
+  else
+    cat $d/tail.err; fail shm "tail output"
+  fi
+}
+
+# SIGHUP reload while data flows: the unchanged channel loses nothing across 5 reloads, an
+# added channel starts, an invalid file is refused and the relay keeps running.
+stage_reload() {
+  d=$T/reload; mkdir -p $d
+  cat > $d/conf <<EOC
+[global]
+shm_dir = $d/shm
+[channel a]
+input = udp://127.0.0.1:5400
+output = file://$d/a.raw
+EOC
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r; fail reload "relay not ready"; return; }
+  timeout 60 ringrelay gen udp://127.0.0.1:5400 --format i16le --signal counter --rate 10000 \
+    --frames 30000 --packet-bytes 500 > $d/gen.log 2>&1 & g=$!
+  cat >> $d/conf <<EOC
+[channel b]
+input = udp://127.0.0.1:5401
+output = file://$d/b.raw
+EOC
+  for i in 1 2 3 4 5; do kill -HUP $r; sleep 0.4; done
+  cp $d/conf $d/good; echo "bogus_key = 1" >> $d/conf; kill -HUP $r; sleep 0.5; cp $d/good $d/conf
+  wait $g
+  ringrelay gen udp://127.0.0.1:5401 --format u8 --signal counter --rate max \
+    --bytes 100 > /dev/null 2>&1
+  sleep 1
+  alive=0; kill -0 $r 2>/dev/null && alive=1
+  rr=$(term_wait $r)
+  echo "reload: a=$(size $d/a.raw) (want 60000) b=$(size $d/b.raw) alive=$alive exit=$rr"
+  if [ "$(size $d/a.raw)" = 60000 ] && [ "$(size $d/b.raw)" = 100 ] && [ $alive = 1 ] &&
+     [ "$rr" = 0 ]; then
+    pass reload
+  else
+    tail -8 $d/relay.log; fail reload "data lost or channel missing"
+  fi
+}
+
+# SIGTERM right after the data: queued output is flushed to a collector and a file, exit 0.
+stage_term() {
+  d=$T/term; mkdir -p $d
+  nc -l -p 6500 > $d/col.raw & c=$!
+  sleep 0.5
+  ringrelay run --input tcp-listen://127.0.0.1:5500 --output tcp://127.0.0.1:6500 \
+    --output file://$d/file.raw > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r $c; fail term "relay not ready"; return; }
+  sleep 0.5
+  timeout 60 ringrelay gen tcp://127.0.0.1:5500 --format u8 --signal counter --rate max \
+    --bytes 4MiB > $d/gen.log 2>&1
+  rr=$(term_wait $r)
+  i=0; while kill -0 $c 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  kill $c 2>/dev/null
+  echo "term: collector=$(size $d/col.raw) file=$(size $d/file.raw) exit=$rr"
+  if [ "$(size $d/col.raw)" = 4194304 ] && [ "$(size $d/file.raw)" = 4194304 ] && [ "$rr" = 0 ]; then
+    pass term
+  else
+    tail -5 $d/relay.log; fail term "flush on SIGTERM"
+  fi
+}
+
+# Resident memory of a relay with 8 channels and the default buffers (kB, from /proc).
+stage_rss() {
+  d=$T/rss; mkdir -p $d
+  { echo "[global]"; echo "shm_dir = $d/shm"
+    for i in 0 1 2 3 4 5 6 7; do
+      echo "[channel c$i]"; echo "input = udp://127.0.0.1:57$i$i"
+      echo "output = tcp-listen://127.0.0.1:67$i$i"; echo "output = file://$d/c$i.raw"
+      echo "sample = i16le"; echo "decimate = mean:10"
+    done; } > $d/conf
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r; fail rss "relay not ready"; return; }
+  for i in 0 1 2 3 4 5 6 7; do
+    ringrelay gen udp://127.0.0.1:57$i$i --rate 20000 --frames 10000 > /dev/null 2>&1
+  done
+  rss=$(awk '/^VmRSS/ {print $2}' /proc/$r/status)
+  hwm=$(awk '/^VmHWM/ {print $2}' /proc/$r/status)
+  rr=$(term_wait $r)
+  echo "rss: VmRSS=${rss}kB VmHWM=${hwm}kB exit=$rr"
+  if [ -n "$hwm" ] && [ "$hwm" -lt 32768 ] && [ "$rr" = 0 ]; then pass rss
+  else fail rss "resident memory ${hwm}kB (limit 32768kB)"; fi
+}
+
 for s in $STAGES; do
   echo "=== stage $s"
   if type "stage_$s" >/dev/null 2>&1; then "stage_$s"; else fail "$s" "no such stage"; fi
