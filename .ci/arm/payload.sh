@@ -7,7 +7,7 @@ cd /payload || exit 100
 PATH=/payload:$PATH
 export PATH
 STAGES=$(cat stages 2>/dev/null || echo all)
-[ "$STAGES" = all ] && STAGES="info help probe"
+[ "$STAGES" = all ] && STAGES="info help probe check gen"
 FAILED=0
 T=/tmp/smoke
 mkdir -p $T
@@ -44,6 +44,44 @@ stage_probe() {
   rcb=$?
   if [ $rc -eq 0 ] && [ $rcb -eq 0 ]; then pass probe
   else fail probe "exit $rc (baseline: $rcb)"; fi
+}
+
+# `ringrelay check` on a config using every kind of endpoint.
+stage_check() {
+  cat > $T/check.conf <<EOC
+[global]
+buffer_count = 32
+[channel a]
+input = udp://0.0.0.0:5000 group=239.1.1.1 rcvbuf=1MiB
+output = tcp-listen://127.0.0.1:6000 max_clients=4 allow=127.0.0.0/8
+output = udp://127.0.0.1:7001
+output = file:///tmp/a.raw rotate=1MiB keep=2
+sample = i16le
+decimate = minmax:10,100
+[channel b]
+input = tcp://127.0.0.1:5001
+output = unix-listen:///tmp/b.sock
+EOC
+  if timeout 30 ringrelay check -c $T/check.conf > $T/check.out 2>&1; then pass check
+  else cat $T/check.out; fail check "valid config refused"; fi
+  echo "bogus = 1" >> $T/check.conf
+  timeout 30 ringrelay check -c $T/check.conf > $T/check2.out 2>&1
+  rc=$?
+  if [ $rc = 1 ] && grep -q "check.conf:13" $T/check2.out; then pass check-error
+  else cat $T/check2.out; fail check-error "exit $rc, want 1 with FILE:LINE"; fi
+}
+
+# The generator alone, into a busybox nc listener: exact byte count.
+stage_gen() {
+  nc -l -p 6900 > $T/gen.raw & c=$!
+  sleep 0.5
+  timeout 60 ringrelay gen tcp://127.0.0.1:6900 --format i16le --signal sine:440 --rate max \
+    --bytes 1MiB > $T/gen.log 2>&1
+  rg=$?
+  i=0; while kill -0 $c 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  kill $c 2>/dev/null
+  n=$(wc -c < $T/gen.raw | tr -d ' ')
+  if [ $rg = 0 ] && [ "$n" = 1048576 ]; then pass gen; else cat $T/gen.log; fail gen "exit $rg, $n bytes"; fi
 }
 
 # ---- relay stages: each starts its relays with logs in $T/NAME.log and stops them itself ----
