@@ -164,16 +164,29 @@ pub struct Channel {
     pub pending_out: Vec<Option<OwnedFd>>,
 }
 
-/// Buffers one output may hold: a quarter of the pool shared among the channels, at least 4.
-pub fn buffer_quota(buffer_count: u32, channels: usize) -> usize {
-    ((buffer_count as usize) / 4 / channels.max(1)).max(4)
+/// Buffers one output may hold. A `block` output may hold all but an eighth of the pool: when
+/// the pool runs dry the input simply stops reading (a stream pushes back on its producer, a
+/// datagram socket buffers in the kernel), which is what `block` asks for. A `drop` or
+/// `disconnect` output gets a quarter of the pool shared among the channels (at least 4), so
+/// that a stuck subscriber cannot starve the outputs that keep up.
+pub fn buffer_quota(buffer_count: u32, channels: usize, policy: crate::url::OnSlow) -> usize {
+    let n = buffer_count as usize;
+    match policy {
+        crate::url::OnSlow::Block => n - (n / 8).max(4).min(n - 1),
+        _ => (n / 4 / channels.max(1)).max(4),
+    }
 }
 
 impl Channel {
     /// Binds the input and every listening output, creates UDP outputs and opens files: all
     /// the work that can fail on a bad address, before any ring exists. Errors name the
     /// channel and URL.
-    pub fn bind(cfg: &ChannelConfig, quota: usize, seed: u64) -> Result<Channel, String> {
+    pub fn bind(
+        cfg: &ChannelConfig,
+        buffer_count: u32,
+        channels: usize,
+        seed: u64,
+    ) -> Result<Channel, String> {
         let name = &cfg.name;
         let fail = |url: String, e: std::io::Error| format!("channel {name}: {url}: {e}");
         let mut pending_input = None;
@@ -232,7 +245,11 @@ impl Channel {
             pending_out.push(fd);
             outputs.push(Output {
                 cfg: oc.clone(),
-                queue: OutQueue::new(oc.on_slow, oc.max_backlog, quota),
+                queue: OutQueue::new(
+                    oc.on_slow,
+                    oc.max_backlog,
+                    buffer_quota(buffer_count, channels, oc.on_slow),
+                ),
                 link: None,
                 listener: None,
                 subscribers: Vec::new(),

@@ -1,5 +1,1832 @@
-//! The event loop (placeholder).
-pub fn run_command(_a: crate::cli::RunArgs) -> i32 {
-    eprintln!("ringrelay: run is not built yet");
-    1
+//! The event loop: one completion-driven state machine over one ring for every channel.
+//!
+//! Owns: the start-up sequence of `ringrelay run`, the dispatch of every completion to the
+//! channel and endpoint it belongs to, the timer (reconnects, retries, heartbeats, stats),
+//! signals (SIGTERM/SIGINT flush and exit, SIGHUP reload, SIGUSR1 counters) and shutdown.
+//!
+//! Data path, per input completion: the input's buffer is offered to every output's queue;
+//! each output that queues it takes a reference (the SAME buffer, no copy); the input drops its
+//! own reference; each output keeps one write in flight and resubmits short writes; the buffer
+//! returns to the pool with the last reference. Decisions about slow outputs are the queue's
+//! ([`crate::outq`]); this module acts on them.
+//!
+//! Must never: block (every socket operation goes through the ring; the only synchronous
+//! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
+//! fault reach another, or free an endpoint while the kernel still holds an operation of it.
+
+use crate::channel::{Channel, Endpoint, Link, Role, PREFIX, UDP_RECVS_IN_FLIGHT};
+use crate::cli::RunArgs;
+use crate::config::{self, Config, FeatureSet, Framing, LogDest};
+use crate::outq::{Chunk, Offer, OutQueue};
+use crate::ring::{Completion, Ring, RingOptions, Sqe};
+use crate::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
+use crate::url::{OnSlow, Scheme};
+use crate::{daemonize, logging, net};
+use log::{debug, error, info, warn};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Signals the loop reacts to, set by signal handlers and noticed through the pipe.
+struct Signals {
+    read_end: OwnedFd,
+    _write_end: OwnedFd,
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    usr1: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("signal pipe: {e}"))?;
+        // The handler's end must never block; the ring reads the other end.
+        nix::fcntl::fcntl(
+            &w,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| format!("signal pipe: {e}"))?;
+        let term = Arc::new(AtomicBool::new(false));
+        let hup = Arc::new(AtomicBool::new(false));
+        let usr1 = Arc::new(AtomicBool::new(false));
+        let reg = |sig: i32, flag: &Arc<AtomicBool>| -> Result<(), String> {
+            signal_hook::flag::register(sig, Arc::clone(flag))
+                .map_err(|e| format!("signal {sig}: {e}"))?;
+            let w2 = w.try_clone().map_err(|e| format!("signal pipe: {e}"))?;
+            signal_hook::low_level::pipe::register_raw(sig, w2)
+                .map_err(|e| format!("signal {sig}: {e}"))?;
+            Ok(())
+        };
+        reg(SIGTERM, &term)?;
+        reg(SIGINT, &term)?;
+        reg(SIGHUP, &hup)?;
+        reg(SIGUSR1, &usr1)?;
+        Ok(Signals {
+            read_end: r,
+            _write_end: w,
+            term,
+            hup,
+            usr1,
+        })
+    }
+}
+
+/// A hook the demo uses to show live throughput; called about once a second.
+pub type Monitor = Box<dyn FnMut(&[Option<Channel>], f64)>;
+
+pub struct Daemon {
+    ring: Ring,
+    channels: Vec<Option<Channel>>,
+    /// Channels replaced by a reload, waiting for the old one's endpoints to close.
+    pending_starts: Vec<(usize, config::ChannelConfig)>,
+    gens: Generations,
+    cfg: Config,
+    config_path: Option<String>,
+    cq: Vec<Completion>,
+    signals: Signals,
+    shutdown_deadline: Option<Instant>,
+    closing_all: bool,
+    started: Instant,
+    last_stats_log: Instant,
+    last_stats_pub: Instant,
+    last_monitor: Instant,
+    stats_writer: Option<crate::shm::StatsWriter>,
+    shm_opts: crate::shm::ShmOptions,
+    seed: u64,
+    /// Stop by itself at this instant (demo `--duration`).
+    pub stop_at: Option<Instant>,
+    pub monitor: Option<Monitor>,
+}
+
+/// Reads the feature-set override from the environment.
+pub fn baseline_forced(cfg: &Config) -> bool {
+    cfg.global.features == FeatureSet::Baseline
+        || std::env::var("RINGRELAY_FEATURES").is_ok_and(|v| v == "baseline")
+}
+
+fn shm_options(cfg: &Config) -> Result<crate::shm::ShmOptions, String> {
+    let group = match &cfg.global.shm_group {
+        Some(g) => Some(daemonize::lookup_group(g)?.as_raw()),
+        None => None,
+    };
+    Ok(crate::shm::ShmOptions {
+        dir: cfg.global.shm_dir.clone(),
+        mode: cfg.global.shm_mode,
+        group,
+    })
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Binds every channel of `cfg`: the part of start-up that can fail on addresses.
+pub fn bind_all(cfg: &Config, seed: u64) -> Result<Vec<Channel>, String> {
+    let n = cfg.channels.len();
+    cfg.channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Channel::bind(
+                c,
+                cfg.global.buffer_count,
+                n,
+                seed.wrapping_add(i as u64 * 7919),
+            )
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Creates the ring and the shared-memory regions, and activates the bound channels.
+    pub fn start(
+        cfg: Config,
+        channels: Vec<Channel>,
+        config_path: Option<String>,
+    ) -> Result<Daemon, String> {
+        let g = &cfg.global;
+        let ring = Ring::new(&RingOptions {
+            entries: g.ring_entries,
+            sqpoll: g.sqpoll,
+            sqpoll_idle_ms: g.sqpoll_idle_ms,
+            sqpoll_cpu: g.sqpoll_cpu,
+            baseline: baseline_forced(&cfg),
+            buffer_size: g.buffer_size,
+            buffer_count: g.buffer_count,
+            trial_multishot: true,
+        })?;
+        info!("{}", ring.caps.summary());
+        if let Some(n) = &ring.caps.sqpoll_note {
+            warn!("SQPOLL off: {n}");
+        }
+        if ring.caps.sqpoll_thread_seen == Some(false) {
+            warn!("SQPOLL was granted but no iou-sqp thread is visible");
+        }
+        if let Some(n) = &ring.caps.registered_note {
+            warn!("buffers not registered: {n}");
+        }
+        let shm_opts = shm_options(&cfg)?;
+        let now = Instant::now();
+        let mut d = Daemon {
+            ring,
+            channels: Vec::new(),
+            pending_starts: Vec::new(),
+            gens: Generations::default(),
+            config_path,
+            cq: Vec::with_capacity(cfg.global.ring_entries as usize * 4),
+            signals: Signals::install()?,
+            shutdown_deadline: None,
+            closing_all: false,
+            started: now,
+            last_stats_log: now,
+            last_stats_pub: now,
+            last_monitor: now,
+            stats_writer: None,
+            shm_opts,
+            seed: seed(),
+            stop_at: None,
+            monitor: None,
+            cfg,
+        };
+        let any_shm = d
+            .cfg
+            .channels
+            .iter()
+            .any(|c| c.samples.as_ref().is_some_and(|s| s.shm));
+        if any_shm {
+            match crate::shm::StatsWriter::create(&d.shm_opts) {
+                Ok(w) => d.stats_writer = Some(w),
+                Err(e) => warn!(
+                    "cannot create the stats region in {}: {e}",
+                    d.shm_opts.dir.display()
+                ),
+            }
+        }
+        for ch in channels {
+            let ci = d.channels.len();
+            d.channels.push(Some(ch));
+            d.activate(ci)?;
+        }
+        d.ring.push(Sqe::Tick, Token::daemon(OpKind::Tick));
+        let fd = d.signals.read_end.as_raw_fd();
+        d.ring
+            .push(Sqe::ReadSignal { fd }, Token::daemon(OpKind::Signal));
+        d.ring.submit().map_err(|e| format!("submit: {e}"))?;
+        Ok(d)
+    }
+
+    pub fn caps(&self) -> &crate::caps::Caps {
+        &self.ring.caps
+    }
+
+    /// Turns a bound channel into a running one: publisher, accepts, reads, dials.
+    fn activate(&mut self, ci: usize) -> Result<(), String> {
+        let now = Instant::now();
+        let gens = &mut self.gens;
+        let ring = &mut self.ring;
+        let ch = self.channels[ci]
+            .as_mut()
+            .expect("activated channel exists");
+        let ci16 = ci as u16;
+        if let Some(s) = ch.cfg.samples.clone() {
+            if s.shm {
+                let p =
+                    crate::shm::Publisher::create(&self.shm_opts, ch.name(), &s).map_err(|e| {
+                        format!(
+                            "channel {}: cannot create its region in {}: {e}",
+                            ch.name(),
+                            self.shm_opts.dir.display()
+                        )
+                    })?;
+                ch.publisher = Some(p);
+            }
+        }
+        if let Some(fd) = ch.pending_input.take() {
+            let slot = ch.insert(Endpoint::new(gens.next(), Role::Input, fd, Link::Up));
+            ch.input = Some(slot);
+        }
+        if let Some(fd) = ch.pending_input_listener.take() {
+            let slot = ch.insert(Endpoint::new(
+                gens.next(),
+                Role::InputListener,
+                fd,
+                Link::Up,
+            ));
+            ch.input_listener = Some(slot);
+            arm_accept(ring, ch, ci16, slot);
+        }
+        if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+            dial_input(ring, gens, ch, ci16, now);
+        }
+        for oi in 0..ch.outputs.len() {
+            let Some(fd) = ch.pending_out[oi].take() else {
+                dial_output(ring, gens, ch, ci16, oi, now);
+                continue;
+            };
+            if ch.outputs[oi].is_link() {
+                let slot = ch.insert(Endpoint::new(
+                    gens.next(),
+                    Role::Link { out: oi },
+                    fd,
+                    Link::Up,
+                ));
+                ch.outputs[oi].link = Some(slot);
+                ch.outputs[oi].connected_once = true;
+            } else {
+                let slot = ch.insert(Endpoint::new(
+                    gens.next(),
+                    Role::OutputListener { out: oi },
+                    fd,
+                    Link::Up,
+                ));
+                ch.outputs[oi].listener = Some(slot);
+                arm_accept(ring, ch, ci16, slot);
+            }
+        }
+        post_reads(ring, ch, ci16);
+        Ok(())
+    }
+
+    /// Runs until SIGTERM/SIGINT (or `stop_at`) and every output is flushed or the
+    /// shutdown timeout passed. Returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        loop {
+            if let Err(e) = self.ring.wait(None) {
+                error!("io_uring wait failed: {e}; exiting so that a supervisor restarts us");
+                return 1;
+            }
+            let mut cq = std::mem::take(&mut self.cq);
+            cq.clear();
+            self.ring.reap(&mut cq);
+            for c in &cq {
+                self.dispatch(*c);
+            }
+            self.cq = cq;
+            self.after_batch();
+            if self.closing_all && self.all_closed() {
+                break;
+            }
+            if let Err(e) = self.ring.submit() {
+                error!("io_uring submit failed: {e}");
+                return 1;
+            }
+        }
+        self.finish();
+        0
+    }
+
+    fn all_closed(&self) -> bool {
+        self.channels
+            .iter()
+            .flatten()
+            .all(|c| c.live_endpoints() == 0)
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let Some(tok) = Token::decode(c.user_data) else {
+            return;
+        };
+        if tok.chan == DAEMON_CHANNEL {
+            match tok.kind {
+                OpKind::Signal => self.on_signal(c.res),
+                OpKind::Tick => self.on_tick(),
+                _ => {}
+            }
+            return;
+        }
+        if tok.kind == OpKind::Cancel {
+            return;
+        }
+        let ci = tok.chan as usize;
+        let ring = &mut self.ring;
+        let gens = &mut self.gens;
+        let Some(Some(ch)) = self.channels.get_mut(ci) else {
+            // A channel is only removed once all its completions have arrived.
+            debug!("completion for removed channel {ci}: {tok:?}");
+            return;
+        };
+        match tok.kind {
+            OpKind::Recv => on_recv(ring, ch, tok, c.res),
+            OpKind::Send => on_write(ring, ch, tok, c.res),
+            OpKind::Accept => {
+                let (count, n) = (self.cfg.global.buffer_count, self.cfg.channels.len());
+                on_accept(ring, gens, ch, tok, c.res, c.more(), count, n)
+            }
+            OpKind::Connect => on_connect(ring, ch, tok, c.res),
+            _ => {}
+        }
+    }
+
+    /// Work after each batch of completions: refill inputs starved of buffers, finish
+    /// removals, check whether a shutdown is complete.
+    fn after_batch(&mut self) {
+        for (ci, ch) in self.channels.iter_mut().enumerate() {
+            if let Some(ch) = ch {
+                post_reads(&mut self.ring, ch, ci as u16);
+            }
+        }
+        // Channels removed or replaced by a reload go once idle.
+        for ci in 0..self.channels.len() {
+            let done = self.channels[ci].as_ref().is_some_and(|c| {
+                c.draining && c.live_endpoints() == 0 && self.shutdown_deadline.is_none()
+            });
+            if done {
+                if let Some(ch) = self.channels[ci].take() {
+                    if let Some(p) = ch.publisher {
+                        p.close();
+                    }
+                    info!("channel {}: closed", ch.cfg.name);
+                }
+                if let Some(pos) = self.pending_starts.iter().position(|(i, _)| *i == ci) {
+                    let (_, cfg) = self.pending_starts.remove(pos);
+                    self.start_channel(ci, &cfg);
+                }
+            }
+        }
+        if let Some(deadline) = self.shutdown_deadline {
+            if !self.closing_all {
+                let drained = self.channels.iter().flatten().all(|c| c.drained());
+                if drained || Instant::now() >= deadline {
+                    if !drained {
+                        warn!("shutdown timeout reached with data still queued; closing");
+                    }
+                    self.close_everything();
+                }
+            }
+        }
+    }
+
+    fn start_channel(&mut self, ci: usize, cfg: &config::ChannelConfig) {
+        let n = self.cfg.channels.len().max(1);
+        let count = self.cfg.global.buffer_count;
+        match Channel::bind(cfg, count, n, self.seed.wrapping_add(ci as u64)) {
+            Ok(ch) => {
+                if ci == self.channels.len() {
+                    self.channels.push(Some(ch));
+                } else {
+                    self.channels[ci] = Some(ch);
+                }
+                match self.activate(ci) {
+                    Ok(()) => info!("channel {}: started", cfg.name),
+                    Err(e) => {
+                        error!("{e}");
+                        self.stop_channel(ci);
+                    }
+                }
+            }
+            Err(e) => error!("reload: {e}; the channel stays off"),
+        }
+    }
+
+    /// Stops a channel: input closed, outputs flushed then closed (see `after_batch`).
+    fn stop_channel(&mut self, ci: usize) {
+        let Some(ch) = self.channels[ci].as_mut() else {
+            return;
+        };
+        ch.draining = true;
+        let ring = &mut self.ring;
+        let slots: Vec<u16> = (0..ch.slots.len() as u16)
+            .filter(|s| ch.ep(*s).is_some_and(|e| e.link != Link::Closing))
+            .collect();
+        for s in slots {
+            close_ep(ring, ch, ci as u16, s);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let t = self.cfg.global.shutdown_timeout;
+        info!(
+            "stopping: no more input; flushing outputs (at most {:?})",
+            t
+        );
+        self.shutdown_deadline = Some(Instant::now() + t);
+        for (ci, ch) in self.channels.iter_mut().enumerate() {
+            let Some(ch) = ch else { continue };
+            ch.draining = true;
+            let ci = ci as u16;
+            for slot in [ch.input, ch.input_listener].into_iter().flatten() {
+                close_ep(&mut self.ring, ch, ci, slot);
+            }
+            for oi in 0..ch.outputs.len() {
+                if let Some(l) = ch.outputs[oi].listener {
+                    close_ep(&mut self.ring, ch, ci, l);
+                }
+            }
+        }
+    }
+
+    fn close_everything(&mut self) {
+        self.closing_all = true;
+        for (ci, ch) in self.channels.iter_mut().enumerate() {
+            let Some(ch) = ch else { continue };
+            for s in 0..ch.slots.len() as u16 {
+                if ch.ep(s).is_some_and(|e| e.link != Link::Closing) {
+                    if let Some(e) = ch.ep(s) {
+                        if matches!(e.role, Role::Link { out } if ch.outputs[out].file.is_some()) {
+                            let _ = nix::unistd::fsync(e.fd.as_ref().expect("open link"));
+                        }
+                    }
+                    close_ep(&mut self.ring, ch, ci as u16, s);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.log_counters(log::Level::Info);
+        for ch in self.channels.iter_mut().flatten() {
+            if let Some(p) = ch.publisher.take() {
+                p.close();
+            }
+        }
+        if let Some(w) = self.stats_writer.take() {
+            w.close();
+        }
+        info!("stopped");
+    }
+
+    fn on_signal(&mut self, res: i32) {
+        if self.signals.term.swap(false, Ordering::Relaxed) {
+            self.begin_shutdown();
+        }
+        if self.signals.hup.swap(false, Ordering::Relaxed) {
+            self.reload();
+        }
+        if self.signals.usr1.swap(false, Ordering::Relaxed) {
+            self.log_counters(log::Level::Info);
+        }
+        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+            error!(
+                "signal pipe read failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
+        }
+        let fd = self.signals.read_end.as_raw_fd();
+        self.ring
+            .push(Sqe::ReadSignal { fd }, Token::daemon(OpKind::Signal));
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.stop_at.is_some_and(|t| now >= t) {
+            self.stop_at = None;
+            self.begin_shutdown();
+        }
+        for (ci, ch) in self.channels.iter_mut().enumerate() {
+            let Some(ch) = ch else { continue };
+            let ci = ci as u16;
+            tick_channel(
+                &mut self.ring,
+                &mut self.gens,
+                ch,
+                ci,
+                now,
+                self.shutdown_deadline.is_some(),
+            );
+        }
+        if now.duration_since(self.last_stats_log) >= self.cfg.global.stats_interval {
+            self.last_stats_log = now;
+            self.log_counters(log::Level::Debug);
+        }
+        if now.duration_since(self.last_stats_pub) >= Duration::from_secs(1) {
+            self.last_stats_pub = now;
+            self.publish_stats();
+        }
+        if now.duration_since(self.last_monitor) >= Duration::from_secs(1) {
+            self.last_monitor = now;
+            let t = now.duration_since(self.started).as_secs_f64();
+            if let Some(m) = self.monitor.as_mut() {
+                m(&self.channels, t);
+            }
+        }
+        if !self.closing_all {
+            self.ring.push(Sqe::Tick, Token::daemon(OpKind::Tick));
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        let Some(w) = self.stats_writer.as_mut() else {
+            return;
+        };
+        let mut rows = Vec::new();
+        for ch in self.channels.iter().flatten() {
+            let s = &ch.stats;
+            let state = if ch.input.is_some() {
+                "up"
+            } else if ch.input_listener.is_some() {
+                "listening"
+            } else {
+                "down"
+            };
+            rows.push(crate::shm::StatRow {
+                label: ch.name().to_string(),
+                kind: "input".into(),
+                state: state.into(),
+                values: [
+                    s.bytes,
+                    s.datagrams,
+                    s.drops,
+                    0,
+                    s.reconnects,
+                    s.errors + s.malformed,
+                    0,
+                    0,
+                ],
+            });
+            for o in &ch.outputs {
+                let (backlog, clients) = output_backlog(ch, o);
+                let o_s = &o.stats;
+                rows.push(crate::shm::StatRow {
+                    label: format!("{}/{}", ch.name(), o.url()),
+                    kind: "output".into(),
+                    state: output_state(ch, o).into(),
+                    values: [
+                        o_s.bytes,
+                        o_s.datagrams,
+                        o_s.drops,
+                        o_s.disconnects,
+                        o_s.reconnects,
+                        o_s.errors,
+                        backlog,
+                        clients,
+                    ],
+                });
+            }
+        }
+        w.publish(&rows);
+    }
+
+    fn log_counters(&self, level: log::Level) {
+        if !log::log_enabled!(level) {
+            return;
+        }
+        let pool = self.ring.pool();
+        log::log!(
+            level,
+            "counters: pool {}/{} buffers in use, {} operations in flight",
+            pool.in_use(),
+            pool.count(),
+            self.ring.in_flight()
+        );
+        for ch in self.channels.iter().flatten() {
+            log::log!(
+                level,
+                "counters: channel {} input {}: {}",
+                ch.name(),
+                ch.cfg.input.url(),
+                ch.stats
+            );
+            for o in &ch.outputs {
+                let (backlog, clients) = output_backlog(ch, o);
+                log::log!(
+                    level,
+                    "counters: channel {} output {} [{}]: {} backlog={} clients={}",
+                    ch.name(),
+                    o.url(),
+                    output_state(ch, o),
+                    o.stats,
+                    backlog,
+                    clients
+                );
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the file; keep unchanged channels untouched, stop removed ones, start
+    /// new ones, restart changed ones. An invalid file changes nothing.
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            warn!("reload: running without a config file (--input/--output): nothing to reload");
+            return;
+        };
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let new = match config::load(&path) {
+            Ok(c) => c,
+            Err(errs) => {
+                for e in &errs {
+                    error!("reload: {e}");
+                }
+                error!(
+                    "reload: {path} has {} error(s); the running configuration stays",
+                    errs.len()
+                );
+                return;
+            }
+        };
+        let old_g = &self.cfg.global;
+        let g = &new.global;
+        if g.log_level != old_g.log_level {
+            logging::set_level(g.log_level);
+        }
+        let restart_keys = [
+            (
+                "sqpoll",
+                g.sqpoll != old_g.sqpoll
+                    || g.sqpoll_idle_ms != old_g.sqpoll_idle_ms
+                    || g.sqpoll_cpu != old_g.sqpoll_cpu,
+            ),
+            ("ring_entries", g.ring_entries != old_g.ring_entries),
+            (
+                "buffer_size/buffer_count",
+                g.buffer_size != old_g.buffer_size || g.buffer_count != old_g.buffer_count,
+            ),
+            ("features", g.features != old_g.features),
+            ("user/group", g.user != old_g.user || g.group != old_g.group),
+            (
+                "shm_dir/shm_group/shm_mode",
+                g.shm_dir != old_g.shm_dir
+                    || g.shm_group != old_g.shm_group
+                    || g.shm_mode != old_g.shm_mode,
+            ),
+            (
+                "log/log_facility/syslog_socket",
+                g.log != old_g.log
+                    || g.log_facility != old_g.log_facility
+                    || g.syslog_socket != old_g.syslog_socket,
+            ),
+        ];
+        for (k, changed) in restart_keys {
+            if changed {
+                warn!("reload: {k} changed in [global]; it takes effect at the next restart");
+            }
+        }
+        let (mut kept, mut started, mut restarted, mut stopped) = (0, 0, 0, 0);
+        // Removed and changed channels.
+        for ci in 0..self.channels.len() {
+            let Some(ch) = self.channels[ci].as_ref() else {
+                continue;
+            };
+            if ch.draining {
+                continue;
+            }
+            match new.channels.iter().find(|c| c.name == ch.cfg.name) {
+                Some(nc) if nc.same_settings(&ch.cfg) => {
+                    kept += 1;
+                    if let Some(ch) = self.channels[ci].as_mut() {
+                        ch.cfg = nc.clone();
+                    }
+                }
+                Some(nc) => {
+                    restarted += 1;
+                    info!("reload: channel {} changed: restarting it", nc.name);
+                    self.pending_starts.push((ci, nc.clone()));
+                    self.stop_channel(ci);
+                }
+                None => {
+                    stopped += 1;
+                    info!(
+                        "reload: channel {} removed: flushing and closing it",
+                        ch.cfg.name
+                    );
+                    self.stop_channel(ci);
+                }
+            }
+        }
+        // New channels.
+        for nc in &new.channels {
+            let exists = self
+                .channels
+                .iter()
+                .flatten()
+                .any(|c| c.cfg.name == nc.name && !c.draining)
+                || self.pending_starts.iter().any(|(_, c)| c.name == nc.name);
+            if !exists {
+                started += 1;
+                let ci = self
+                    .channels
+                    .iter()
+                    .position(|c| c.is_none())
+                    .unwrap_or(self.channels.len());
+                self.start_channel(ci, nc);
+            }
+        }
+        let mut new_cfg = new;
+        // Keys that need a restart keep their running values.
+        new_cfg.global = Global2::merge(&self.cfg.global, &new_cfg.global);
+        self.cfg = new_cfg;
+        info!("reload: {path}: {kept} unchanged, {started} new, {restarted} restarted, {stopped} removed");
+        // Close idle channels right away (a removed channel with nothing queued).
+        self.after_batch();
+    }
+}
+
+/// Merging rule for reload: what may change at run time changes, the rest stays.
+struct Global2;
+impl Global2 {
+    fn merge(old: &config::Global, new: &config::Global) -> config::Global {
+        let mut g = old.clone();
+        g.log_level = new.log_level;
+        g.stats_interval = new.stats_interval;
+        g.shutdown_timeout = new.shutdown_timeout;
+        g
+    }
+}
+
+fn output_backlog(ch: &Channel, o: &crate::channel::Output) -> (u64, u64) {
+    if o.is_link() {
+        (o.queue.backlog(), 0)
+    } else {
+        let b = o
+            .subscribers
+            .iter()
+            .filter_map(|s| ch.ep(*s))
+            .filter_map(|e| e.queue.as_ref())
+            .map(|q| q.backlog())
+            .sum();
+        (b, o.subscribers.len() as u64)
+    }
+}
+
+fn output_state(ch: &Channel, o: &crate::channel::Output) -> &'static str {
+    if o.faulted {
+        return "faulted";
+    }
+    if o.is_link() {
+        match o.link.and_then(|s| ch.ep(s)) {
+            Some(e) if e.link == Link::Up => "up",
+            Some(e) if e.link == Link::Connecting => "connecting",
+            _ => "down",
+        }
+    } else if o.listener.is_some() {
+        "listening"
+    } else {
+        "closed"
+    }
+}
+
+fn errno_str(res: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(-res)
+}
+
+/// Arms an accept on a listening endpoint.
+fn arm_accept(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    if ep.accepting || ep.link != Link::Up {
+        return;
+    }
+    ep.accepting = true;
+    ep.in_flight += 1;
+    let fd = ep.raw_fd();
+    ring.push(
+        Sqe::Accept {
+            fd,
+            multishot: true,
+        },
+        Token::new(OpKind::Accept, ci, slot, ep.gen),
+    );
+}
+
+/// Keeps the input's receives in flight: several for datagrams, one for a stream.
+fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
+    if ch.draining {
+        return;
+    }
+    let datagram = ch.input_is_datagram();
+    if ch.blocked && !datagram {
+        return;
+    }
+    if datagram && ch.input_retry_at.is_some() {
+        return;
+    }
+    let Some(slot) = ch.input else { return };
+    let Some(ep) = ch.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+        return;
+    };
+    if ep.link != Link::Up {
+        return;
+    }
+    let want = if datagram { UDP_RECVS_IN_FLIGHT } else { 1 };
+    let size = ring.pool().buffer_size();
+    while ep.reading.len() < want {
+        let Some(buf) = ring.pool_mut().take() else {
+            return;
+        };
+        let fd = ep.raw_fd();
+        let sqe = if datagram {
+            Sqe::RecvDatagram {
+                fd,
+                buf,
+                off: PREFIX,
+                len: size - PREFIX,
+            }
+        } else {
+            Sqe::ReadStream {
+                fd,
+                buf,
+                off: 0,
+                len: size,
+            }
+        };
+        ep.reading.push(buf);
+        ep.in_flight += 1;
+        ring.push(sqe, Token::new(OpKind::Recv, ci, buf, ep.gen));
+    }
+}
+
+/// A receive completed. For receives the token's endpoint field is the buffer index; the
+/// endpoint is found by generation.
+fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let buf = tok.ep;
+    let Some(slot) = ch.slot_of_gen(tok.gen) else {
+        // Cannot happen (slots outlive their operations); give the buffer back regardless.
+        ring.pool_mut().abandon(buf);
+        return;
+    };
+    let datagram = ch.input_is_datagram();
+    let ep = ch.ep_mut(slot).expect("slot found above");
+    ep.in_flight -= 1;
+    ep.reading.retain(|b| *b != buf);
+    let closing = ep.link == Link::Closing;
+    let peer = ep.peer.clone();
+    let size = ring.pool().buffer_size();
+    if res > 0 {
+        let n = res as u32;
+        if datagram && n > size - PREFIX {
+            ring.pool_mut().abandon(buf);
+            ch.stats.malformed += 1;
+            if ch.stats.malformed == 1 {
+                warn!(
+                    "channel {}: datagram of {n} bytes truncated to buffer_size; counted as malformed (raise buffer_size)",
+                    ch.name()
+                );
+            }
+        } else {
+            ring.pool_mut().filled(buf);
+            deliver(ring, ch, ci_of(tok), buf, n, datagram);
+        }
+    } else {
+        ring.pool_mut().abandon(buf);
+        if res == 0 && datagram && !closing {
+            ch.stats.malformed += 1;
+        } else if !closing {
+            // End of stream or an error: this producer is gone.
+            if res == 0 {
+                info!("channel {}: producer {} closed the stream", ch.name(), peer);
+            } else {
+                ch.stats.errors += 1;
+                warn!(
+                    "channel {}: input read failed: {}",
+                    ch.name(),
+                    errno_str(res)
+                );
+            }
+            if datagram {
+                // A UDP socket error (rare): retry after a backoff.
+                let d = ch.input_backoff.next_delay();
+                ch.input_retry_at = Some(Instant::now() + d);
+            } else {
+                close_ep(ring, ch, ci_of(tok), slot);
+                if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+                    let d = ch.input_backoff.next_delay();
+                    ch.input_retry_at = Some(Instant::now() + d);
+                }
+            }
+        }
+    }
+    ch.reap_if_idle(slot);
+}
+
+fn ci_of(tok: Token) -> u16 {
+    tok.chan
+}
+
+/// Offers a filled buffer to every output.
+fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datagram: bool) {
+    ch.stats.bytes += u64::from(len);
+    if datagram {
+        ch.stats.datagrams += 1;
+    }
+    let off = if datagram { PREFIX } else { 0 };
+    if let Some(p) = ch.publisher.as_mut() {
+        let data = ring.pool().bytes(buf, off, len);
+        if datagram {
+            p.feed_datagram(data);
+        } else {
+            p.feed_stream(data);
+        }
+    }
+    if datagram && ch.blocked {
+        // A block output is full: a datagram input cannot push back, so it drops here.
+        ch.stats.drops += 1;
+        ring.pool_mut().release(buf);
+        return;
+    }
+    let framed = datagram && ch.framing() == Framing::U32Be;
+    if framed {
+        ring.pool_mut().write_prefix(buf, 0, &len.to_be_bytes());
+    }
+    let plain = Chunk { buf, off, len };
+    let stream_chunk = if framed {
+        Chunk {
+            buf,
+            off: 0,
+            len: len + PREFIX,
+        }
+    } else {
+        plain
+    };
+    let Channel {
+        outputs,
+        slots,
+        blocked,
+        ..
+    } = ch;
+    let mut kick_list: [Option<u16>; 0] = [];
+    let _ = &mut kick_list;
+    let mut to_disconnect: Vec<u16> = Vec::new();
+    let mut to_kick: Vec<u16> = Vec::new();
+    for o in outputs.iter_mut() {
+        let chunk = if o.is_datagram() { plain } else { stream_chunk };
+        if o.is_link() {
+            let up = o
+                .link
+                .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
+                .is_some_and(|e| e.link == Link::Up);
+            if !up && o.cfg.on_slow != OnSlow::Block {
+                o.stats.drops += 1;
+                continue;
+            }
+            match o.queue.offer(chunk) {
+                Offer::Queued => ring.pool_mut().retain(buf),
+                Offer::QueuedBlocking => {
+                    ring.pool_mut().retain(buf);
+                    *blocked = true;
+                }
+                Offer::Dropped => o.stats.drops += 1,
+                Offer::Disconnect => {
+                    // A pushed output that chose `disconnect`: drop its backlog and redial.
+                    o.stats.drops += 1;
+                    o.stats.disconnects += 1;
+                    if let Some(s) = o.link {
+                        to_disconnect.push(s);
+                    }
+                }
+            }
+            if let Some(s) = o.link {
+                to_kick.push(s);
+            }
+        } else {
+            for &s in &o.subscribers {
+                let Some(ep) = slots.get_mut(s as usize).and_then(|e| e.as_mut()) else {
+                    continue;
+                };
+                if ep.link != Link::Up {
+                    continue;
+                }
+                let q = ep.queue.as_mut().expect("subscribers have queues");
+                match q.offer(chunk) {
+                    Offer::Queued => {
+                        ring.pool_mut().retain(buf);
+                        to_kick.push(s);
+                    }
+                    Offer::QueuedBlocking => {
+                        ring.pool_mut().retain(buf);
+                        *blocked = true;
+                        to_kick.push(s);
+                    }
+                    Offer::Dropped => o.stats.drops += 1,
+                    Offer::Disconnect => {
+                        o.stats.disconnects += 1;
+                        to_disconnect.push(s);
+                    }
+                }
+            }
+        }
+    }
+    ring.pool_mut().release(buf);
+    for s in to_disconnect {
+        if let Some(ep) = ch.ep(s) {
+            match ep.role {
+                Role::Subscriber { out } => info!(
+                    "channel {}: subscriber {} of {} is too slow (backlog over {} bytes): disconnected",
+                    ch.name(),
+                    ep.peer,
+                    ch.outputs[out].url(),
+                    ch.outputs[out].cfg.max_backlog
+                ),
+                Role::Link { out } => {
+                    warn!(
+                        "channel {}: output {} is too slow: backlog dropped, reconnecting",
+                        ch.name(),
+                        ch.outputs[out].url()
+                    );
+                    for b in ch.outputs[out].queue.clear() {
+                        ring.pool_mut().release(b);
+                    }
+                    ch.outputs[out].retry_at = Some(Instant::now());
+                }
+                _ => {}
+            }
+        }
+        close_ep(ring, ch, ci, s);
+    }
+    for s in to_kick {
+        kick(ring, ch, ci, s);
+    }
+}
+
+/// Starts the next write of an output endpoint if none is in flight.
+fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
+    let Channel { slots, outputs, .. } = ch;
+    let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
+        return;
+    };
+    if ep.link != Link::Up || ep.writing.is_some() {
+        return;
+    }
+    let (out, q) = match ep.role {
+        Role::Subscriber { out } => (out, ep.queue.as_mut().expect("subscriber queue")),
+        Role::Link { out } => {
+            if outputs[out].retry_at.is_some() {
+                return;
+            }
+            (out, &mut outputs[out].queue)
+        }
+        _ => return,
+    };
+    let Some(front) = q.front() else { return };
+    let o = &mut outputs[out];
+    if let Some(f) = o.file.as_mut() {
+        if let Some(limit) = f.rotate {
+            if f.size > 0 && f.size + u64::from(front.len) > limit {
+                match rotate_file(f) {
+                    Ok(fd) => {
+                        let _ = nix::unistd::fsync(ep.fd.as_ref().expect("open file"));
+                        ep.fd = Some(fd);
+                        f.size = 0;
+                        info!("output {}: rotated", o.cfg.endpoint.url());
+                    }
+                    Err(e) => {
+                        o.stats.errors += 1;
+                        if !o.faulted {
+                            error!(
+                                "output {}: rotation failed: {e}; retrying",
+                                o.cfg.endpoint.url()
+                            );
+                            o.faulted = true;
+                        }
+                        let d = o.backoff.next_delay();
+                        o.retry_at = Some(Instant::now() + d);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    ring.pool_mut().retain(front.buf);
+    ep.writing = Some(front.buf);
+    ep.in_flight += 1;
+    let socket = o.file.is_none();
+    ring.push(
+        Sqe::Write {
+            fd: ep.raw_fd(),
+            chunk: front,
+            socket,
+        },
+        Token::new(OpKind::Send, ci, slot, ep.gen),
+    );
+}
+
+/// NAME -> NAME.1 -> NAME.2 ... (keeping `keep`), then a fresh NAME.
+fn rotate_file(f: &crate::channel::FileOut) -> std::io::Result<OwnedFd> {
+    let name = |k: u32| {
+        let mut p = f.path.clone().into_os_string();
+        p.push(format!(".{k}"));
+        std::path::PathBuf::from(p)
+    };
+    let _ = std::fs::remove_file(name(f.keep));
+    for k in (1..f.keep).rev() {
+        let _ = std::fs::rename(name(k), name(k + 1));
+    }
+    std::fs::rename(&f.path, name(1))?;
+    net::open_append(&f.path)
+}
+
+fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let ci = tok.chan;
+    let slot = tok.ep;
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        debug!("stale write completion {tok:?}");
+        return;
+    };
+    ep.in_flight -= 1;
+    if let Some(b) = ep.writing.take() {
+        ring.pool_mut().release(b);
+    }
+    if ep.link == Link::Closing {
+        ch.reap_if_idle(slot);
+        return;
+    }
+    let role = ep.role;
+    let peer = ep.peer.clone();
+    let out = match role {
+        Role::Subscriber { out } | Role::Link { out } => out,
+        _ => return,
+    };
+    if res > 0 {
+        let n = res as u32;
+        let Channel {
+            slots,
+            outputs,
+            cfg,
+            ..
+        } = &mut *ch;
+        let o = &mut outputs[out];
+        let q = match role {
+            Role::Subscriber { .. } => slots[slot as usize]
+                .as_mut()
+                .and_then(|e| e.queue.as_mut())
+                .expect("subscriber queue"),
+            _ => &mut o.queue,
+        };
+        let front_len = q.front().map(|c| c.len).unwrap_or(0);
+        if let Some(b) = q.advance(n.min(front_len)) {
+            ring.pool_mut().release(b);
+            if o.is_datagram() {
+                o.stats.datagrams += 1;
+            }
+        }
+        o.stats.bytes += u64::from(n);
+        if let Some(f) = o.file.as_mut() {
+            f.size += u64::from(n);
+        }
+        if o.faulted && matches!(role, Role::Link { .. }) {
+            o.faulted = false;
+            o.backoff.reset();
+            info!("channel {}: output {} recovered", cfg.name, o.url());
+        }
+        kick(ring, ch, ci, slot);
+        if ch.blocked && ch.may_unblock() {
+            ch.blocked = false;
+            post_reads(ring, ch, ci);
+        }
+        return;
+    }
+    let err = if res == 0 {
+        std::io::Error::from_raw_os_error(libc::EPIPE)
+    } else {
+        errno_str(res)
+    };
+    let name = ch.cfg.name.clone();
+    let o = &mut ch.outputs[out];
+    match role {
+        Role::Subscriber { .. } => {
+            info!(
+                "channel {name}: subscriber {peer} of {} left: {err}",
+                o.url()
+            );
+            close_ep(ring, ch, ci, slot);
+        }
+        Role::Link { .. } if o.is_datagram() => {
+            // Typically ECONNREFUSED from an ICMP port unreachable: drop this datagram.
+            if let Some(b) = o.queue.skip_front() {
+                ring.pool_mut().release(b);
+            }
+            o.stats.drops += 1;
+            o.stats.errors += 1;
+            if !o.faulted {
+                o.faulted = true;
+                warn!(
+                    "channel {name}: output {}: {err}; dropping until it recovers",
+                    o.url()
+                );
+            }
+            kick(ring, ch, ci, slot);
+        }
+        Role::Link { .. } if o.file.is_some() => {
+            o.stats.errors += 1;
+            let d = o.backoff.next_delay();
+            if !o.faulted {
+                o.faulted = true;
+                error!(
+                    "channel {name}: output {}: write failed: {err}; retrying (queue kept)",
+                    o.url()
+                );
+            }
+            o.retry_at = Some(Instant::now() + d);
+        }
+        _ => {
+            o.stats.errors += 1;
+            let d = o.backoff.next_delay();
+            if !o.faulted {
+                o.faulted = true;
+                warn!(
+                    "channel {name}: output {} lost: {err}; reconnecting (data not yet handed to the old connection is kept)",
+                    o.url()
+                );
+            }
+            o.retry_at = Some(Instant::now() + d);
+            close_ep(ring, ch, ci, slot);
+        }
+    }
+}
+
+fn on_accept(
+    ring: &mut Ring,
+    gens: &mut Generations,
+    ch: &mut Channel,
+    tok: Token,
+    res: i32,
+    more: bool,
+    buffer_count: u32,
+    channels: usize,
+) {
+    let ci = tok.chan;
+    let slot = tok.ep;
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        if res >= 0 {
+            drop(net::own_fd(res));
+        }
+        return;
+    };
+    if !more {
+        ep.in_flight -= 1;
+        ep.accepting = false;
+    }
+    let role = ep.role;
+    let closing = ep.link == Link::Closing || ch.draining;
+    if res >= 0 {
+        let fd = net::own_fd(res);
+        if closing {
+            drop(fd);
+        } else {
+            accepted(ring, gens, ch, ci, role, fd, buffer_count, channels);
+        }
+    } else if !closing && res != -libc::ECANCELED {
+        let e = errno_str(res);
+        match -res {
+            libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
+                warn!(
+                    "channel {}: accept failed: {e}; retrying shortly",
+                    ch.name()
+                );
+                // Re-armed by the tick, not at once (the condition would repeat).
+                ch.reap_if_idle(slot);
+                return;
+            }
+            _ => debug!("channel {}: accept: {e}", ch.name()),
+        }
+    }
+    if !more && !closing {
+        arm_accept(ring, ch, ci, slot);
+    }
+    ch.reap_if_idle(slot);
+}
+
+fn accepted(
+    ring: &mut Ring,
+    gens: &mut Generations,
+    ch: &mut Channel,
+    ci: u16,
+    role: Role,
+    fd: OwnedFd,
+    buffer_count: u32,
+    channels: usize,
+) {
+    let peer = net::peer_name(fd.as_raw_fd());
+    let ip = net::peer_ip(fd.as_raw_fd());
+    match role {
+        Role::InputListener => {
+            let allow = &ch.cfg.input.opts.allow;
+            if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|c| c.contains(ip))) {
+                ch.stats.refused += 1;
+                warn!(
+                    "channel {}: producer {peer} refused: not in allow=",
+                    ch.name()
+                );
+                return;
+            }
+            if ch.input.is_some() {
+                ch.stats.refused += 1;
+                warn!(
+                    "channel {}: second producer {peer} refused: a producer is already connected",
+                    ch.name()
+                );
+                return;
+            }
+            if ch.stats.bytes > 0 || ch.stats.reconnects > 0 || ch.input_faulted {
+                ch.stats.reconnects += 1;
+            }
+            ch.input_faulted = true;
+            let mut ep = Endpoint::new(gens.next(), Role::Input, fd, Link::Up);
+            ep.peer = peer.clone();
+            let slot = ch.insert(ep);
+            ch.input = Some(slot);
+            info!("channel {}: producer {peer} connected", ch.name());
+            post_reads(ring, ch, ci);
+        }
+        Role::OutputListener { out } => {
+            let o = &mut ch.outputs[out];
+            let allow = &o.cfg.endpoint.opts.allow;
+            if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|c| c.contains(ip))) {
+                o.stats.errors += 1;
+                warn!(
+                    "channel {}: subscriber {peer} of {} refused: not in allow=",
+                    ch.cfg.name,
+                    o.url()
+                );
+                return;
+            }
+            let max = o.cfg.endpoint.opts.max_clients.unwrap_or(64) as usize;
+            if o.subscribers.len() >= max {
+                o.stats.errors += 1;
+                warn!(
+                    "channel {}: subscriber {peer} of {} refused: max_clients={max} reached",
+                    ch.cfg.name,
+                    o.url()
+                );
+                return;
+            }
+            if let Some(n) = o.cfg.endpoint.opts.sndbuf {
+                net::set_sndbuf(fd.as_raw_fd(), n);
+            }
+            let mut ep = Endpoint::new(gens.next(), Role::Subscriber { out }, fd, Link::Up);
+            let quota = crate::channel::buffer_quota(buffer_count, channels, o.cfg.on_slow);
+            ep.queue = Some(OutQueue::new(o.cfg.on_slow, o.cfg.max_backlog, quota));
+            ep.peer = peer.clone();
+            o.stats.reconnects += 1;
+            info!(
+                "channel {}: subscriber {peer} connected to {}",
+                ch.cfg.name,
+                o.url()
+            );
+            let slot = ch.insert(ep);
+            ch.outputs[out].subscribers.push(slot);
+        }
+        _ => {}
+    }
+}
+
+fn on_connect(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let ci = tok.chan;
+    let slot = tok.ep;
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        return;
+    };
+    ep.in_flight -= 1;
+    if ep.link == Link::Closing {
+        ch.reap_if_idle(slot);
+        return;
+    }
+    let result = if res < 0 {
+        Err(errno_str(res))
+    } else {
+        net::finish_connect(ep.raw_fd())
+    };
+    connected(ring, ch, ci, slot, result);
+}
+
+/// A connect finished (at once or after POLLOUT).
+fn connected(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16, result: std::io::Result<()>) {
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    let role = ep.role;
+    match result {
+        Ok(()) => {
+            ep.link = Link::Up;
+            match role {
+                Role::Input => {
+                    ch.input_backoff.reset();
+                    if ch.input_faulted {
+                        ch.stats.reconnects += 1;
+                    }
+                    ch.input_faulted = true;
+                    info!(
+                        "channel {}: connected to producer {}",
+                        ch.name(),
+                        ch.cfg.input.url()
+                    );
+                    post_reads(ring, ch, ci);
+                }
+                Role::Link { out } => {
+                    let o = &mut ch.outputs[out];
+                    o.backoff.reset();
+                    if o.connected_once {
+                        o.stats.reconnects += 1;
+                        info!("channel {}: output {} reconnected", ch.cfg.name, o.url());
+                    } else {
+                        info!("channel {}: output {} connected", ch.cfg.name, o.url());
+                    }
+                    o.connected_once = true;
+                    o.faulted = false;
+                    kick(ring, ch, ci, slot);
+                }
+                _ => {}
+            }
+        }
+        Err(e) => {
+            match role {
+                Role::Input => {
+                    ch.stats.errors += 1;
+                    let d = ch.input_backoff.next_delay();
+                    if ch.input_backoff.failures() == 1 {
+                        warn!(
+                            "channel {}: cannot connect to producer {}: {e}; retrying with backoff",
+                            ch.name(),
+                            ch.cfg.input.url()
+                        );
+                    }
+                    ch.input_retry_at = Some(Instant::now() + d);
+                }
+                Role::Link { out } => {
+                    let o = &mut ch.outputs[out];
+                    o.stats.errors += 1;
+                    let d = o.backoff.next_delay();
+                    if !o.faulted {
+                        o.faulted = true;
+                        warn!(
+                            "channel {}: cannot connect to {}: {e}; retrying with backoff (block: data is kept)",
+                            ch.cfg.name,
+                            o.url()
+                        );
+                    }
+                    o.retry_at = Some(Instant::now() + d);
+                }
+                _ => {}
+            }
+            close_ep(ring, ch, ci, slot);
+        }
+    }
+}
+
+fn dial_input(ring: &mut Ring, gens: &mut Generations, ch: &mut Channel, ci: u16, now: Instant) {
+    ch.input_retry_at = None;
+    match net::dial(&ch.cfg.input, None) {
+        Ok(d) => {
+            let link = if d.in_progress {
+                Link::Connecting
+            } else {
+                Link::Up
+            };
+            let mut ep = Endpoint::new(gens.next(), Role::Input, d.fd, link);
+            ep.peer = ch.cfg.input.url();
+            let slot = ch.insert(ep);
+            ch.input = Some(slot);
+            start_connect(ring, ch, ci, slot, d.in_progress);
+        }
+        Err(e) => {
+            ch.stats.errors += 1;
+            let d = ch.input_backoff.next_delay();
+            if ch.input_backoff.failures() == 1 {
+                warn!(
+                    "channel {}: cannot dial producer {}: {e}; retrying",
+                    ch.name(),
+                    ch.cfg.input.url()
+                );
+            }
+            ch.input_retry_at = Some(now + d);
+        }
+    }
+}
+
+fn dial_output(
+    ring: &mut Ring,
+    gens: &mut Generations,
+    ch: &mut Channel,
+    ci: u16,
+    oi: usize,
+    now: Instant,
+) {
+    let o = &mut ch.outputs[oi];
+    o.retry_at = None;
+    let res = match o.scheme() {
+        Scheme::Tcp | Scheme::Unix => {
+            net::dial(&o.cfg.endpoint, o.cfg.endpoint.opts.sndbuf).map(|d| (d.fd, d.in_progress))
+        }
+        Scheme::Udp => net::udp_output(&o.cfg.endpoint).map(|fd| (fd, false)),
+        Scheme::File => match o.file.as_mut() {
+            Some(f) => net::open_append(&f.path).map(|fd| {
+                f.size = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+                (fd, false)
+            }),
+            None => return,
+        },
+        _ => return,
+    };
+    match res {
+        Ok((fd, in_progress)) => {
+            let link = if in_progress {
+                Link::Connecting
+            } else {
+                Link::Up
+            };
+            let slot = ch.insert(Endpoint::new(gens.next(), Role::Link { out: oi }, fd, link));
+            ch.outputs[oi].link = Some(slot);
+            start_connect(ring, ch, ci, slot, in_progress);
+        }
+        Err(e) => {
+            o.stats.errors += 1;
+            let d = o.backoff.next_delay();
+            if !o.faulted {
+                o.faulted = true;
+                warn!(
+                    "channel {}: cannot open {}: {e}; retrying with backoff",
+                    ch.cfg.name,
+                    o.url()
+                );
+            }
+            o.retry_at = Some(now + d);
+        }
+    }
+}
+
+fn start_connect(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16, in_progress: bool) {
+    if in_progress {
+        let ep = ch.ep_mut(slot).expect("just inserted");
+        ep.in_flight += 1;
+        let fd: RawFd = ep.raw_fd();
+        ring.push(
+            Sqe::PollOut { fd },
+            Token::new(OpKind::Connect, ci, slot, ep.gen),
+        );
+    } else {
+        connected(ring, ch, ci, slot, Ok(()));
+    }
+}
+
+/// Per-channel timer work: redials, retries, accept re-arming, heartbeats.
+fn tick_channel(
+    ring: &mut Ring,
+    gens: &mut Generations,
+    ch: &mut Channel,
+    ci: u16,
+    now: Instant,
+    shutting_down: bool,
+) {
+    if let Some(p) = ch.publisher.as_mut() {
+        p.tick();
+    }
+    let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
+    if !ch.draining {
+        if ch.input.is_none() && matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+            if due(ch.input_retry_at) || ch.input_retry_at.is_none() {
+                dial_input(ring, gens, ch, ci, now);
+            }
+        } else if ch.input_is_datagram() && due(ch.input_retry_at) {
+            ch.input_retry_at = None;
+            post_reads(ring, ch, ci);
+        }
+        if let Some(l) = ch.input_listener {
+            arm_accept(ring, ch, ci, l);
+        }
+        for oi in 0..ch.outputs.len() {
+            if let Some(l) = ch.outputs[oi].listener {
+                arm_accept(ring, ch, ci, l);
+            }
+        }
+    }
+    for oi in 0..ch.outputs.len() {
+        let o = &ch.outputs[oi];
+        if !o.is_link() || !due(o.retry_at) {
+            continue;
+        }
+        // While shutting down, only outputs with something left to flush are redialed.
+        if shutting_down && o.queue.is_empty() {
+            continue;
+        }
+        if ch.draining && !shutting_down && o.queue.is_empty() {
+            continue;
+        }
+        match o.link {
+            None => dial_output(ring, gens, ch, ci, oi, now),
+            Some(slot) => {
+                // A file write that failed: try it again.
+                ch.outputs[oi].retry_at = None;
+                kick(ring, ch, ci, slot);
+            }
+        }
+    }
+}
+
+/// Begins closing an endpoint: shut the socket down and cancel what is in flight; the slot is
+/// freed when the last completion arrives.
+fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    if ep.link == Link::Closing {
+        return;
+    }
+    ep.link = Link::Closing;
+    let gen = ep.gen;
+    let role = ep.role;
+    let fd = ep.raw_fd();
+    let is_file = matches!(role, Role::Link { out } if ch.outputs[out].file.is_some());
+    let ep = ch.ep_mut(slot).expect("present");
+    if !is_file {
+        net::shutdown(fd);
+    }
+    for &b in &ep.reading {
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(OpKind::Recv, ci, b, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    }
+    if ep.accepting {
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(OpKind::Accept, ci, slot, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    }
+    if ep.in_flight > 0 && ep.reading.is_empty() && !ep.accepting && ep.writing.is_none() {
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(OpKind::Connect, ci, slot, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    }
+    let queued = ep.queue.as_mut().map(|q| q.clear()).unwrap_or_default();
+    for b in queued {
+        ring.pool_mut().release(b);
+    }
+    match role {
+        Role::Input => {
+            if ch.input == Some(slot) {
+                ch.input = None;
+            }
+        }
+        Role::InputListener => ch.input_listener = None,
+        Role::OutputListener { out } => ch.outputs[out].listener = None,
+        Role::Subscriber { out } => ch.outputs[out].subscribers.retain(|s| *s != slot),
+        Role::Link { out } => {
+            if ch.outputs[out].link == Some(slot) {
+                ch.outputs[out].link = None;
+            }
+        }
+    }
+    ch.reap_if_idle(slot);
+}
+
+/// `ringrelay run`.
+pub fn run_command(a: RunArgs) -> i32 {
+    let (cfg, path) = match (&a.config, &a.input) {
+        (Some(_), Some(_)) => {
+            eprintln!("ringrelay: run takes either -c FILE or --input/--output, not both");
+            return 2;
+        }
+        (Some(p), None) => (config::load(p), Some(p.clone())),
+        (None, Some(i)) => (config::from_cli(i, &a.output), None),
+        (None, None) => {
+            eprintln!("ringrelay: run needs -c FILE or --input URL --output URL");
+            return 2;
+        }
+    };
+    let mut cfg = match cfg {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            return 1;
+        }
+    };
+    if let Some(l) = &a.log_level {
+        match logging::parse_level(l) {
+            Ok(l) => cfg.global.log_level = l,
+            Err(e) => {
+                eprintln!("ringrelay: --log-level: {e}");
+                return 2;
+            }
+        }
+    }
+    let use_syslog = a.syslog || cfg.global.log == LogDest::Syslog;
+    let target = if use_syslog {
+        logging::LogTarget::Syslog {
+            facility: cfg.global.log_facility.clone(),
+            socket: cfg.global.syslog_socket.clone(),
+        }
+    } else {
+        logging::LogTarget::Stderr
+    };
+    if let Err(e) = logging::init(&target, cfg.global.log_level) {
+        eprintln!("ringrelay: {e}");
+        return 1;
+    }
+    if let Err(e) =
+        daemonize::check_require_user(cfg.global.require_user, cfg.global.user.as_deref())
+    {
+        eprintln!("ringrelay: {e}");
+        return 1;
+    }
+    let pidpath = a
+        .pidfile
+        .clone()
+        .map(std::path::PathBuf::from)
+        .or_else(|| cfg.global.pidfile.clone());
+    let mut pidfile = match pidpath.as_ref().map(daemonize::Pidfile::acquire) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("ringrelay: {e}");
+            return 1;
+        }
+        None => None,
+    };
+    let channels = match bind_all(&cfg, seed()) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            if use_syslog {
+                eprintln!("ringrelay: {e}");
+            }
+            return 1;
+        }
+    };
+    let readiness = if a.daemon {
+        match daemonize::detach() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("ringrelay: {e}");
+                return 1;
+            }
+        }
+    } else {
+        daemonize::Readiness::foreground()
+    };
+    if a.daemon {
+        // The pid in syslog lines is the daemon's, not the parent's.
+        let _ = logging::init(&target, cfg.global.log_level);
+    }
+    if let Some(p) = pidfile.as_mut() {
+        if let Err(e) = p.write_pid() {
+            readiness.failed(&e);
+            return 1;
+        }
+    }
+    let n = cfg.channels.len();
+    let user = cfg.global.user.clone();
+    let group = cfg.global.group.clone();
+    let mut d = match Daemon::start(cfg, channels, path) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            readiness.failed(&e);
+            return 1;
+        }
+    };
+    if user.is_some() || group.is_some() {
+        if let Err(e) = daemonize::drop_privileges(user.as_deref(), group.as_deref()) {
+            error!("{e}");
+            readiness.failed(&e);
+            return 1;
+        }
+    }
+    info!("ready: {n} channels");
+    readiness.ready();
+    let code = d.run();
+    drop(d);
+    drop(pidfile);
+    code
 }
