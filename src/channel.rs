@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Receives kept in flight on a UDP input.
-pub const UDP_RECVS_IN_FLIGHT: usize = 8;
+pub const UDP_RECVS_IN_FLIGHT: usize = 32;
 /// Bytes kept free in front of every datagram for the u32be length prefix.
 pub const PREFIX: u32 = 4;
 
@@ -60,8 +60,12 @@ pub struct Endpoint {
     pub in_flight: u32,
     /// Buffers lent to the kernel for receives on this endpoint.
     pub reading: Vec<BufId>,
-    /// Buffer of the write in flight (it holds its own reference).
-    pub writing: Option<BufId>,
+    /// Buffers of the writes in flight, oldest first (each holds its own reference).
+    pub writing: Vec<BufId>,
+    /// Write submissions in flight (one gathered write, or a chain of datagram sends).
+    pub write_ops: u32,
+    /// The iovec array of this endpoint's gathered writes.
+    pub iov: crate::ring::Iovecs,
     /// An accept is armed.
     pub accepting: bool,
     /// Subscribers keep their own queue; links use their output's.
@@ -78,7 +82,9 @@ impl Endpoint {
             link,
             in_flight: 0,
             reading: Vec::with_capacity(UDP_RECVS_IN_FLIGHT),
-            writing: None,
+            writing: Vec::new(),
+            write_ops: 0,
+            iov: crate::ring::Iovecs::default(),
             accepting: false,
             queue: None,
             peer: String::new(),
@@ -351,7 +357,7 @@ impl Channel {
                 .slots
                 .iter()
                 .flatten()
-                .all(|e| e.writing.is_none() && e.queue.as_ref().is_none_or(|q| q.is_empty()))
+                .all(|e| e.write_ops == 0 && e.queue.as_ref().is_none_or(|q| q.is_empty()))
     }
 
     /// Whether every block output is back under half its limit.

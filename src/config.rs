@@ -63,6 +63,10 @@ pub struct Global {
     pub ring_entries: u32,
     pub buffer_size: u32,
     pub buffer_count: u32,
+    /// Slot size for datagram receives: the largest datagram relayed whole.
+    pub datagram_size: u32,
+    /// Number of datagram slots.
+    pub datagram_count: u32,
     pub features: FeatureSet,
     pub log: LogDest,
     pub log_level: log::LevelFilter,
@@ -88,6 +92,8 @@ impl Default for Global {
             ring_entries: 1024,
             buffer_size: 64 * 1024,
             buffer_count: 256,
+            datagram_size: 2048,
+            datagram_count: 2048,
             features: FeatureSet::Auto,
             log: LogDest::Stderr,
             log_level: log::LevelFilter::Info,
@@ -189,6 +195,8 @@ const GLOBAL_KEYS: &[&str] = &[
     "ring_entries",
     "buffer_size",
     "buffer_count",
+    "datagram_size",
+    "datagram_count",
     "features",
     "log",
     "log_level",
@@ -529,7 +537,15 @@ fn parse_global(
                     }
                     g.buffer_size = n as u32
                 }
-                "buffer_count" => g.buffer_count = parse_u32_in(v, 8, 32768)?,
+                "buffer_count" => g.buffer_count = parse_u32_in(v, 8, 16384)?,
+                "datagram_size" => {
+                    let n = parse_size(v)?;
+                    if !(256..=65536).contains(&n) {
+                        return Err(format!("{v} is outside 256B..=64KiB"));
+                    }
+                    g.datagram_size = n as u32
+                }
+                "datagram_count" => g.datagram_count = parse_u32_in(v, 0, 16384)?,
                 "features" => {
                     g.features = match v.as_str() {
                         "auto" => FeatureSet::Auto,
@@ -600,6 +616,18 @@ fn parse_global(
         if let Err(m) = r {
             err(line, k, m);
         }
+    }
+    if g.buffer_count + g.datagram_count > 16384 {
+        let line = keys
+            .iter()
+            .find(|(k, _, _)| k == "buffer_count" || k == "datagram_count")
+            .map(|x| x.2)
+            .unwrap_or(1);
+        err(
+            line,
+            "datagram_count",
+            "buffer_count + datagram_count exceeds 16384 registered buffers".into(),
+        );
     }
     if u64::from(g.buffer_size) * u64::from(g.buffer_count) > 1 << 30 {
         let line = keys
@@ -757,14 +785,18 @@ fn parse_channel(
                 ok = false;
             }
             let frame = st.width() as u64 * u64::from(interleave.0);
-            if u64::from(header_bytes.0) + frame > u64::from(g.buffer_size) {
+            let largest = if input.scheme.is_stream() || g.datagram_count == 0 {
+                g.buffer_size
+            } else {
+                g.datagram_size - 4
+            };
+            if u64::from(header_bytes.0) + frame > u64::from(largest) {
                 err(
                     header_bytes.1.max(*dline),
                     "header_bytes",
                     format!(
-                        "header_bytes {} plus one frame ({frame} bytes) exceeds the largest datagram (buffer_size {})",
-                        header_bytes.0,
-                        g.buffer_size
+                        "header_bytes {} plus one frame ({frame} bytes) exceeds the largest datagram relayed ({largest} bytes)",
+                        header_bytes.0
                     ),
                 );
                 ok = false;
@@ -899,6 +931,12 @@ impl fmt::Display for Config {
             format_size(u64::from(g.buffer_size)).replace(' ', "")
         )?;
         writeln!(f, "buffer_count = {}", g.buffer_count)?;
+        writeln!(
+            f,
+            "datagram_size = {}",
+            format_size(u64::from(g.datagram_size)).replace(' ', "")
+        )?;
+        writeln!(f, "datagram_count = {}", g.datagram_count)?;
         let feat = match g.features {
             FeatureSet::Auto => "auto",
             FeatureSet::Baseline => "baseline",

@@ -18,7 +18,8 @@ use crate::channel::{Channel, Endpoint, Link, Role, PREFIX, UDP_RECVS_IN_FLIGHT}
 use crate::cli::RunArgs;
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
 use crate::outq::{Chunk, Offer, OutQueue};
-use crate::ring::{Completion, Ring, RingOptions, Sqe};
+use crate::pool::Class;
+use crate::ring::{Completion, Ring, RingOptions, Sqe, IOV_MAX};
 use crate::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
 use crate::url::{OnSlow, Scheme};
 use crate::{daemonize, logging, net};
@@ -126,6 +127,16 @@ fn seed() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Buffers of the class a channel's input reads into (its outputs' quotas are shares of it).
+fn class_count(cfg: &Config, c: &config::ChannelConfig) -> u32 {
+    let g = &cfg.global;
+    if c.input.scheme == Scheme::Udp && g.datagram_count > 0 {
+        g.datagram_count
+    } else {
+        g.buffer_count
+    }
+}
+
 /// Binds every channel of `cfg`: the part of start-up that can fail on addresses.
 pub fn bind_all(cfg: &Config, seed: u64) -> Result<Vec<Channel>, String> {
     let n = cfg.channels.len();
@@ -135,7 +146,7 @@ pub fn bind_all(cfg: &Config, seed: u64) -> Result<Vec<Channel>, String> {
         .map(|(i, c)| {
             Channel::bind(
                 c,
-                cfg.global.buffer_count,
+                class_count(cfg, c),
                 n,
                 seed.wrapping_add(i as u64 * 7919),
             )
@@ -159,6 +170,8 @@ impl Daemon {
             baseline: baseline_forced(&cfg),
             buffer_size: g.buffer_size,
             buffer_count: g.buffer_count,
+            datagram_size: g.datagram_size,
+            datagram_count: g.datagram_count,
             trial_multishot: true,
         })?;
         info!("{}", ring.caps.summary());
@@ -248,12 +261,12 @@ impl Daemon {
             }
         }
         if let Some(fd) = ch.pending_input.take() {
-            let slot = ch.insert(Endpoint::new(gens.next(), Role::Input, fd, Link::Up));
+            let slot = ch.insert(Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up));
             ch.input = Some(slot);
         }
         if let Some(fd) = ch.pending_input_listener.take() {
             let slot = ch.insert(Endpoint::new(
-                gens.next(),
+                gens.fresh(),
                 Role::InputListener,
                 fd,
                 Link::Up,
@@ -271,7 +284,7 @@ impl Daemon {
             };
             if ch.outputs[oi].is_link() {
                 let slot = ch.insert(Endpoint::new(
-                    gens.next(),
+                    gens.fresh(),
                     Role::Link { out: oi },
                     fd,
                     Link::Up,
@@ -280,7 +293,7 @@ impl Daemon {
                 ch.outputs[oi].connected_once = true;
             } else {
                 let slot = ch.insert(Endpoint::new(
-                    gens.next(),
+                    gens.fresh(),
                     Role::OutputListener { out: oi },
                     fd,
                     Link::Up,
@@ -355,8 +368,9 @@ impl Daemon {
             OpKind::Recv => on_recv(ring, ch, tok, c.res),
             OpKind::Send => on_write(ring, ch, tok, c.res),
             OpKind::Accept => {
-                let (count, n) = (self.cfg.global.buffer_count, self.cfg.channels.len());
-                on_accept(ring, gens, ch, tok, c.res, c.more(), count, n)
+                let count = class_count(&self.cfg, &ch.cfg);
+                let n = self.cfg.channels.len();
+                on_accept(ring, gens, ch, tok, c.res, c.more(), (count, n))
             }
             OpKind::Connect => on_connect(ring, ch, tok, c.res),
             _ => {}
@@ -404,7 +418,7 @@ impl Daemon {
 
     fn start_channel(&mut self, ci: usize, cfg: &config::ChannelConfig) {
         let n = self.cfg.channels.len().max(1);
-        let count = self.cfg.global.buffer_count;
+        let count = class_count(&self.cfg, cfg);
         match Channel::bind(cfg, count, n, self.seed.wrapping_add(ci as u64)) {
             Ok(ch) => {
                 if ci == self.channels.len() {
@@ -847,9 +861,14 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
         return;
     }
     let want = if datagram { UDP_RECVS_IN_FLIGHT } else { 1 };
-    let size = ring.pool().buffer_size();
+    let class = if datagram && ring.pool().class_size(Class::Small) > PREFIX {
+        Class::Small
+    } else {
+        Class::Large
+    };
+    let size = ring.pool().class_size(class);
     while ep.reading.len() < want {
-        let Some(buf) = ring.pool_mut().take() else {
+        let Some(buf) = ring.pool_mut().take_class(class) else {
             return;
         };
         let fd = ep.raw_fd();
@@ -889,7 +908,7 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     ep.reading.retain(|b| *b != buf);
     let closing = ep.link == Link::Closing;
     let peer = ep.peer.clone();
-    let size = ring.pool().buffer_size();
+    let size = ring.pool().size_of(buf);
     if res > 0 {
         let n = res as u32;
         if datagram && n > size - PREFIX {
@@ -897,8 +916,9 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
             ch.stats.malformed += 1;
             if ch.stats.malformed == 1 {
                 warn!(
-                    "channel {}: datagram of {n} bytes truncated to buffer_size; counted as malformed (raise buffer_size)",
-                    ch.name()
+                    "channel {}: datagram of {n} bytes is larger than datagram_size ({} bytes with the length prefix); counted as malformed (raise datagram_size)",
+                    ch.name(),
+                    size
                 );
             }
         } else {
@@ -1001,6 +1021,15 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
                 Offer::Queued => ring.pool_mut().retain(buf),
                 Offer::QueuedBlocking => {
                     ring.pool_mut().retain(buf);
+                    if !*blocked {
+                        debug!(
+                            "blocked by {}: {} chunks, {} bytes queued; pool {} free",
+                            o.cfg.endpoint.url(),
+                            o.queue.len(),
+                            o.queue.backlog(),
+                            ring.pool().free_count()
+                        );
+                    }
                     *blocked = true;
                 }
                 Offer::Dropped => o.stats.drops += 1,
@@ -1076,66 +1105,143 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
     }
 }
 
-/// Starts the next write of an output endpoint if none is in flight.
+/// Starts the next writes of an output endpoint if none are in flight: one gathered write of
+/// up to [`IOV_MAX`] queued chunks on a stream or file (a single fixed-buffer write when only
+/// one chunk waits), or up to [`IOV_MAX`] datagram sends.
+///
+/// Datagram sends are not linked (IOSQE_IO_LINK): each step of a linked chain waits for a
+/// task-work run, which measured 5% loss on a 5000-datagram burst against none unlinked. A
+/// send on a UDP socket completes inline at submission unless the socket's send buffer is
+/// full, so sends leave in submission order; the outputs get a 4 MiB send buffer to keep that
+/// so (only a send queued behind a full buffer could be overtaken, and the next batch waits
+/// for the whole previous one).
 fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     let Channel { slots, outputs, .. } = ch;
     let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
         return;
     };
-    if ep.link != Link::Up || ep.writing.is_some() {
+    if ep.link != Link::Up || ep.write_ops > 0 {
         return;
     }
-    let (out, q) = match ep.role {
-        Role::Subscriber { out } => (out, ep.queue.as_mut().expect("subscriber queue")),
-        Role::Link { out } => {
-            if outputs[out].retry_at.is_some() {
-                return;
-            }
-            (out, &mut outputs[out].queue)
-        }
+    let out = match ep.role {
+        Role::Subscriber { out } | Role::Link { out } => out,
         _ => return,
     };
+    let crate::channel::Output {
+        queue: out_queue,
+        file,
+        stats,
+        faulted,
+        backoff,
+        retry_at,
+        cfg,
+        ..
+    } = &mut outputs[out];
+    if ep.queue.is_none() && retry_at.is_some() {
+        // A link output waiting out a fault's backoff.
+        return;
+    }
+    let datagram = cfg.endpoint.scheme == Scheme::Udp;
+    let Endpoint {
+        queue: ep_queue,
+        iov,
+        writing,
+        fd: ep_fd,
+        gen,
+        write_ops,
+        in_flight,
+        ..
+    } = ep;
+    let q: &mut OutQueue = match ep_queue.as_mut() {
+        Some(q) => q,
+        None => out_queue,
+    };
     let Some(front) = q.front() else { return };
-    let o = &mut outputs[out];
-    if let Some(f) = o.file.as_mut() {
+    let mut n = q.len().min(IOV_MAX);
+    if let Some(f) = file.as_mut() {
         if let Some(limit) = f.rotate {
             if f.size > 0 && f.size + u64::from(front.len) > limit {
                 match rotate_file(f) {
-                    Ok(fd) => {
-                        let _ = nix::unistd::fsync(ep.fd.as_ref().expect("open file"));
-                        ep.fd = Some(fd);
+                    Ok(new_fd) => {
+                        if let Some(old) = ep_fd.as_ref() {
+                            let _ = nix::unistd::fsync(old);
+                        }
+                        *ep_fd = Some(new_fd);
                         f.size = 0;
-                        info!("output {}: rotated", o.cfg.endpoint.url());
+                        info!("output {}: rotated", cfg.endpoint.url());
                     }
                     Err(e) => {
-                        o.stats.errors += 1;
-                        if !o.faulted {
+                        stats.errors += 1;
+                        if !*faulted {
                             error!(
                                 "output {}: rotation failed: {e}; retrying",
-                                o.cfg.endpoint.url()
+                                cfg.endpoint.url()
                             );
-                            o.faulted = true;
+                            *faulted = true;
                         }
-                        let d = o.backoff.next_delay();
-                        o.retry_at = Some(Instant::now() + d);
+                        *retry_at = Some(Instant::now() + backoff.next_delay());
                         return;
                     }
                 }
             }
+            // Never write past the rotation size in one go (one chunk at least).
+            let room = limit.saturating_sub(f.size);
+            let mut total = 0u64;
+            let fit = q
+                .peek(n)
+                .take_while(|c| {
+                    total += u64::from(c.len);
+                    total <= room
+                })
+                .count();
+            n = fit.max(1);
         }
     }
-    ring.pool_mut().retain(front.buf);
-    ep.writing = Some(front.buf);
-    ep.in_flight += 1;
-    let socket = o.file.is_none();
-    ring.push(
-        Sqe::Write {
-            fd: ep.raw_fd(),
-            chunk: front,
-            socket,
-        },
-        Token::new(OpKind::Send, ci, slot, ep.gen),
-    );
+    let fd = ep_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    let tok = Token::new(OpKind::Send, ci, slot, *gen);
+    if datagram {
+        for c in q.peek(n) {
+            ring.pool_mut().retain(c.buf);
+            writing.push(c.buf);
+            ring.push(
+                Sqe::Write {
+                    fd,
+                    chunk: c,
+                    socket: true,
+                },
+                tok,
+            );
+        }
+        *write_ops = n as u32;
+        *in_flight += n as u32;
+        return;
+    }
+    for c in q.peek(n) {
+        ring.pool_mut().retain(c.buf);
+        writing.push(c.buf);
+    }
+    if n == 1 {
+        ring.push(
+            Sqe::Write {
+                fd,
+                chunk: front,
+                socket: file.is_none(),
+            },
+            tok,
+        );
+    } else {
+        let (arr, cnt) = iov.fill(ring, q.peek(n));
+        ring.push(
+            Sqe::Writev {
+                fd,
+                iov: arr,
+                n: cnt,
+            },
+            tok,
+        );
+    }
+    *write_ops = 1;
+    *in_flight += 1;
 }
 
 /// NAME -> NAME.1 -> NAME.2 ... (keeping `keep`), then a fresh NAME.
@@ -1156,26 +1262,42 @@ fn rotate_file(f: &crate::channel::FileOut) -> std::io::Result<OwnedFd> {
 fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let ci = tok.chan;
     let slot = tok.ep;
-    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+    let out_is_datagram = |ch: &Channel, role: Role| match role {
+        Role::Subscriber { out } | Role::Link { out } => ch.outputs[out].is_datagram(),
+        _ => false,
+    };
+    let Some(role) = ch.ep_gen(slot, tok.gen).map(|e| e.role) else {
         debug!("stale write completion {tok:?}");
         return;
     };
+    let datagram = out_is_datagram(ch, role);
+    let ep = ch.ep_mut(slot).expect("checked above");
     ep.in_flight -= 1;
-    if let Some(b) = ep.writing.take() {
-        ring.pool_mut().release(b);
+    ep.write_ops -= 1;
+    // The references the in-flight writes held: one per datagram send, all for a gathered
+    // write.
+    if datagram {
+        if !ep.writing.is_empty() {
+            let b = ep.writing.remove(0);
+            ring.pool_mut().release(b);
+        }
+    } else {
+        for b in ep.writing.drain(..) {
+            ring.pool_mut().release(b);
+        }
     }
     if ep.link == Link::Closing {
         ch.reap_if_idle(slot);
         return;
     }
-    let role = ep.role;
     let peer = ep.peer.clone();
+    let idle = ep.write_ops == 0;
     let out = match role {
         Role::Subscriber { out } | Role::Link { out } => out,
         _ => return,
     };
     if res > 0 {
-        let n = res as u32;
+        let n = res as u64;
         let Channel {
             slots,
             outputs,
@@ -1190,26 +1312,37 @@ fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
                 .expect("subscriber queue"),
             _ => &mut o.queue,
         };
-        let front_len = q.front().map(|c| c.len).unwrap_or(0);
-        if let Some(b) = q.advance(n.min(front_len)) {
-            ring.pool_mut().release(b);
-            if o.is_datagram() {
-                o.stats.datagrams += 1;
+        let pool = ring.pool_mut();
+        if datagram {
+            if let Some(b) = q.skip_front() {
+                pool.release(b);
             }
+            o.stats.datagrams += 1;
+        } else {
+            q.advance_bytes(n, |b| pool.release(b));
         }
-        o.stats.bytes += u64::from(n);
+        o.stats.bytes += n;
         if let Some(f) = o.file.as_mut() {
-            f.size += u64::from(n);
+            f.size += n;
         }
         if o.faulted && matches!(role, Role::Link { .. }) {
             o.faulted = false;
             o.backoff.reset();
             info!("channel {}: output {} recovered", cfg.name, o.url());
         }
-        kick(ring, ch, ci, slot);
+        if idle {
+            kick(ring, ch, ci, slot);
+        }
         if ch.blocked && ch.may_unblock() {
             ch.blocked = false;
             post_reads(ring, ch, ci);
+        }
+        return;
+    }
+    if datagram && res == -libc::ECANCELED {
+        // A send earlier in the chain failed; this one was not attempted: it stays queued.
+        if idle {
+            kick(ring, ch, ci, slot);
         }
         return;
     }
@@ -1228,7 +1361,7 @@ fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
             );
             close_ep(ring, ch, ci, slot);
         }
-        Role::Link { .. } if o.is_datagram() => {
+        Role::Link { .. } if datagram => {
             // Typically ECONNREFUSED from an ICMP port unreachable: drop this datagram.
             if let Some(b) = o.queue.skip_front() {
                 ring.pool_mut().release(b);
@@ -1242,7 +1375,9 @@ fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
                     o.url()
                 );
             }
-            kick(ring, ch, ci, slot);
+            if idle {
+                kick(ring, ch, ci, slot);
+            }
         }
         Role::Link { .. } if o.file.is_some() => {
             o.stats.errors += 1;
@@ -1279,8 +1414,7 @@ fn on_accept(
     tok: Token,
     res: i32,
     more: bool,
-    buffer_count: u32,
-    channels: usize,
+    quota_of: (u32, usize),
 ) {
     let ci = tok.chan;
     let slot = tok.ep;
@@ -1301,7 +1435,7 @@ fn on_accept(
         if closing {
             drop(fd);
         } else {
-            accepted(ring, gens, ch, ci, role, fd, buffer_count, channels);
+            accepted(ring, gens, ch, ci, role, fd, quota_of);
         }
     } else if !closing && res != -libc::ECANCELED {
         let e = errno_str(res);
@@ -1331,8 +1465,7 @@ fn accepted(
     ci: u16,
     role: Role,
     fd: OwnedFd,
-    buffer_count: u32,
-    channels: usize,
+    (buffer_count, channels): (u32, usize),
 ) {
     let peer = net::peer_name(fd.as_raw_fd());
     let ip = net::peer_ip(fd.as_raw_fd());
@@ -1359,7 +1492,7 @@ fn accepted(
                 ch.stats.reconnects += 1;
             }
             ch.input_faulted = true;
-            let mut ep = Endpoint::new(gens.next(), Role::Input, fd, Link::Up);
+            let mut ep = Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up);
             ep.peer = peer.clone();
             let slot = ch.insert(ep);
             ch.input = Some(slot);
@@ -1391,7 +1524,7 @@ fn accepted(
             if let Some(n) = o.cfg.endpoint.opts.sndbuf {
                 net::set_sndbuf(fd.as_raw_fd(), n);
             }
-            let mut ep = Endpoint::new(gens.next(), Role::Subscriber { out }, fd, Link::Up);
+            let mut ep = Endpoint::new(gens.fresh(), Role::Subscriber { out }, fd, Link::Up);
             let quota = crate::channel::buffer_quota(buffer_count, channels, o.cfg.on_slow);
             ep.queue = Some(OutQueue::new(o.cfg.on_slow, o.cfg.max_backlog, quota));
             ep.peer = peer.clone();
@@ -1508,7 +1641,7 @@ fn dial_input(ring: &mut Ring, gens: &mut Generations, ch: &mut Channel, ci: u16
             } else {
                 Link::Up
             };
-            let mut ep = Endpoint::new(gens.next(), Role::Input, d.fd, link);
+            let mut ep = Endpoint::new(gens.fresh(), Role::Input, d.fd, link);
             ep.peer = ch.cfg.input.url();
             let slot = ch.insert(ep);
             ch.input = Some(slot);
@@ -1560,7 +1693,12 @@ fn dial_output(
             } else {
                 Link::Up
             };
-            let slot = ch.insert(Endpoint::new(gens.next(), Role::Link { out: oi }, fd, link));
+            let slot = ch.insert(Endpoint::new(
+                gens.fresh(),
+                Role::Link { out: oi },
+                fd,
+                link,
+            ));
             ch.outputs[oi].link = Some(slot);
             start_connect(ring, ch, ci, slot, in_progress);
         }
@@ -1655,6 +1793,7 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     if ep.link == Link::Closing {
         return;
     }
+    let was_connecting = ep.link == Link::Connecting;
     ep.link = Link::Closing;
     let gen = ep.gen;
     let role = ep.role;
@@ -1680,7 +1819,7 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
             Token::daemon(OpKind::Cancel),
         );
     }
-    if ep.in_flight > 0 && ep.reading.is_empty() && !ep.accepting && ep.writing.is_none() {
+    if was_connecting {
         ring.push(
             Sqe::Cancel {
                 user_data: Token::new(OpKind::Connect, ci, slot, gen).encode(),

@@ -329,7 +329,7 @@ pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), St
     };
     let who = format!("user {} group {}", user.unwrap_or("(unchanged)"), gid);
     if !nix::unistd::geteuid().is_root() {
-        let same_user = uid.map_or(true, |u| u == nix::unistd::geteuid());
+        let same_user = uid.is_none_or(|u| u == nix::unistd::geteuid());
         if same_user && gid == nix::unistd::getegid() {
             return Ok(());
         }

@@ -784,7 +784,7 @@ mod tests {
                 let whole = payload.len() - payload.len() % fb;
                 whole_input.extend_from_slice(&payload[..whole]);
                 payload.truncate(whole);
-                payload.extend(std::iter::repeat(0x55).take(*extra));
+                payload.extend(std::iter::repeat_n(0x55, *extra));
                 if payload.len() % fb != 0 { malformed += 1; }
                 g.extend_from_slice(&payload);
                 d.feed_datagram(&g, &mut out);

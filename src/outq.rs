@@ -133,6 +133,38 @@ impl OutQueue {
         }
     }
 
+    /// Up to `max` chunks from the front (the first one minus what already went out): what a
+    /// gathered write sends next.
+    pub fn peek(&self, max: usize) -> impl Iterator<Item = Chunk> + '_ {
+        let sent = self.sent;
+        self.items.iter().take(max).enumerate().map(move |(i, c)| {
+            if i == 0 {
+                Chunk {
+                    buf: c.buf,
+                    off: c.off + sent,
+                    len: c.len - sent,
+                }
+            } else {
+                *c
+            }
+        })
+    }
+
+    /// Records that `n` bytes went out, possibly across several chunks; `release` receives
+    /// every buffer whose chunk is now complete.
+    pub fn advance_bytes(&mut self, mut n: u64, mut release: impl FnMut(u16)) {
+        while n > 0 {
+            let Some(f) = self.front() else {
+                panic!("advance past the end of the queue ({n} bytes left)");
+            };
+            let step = n.min(u64::from(f.len)) as u32;
+            if let Some(b) = self.advance(step) {
+                release(b);
+            }
+            n -= u64::from(step);
+        }
+    }
+
     /// Drops the whole front chunk (a datagram that failed to send). Returns its buffer.
     pub fn skip_front(&mut self) -> Option<u16> {
         let front = self.items.pop_front()?;
@@ -219,6 +251,29 @@ mod tests {
         assert!(!q.may_resume());
         q.advance(100);
         assert!(q.may_resume());
+    }
+
+    #[test]
+    fn gathered_writes_span_chunks() {
+        let mut q = OutQueue::new(OnSlow::Block, 1 << 20, 16);
+        for i in 0..4 {
+            q.offer(c(i, 10));
+        }
+        q.advance(3);
+        let v: Vec<Chunk> = q.peek(3).collect();
+        assert_eq!(v.len(), 3);
+        assert_eq!((v[0].off, v[0].len), (7, 7));
+        let mut back = Vec::new();
+        q.advance_bytes(7 + 10 + 4, |b| back.push(b));
+        assert_eq!(back, vec![0, 1]);
+        assert_eq!(
+            q.front(),
+            Some(Chunk {
+                buf: 2,
+                off: 8,
+                len: 6
+            })
+        );
     }
 
     proptest! {

@@ -13,6 +13,11 @@
 //! * `Shared(n)`: holds data, immutable, referenced by `n` holders (output queues, writes in
 //!   flight). The kernel may read it (sends), nobody writes it.
 //!
+//! The pool has two size classes: `Large` buffers (`buffer_size`, for stream reads) and
+//! `Small` slots (`datagram_size`, for datagram receives), so that a burst of small datagrams
+//! does not pin a 64 KiB buffer per datagram. Both live in the one arena and are registered
+//! together; a [`BufId`] names either.
+//!
 //! The arena is never moved or unmapped while the ring lives ([`crate::ring::Ring`] owns the
 //! pool and outlives every submission), which is what makes handing its addresses to the
 //! kernel sound.
@@ -30,29 +35,86 @@ enum State {
     Shared(u32),
 }
 
-pub struct BufferPool {
-    map: MmapMut,
+/// The two buffer sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// `buffer_size` buffers: stream reads.
+    Large,
+    /// `datagram_size` slots: datagram receives.
+    Small,
+}
+
+#[derive(Debug)]
+struct ClassInfo {
+    /// Byte offset of the class in the arena.
+    base: usize,
     size: u32,
-    state: Vec<State>,
+    first: u16,
+    count: u16,
     free: Vec<BufId>,
 }
 
+pub struct BufferPool {
+    map: MmapMut,
+    classes: [ClassInfo; 2],
+    state: Vec<State>,
+}
+
 impl BufferPool {
-    /// Maps `count` buffers of `size` bytes. `count` is at most 65535.
-    pub fn new(size: u32, count: u32) -> io::Result<BufferPool> {
-        assert!(count >= 1 && count <= u32::from(u16::MAX));
-        let total = size as usize * count as usize;
+    /// Maps `count` buffers of `size` bytes and `small_count` slots of `small_size` bytes.
+    /// Together at most 65535.
+    pub fn new(size: u32, count: u32, small_size: u32, small_count: u32) -> io::Result<BufferPool> {
+        assert!(count >= 1 && count + small_count <= u32::from(u16::MAX));
+        let large_bytes = size as usize * count as usize;
+        let total = large_bytes + small_size as usize * small_count as usize;
         let map = MmapMut::map_anon(total)?;
+        let large = ClassInfo {
+            base: 0,
+            size,
+            first: 0,
+            count: count as u16,
+            free: (0..count as u16).rev().collect(),
+        };
+        let small = ClassInfo {
+            base: large_bytes,
+            size: small_size.max(1),
+            first: count as u16,
+            count: small_count as u16,
+            free: (count as u16..(count + small_count) as u16).rev().collect(),
+        };
         Ok(BufferPool {
             map,
-            size,
-            state: vec![State::Free; count as usize],
-            free: (0..count as u16).rev().collect(),
+            classes: [large, small],
+            state: vec![State::Free; (count + small_count) as usize],
         })
     }
 
+    fn class_of(&self, id: BufId) -> &ClassInfo {
+        if id >= self.classes[1].first {
+            &self.classes[1]
+        } else {
+            &self.classes[0]
+        }
+    }
+
+    /// Size of the large buffers.
     pub fn buffer_size(&self) -> u32 {
-        self.size
+        self.classes[0].size
+    }
+
+    /// Size of a class's buffers (0 if the class is empty).
+    pub fn class_size(&self, c: Class) -> u32 {
+        let ci = &self.classes[c as usize];
+        if ci.count == 0 {
+            0
+        } else {
+            ci.size
+        }
+    }
+
+    /// Size of the buffer `id`.
+    pub fn size_of(&self, id: BufId) -> u32 {
+        self.class_of(id).size
     }
 
     pub fn count(&self) -> usize {
@@ -60,16 +122,31 @@ impl BufferPool {
     }
 
     pub fn free_count(&self) -> usize {
-        self.free.len()
+        self.classes[0].free.len() + self.classes[1].free.len()
     }
 
-    /// Takes a free buffer for a read: it is now the kernel's until [`BufferPool::filled`] or
-    /// [`BufferPool::abandon`].
-    pub fn take(&mut self) -> Option<BufId> {
-        let id = self.free.pop()?;
+    /// Takes a free buffer of class `c` for a read: it is now the kernel's until
+    /// [`BufferPool::filled`] or [`BufferPool::abandon`].
+    pub fn take_class(&mut self, c: Class) -> Option<BufId> {
+        let id = self.classes[c as usize].free.pop()?;
         debug_assert_eq!(self.state[id as usize], State::Free);
         self.state[id as usize] = State::Kernel;
         Some(id)
+    }
+
+    /// Takes a large buffer.
+    pub fn take(&mut self) -> Option<BufId> {
+        self.take_class(Class::Large)
+    }
+
+    fn free_id(&mut self, id: BufId) {
+        let c = usize::from(id >= self.classes[1].first);
+        self.classes[c].free.push(id);
+    }
+
+    fn start(&self, id: BufId) -> usize {
+        let c = self.class_of(id);
+        c.base + (id - c.first) as usize * c.size as usize
     }
 
     /// The read into `id` completed: its bytes are data now, with one reference (the caller's).
@@ -90,7 +167,7 @@ impl BufferPool {
             "buffer {id} was not lent"
         );
         self.state[id as usize] = State::Free;
-        self.free.push(id);
+        self.free_id(id);
     }
 
     /// Adds a reference to a data buffer.
@@ -107,7 +184,7 @@ impl BufferPool {
         match s {
             State::Shared(1) => {
                 *s = State::Free;
-                self.free.push(id);
+                self.free_id(id);
             }
             State::Shared(n) => *n -= 1,
             s => panic!("release of buffer {id} in state {s:?}"),
@@ -120,8 +197,8 @@ impl BufferPool {
             matches!(self.state[id as usize], State::Shared(_)),
             "buffer {id} does not hold data"
         );
-        assert!(off as u64 + len as u64 <= u64::from(self.size));
-        let start = id as usize * self.size as usize + off as usize;
+        assert!(off as u64 + len as u64 <= u64::from(self.size_of(id)));
+        let start = self.start(id) + off as usize;
         &self.map[start..start + len as usize]
     }
 
@@ -133,32 +210,36 @@ impl BufferPool {
             State::Shared(1),
             "buffer {id} must be held once to be written"
         );
-        let start = id as usize * self.size as usize + off as usize;
+        assert!(off as usize + data.len() <= self.size_of(id) as usize);
+        let start = self.start(id) + off as usize;
         self.map[start..start + data.len()].copy_from_slice(data);
     }
 
     /// Address of byte `off` of buffer `id`, for the ring driver only.
     pub(crate) fn addr(&mut self, id: BufId, off: u32) -> *mut u8 {
-        assert!(off <= self.size);
-        let start = id as usize * self.size as usize + off as usize;
-        // In bounds: id < count and off <= size.
+        assert!(off <= self.size_of(id) && (id as usize) < self.state.len());
+        let start = self.start(id) + off as usize;
+        // In bounds: id < count and off <= the buffer's size.
         self.map[start..].as_mut_ptr()
     }
 
     /// One iovec per buffer, for registration as fixed buffers.
     pub(crate) fn iovecs(&mut self) -> Vec<libc::iovec> {
-        let size = self.size as usize;
-        (0..self.state.len())
-            .map(|i| libc::iovec {
-                iov_base: self.map[i * size..].as_mut_ptr().cast(),
-                iov_len: size,
+        (0..self.state.len() as u16)
+            .map(|id| {
+                let start = self.start(id);
+                let len = self.size_of(id) as usize;
+                libc::iovec {
+                    iov_base: self.map[start..].as_mut_ptr().cast(),
+                    iov_len: len,
+                }
             })
             .collect()
     }
 
     /// Buffers not free (held by outputs or lent to the kernel).
     pub fn in_use(&self) -> usize {
-        self.state.len() - self.free.len()
+        self.state.len() - self.free_count()
     }
 }
 
@@ -168,7 +249,7 @@ mod tests {
 
     #[test]
     fn lifecycle() {
-        let mut p = BufferPool::new(4096, 3).unwrap();
+        let mut p = BufferPool::new(4096, 3, 0, 0).unwrap();
         let a = p.take().unwrap();
         let b = p.take().unwrap();
         let c = p.take().unwrap();
@@ -189,9 +270,37 @@ mod tests {
     }
 
     #[test]
+    fn classes_are_disjoint() {
+        let mut p = BufferPool::new(8192, 2, 2048, 3).unwrap();
+        let big = p.take().unwrap();
+        let small: Vec<BufId> = (0..3)
+            .map(|_| p.take_class(Class::Small).unwrap())
+            .collect();
+        assert!(p.take_class(Class::Small).is_none());
+        assert_eq!(p.size_of(big), 8192);
+        for &s in &small {
+            assert_eq!(p.size_of(s), 2048);
+            p.filled(s);
+            p.write_prefix(s, 0, &s.to_be_bytes());
+        }
+        p.filled(big);
+        p.write_prefix(big, 0, &[9, 9]);
+        for &s in &small {
+            assert_eq!(p.bytes(s, 0, 2), &s.to_be_bytes());
+            p.release(s);
+        }
+        assert_eq!(p.bytes(big, 0, 2), &[9, 9]);
+        let iov = p.iovecs();
+        assert_eq!(iov.len(), 5);
+        assert_eq!(iov[2].iov_len, 2048);
+        assert_eq!(iov[2].iov_base as usize - iov[0].iov_base as usize, 16384);
+        assert_eq!(p.free_count(), 4);
+    }
+
+    #[test]
     #[should_panic(expected = "does not hold data")]
     fn kernel_owned_bytes_are_not_readable() {
-        let mut p = BufferPool::new(4096, 1).unwrap();
+        let mut p = BufferPool::new(4096, 1, 0, 0).unwrap();
         let a = p.take().unwrap();
         let _ = p.bytes(a, 0, 1);
     }
@@ -199,7 +308,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "release of buffer")]
     fn double_release_is_caught() {
-        let mut p = BufferPool::new(4096, 1).unwrap();
+        let mut p = BufferPool::new(4096, 1, 0, 0).unwrap();
         let a = p.take().unwrap();
         p.filled(a);
         p.release(a);

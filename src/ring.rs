@@ -8,9 +8,11 @@
 //! Safety argument for [`Ring::push`], the only place an SQE is handed to the kernel: every
 //! pointer an SQE carries refers either to (a) the pool arena, which is mapped for the life of
 //! the `Ring` and whose buffers the caller has put in the `Kernel` state (reads) or holds a
-//! reference to until the completion (writes), or (b) storage boxed inside the `Ring` itself
+//! reference to until the completion (writes), (b) storage boxed inside the `Ring` itself
 //! (the timer's timespec and the signal pipe's read buffer), allocated once and never moved or
-//! freed while the ring lives. File descriptors are kept open by their owners until every
+//! freed while the ring lives, or (c) an endpoint's boxed [`Iovecs`] (gathered writes), which
+//! the daemon frees only with its endpoint, once that endpoint's in-flight count is zero, and
+//! does not refill while a gathered write of that endpoint is in flight. File descriptors are kept open by their owners until every
 //! operation on them has completed (the daemon counts in-flight operations per endpoint). On
 //! drop, the ring cancels what is still in flight and waits for those completions, and if any
 //! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
@@ -36,6 +38,8 @@ pub struct RingOptions {
     pub baseline: bool,
     pub buffer_size: u32,
     pub buffer_count: u32,
+    pub datagram_size: u32,
+    pub datagram_count: u32,
     /// Try multishot accept (skipped by `probe` when only reporting).
     pub trial_multishot: bool,
 }
@@ -79,6 +83,8 @@ pub enum Sqe {
         chunk: Chunk,
         socket: bool,
     },
+    /// Gathered write of several chunks described by `iov`, an array owned by the endpoint.
+    Writev { fd: RawFd, iov: IovArray, n: u32 },
     /// Accept a connection (multishot where the kernel has it and the caller asks).
     Accept { fd: RawFd, multishot: bool },
     /// Wait until `fd` is writable (a non-blocking connect finished).
@@ -89,6 +95,52 @@ pub enum Sqe {
     ReadSignal { fd: RawFd },
     /// Cancel the operation tagged `user_data`.
     Cancel { user_data: u64 },
+}
+
+/// Most chunks one gathered write sends.
+pub const IOV_MAX: usize = 32;
+
+/// The iovec array of one endpoint's gathered writes. Boxed so that its address does not
+/// change when the endpoint moves; the endpoint (and so the box) lives until every one of its
+/// operations has completed.
+pub struct Iovecs(Box<[libc::iovec; IOV_MAX]>);
+
+impl Default for Iovecs {
+    fn default() -> Self {
+        Iovecs(Box::new(
+            [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IOV_MAX],
+        ))
+    }
+}
+
+impl std::fmt::Debug for Iovecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Iovecs")
+    }
+}
+
+/// A handle on an endpoint's [`Iovecs`] for one submission.
+#[derive(Clone, Copy, Debug)]
+pub struct IovArray(*mut libc::iovec);
+
+impl Iovecs {
+    /// Fills the array with `chunks` (at most [`IOV_MAX`]) as pool addresses.
+    pub fn fill(
+        &mut self,
+        ring: &mut Ring,
+        chunks: impl Iterator<Item = Chunk>,
+    ) -> (IovArray, u32) {
+        let mut n = 0;
+        for (slot, c) in self.0.iter_mut().zip(chunks) {
+            slot.iov_base = ring.pool.addr(c.buf, c.off).cast();
+            slot.iov_len = c.len as usize;
+            n += 1;
+        }
+        (IovArray(self.0.as_mut_ptr()), n)
+    }
 }
 
 /// Period of the daemon's timer.
@@ -127,7 +179,9 @@ pub fn memlock_limit() -> Option<u64> {
     if rc != 0 || r.rlim_cur == libc::RLIM_INFINITY {
         None
     } else {
-        Some(r.rlim_cur as u64)
+        // rlim_t is 32 bits on 32-bit ARM.
+        #[allow(clippy::useless_conversion)]
+        Some(u64::from(r.rlim_cur))
     }
 }
 
@@ -171,6 +225,13 @@ fn build(
         b.setup_coop_taskrun().setup_taskrun_flag();
     }
     b.build(opts.entries)
+}
+
+/// CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn sqpoll_thread_running() -> bool {
@@ -229,7 +290,21 @@ impl Ring {
             memlock: memlock_limit(),
             ..Caps::default()
         };
-        let want_sqpoll = opts.sqpoll != SqpollMode::Off;
+        let cpus = available_cpus();
+        let want_sqpoll = match opts.sqpoll {
+            SqpollMode::Off => false,
+            SqpollMode::On => true,
+            // The poll thread spins for sqpoll_idle_ms after every submission: a core's worth
+            // of CPU while traffic flows. With fewer than four CPUs it competes with the
+            // producers, consumers and the loop itself, and measured slower (README, benches/).
+            SqpollMode::Auto if cpus < 4 => {
+                caps.sqpoll_note = Some(format!(
+                    "sqpoll = auto uses SQPOLL only with 4 or more CPUs ({cpus} available); set sqpoll = on to force it"
+                ));
+                false
+            }
+            SqpollMode::Auto => true,
+        };
         let mut uring = None;
         if want_sqpoll {
             match build(opts, true, false) {
@@ -302,8 +377,13 @@ impl Ring {
                 missing.join(", ")
             ));
         }
-        let pool = BufferPool::new(opts.buffer_size, opts.buffer_count)
-            .map_err(|e| format!("cannot map the buffer pool: {e}"))?;
+        let pool = BufferPool::new(
+            opts.buffer_size,
+            opts.buffer_count,
+            opts.datagram_size,
+            opts.datagram_count,
+        )
+        .map_err(|e| format!("cannot map the buffer pool: {e}"))?;
         let mut ring = Ring {
             uring,
             pool,
@@ -321,7 +401,8 @@ impl Ring {
     }
 
     fn register_pool(&mut self, opts: &RingOptions) {
-        let need = u64::from(opts.buffer_size) * u64::from(opts.buffer_count);
+        let need = u64::from(opts.buffer_size) * u64::from(opts.buffer_count)
+            + u64::from(opts.datagram_size) * u64::from(opts.datagram_count);
         let iov = self.pool.iovecs();
         // SAFETY: the iovecs describe the pool arena, which stays mapped at a fixed address for
         // as long as this ring exists (the ring is dropped first, see the field order).
@@ -448,6 +529,7 @@ impl Ring {
                     opcode::Write::new(types::Fd(fd), ptr, chunk.len).build()
                 }
             }
+            Sqe::Writev { fd, iov, n } => opcode::Writev::new(types::Fd(fd), iov.0, n).build(),
             Sqe::Accept { fd, multishot } => {
                 if multishot && self.caps.multishot_accept {
                     opcode::AcceptMulti::new(types::Fd(fd))
@@ -571,7 +653,7 @@ impl Drop for Ring {
         if self.in_flight > 0 {
             let pool = std::mem::replace(
                 &mut self.pool,
-                BufferPool::new(4096, 1).expect("a one-page pool"),
+                BufferPool::new(4096, 1, 0, 0).expect("a one-page pool"),
             );
             std::mem::forget(pool);
         }

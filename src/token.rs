@@ -112,7 +112,7 @@ pub struct Generations {
 }
 
 impl Generations {
-    pub fn next(&mut self) -> u32 {
+    pub fn fresh(&mut self) -> u32 {
         self.next = (self.next + 1) & GEN_MASK;
         if self.next == 0 {
             self.next = 1;
@@ -144,8 +144,8 @@ mod tests {
         }
         // Generations wrap within 24 bits and never hand out 0.
         let mut g = Generations { next: GEN_MASK - 1 };
-        assert_eq!(g.next(), GEN_MASK);
-        assert_eq!(g.next(), 1);
+        assert_eq!(g.fresh(), GEN_MASK);
+        assert_eq!(g.fresh(), 1);
     }
 
     proptest! {

@@ -371,8 +371,7 @@ impl Endpoint {
             return Err("iface= needs group= on a udp input".into());
         }
         if let Target::Inet { port: 0, .. } = ep.target {
-            if !(role == Role::Output && sc == Scheme::Tcp) && !sc.is_listen() && sc != Scheme::Udp
-            {
+            if !(sc.is_listen() || sc == Scheme::Udp || role == Role::Output && sc == Scheme::Tcp) {
                 return Err("port 0 is only valid for listening or udp input endpoints".into());
             }
             if role == Role::Output && matches!(sc, Scheme::Udp | Scheme::Tcp) {

@@ -267,7 +267,7 @@ fn restart_while_tail_follows() {
     let t = TempDir::new();
     let mut a = Publisher::create(&t.opts(), "rs", &cfg("every:1", 4096)).unwrap();
     feed(&mut a, 0, 5);
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "tail",
             "rs",

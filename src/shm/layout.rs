@@ -437,7 +437,7 @@ pub fn validate_region(b: &[u8], file_len: u64) -> Result<RegionInfo, LayoutErro
     let end = capacity
         .checked_mul(frame_bytes as u64)
         .and_then(|d| d.checked_add(data_offset));
-    if data_offset < 0x400 || data_offset % 8 != 0 || !end.is_some_and(|e| e <= file_bytes) {
+    if data_offset < 0x400 || data_offset % 8 != 0 || end.is_none_or(|e| e > file_bytes) {
         return Err(LayoutError::Inconsistent("data region outside the file"));
     }
     let level_count = get_u16(b, OFF_LEVEL_COUNT) as usize;
