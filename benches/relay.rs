@@ -14,6 +14,8 @@
 //! * (b) UDP 1-to-4 fan-out: one sender sends `UDP_DATAGRAMS` datagrams of 1 KiB as fast as it
 //!   can; four receivers count. Delivered datagrams/s (all four outputs together) and drop %.
 //!   socat has no fan-out, so it sits this case out.
+//! * (b2) the same fan-out with the sender paced at `UDP_PACED_RATE` datagrams/s, a load every
+//!   relay should carry without drops.
 //! * (c) ringrelay with `sqpoll = on` and `sqpoll = off`, both in (a) and (b).
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
@@ -38,6 +40,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 const WARMUP_SEQ: u64 = u64::MAX;
 const DATAGRAM: usize = 1024;
 const RCVBUF: usize = 4 << 20;
+/// Input rate of the paced UDP case, datagrams per second.
+const UDP_PACED_RATE: f64 = 25_000.0;
 
 /// One relay under test.
 #[derive(Clone, Debug)]
@@ -333,7 +337,14 @@ fn child_exited(c: &Child) -> io::Result<Option<()>> {
 }
 
 /// Case (b): `count` datagrams of 1 KiB through a 1-to-4 fan-out.
-fn udp_run(b: &mut Bench, relay: &Relay, count: u64, limit: Duration) -> Result<Sample, String> {
+/// `pace`: datagrams per second, or `None` for as fast as `send` returns.
+fn udp_run(
+    b: &mut Bench,
+    relay: &Relay,
+    count: u64,
+    pace: Option<f64>,
+    limit: Duration,
+) -> Result<Sample, String> {
     const OUTS: usize = 4;
     let mut socks = Vec::new();
     for _ in 0..OUTS {
@@ -416,6 +427,16 @@ fn udp_run(b: &mut Bench, relay: &Relay, count: u64, limit: Duration) -> Result<
     let t0 = Instant::now();
     *last.lock().unwrap() = t0;
     for seq in 0..count {
+        if let Some(r) = pace {
+            // Paced in bursts of 16 against the monotonic clock.
+            if seq % 16 == 0 {
+                let due = t0 + Duration::from_secs_f64(seq as f64 / r);
+                let now = Instant::now();
+                if due > now {
+                    thread::sleep(due - now);
+                }
+            }
+        }
         pkt[..8].copy_from_slice(&seq.to_be_bytes());
         loop {
             match tx.send(&pkt) {
@@ -600,10 +621,10 @@ fn main() {
     let only: Option<Vec<String>> = std::env::var("RELAY_BENCH_ONLY")
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
-    let (runs, tcp_bytes, udp_count) = if quick {
-        (1, 256u64 << 20, 50_000u64)
+    let (runs, tcp_bytes, udp_count, udp_paced_count) = if quick {
+        (1, 256u64 << 20, 50_000u64, 20_000u64)
     } else {
-        (3, 2u64 << 30, 200_000u64)
+        (3, 2u64 << 30, 200_000u64, 50_000u64)
     };
     let limit = Duration::from_secs(if quick { 20 } else { 120 });
 
@@ -631,10 +652,11 @@ fn main() {
     );
     println!("machine: {}", machine());
     println!(
-        "{} run(s) per cell, medians; TCP {} MiB per run, UDP {} datagrams of {} B per run",
+        "{} run(s) per cell, medians; TCP {} MiB per run, UDP {} (paced: {}) datagrams of {} B per run",
         runs,
         tcp_bytes >> 20,
         udp_count,
+        udp_paced_count,
         DATAGRAM
     );
 
@@ -669,23 +691,45 @@ fn main() {
         !matches!(r, Relay::Socat { .. })
             && !matches!(r, Relay::Blocking { buf } if *buf != 64 << 10)
     });
-    for r in udp_relays {
+    let udp_relays: Vec<&Relay> = udp_relays.collect();
+    for r in &udp_relays {
         udp_rows.push(Row {
             name: r.name(),
             kind: kind(r),
-            result: measure(runs, || udp_run(&mut b, r, udp_count, limit)),
+            result: measure(runs, || udp_run(&mut b, r, udp_count, None, limit)),
         });
     }
     print_table(
-        "(b) UDP 1-to-4 fan-out, 1 KiB datagrams (socat: no fan-out)",
+        "(b) UDP 1-to-4 fan-out, 1 KiB datagrams at max rate (socat: no fan-out)",
         "delivered/s",
         "CPU us/dgram",
         true,
         &udp_rows,
     );
+    let mut paced_rows = Vec::new();
+    for r in &udp_relays {
+        paced_rows.push(Row {
+            name: r.name(),
+            kind: kind(r),
+            result: measure(runs, || {
+                udp_run(&mut b, r, udp_paced_count, Some(UDP_PACED_RATE), limit)
+            }),
+        });
+    }
+    print_table(
+        &format!(
+            "(b2) the same fan-out paced at {} datagrams/s in (a sustainable load: drops should be 0)",
+            UDP_PACED_RATE
+        ),
+        "delivered/s",
+        "CPU us/dgram",
+        true,
+        &paced_rows,
+    );
     let failed = tcp_rows
         .iter()
         .chain(&udp_rows)
+        .chain(&paced_rows)
         .filter(|r| r.kind == "ringrelay" && r.result.is_err())
         .count();
     println!(
