@@ -168,6 +168,9 @@ pub struct StatArgs {
 
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> i32 {
+    if let Ok(spec) = std::env::var(crate::demo::SINK_ENV) {
+        return crate::demo::sink_main(&spec);
+    }
     let cli: Cli = argh::from_env();
     match cli.cmd {
         Command::Run(a) => crate::daemon::run_command(a),

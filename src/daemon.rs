@@ -176,10 +176,11 @@ impl Daemon {
         })?;
         info!("{}", ring.caps.summary());
         if let Some(n) = &ring.caps.sqpoll_note {
-            warn!("SQPOLL off: {n}");
-        }
-        if ring.caps.sqpoll_thread_seen == Some(false) {
-            warn!("SQPOLL was granted but no iou-sqp thread is visible");
+            if g.sqpoll == config::SqpollMode::Auto && n.starts_with("sqpoll = auto") {
+                info!("SQPOLL off: {n}");
+            } else {
+                warn!("SQPOLL off: {n}");
+            }
         }
         if let Some(n) = &ring.caps.registered_note {
             warn!("buffers not registered: {n}");

@@ -1,4 +1,47 @@
-//! Probe (placeholder).
-pub fn run(_b: bool) -> i32 {
-    1
+//! `ringrelay probe`: what this kernel's io_uring offers and which paths the daemon would use.
+//!
+//! Owns: nothing but the report. It builds a ring exactly as `run` would with the default
+//! configuration (same probing, same fallbacks), prints [`crate::caps::Caps`], and exits.
+
+use crate::config::{FeatureSet, Global};
+use crate::ring::{available_cpus, Ring, RingOptions};
+
+pub fn run(baseline: bool) -> i32 {
+    let g = Global::default();
+    let baseline = baseline
+        || g.features == FeatureSet::Baseline
+        || std::env::var("RINGRELAY_FEATURES").is_ok_and(|v| v == "baseline");
+    let opts = RingOptions {
+        entries: g.ring_entries,
+        sqpoll: g.sqpoll,
+        sqpoll_idle_ms: g.sqpoll_idle_ms,
+        sqpoll_cpu: g.sqpoll_cpu,
+        baseline,
+        buffer_size: g.buffer_size,
+        buffer_count: g.buffer_count,
+        datagram_size: g.datagram_size,
+        datagram_count: g.datagram_count,
+        trial_multishot: true,
+    };
+    match Ring::new(&opts) {
+        Ok(ring) => {
+            print!("{}", ring.caps);
+            println!("cpus available    {}", available_cpus());
+            let pool = u64::from(g.buffer_size) * u64::from(g.buffer_count)
+                + u64::from(g.datagram_size) * u64::from(g.datagram_count);
+            println!(
+                "default pool      {} ({} x {} + {} x {})",
+                crate::units::format_size(pool),
+                g.buffer_count,
+                crate::units::format_size(u64::from(g.buffer_size)),
+                g.datagram_count,
+                crate::units::format_size(u64::from(g.datagram_size))
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("ringrelay: {e}");
+            1
+        }
+    }
 }
