@@ -68,6 +68,8 @@ pub struct Endpoint {
     pub iov: crate::ring::Iovecs,
     /// An accept is armed.
     pub accepting: bool,
+    /// A hang-up watch (POLLRDHUP) is armed.
+    pub watching: bool,
     /// Subscribers keep their own queue; links use their output's.
     pub queue: Option<OutQueue>,
     pub peer: String,
@@ -86,6 +88,7 @@ impl Endpoint {
             write_ops: 0,
             iov: crate::ring::Iovecs::default(),
             accepting: false,
+            watching: false,
             queue: None,
             peer: String::new(),
         }

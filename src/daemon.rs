@@ -374,6 +374,7 @@ impl Daemon {
                 on_accept(ring, gens, ch, tok, c.res, c.more(), (count, n))
             }
             OpKind::Connect => on_connect(ring, ch, tok, c.res),
+            OpKind::Hangup => on_hangup(ring, ch, tok, c.res),
             _ => {}
         }
     }
@@ -822,6 +823,63 @@ fn output_state(ch: &Channel, o: &crate::channel::Output) -> &'static str {
 
 fn errno_str(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
+}
+
+/// Watches an output stream socket for its peer's hang-up or half-close: a collector or
+/// subscriber that goes away is noticed at once, not at the next write (which a half-closed
+/// peer would still accept).
+fn watch_hangup(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    if ep.watching || ep.link != Link::Up {
+        return;
+    }
+    ep.watching = true;
+    ep.in_flight += 1;
+    let fd = ep.raw_fd();
+    ring.push(
+        Sqe::PollHangup { fd },
+        Token::new(OpKind::Hangup, ci, slot, ep.gen),
+    );
+}
+
+fn on_hangup(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let (ci, slot) = (tok.chan, tok.ep);
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        return;
+    };
+    ep.in_flight -= 1;
+    ep.watching = false;
+    if ep.link == Link::Closing || res == -libc::ECANCELED {
+        ch.reap_if_idle(slot);
+        return;
+    }
+    let role = ep.role;
+    let peer = ep.peer.clone();
+    let name = ch.cfg.name.clone();
+    match role {
+        Role::Subscriber { out } => {
+            info!(
+                "channel {name}: subscriber {peer} of {} hung up",
+                ch.outputs[out].url()
+            );
+            close_ep(ring, ch, ci, slot);
+        }
+        Role::Link { out } => {
+            let o = &mut ch.outputs[out];
+            o.stats.errors += 1;
+            let d = o.backoff.next_delay();
+            if !o.faulted {
+                o.faulted = true;
+                warn!(
+                    "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept)",
+                    o.url()
+                );
+            }
+            o.retry_at = Some(Instant::now() + d);
+            close_ep(ring, ch, ci, slot);
+        }
+        _ => {}
+    }
 }
 
 /// Arms an accept on a listening endpoint.
@@ -1288,6 +1346,20 @@ fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
         }
     }
     if ep.link == Link::Closing {
+        // Bytes a link's old connection took are gone from its queue (which outlives the
+        // connection): advance past them so the next connection does not send them again.
+        if let (Role::Link { out }, true) = (role, res > 0) {
+            let pool = ring.pool_mut();
+            let q = &mut ch.outputs[out].queue;
+            if datagram {
+                if let Some(b) = q.skip_front() {
+                    pool.release(b);
+                }
+            } else {
+                q.advance_bytes(res as u64, |b| pool.release(b));
+            }
+            ch.outputs[out].stats.bytes += res as u64;
+        }
         ch.reap_if_idle(slot);
         return;
     }
@@ -1537,6 +1609,7 @@ fn accepted(
             );
             let slot = ch.insert(ep);
             ch.outputs[out].subscribers.push(slot);
+            watch_hangup(ring, ch, ci, slot);
         }
         _ => {}
     }
@@ -1593,6 +1666,9 @@ fn connected(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16, result: std:
                     }
                     o.connected_once = true;
                     o.faulted = false;
+                    if o.scheme() != Scheme::Udp && o.file.is_none() {
+                        watch_hangup(ring, ch, ci, slot);
+                    }
                     kick(ring, ch, ci, slot);
                 }
                 _ => {}
@@ -1816,6 +1892,14 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         ring.push(
             Sqe::Cancel {
                 user_data: Token::new(OpKind::Accept, ci, slot, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    }
+    if ep.watching {
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(OpKind::Hangup, ci, slot, gen).encode(),
             },
             Token::daemon(OpKind::Cancel),
         );

@@ -232,7 +232,10 @@ fn run_in(a: &DemoArgs, duration: Option<Duration>, dir: &std::path::Path) -> i3
         "demo: while it runs, try: ringrelay tail sine --shm-dir {} --last 5",
         shm.display()
     );
-    println!("{:>6}  {:<8} {:>12} {:>12} {:>14} {:>10}", "time", "channel", "in Mbit/s", "in dgram/s", "out Mbit/s", "drops");
+    println!(
+        "{:>6}  {:<8} {:>12} {:>12} {:>14} {:>10}",
+        "time", "channel", "in Mbit/s", "in dgram/s", "out Mbit/s", "drops"
+    );
     let mut rates: Vec<(crate::stats::Rate, crate::stats::Rate, u64)> = Vec::new();
     d.stop_at = duration.map(|t| Instant::now() + t);
     d.monitor = Some(Box::new(move |chans, t| {

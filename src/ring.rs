@@ -89,6 +89,8 @@ pub enum Sqe {
     Accept { fd: RawFd, multishot: bool },
     /// Wait until `fd` is writable (a non-blocking connect finished).
     PollOut { fd: RawFd },
+    /// Wait until the peer of `fd` hangs up or half-closes.
+    PollHangup { fd: RawFd },
     /// The periodic timer (100 ms).
     Tick,
     /// Read from the signal pipe.
@@ -540,6 +542,9 @@ impl Ring {
                         .flags(libc::SOCK_CLOEXEC)
                         .build()
                 }
+            }
+            Sqe::PollHangup { fd } => {
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLRDHUP as u32).build()
             }
             Sqe::PollOut { fd } => {
                 opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()

@@ -40,6 +40,8 @@ pub enum OpKind {
     Connect = 6,
     /// Cancel request; its own completion is ignored.
     Cancel = 7,
+    /// Watch an output stream socket for the peer's hang-up (POLLRDHUP).
+    Hangup = 8,
 }
 
 impl OpKind {
@@ -52,6 +54,7 @@ impl OpKind {
             5 => OpKind::Send,
             6 => OpKind::Connect,
             7 => OpKind::Cancel,
+            8 => OpKind::Hangup,
             _ => return None,
         })
     }
@@ -150,7 +153,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=7, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=8, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);
