@@ -7,7 +7,7 @@ cd /payload || exit 100
 PATH=/payload:$PATH
 export PATH
 STAGES=$(cat stages 2>/dev/null || echo all)
-[ "$STAGES" = all ] && STAGES="info help probe check gen udp tcp shm reload term rss"
+[ "$STAGES" = all ] && STAGES="info help probe check gen udp sqpoll tcp shm reload term rss"
 FAILED=0
 T=/tmp/smoke
 mkdir -p $T
@@ -139,6 +139,28 @@ stage_udp() {
   fi
 }
 
+# The same UDP fan-out through a relay that insists on SQPOLL (auto leaves it off on 2 CPUs).
+stage_sqpoll() {
+  d=$T/sqpoll; mkdir -p $d
+  printf '[global]\nsqpoll = on\nshm_dir = %s/shm\n[channel q]\ninput = udp://127.0.0.1:5150\noutput = udp://127.0.0.1:5151\noutput = file://%s/direct.raw\n' $d $d > $d/conf
+  ringrelay run --input udp://127.0.0.1:5151 --output file://$d/s1.raw > $d/s1.log 2>&1 & s1=$!
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  if ! wait_ready $d/s1.log || ! wait_ready $d/relay.log; then
+    kill $s1 $r 2>/dev/null; fail sqpoll "relays not ready"; return
+  fi
+  grep -i "sqpoll" $d/relay.log | head -2
+  timeout 60 ringrelay gen udp://127.0.0.1:5150 --format i16le --signal counter \
+    --rate 20000 --frames 40000 --packet-bytes 1000 > $d/gen.log 2>&1
+  sleep 1
+  term_wait $r; rr=$RC; term_wait $s1; r1=$RC
+  echo "sqpoll: direct=$(size $d/direct.raw) s1=$(size $d/s1.raw) want=80000 exits=$rr/$r1"
+  if [ "$(size $d/direct.raw)" = 80000 ] && cmp -s $d/direct.raw $d/s1.raw && [ "$rr$r1" = 00 ]; then
+    pass sqpoll
+  else
+    tail -5 $d/relay.log; fail sqpoll "fan-out with SQPOLL"
+  fi
+}
+
 # TCP fan-out: a TCP producer to a subscriber that keeps up, one that stalls (its nc writes into
 # a pipe nobody reads; it has its own output with a small max_backlog) and a file. The stalled
 # one is disconnected; the other and the file get every byte, in order.
@@ -159,14 +181,15 @@ EOC
   nc 127.0.0.1 6200 > $d/fast.raw & f=$!
   nc 127.0.0.1 6201 | sleep 600 &
   sleep 1
-  # Paced at 2 MB/s: busybox nc under emulation must keep up; the stalled one cannot.
-  timeout 120 ringrelay gen tcp://127.0.0.1:5200 --format u8 --signal counter --rate 2000000 \
-    --bytes 4MiB > $d/gen.log 2>&1
+  # Paced at 3 MB/s: busybox nc under emulation must keep up. 12 MiB is well beyond what the
+  # kernel buffers of the stalled connection absorb (up to 4 MiB of send buffer on loopback).
+  timeout 120 ringrelay gen tcp://127.0.0.1:5200 --format u8 --signal counter --rate 3000000 \
+    --bytes 12MiB > $d/gen.log 2>&1
   rg=$?
   sleep 2
   term_wait $r; rr=$RC
   sleep 1; kill $f 2>/dev/null
-  want=4194304
+  want=12582912
   stalled=$(grep "output tcp-listen://127.0.0.1:6201" $d/relay.log | tail -1)
   echo "tcp: ref=$(size $d/ref.raw) fast=$(size $d/fast.raw) gen=$rg exit=$rr"
   echo "tcp: stalled output: $stalled"
