@@ -70,13 +70,12 @@ fn collector_going_away_is_redialed(features: Features) {
         );
         (conf, input)
     });
-    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
-        !first.connections().is_empty()
-    });
-
     let payload = Arc::new(pattern(21, 32 << 20));
     let producer = connect_tcp(input);
     let writer = write_in_thread(producer, payload.clone(), 64 * 1024);
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !first.connections().is_empty()
+    });
 
     // Mid-stream: after the first MiB, the collector stops listening and half-closes.
     let conn1 = first.connections()[0].clone();
@@ -84,6 +83,7 @@ fn collector_going_away_is_redialed(features: Features) {
     first.stop_listening();
     let raw = first_connection_socket(&first);
     raw.shutdown(Shutdown::Write).expect("half-close");
+    drop(raw);
     // Keep reading until the relay closes its end: then every byte it wrote there is read.
     let end = conn1.wait_end(TRANSFER_TIMEOUT);
     assert!(

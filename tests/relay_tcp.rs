@@ -15,7 +15,6 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::time::Duration;
 
 in_both_feature_sets!(
@@ -54,12 +53,20 @@ fn tcp_producer_to_three_subscribers_and_a_file(features: Features) {
     let refs: Vec<&StreamSink> = subs.iter().collect();
     let pings = ping_stream(&mut producer, &refs);
 
-    let payload = Arc::new(pattern(10, 16 << 20));
-    let writer = write_in_thread(producer, payload.clone(), 100_000);
+    let payload = pattern(10, 16 << 20);
+    for s in &subs {
+        s.reserve(payload.len() + (1 << 20));
+    }
+    write_windowed(
+        &mut producer,
+        &payload,
+        4 << 20,
+        || min_after_pings(&refs),
+        "tcp fan-out",
+    );
     for s in &subs {
         expect_after_pings(s, &payload, TRANSFER_TIMEOUT);
     }
-    let producer = join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
 
     // The file holds the whole stream from the first ping on.
     let want_len = (pings + payload.len()) as u64;
@@ -134,12 +141,23 @@ fn tcp_slow_subscriber_is_disconnected(features: Features) {
         );
     }
 
-    let payload = Arc::new(pattern(11, 32 << 20));
-    let writer = write_in_thread(producer, payload.clone(), 64 * 1024);
+    let payload = pattern(11, 32 << 20);
+    for s in &fast {
+        s.reserve(payload.len() + (1 << 20));
+    }
+    // The fast ones are never more than 128 KiB (half of max_backlog) behind the producer, so
+    // the relay can never have more than that queued for them, however small their socket
+    // buffers still are; the stalled one soon falls far behind.
+    write_windowed(
+        &mut producer,
+        &payload,
+        128 << 10,
+        || min_after_pings(&refs),
+        "tcp with a stalled subscriber",
+    );
     for s in &fast {
         expect_after_pings(s, &payload, TRANSFER_TIMEOUT);
     }
-    let _producer = join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
 
     // Now read the stalled subscriber: it must end (EOF or reset) short of the whole stream.
     stalled
@@ -282,8 +300,14 @@ fn sigterm_flushes_a_file_output(features: Features) {
     let witness = StreamSink::tcp("witness subscriber", ch.subs);
     let mut producer = connect_tcp(ch.input);
     let pings = ping_stream(&mut producer, &[&witness]);
-    let payload = Arc::new(pattern(14, 24 << 20));
-    let writer = write_in_thread(producer, payload.clone(), 1 << 20);
+    let payload = pattern(14, 24 << 20);
+    write_windowed(
+        &mut producer,
+        &payload,
+        4 << 20,
+        || min_after_pings(&[&witness]),
+        "burst before SIGTERM",
+    );
     // Poll tightly: SIGTERM as soon as the witness holds the whole burst.
     let want = pings + payload.len();
     wait_for("the witness to receive the burst", TRANSFER_TIMEOUT, || {
@@ -291,7 +315,6 @@ fn sigterm_flushes_a_file_output(features: Features) {
     });
     relay.terminate();
     let status = relay.wait_exit(EXIT_TIMEOUT);
-    let _producer = join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer");
     match status {
         Some(s) if s.code() == Some(0) => {}
         Some(s) => panic!("exit {s} after SIGTERM; stderr:\n{}", relay.log()),
@@ -373,13 +396,19 @@ fn unix_sockets(features: Features) {
         StreamSink::tcp("tcp subscriber", tcp_subs),
     ];
     let mut producer = UnixStream::connect(&in_path).expect("connect unix producer");
+    producer.set_write_timeout(Some(TRANSFER_TIMEOUT)).unwrap();
     let refs: Vec<&StreamSink> = subs.iter().collect();
     ping_stream(&mut producer, &refs);
-    let payload = Arc::new(pattern(16, 8 << 20));
-    let writer = write_in_thread(producer, payload.clone(), 50_000);
+    let payload = pattern(16, 8 << 20);
+    write_windowed(
+        &mut producer,
+        &payload,
+        4 << 20,
+        || min_after_pings(&refs),
+        "unix producer",
+    );
     for s in &subs {
         expect_after_pings(s, &payload, TRANSFER_TIMEOUT);
     }
-    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
     relay.stop();
 }

@@ -186,9 +186,11 @@ pub fn ipv6_available() -> bool {
 // ------------------------------------------------------------------------------------------------
 // The daemon
 
-/// The `ringrelay` binary built for this test run.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ringrelay")
+/// The `ringrelay` binary built for this test run, or the one named by `RINGRELAY_TEST_BIN`
+/// (to run the suite against another build, such as an installed release).
+pub fn bin() -> String {
+    std::env::var("RINGRELAY_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringrelay").to_string())
 }
 
 /// A `Command` for the binary with the feature set chosen.
@@ -730,6 +732,12 @@ impl StreamSink {
         self.state.lock().unwrap().data.len()
     }
 
+    /// Makes room for `n` more bytes up front, so a reader thread that must keep up with a
+    /// fast stream never pauses to move a large buffer.
+    pub fn reserve(&self, n: usize) {
+        self.state.lock().unwrap().data.reserve(n);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -797,6 +805,8 @@ pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(s) => {
                 s.set_nodelay(true).unwrap();
+                // A producer whose writes block for this long fails instead of hanging.
+                s.set_write_timeout(Some(TRANSFER_TIMEOUT)).unwrap();
                 return s;
             }
             Err(e) if Instant::now() >= deadline => panic!("connect to {addr}: {e}"),
@@ -830,21 +840,60 @@ pub fn ping_stream(producer: &mut impl Write, sinks: &[&StreamSink]) -> usize {
 /// Waits until `sink` holds pings followed by exactly `want`, then compares byte for byte.
 pub fn expect_after_pings(sink: &StreamSink, want: &[u8], timeout: Duration) {
     let ok = wait_until(timeout, || {
-        sink.with_data(|d| strip_pings(d).len() >= want.len())
+        sink.with_data(|d| strip_pings(d).len() >= want.len()) || sink.end().is_some()
     });
+    let end = sink.end();
+    let ok = ok && sink.with_data(|d| strip_pings(d).len() >= want.len());
     sink.with_data(|d| {
         let got = strip_pings(d);
         if !ok {
             panic!(
-                "{}: timed out after {timeout:?} with {} of {} bytes (end: {:?})",
+                "{}: got {} of {} bytes (connection end: {end:?}; waited at most {timeout:?})",
                 sink.name(),
                 got.len(),
                 want.len(),
-                sink.end()
             );
         }
         assert_same_bytes(sink.name(), got, want);
     });
+}
+
+/// The fewest payload bytes (after the pings) any of `sinks` holds.
+pub fn min_after_pings(sinks: &[&StreamSink]) -> usize {
+    sinks
+        .iter()
+        .map(|s| s.with_data(|d| strip_pings(d).len()))
+        .min()
+        .unwrap_or(0)
+}
+
+/// Writes `data` in 64 KiB pieces, never more than `window` bytes ahead of `delivered()` (what
+/// the slowest reader that must keep up has received). This keeps a reader thread that the
+/// scheduler starves for a moment from falling `max_backlog` behind and being disconnected as
+/// slow: these tests are about correctness, not speed. Panics if no progress is made for
+/// [`TRANSFER_TIMEOUT`].
+pub fn write_windowed(
+    w: &mut impl Write,
+    data: &[u8],
+    window: usize,
+    delivered: impl Fn() -> usize,
+    what: &str,
+) {
+    const PIECE: usize = 64 * 1024;
+    let mut sent = 0;
+    while sent < data.len() {
+        let n = PIECE.min(data.len() - sent);
+        let mut done = 0;
+        if !wait_until(TRANSFER_TIMEOUT, || {
+            done = delivered();
+            done + window >= sent + n
+        }) {
+            panic!("{what}: readers stuck at {done} of the {sent} bytes written so far");
+        }
+        w.write_all(&data[sent..sent + n])
+            .unwrap_or_else(|e| panic!("{what}: write at offset {sent}: {e}"));
+        sent += n;
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
