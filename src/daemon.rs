@@ -682,6 +682,21 @@ impl Daemon {
         };
         let old_g = &self.cfg.global;
         let g = &new.global;
+        if g.log != old_g.log
+            || g.log_facility != old_g.log_facility
+            || g.syslog_socket != old_g.syslog_socket
+        {
+            let target = match g.log {
+                LogDest::Syslog => logging::LogTarget::Syslog {
+                    facility: g.log_facility.clone(),
+                    socket: g.syslog_socket.clone(),
+                },
+                LogDest::Stderr => logging::LogTarget::Stderr,
+            };
+            if let Err(e) = logging::init(&target, g.log_level) {
+                error!("reload: {e}; logging stays where it was");
+            }
+        }
         if g.log_level != old_g.log_level {
             logging::set_level(g.log_level);
         }
@@ -783,6 +798,9 @@ impl Global2 {
     fn merge(old: &config::Global, new: &config::Global) -> config::Global {
         let mut g = old.clone();
         g.log_level = new.log_level;
+        g.log = new.log;
+        g.log_facility = new.log_facility.clone();
+        g.syslog_socket = new.syslog_socket.clone();
         g.stats_interval = new.stats_interval;
         g.shutdown_timeout = new.shutdown_timeout;
         g
@@ -1934,6 +1952,14 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     ch.reap_if_idle(slot);
 }
 
+/// Reports a start-up failure once: to the log, and to the waiting parent when detached.
+fn fail_start(readiness: daemonize::Readiness, e: &str) {
+    if readiness.is_detached() {
+        error!("{e}");
+    }
+    readiness.failed(e);
+}
+
 /// `ringrelay run`.
 pub fn run_command(a: RunArgs) -> i32 {
     let (cfg, path) = match (&a.config, &a.input) {
@@ -1966,7 +1992,11 @@ pub fn run_command(a: RunArgs) -> i32 {
             }
         }
     }
-    let use_syslog = a.syslog || cfg.global.log == LogDest::Syslog;
+    let use_syslog = a.syslog || cfg.global.log == LogDest::Syslog || a.daemon;
+    if a.daemon && !a.syslog && cfg.global.log == LogDest::Stderr {
+        // A detached daemon's stderr is /dev/null: its log would vanish.
+        eprintln!("ringrelay: --daemon: logging to syslog (stderr is closed once detached)");
+    }
     let target = if use_syslog {
         logging::LogTarget::Syslog {
             facility: cfg.global.log_facility.clone(),
@@ -2035,15 +2065,13 @@ pub fn run_command(a: RunArgs) -> i32 {
     let mut d = match Daemon::start(cfg, channels, path) {
         Ok(d) => d,
         Err(e) => {
-            error!("{e}");
-            readiness.failed(&e);
+            fail_start(readiness, &e);
             return 1;
         }
     };
     if user.is_some() || group.is_some() {
         if let Err(e) = daemonize::drop_privileges(user.as_deref(), group.as_deref()) {
-            error!("{e}");
-            readiness.failed(&e);
+            fail_start(readiness, &e);
             return 1;
         }
     }

@@ -48,7 +48,7 @@ pub fn realtime_ns() -> i64 {
 /// CLOCK_MONOTONIC in nanoseconds.
 pub fn monotonic_ns() -> i64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
+        .map(|t| std::time::Duration::from(t).as_nanos() as i64)
         .unwrap_or(0)
 }
 
