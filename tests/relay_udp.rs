@@ -4,6 +4,10 @@
 //! The sender never runs more than a small window ahead of the slowest receiver (see
 //! `common::send_windowed`), so on loopback no datagram is lost for want of buffer space: every
 //! datagram must arrive, once, in order, byte for byte.
+//!
+//! The daemon receives datagrams into slots of `datagram_size` bytes (2 KiB by default) and drops
+//! larger ones as oversize; scenarios that send datagrams up to the UDP maximum (65507 bytes)
+//! raise it with [`JUMBO`].
 
 #[macro_use]
 mod common;
@@ -11,12 +15,16 @@ mod common;
 use common::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
+/// Global keys for datagrams up to the UDP maximum (the slot keeps 4 bytes for a length prefix).
+const JUMBO: &str = "datagram_size = 64KiB\ndatagram_count = 64\n";
+
 in_both_feature_sets!(
     udp_fan_out_to_four_outputs,
     udp_command_line_channel,
     udp_framed_onto_tcp_subscriber,
     udp_multicast_in_and_out,
     udp_ipv6,
+    udp_oversize_datagrams_are_dropped,
 );
 
 /// One UDP input, four UDP outputs: each output gets every datagram, in order, unchanged,
@@ -28,7 +36,7 @@ fn udp_fan_out_to_four_outputs(features: Features) {
         .collect();
     let (relay, input) = Relay::start(features, &dir, || {
         let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
-        let mut conf = dir.global_section();
+        let mut conf = dir.global_section() + JUMBO;
         conf.push_str(&format!("[channel fanout]\ninput = udp://{input}\n"));
         for s in &sinks {
             conf.push_str(&format!("output = udp://{}\n", s.addr));
@@ -69,7 +77,8 @@ fn udp_command_line_channel(features: Features) {
         }
         (args, input)
     });
-    let dgrams = datagrams(2, 500, 9000);
+    // Default datagram slots: up to 2044 bytes are relayed whole.
+    let dgrams = datagrams(2, 500, 2000);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     send_windowed(
         &tx,
@@ -93,7 +102,7 @@ fn udp_framed_onto_tcp_subscriber(features: Features) {
         let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
         let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}[channel framed]\ninput = udp://{input}\nframing = u32be\noutput = tcp-listen://{subs}\noutput = udp://{}\n",
+            "{}{JUMBO}[channel framed]\ninput = udp://{input}\nframing = u32be\noutput = tcp-listen://{subs}\noutput = udp://{}\n",
             dir.global_section(),
             udp_out.addr
         );
@@ -164,7 +173,7 @@ fn udp_multicast_in_and_out(features: Features) {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let in_port = free_udp_port(any);
         let conf = format!(
-            "{}[channel mcast]\ninput = udp://0.0.0.0:{in_port} group={in_group} iface=127.0.0.1\noutput = udp://{out_group}:{out_port} ttl=1 iface=127.0.0.1\noutput = udp://{}\n",
+            "{}{JUMBO}[channel mcast]\ninput = udp://0.0.0.0:{in_port} group={in_group} iface=127.0.0.1\noutput = udp://{out_group}:{out_port} ttl=1 iface=127.0.0.1\noutput = udp://{}\n",
             dir.global_section(),
             unicast_out.addr
         );
@@ -204,7 +213,7 @@ fn udp_ipv6(features: Features) {
         let input = SocketAddr::new(LOCALHOST6, free_udp_port(LOCALHOST6));
         let subs = SocketAddr::new(LOCALHOST6, free_tcp_port(LOCALHOST6));
         let mut conf = format!(
-            "{}[channel six]\ninput = udp://{input}\nframing = u32be\noutput = tcp-listen://{subs}\n",
+            "{}{JUMBO}[channel six]\ninput = udp://{input}\nframing = u32be\noutput = tcp-listen://{subs}\n",
             dir.global_section()
         );
         for s in &sinks {
@@ -239,5 +248,51 @@ fn udp_ipv6(features: Features) {
         assert_same_datagrams(s.name(), &s.datagrams()[pings..], &dgrams);
     }
     sub.with_data(|d| assert_same_datagrams(sub.name(), &framed_after_pings(d), &dgrams));
+    relay.stop();
+}
+
+/// With the default 2 KiB slots, a 4000-byte datagram is oversize: it is dropped (and counted),
+/// never relayed cut short, and the datagrams around it flow on unchanged.
+fn udp_oversize_datagrams_are_dropped(features: Features) {
+    let dir = TempDir::new("udp-oversize");
+    let sinks: Vec<DatagramSink> = (0..2)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let mut conf = format!(
+            "{}[channel small]\ninput = udp://{input}\n",
+            dir.global_section()
+        );
+        for s in &sinks {
+            conf.push_str(&format!("output = udp://{}\n", s.addr));
+        }
+        (conf, input)
+    });
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let normal = datagrams(6, 300, 1000);
+    let oversize = pattern(7, 4000);
+    for (g, group) in normal.chunks(10).enumerate() {
+        for d in group {
+            tx.send_to(d, input).unwrap();
+        }
+        tx.send_to(&oversize, input).unwrap();
+        let want = (g * 10 + group.len()).min(normal.len());
+        wait_for(
+            &format!("the outputs to get the {want} normal datagrams sent so far"),
+            TRANSFER_TIMEOUT,
+            || sinks.iter().all(|s| s.count() >= want),
+        );
+    }
+    // A stray late datagram (a relayed piece of an oversize one) would show up here.
+    tx.send_to(b"LAST!", input).unwrap();
+    wait_for("the last datagram", TRANSFER_TIMEOUT, || {
+        sinks.iter().all(|s| s.count() > normal.len())
+    });
+    for s in &sinks {
+        let got = s.datagrams();
+        assert_same_datagrams(s.name(), &got[..got.len() - 1], &normal);
+        assert_eq!(got.last().unwrap(), b"LAST!", "{}: last datagram", s.name());
+    }
     relay.stop();
 }
