@@ -1992,16 +1992,13 @@ pub fn run_command(a: RunArgs) -> i32 {
             }
         }
     }
-    let use_syslog = a.syslog || cfg.global.log == LogDest::Syslog || a.daemon;
-    if a.daemon && !a.syslog && cfg.global.log == LogDest::Stderr {
-        // A detached daemon's stderr is /dev/null: its log would vanish.
-        eprintln!("ringrelay: --daemon: logging to syslog (stderr is closed once detached)");
-    }
-    let target = if use_syslog {
-        logging::LogTarget::Syslog {
-            facility: cfg.global.log_facility.clone(),
-            socket: cfg.global.syslog_socket.clone(),
-        }
+    let asked_syslog = a.syslog || cfg.global.log == LogDest::Syslog;
+    let syslog_target = logging::LogTarget::Syslog {
+        facility: cfg.global.log_facility.clone(),
+        socket: cfg.global.syslog_socket.clone(),
+    };
+    let mut target = if asked_syslog {
+        syslog_target.clone()
     } else {
         logging::LogTarget::Stderr
     };
@@ -2009,6 +2006,20 @@ pub fn run_command(a: RunArgs) -> i32 {
         eprintln!("ringrelay: {e}");
         return 1;
     }
+    if a.daemon && !asked_syslog {
+        // A detached daemon's stderr is /dev/null: log to syslog if there is one.
+        match logging::init(&syslog_target, cfg.global.log_level) {
+            Ok(()) => {
+                eprintln!("ringrelay: --daemon: logging to syslog (stderr closes once detached)");
+                target = syslog_target;
+            }
+            Err(e) => {
+                let _ = logging::init(&target, cfg.global.log_level);
+                eprintln!("ringrelay: --daemon without syslog ({e}): the log is discarded once detached; set log = syslog");
+            }
+        }
+    }
+    let use_syslog = matches!(target, logging::LogTarget::Syslog { .. });
     if let Err(e) =
         daemonize::check_require_user(cfg.global.require_user, cfg.global.user.as_deref())
     {
