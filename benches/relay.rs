@@ -17,6 +17,13 @@
 //! * (b2) the same fan-out with the sender paced at `UDP_PACED_RATE` datagrams/s, a load every
 //!   relay should carry without drops.
 //! * (c) ringrelay with `sqpoll = on` and `sqpoll = off`, both in (a) and (b).
+//! * (d) a decimating channel next to a plain one: two channels of i16le x4 samples, 1-to-1
+//!   each, the same UDP load into both; the decimating one also runs
+//!   `decimate = minmax:10,100,1000` into regions under a temporary `shm_dir`. At max rate and
+//!   paced at `DECIMATE_PACED_RATE`; delivered datagrams/s, relay CPU per datagram, and the
+//!   ratio decimating / plain. A decimating cell counts as failed unless its regions hold the
+//!   decimated frames.
+//! * (e) TCP 1-to-1 with `buffer_size = 256KiB` next to the default 64KiB (`sqpoll = off`).
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
@@ -42,19 +49,50 @@ const DATAGRAM: usize = 1024;
 const RCVBUF: usize = 4 << 20;
 /// Input rate of the paced UDP case, datagrams per second.
 const UDP_PACED_RATE: f64 = 25_000.0;
+/// Input rate of the paced decimation case, datagrams per second over both channels.
+const DECIMATE_PACED_RATE: f64 = 40_000.0;
+/// Channels of the decimation case, and what its decimating channels run. Every datagram of
+/// `DATAGRAM` bytes is 128 whole frames of i16le x4.
+const DECIMATE_CHANNELS: usize = 2;
+const DECIMATE_KEYS: &str = "sample = i16le\ninterleave = 4\ndecimate = minmax:10,100,1000\n";
+const DECIMATE_FIRST_FACTOR: u64 = 10;
+const FRAME_BYTES: u64 = 8;
 
 /// One relay under test.
 #[derive(Clone, Debug)]
 enum Relay {
-    Ringrelay { sqpoll: &'static str },
-    Socat { buf: usize },
-    Blocking { buf: usize },
+    /// `buffer`: `[global] buffer_size`, or the default. `decimate`: every channel runs
+    /// `DECIMATE_KEYS` and publishes into the bench's `shm_dir`.
+    Ringrelay {
+        sqpoll: &'static str,
+        buffer: Option<usize>,
+        decimate: bool,
+    },
+    Socat {
+        buf: usize,
+    },
+    Blocking {
+        buf: usize,
+    },
 }
 
 impl Relay {
     fn name(&self) -> String {
         match self {
-            Relay::Ringrelay { sqpoll } => format!("ringrelay sqpoll={sqpoll}"),
+            Relay::Ringrelay {
+                sqpoll,
+                buffer,
+                decimate,
+            } => {
+                let mut n = format!("ringrelay sqpoll={sqpoll}");
+                if let Some(b) = buffer {
+                    n += &format!(" buf={}", human(*b));
+                }
+                if *decimate {
+                    n += " minmax";
+                }
+                n
+            }
             Relay::Socat { buf } => format!("socat -b {}", human(*buf)),
             Relay::Blocking { buf } => format!("blocking {}", human(*buf)),
         }
@@ -77,38 +115,55 @@ enum Wiring {
         input: SocketAddr,
         output: SocketAddr,
     },
-    /// The relay binds `input` and sends every datagram to each of `outputs`.
+    /// One channel per entry: the relay binds the input and sends every datagram to each of
+    /// the outputs. Channel `i` is named `ch{i}`.
     Udp {
-        input: SocketAddr,
-        outputs: Vec<SocketAddr>,
+        channels: Vec<(SocketAddr, Vec<SocketAddr>)>,
     },
 }
 
 struct Bench {
     ringrelay: String,
     tmp: std::path::PathBuf,
+    /// `shm_dir` of decimating relays: a directory of this bench, removed at the end.
+    shm_dir: std::path::PathBuf,
     seq: u32,
 }
 
 impl Bench {
     fn spawn(&mut self, relay: &Relay, w: &Wiring) -> io::Result<Child> {
         let mut cmd = match relay {
-            Relay::Ringrelay { sqpoll } => {
+            Relay::Ringrelay {
+                sqpoll,
+                buffer,
+                decimate,
+            } => {
                 self.seq += 1;
                 let path = self.tmp.join(format!(
                     "relay-bench-{}-{}.conf",
                     std::process::id(),
                     self.seq
                 ));
-                let mut conf = format!("[global]\nsqpoll = {sqpoll}\n\n[channel default]\n");
+                let mut conf = format!("[global]\nsqpoll = {sqpoll}\n");
+                if let Some(b) = buffer {
+                    conf += &format!("buffer_size = {}\n", human(*b));
+                }
+                if *decimate {
+                    conf += &format!("shm_dir = {}\n", self.shm_dir.display());
+                }
+                let extra = if *decimate { DECIMATE_KEYS } else { "" };
                 match w {
                     Wiring::Tcp { input, output } => {
-                        conf += &format!("input = tcp-listen://{input}\noutput = tcp://{output}\n")
+                        conf += &format!(
+                        "\n[channel ch0]\ninput = tcp-listen://{input}\noutput = tcp://{output}\n"
+                    )
                     }
-                    Wiring::Udp { input, outputs } => {
-                        conf += &format!("input = udp://{input}\n");
-                        for o in outputs {
-                            conf += &format!("output = udp://{o}\n");
+                    Wiring::Udp { channels } => {
+                        for (i, (input, outputs)) in channels.iter().enumerate() {
+                            conf += &format!("\n[channel ch{i}]\ninput = udp://{input}\n{extra}");
+                            for o in outputs {
+                                conf += &format!("output = udp://{o}\n");
+                            }
                         }
                     }
                 }
@@ -139,7 +194,10 @@ impl Bench {
                     Wiring::Tcp { input, output } => {
                         c.arg("tcp").arg(input.to_string()).arg(output.to_string());
                     }
-                    Wiring::Udp { input, outputs } => {
+                    Wiring::Udp { channels } => {
+                        let [(input, outputs)] = &channels[..] else {
+                            return Err(io::Error::other("the blocking relay runs one channel"));
+                        };
                         c.arg("udp").arg(input.to_string());
                         c.args(outputs.iter().map(|o| o.to_string()));
                     }
@@ -151,6 +209,19 @@ impl Bench {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd.spawn()
+    }
+
+    /// Decimated frames published so far at the first level of channels `ch0..ch{n}`, read
+    /// from their regions with the crate's reader.
+    fn published_frames(&self, channels: usize) -> Result<u64, String> {
+        let mut total = 0;
+        for i in 0..channels {
+            let path = self.shm_dir.join(format!("ch{i}"));
+            let r = ringrelay::shm::Reader::open(&path)
+                .map_err(|e| format!("region {}: {e}", path.display()))?;
+            total += r.head();
+        }
+        Ok(total)
     }
 }
 
@@ -204,6 +275,9 @@ struct Sample {
     cpu: f64,
     /// Drop % (UDP).
     drop: f64,
+    /// Decimating relays: first-level frames published, as a share of the frames expected
+    /// from the datagrams delivered (about 1; warm-up datagrams add a little).
+    decimated: f64,
 }
 
 /// Case (a): pushes `total` bytes through the relay; `Err` names what went wrong.
@@ -321,7 +395,7 @@ fn tcp_run(b: &mut Bench, relay: &Relay, total: u64, limit: Duration) -> Result<
     Ok(Sample {
         rate: total as f64 * 8.0 / secs / 1e9,
         cpu: cpu / (total as f64 / 1e9),
-        drop: 0.0,
+        ..Sample::default()
     })
 }
 
@@ -336,18 +410,23 @@ fn child_exited(c: &Child) -> io::Result<Option<()>> {
         .map(|_| ()))
 }
 
-/// Case (b): `count` datagrams of 1 KiB through a 1-to-4 fan-out.
-/// `pace`: datagrams per second, or `None` for as fast as `send` returns.
-fn udp_run(
-    b: &mut Bench,
-    relay: &Relay,
+/// A UDP load: `channels` relay channels, each sending every datagram to `outs` receivers;
+/// `count` datagrams of `DATAGRAM` bytes in all, round-robin over the channels' inputs, paced
+/// at `pace` datagrams/s or, with `None`, as fast as `send` returns.
+#[derive(Clone, Copy, Debug)]
+struct UdpLoad {
+    channels: usize,
+    outs: usize,
     count: u64,
     pace: Option<f64>,
-    limit: Duration,
-) -> Result<Sample, String> {
-    const OUTS: usize = 4;
+}
+
+/// Cases (b) and (d): `load` through the relay. Delivered/s counts every output.
+fn udp_run(b: &mut Bench, relay: &Relay, load: UdpLoad, limit: Duration) -> Result<Sample, String> {
+    let n_rx = load.channels * load.outs;
+    assert!(n_rx > 0 && n_rx <= 64, "one warm-up bit per receiver");
     let mut socks = Vec::new();
-    for _ in 0..OUTS {
+    for _ in 0..n_rx {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
         let _ = s.set_recv_buffer_size(RCVBUF);
         s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
@@ -357,10 +436,13 @@ fn udp_run(
         socks.push(s);
     }
     let outputs: Vec<SocketAddr> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
-    let input = free_port_udp();
+    let inputs: Vec<SocketAddr> = (0..load.channels).map(|_| free_port_udp()).collect();
     let w = Wiring::Udp {
-        input,
-        outputs: outputs.clone(),
+        channels: inputs
+            .iter()
+            .zip(outputs.chunks(load.outs))
+            .map(|(i, o)| (*i, o.to_vec()))
+            .collect(),
     };
     let child = b.spawn(relay, &w).map_err(|e| format!("spawn: {e}"))?;
     let deadline = Instant::now() + limit;
@@ -397,19 +479,35 @@ fn udp_run(
             n
         }));
     }
-    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    tx.connect(input).unwrap();
-    let mut pkt = vec![0u8; DATAGRAM];
+    let txs: Vec<UdpSocket> = inputs
+        .iter()
+        .map(|i| {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.connect(i).unwrap();
+            tx
+        })
+        .collect();
+    // A varying payload (whole i16le x4 frames for the decimation case) after the sequence.
+    let mut pkt: Vec<u8> = (0..DATAGRAM).map(|i| (i * 37 + 11) as u8).collect();
     // Warm up until every receiver has heard from the relay: it is bound and its outputs work.
     pkt[..8].copy_from_slice(&WARMUP_SEQ.to_be_bytes());
+    let all = if n_rx == 64 {
+        u64::MAX
+    } else {
+        (1u64 << n_rx) - 1
+    };
+    let mut warmups = 0u64;
     let ready = loop {
-        if warm.load(Ordering::Relaxed) == (1 << OUTS) - 1 {
+        if warm.load(Ordering::Relaxed) == all {
             break true;
         }
         if Instant::now() >= deadline || matches!(child_exited(&child), Ok(Some(_))) {
             break false;
         }
-        let _ = tx.send(&pkt);
+        for tx in &txs {
+            let _ = tx.send(&pkt);
+        }
+        warmups += 1;
         thread::sleep(Duration::from_millis(20));
     };
     if !ready {
@@ -426,8 +524,8 @@ fn udp_run(
     thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
     *last.lock().unwrap() = t0;
-    for seq in 0..count {
-        if let Some(r) = pace {
+    for seq in 0..load.count {
+        if let Some(r) = load.pace {
             // Paced in bursts of 16 against the monotonic clock.
             if seq % 16 == 0 {
                 let due = t0 + Duration::from_secs_f64(seq as f64 / r);
@@ -438,6 +536,7 @@ fn udp_run(
             }
         }
         pkt[..8].copy_from_slice(&seq.to_be_bytes());
+        let tx = &txs[seq as usize % txs.len()];
         loop {
             match tx.send(&pkt) {
                 Ok(_) => break,
@@ -455,7 +554,12 @@ fn udp_run(
             break;
         }
     }
-    let (cpu, _err) = reap(child);
+    // The relay has gone quiet, so its regions hold everything it decimated.
+    let published = match relay {
+        Relay::Ringrelay { decimate: true, .. } => Some(b.published_frames(load.channels)),
+        _ => None,
+    };
+    let (cpu, err) = reap(child);
     // The relay is gone: take what is left in the receive queues, then stop.
     thread::sleep(Duration::from_millis(100));
     done.store(true, Ordering::Relaxed);
@@ -466,7 +570,24 @@ fn udp_run(
         .duration_since(t0)
         .as_secs_f64()
         .max(t_sent);
-    let want = count * OUTS as u64;
+    let want = load.count * load.outs as u64;
+    let decimated = match published {
+        None => 0.0,
+        Some(Err(e)) => return Err(format!("{e}; relay said: {}", err.trim())),
+        Some(Ok(0)) => {
+            return Err(format!(
+                "no decimated frames in {}; relay said: {}",
+                b.shm_dir.display(),
+                err.trim()
+            ))
+        }
+        Some(Ok(frames)) => {
+            // Each channel's input carried its share of `got / outs` datagrams plus warm-ups.
+            let dgrams = got / load.outs as u64 + warmups * load.channels as u64;
+            let expected = dgrams * (DATAGRAM as u64 / FRAME_BYTES) / DECIMATE_FIRST_FACTOR;
+            frames as f64 / expected.max(1) as f64
+        }
+    };
     Ok(Sample {
         rate: got as f64 / secs,
         cpu: if got > 0 {
@@ -475,6 +596,7 @@ fn udp_run(
             f64::NAN
         },
         drop: 100.0 * (want - got.min(want)) as f64 / want as f64,
+        decimated,
     })
 }
 
@@ -495,6 +617,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Medians of a relay's runs, or why it could not run.
 struct Row {
     name: String,
+    /// `ringrelay` rows are compared with every other row of their table: the peers, or in
+    /// (d) and (e) a `reference` ringrelay row.
     kind: &'static str,
     result: Result<Sample, String>,
 }
@@ -515,13 +639,14 @@ fn measure(runs: usize, mut f: impl FnMut() -> Result<Sample, String>) -> Result
         rate: median(ok.iter().map(|s| s.rate).collect()),
         cpu: median(ok.iter().map(|s| s.cpu).collect()),
         drop: median(ok.iter().map(|s| s.drop).collect()),
+        decimated: median(ok.iter().map(|s| s.decimated).collect()),
     })
 }
 
 fn print_table(title: &str, rate_h: &str, cpu_h: &str, with_drop: bool, rows: &[Row]) {
     println!("\n{title}");
     let drop_h = if with_drop { "    drop %" } else { "" };
-    println!("  {:<24} {:>14} {:>16}{drop_h}", "relay", rate_h, cpu_h);
+    println!("  {:<32} {:>14} {:>16}{drop_h}", "relay", rate_h, cpu_h);
     for r in rows {
         match &r.result {
             Ok(s) => {
@@ -530,9 +655,14 @@ fn print_table(title: &str, rate_h: &str, cpu_h: &str, with_drop: bool, rows: &[
                 } else {
                     String::new()
                 };
-                println!("  {:<24} {:>14.3} {:>16.3}{d}", r.name, s.rate, s.cpu);
+                let shm = if s.decimated > 0.0 {
+                    format!("   (shm: {:.3} of the expected frames)", s.decimated)
+                } else {
+                    String::new()
+                };
+                println!("  {:<32} {:>14.3} {:>16.3}{d}{shm}", r.name, s.rate, s.cpu);
             }
-            Err(e) => println!("  {:<24} not measured: {e}", r.name),
+            Err(e) => println!("  {:<32} not measured: {e}", r.name),
         }
     }
     // Ratios of each ringrelay row to each peer: rate (higher is better) and CPU (lower is better).
@@ -621,28 +751,43 @@ fn main() {
     let only: Option<Vec<String>> = std::env::var("RELAY_BENCH_ONLY")
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
-    let (runs, tcp_bytes, udp_count, udp_paced_count) = if quick {
-        (1, 256u64 << 20, 50_000u64, 20_000u64)
+    let (runs, tcp_bytes, udp_count, udp_paced_count, dec_count, dec_paced_count) = if quick {
+        (1, 256u64 << 20, 50_000u64, 20_000u64, 100_000u64, 40_000u64)
     } else {
-        (3, 2u64 << 30, 200_000u64, 50_000u64)
+        (3, 2u64 << 30, 200_000u64, 50_000u64, 400_000u64, 120_000u64)
     };
     let limit = Duration::from_secs(if quick { 20 } else { 120 });
+    let selected = |r: &Relay| {
+        only.as_ref()
+            .is_none_or(|o| o.iter().any(|p| r.name().starts_with(p.as_str())))
+    };
 
     let socat = have_socat();
+    let ring = |sqpoll| Relay::Ringrelay {
+        sqpoll,
+        buffer: None,
+        decimate: false,
+    };
     let mut relays = vec![
-        Relay::Ringrelay { sqpoll: "off" },
-        Relay::Ringrelay { sqpoll: "on" },
+        ring("off"),
+        ring("on"),
         Relay::Socat { buf: 8192 },
         Relay::Socat { buf: 1 << 20 },
         Relay::Blocking { buf: 64 << 10 },
         Relay::Blocking { buf: 1 << 20 },
     ];
-    if let Some(only) = &only {
-        relays.retain(|r| only.iter().any(|o| r.name().starts_with(o.as_str())));
+    relays.retain(selected);
+    let shm_base = std::path::Path::new("/dev/shm");
+    let shm_dir = if shm_base.is_dir() {
+        shm_base
+    } else {
+        std::path::Path::new("/tmp")
     }
+    .join(format!("ringrelay-bench-{}", std::process::id()));
     let mut b = Bench {
         ringrelay: env!("CARGO_BIN_EXE_ringrelay").to_string(),
         tmp: std::env::temp_dir(),
+        shm_dir,
         seq: 0,
     };
 
@@ -652,12 +797,15 @@ fn main() {
     );
     println!("machine: {}", machine());
     println!(
-        "{} run(s) per cell, medians; TCP {} MiB per run, UDP {} (paced: {}) datagrams of {} B per run",
+        "{} run(s) per cell, medians; TCP {} MiB per run, UDP {} (paced: {}) datagrams of {} B per run, \
+         decimation {} (paced: {})",
         runs,
         tcp_bytes >> 20,
         udp_count,
         udp_paced_count,
-        DATAGRAM
+        DATAGRAM,
+        dec_count,
+        dec_paced_count
     );
 
     let kind = |r: &Relay| match r {
@@ -692,11 +840,17 @@ fn main() {
             && !matches!(r, Relay::Blocking { buf } if *buf != 64 << 10)
     });
     let udp_relays: Vec<&Relay> = udp_relays.collect();
+    let fan_out = |count, pace| UdpLoad {
+        channels: 1,
+        outs: 4,
+        count,
+        pace,
+    };
     for r in &udp_relays {
         udp_rows.push(Row {
             name: r.name(),
             kind: kind(r),
-            result: measure(runs, || udp_run(&mut b, r, udp_count, None, limit)),
+            result: measure(runs, || udp_run(&mut b, r, fan_out(udp_count, None), limit)),
         });
     }
     print_table(
@@ -712,7 +866,12 @@ fn main() {
             name: r.name(),
             kind: kind(r),
             result: measure(runs, || {
-                udp_run(&mut b, r, udp_paced_count, Some(UDP_PACED_RATE), limit)
+                udp_run(
+                    &mut b,
+                    r,
+                    fan_out(udp_paced_count, Some(UDP_PACED_RATE)),
+                    limit,
+                )
             }),
         });
     }
@@ -726,16 +885,106 @@ fn main() {
         true,
         &paced_rows,
     );
-    let failed = tcp_rows
-        .iter()
-        .chain(&udp_rows)
-        .chain(&paced_rows)
-        .filter(|r| r.kind == "ringrelay" && r.result.is_err())
-        .count();
     println!(
         "\n(c) sqpoll: compare the ringrelay sqpoll=on and sqpoll=off rows above; on a 2-core box \
          the SQPOLL thread competes with the load generator."
     );
+
+    // (d) and (e) compare ringrelay with itself, with sqpoll = off: the CPU of a spinning
+    // SQPOLL thread would hide the difference being measured.
+    let plain = ring("off");
+    let decimating = Relay::Ringrelay {
+        sqpoll: "off",
+        buffer: None,
+        decimate: true,
+    };
+    let mut dec_rows = Vec::new();
+    for (pace, count, title) in [
+        (
+            None,
+            dec_count,
+            format!(
+                "(d) decimating channel vs plain: {DECIMATE_CHANNELS} UDP channels 1-to-1, i16le x4, \
+                 1 KiB datagrams at max rate; minmax:10,100,1000 into shm"
+            ),
+        ),
+        (
+            Some(DECIMATE_PACED_RATE),
+            dec_paced_count,
+            format!("(d2) the same paced at {DECIMATE_PACED_RATE} datagrams/s in (drops should be 0)"),
+        ),
+    ] {
+        let load = UdpLoad {
+            channels: DECIMATE_CHANNELS,
+            outs: 1,
+            count,
+            pace,
+        };
+        let mut rows = Vec::new();
+        for (r, k) in [(&plain, "reference"), (&decimating, "ringrelay")] {
+            if !selected(r) {
+                continue;
+            }
+            rows.push(Row {
+                name: r.name(),
+                kind: k,
+                result: measure(runs, || udp_run(&mut b, r, load, limit)),
+            });
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        print_table(
+            &title,
+            "delivered/s",
+            "CPU us/dgram",
+            true,
+            &rows,
+        );
+        dec_rows.extend(rows);
+    }
+    let _ = std::fs::remove_dir_all(&b.shm_dir);
+
+    let mut buf_rows = Vec::new();
+    let big = Relay::Ringrelay {
+        sqpoll: "off",
+        buffer: Some(256 << 10),
+        decimate: false,
+    };
+    if selected(&big) {
+        // The default-buffer row is (a)'s when it was measured there.
+        let reference = tcp_rows
+            .iter()
+            .find(|r| r.name == plain.name())
+            .map(|r| r.result.clone())
+            .unwrap_or_else(|| measure(runs, || tcp_run(&mut b, &plain, tcp_bytes, limit)));
+        buf_rows.push(Row {
+            name: format!("{} (64KiB)", plain.name()),
+            kind: "reference",
+            result: reference,
+        });
+        buf_rows.push(Row {
+            name: big.name(),
+            kind: "ringrelay",
+            result: measure(runs, || tcp_run(&mut b, &big, tcp_bytes, limit)),
+        });
+        print_table(
+            "(e) TCP 1-to-1 bulk, buffer_size = 256KiB vs the default 64KiB",
+            "Gbit/s",
+            "CPU s/GB",
+            false,
+            &buf_rows,
+        );
+    }
+
+    let failed = tcp_rows
+        .iter()
+        .chain(&udp_rows)
+        .chain(&paced_rows)
+        .chain(&dec_rows)
+        .chain(&buf_rows)
+        .filter(|r| r.name.starts_with("ringrelay") && r.result.is_err())
+        .count();
     if failed > 0 {
         eprintln!("relay bench: {failed} ringrelay cell(s) could not be measured");
         std::process::exit(1);
