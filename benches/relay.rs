@@ -977,6 +977,13 @@ fn main() {
         );
     }
 
+    // The temporary configs of this run.
+    for seq in 1..=b.seq {
+        let _ = std::fs::remove_file(
+            b.tmp
+                .join(format!("relay-bench-{}-{seq}.conf", std::process::id())),
+        );
+    }
     let failed = tcp_rows
         .iter()
         .chain(&udp_rows)
