@@ -512,3 +512,109 @@ fn invalid_config_keeps_the_running_one() {
     drop(producer);
     relay.stop();
 }
+
+// ------------------------------------------------------------------------------------------------
+// A decimating channel across reloads
+
+/// A decimating channel whose `decimate` changes is restarted: its region is replaced by one with
+/// the new factor and a new generation, which an attached reader follows; once the channel is
+/// removed its region stays, marked stopped, for readers to drain.
+#[test]
+fn changed_decimating_channel_republishes_its_region() {
+    use ringrelay::shm::{Reader, WriterState};
+    let dir = TempDir::new("reload-shm");
+    let shm = ShmDir::new("h");
+    let other = |p: SocketAddr| {
+        format!(
+            "[channel other]\ninput = udp://{p}\noutput = file://{}\n",
+            dir.join("other.raw").display()
+        )
+    };
+    let dec = |p: SocketAddr, factor: u32| {
+        format!(
+            "[channel dec]\ninput = udp://{p}\nsample = i16le\nsample_rate = 100\ndecimate = every:{factor}\nshm_frames = 1024\n\n"
+        )
+    };
+    let (mut relay, (dec_in, other_in)) = Relay::start(Features::Auto, &dir, || {
+        let udp = || SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let (d, o) = (udp(), udp());
+        (
+            format!("{}{}{}", shm.global_section(), dec(d, 2), other(o)),
+            (d, o),
+        )
+    });
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    // Samples from..from+n, one datagram.
+    let send = |from: i16, n: i16| {
+        let d: Vec<u8> = (from..from + n).flat_map(i16::to_le_bytes).collect();
+        sock.send_to(&d, dec_in).expect("send datagram");
+    };
+    let path = shm.path().join("dec");
+    let frames = |r: &mut Reader, n: u64, what: &str| -> Vec<f64> {
+        wait_for(&format!("{what}: {n} frames"), TRANSFER_TIMEOUT, || {
+            r.head() >= n
+        });
+        let mut buf = Vec::new();
+        let c = r.read(&mut buf, 1000);
+        assert_eq!((c.start, c.lost), (0, 0), "{what}");
+        assert!(c.frames as u64 >= n, "{what}: {} frames", c.frames);
+        buf.chunks_exact(r.info().frame_bytes as usize)
+            .flat_map(|f| r.info().decode_frame(f))
+            .collect()
+    };
+
+    send(0, 10);
+    let mut reader = None;
+    wait_for("the region of dec", RELOAD_TIMEOUT, || {
+        reader = Reader::open(&path).ok();
+        reader.is_some()
+    });
+    let mut reader = reader.unwrap();
+    let generation = reader.info().generation;
+    assert_eq!(reader.info().factor, 2);
+    assert_eq!(
+        frames(&mut reader, 5, "every:2"),
+        vec![0.0, 2.0, 4.0, 6.0, 8.0]
+    );
+
+    // every:2 -> every:4: dec restarts; the region is replaced.
+    let conf = format!(
+        "{}{}{}",
+        shm.global_section(),
+        dec(dec_in, 4),
+        other(other_in)
+    );
+    reload(&mut relay, &dir, &conf, 0, [1, 0, 1, 0]);
+    wait_for("the region of dec to be replaced", RELOAD_TIMEOUT, || {
+        reader.writer_state() == WriterState::Replaced
+    });
+    assert!(reader.reattach().expect("reattach"));
+    assert!(
+        reader.info().generation > generation,
+        "generation {} after a restart from generation {generation}",
+        reader.info().generation
+    );
+    assert_eq!(reader.info().factor, 4);
+    let ok = wait_until(RELOAD_TIMEOUT, || {
+        send(100, 16);
+        wait_until(Duration::from_millis(50), || reader.head() > 0)
+    });
+    assert!(ok, "the restarted dec publishes nothing");
+    // Each datagram that got through (some may have arrived before the new socket was bound)
+    // gives the same 4 frames.
+    let got = frames(&mut reader, 4, "every:4");
+    assert!(
+        got.len() % 4 == 0 && got.chunks(4).all(|c| c == [100.0, 104.0, 108.0, 112.0]),
+        "every:4 frames {got:?}"
+    );
+
+    // dec removed: the region stays, stopped.
+    let conf = format!("{}{}", shm.global_section(), other(other_in));
+    reload(&mut relay, &dir, &conf, 1, [1, 0, 0, 1]);
+    wait_for(
+        "the region of dec to be marked stopped",
+        RELOAD_TIMEOUT,
+        || reader.writer_state() == WriterState::Stopped,
+    );
+    relay.stop();
+}

@@ -29,7 +29,6 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,50 +40,6 @@ const FRAME_BYTES: usize = 4;
 const INTERLEAVE: usize = 2;
 /// How long a helper process (gen, cc, a reader) may take.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
-
-// ------------------------------------------------------------------------------------------------
-// The shm directory
-
-/// `/dev/shm/rr-test-<pid>-e<n>`, removed on drop (kept when the test panicked).
-struct ShmDir(PathBuf);
-
-impl ShmDir {
-    fn new() -> ShmDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = PathBuf::from(format!(
-            "/dev/shm/rr-test-{}-e{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        ShmDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn str(&self) -> &str {
-        self.0.to_str().expect("utf-8 path")
-    }
-}
-
-impl Drop for ShmDir {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("shm regions kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn global_section(shm: &ShmDir) -> String {
-    format!(
-        "[global]\nshm_dir = {}\nshutdown_timeout = 5s\nlog_level = info\n\n",
-        shm.str()
-    )
-}
 
 // ------------------------------------------------------------------------------------------------
 // Processes
@@ -558,7 +513,7 @@ struct Setup {
 /// through all four readers, and `ringrelay stat`.
 fn decimation_end_to_end(features: Features, plan: GenPlan) {
     let dir = TempDir::new("shm-e2e");
-    let shm = ShmDir::new();
+    let shm = ShmDir::new("e");
     let sinks: Vec<DatagramSink> = CHANNELS
         .iter()
         .map(|(name, ..)| {
@@ -569,7 +524,7 @@ fn decimation_end_to_end(features: Features, plan: GenPlan) {
         })
         .collect();
     let (relay, setup) = Relay::start(features, &dir, || {
-        let mut conf = global_section(&shm);
+        let mut conf = shm.global_section();
         let mut inputs = Vec::new();
         for (i, (name, decimate, ..)) in CHANNELS.iter().enumerate() {
             let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
@@ -785,13 +740,13 @@ const RESTART_FACTOR: usize = 5;
 #[test]
 fn restart_while_readers_are_attached() {
     let dir = TempDir::new("shm-restart");
-    let shm = ShmDir::new();
+    let shm = ShmDir::new("e");
     let start = |dir: &TempDir| {
         Relay::start(Features::Auto, dir, || {
             let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
             let conf = format!(
                 "{}[channel rs]\ninput = udp://{input}\nsample = i16le\ninterleave = 2\nsample_rate = 1000\ndecimate = every:{RESTART_FACTOR}\nshm_frames = 65536\n",
-                global_section(&shm)
+                shm.global_section()
             );
             (conf, input)
         })

@@ -158,6 +158,50 @@ impl Drop for TempDir {
     }
 }
 
+/// A shared-memory directory for one daemon, `/dev/shm/rr-test-<pid>-<tag><n>` (a tmpfs, like
+/// the default `shm_dir`), removed on drop (kept, and its path printed, when the test panicked).
+pub struct ShmDir(PathBuf);
+
+impl ShmDir {
+    pub fn new(tag: &str) -> ShmDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = PathBuf::from(format!(
+            "/dev/shm/rr-test-{}-{tag}{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        ShmDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path as config text and command-line argument.
+    pub fn str(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+
+    /// A `[global]` section with this `shm_dir`, like [`TempDir::global_section`].
+    pub fn global_section(&self) -> String {
+        format!(
+            "[global]\nshm_dir = {}\nshutdown_timeout = 5s\nlog_level = info\n\n",
+            self.str()
+        )
+    }
+}
+
+impl Drop for ShmDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("shm regions kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Free ports
 
