@@ -618,3 +618,78 @@ fn changed_decimating_channel_republishes_its_region() {
     );
     relay.stop();
 }
+
+// ------------------------------------------------------------------------------------------------
+// A removed channel flushes
+
+/// A removed channel flushes what it queued for a subscriber before closing it: the subscriber
+/// stalls (a tiny receive buffer, not reading) while the channel reads 8 MiB, the channel is
+/// removed, and only then does the subscriber read: it must get every byte, then EOF.
+#[test]
+#[ignore = "daemon bug: a removed channel closes its subscribers at once, dropping what is queued for them"]
+fn removed_channel_flushes_its_subscribers() {
+    use nix::sys::signal::Signal::SIGUSR1;
+    let dir = TempDir::new("reload-flush");
+    let total = 8 << 20;
+    let conf = |churn: Option<(SocketAddr, SocketAddr)>, keep: (SocketAddr, SocketAddr)| {
+        let mut c = dir.global_section();
+        if let Some((i, o)) = churn {
+            c.push_str(&format!(
+                "[channel churn]\ninput = tcp-listen://{i}\noutput = tcp-listen://{o} max_backlog=64MiB\n\n"
+            ));
+        }
+        c.push_str(&format!(
+            "[channel keep]\ninput = tcp-listen://{}\noutput = tcp-listen://{}\n",
+            keep.0, keep.1
+        ));
+        c
+    };
+    let (mut relay, (churn, keep)) = Relay::start(Features::Auto, &dir, || {
+        let tcp = || SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let (churn, keep) = ((tcp(), tcp()), (tcp(), tcp()));
+        (conf(Some(churn), keep), (churn, keep))
+    });
+
+    // A subscriber that does not read yet.
+    let sub = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&churn.1.into()).expect("connect subscriber");
+        TcpStream::from(s)
+    };
+    wait_for(
+        "the daemon to accept the subscriber",
+        RELOAD_TIMEOUT,
+        || {
+            relay.log().contains(&format!(
+                "channel churn: subscriber {}",
+                sub.local_addr().unwrap()
+            ))
+        },
+    );
+    let data = Arc::new(pattern(7, total));
+    let producer = write_in_thread(connect_tcp(churn.0), data.clone(), 64 * 1024);
+    let read_all = format!("bytes={total} ");
+    wait_for("the channel to read everything", TRANSFER_TIMEOUT, || {
+        relay.signal(SIGUSR1);
+        thread::sleep(Duration::from_millis(50));
+        relay
+            .log()
+            .lines()
+            .any(|l| l.contains("counters: channel churn input") && l.contains(&read_all))
+    });
+    let producer = join_with_timeout(producer, TRANSFER_TIMEOUT, "the producer").expect("write");
+
+    reload(&mut relay, &dir, &conf(None, keep), 0, [1, 0, 0, 1]);
+    let sink = StreamSink::new("stalled subscriber of the removed channel", sub);
+    let end = sink.wait_end(TRANSFER_TIMEOUT);
+    assert_eq!(
+        end,
+        Some(End::Eof),
+        "the subscriber's connection did not end cleanly"
+    );
+    assert_same_bytes("the subscriber of the removed channel", &sink.data(), &data);
+    drop(producer);
+    relay.stop();
+}
