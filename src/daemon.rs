@@ -21,7 +21,7 @@ use crate::outq::{Chunk, Offer, OutQueue};
 use crate::pool::Class;
 use crate::ring::{Completion, Ring, RingOptions, Sqe, IOV_MAX};
 use crate::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
-use crate::url::{OnSlow, Scheme};
+use crate::url::{OnFin, OnSlow, Scheme};
 use crate::{daemonize, logging, net};
 use log::{debug, error, info, warn};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -843,9 +843,10 @@ fn errno_str(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
 
-/// Watches an output stream socket for its peer's hang-up or half-close: a collector or
-/// subscriber that goes away is noticed at once, not at the next write (which a half-closed
-/// peer would still accept).
+/// Watches an output stream socket for its peer's FIN (POLLRDHUP, one shot). TCP cannot tell a
+/// half-close from a close until something is written, so a FIN alone never ends a
+/// subscriber (`nc HOST PORT < /dev/null` half-closes at once and goes on reading); for a
+/// collector it means "gone, redial" unless the output says `on_fin=keep`.
 fn watch_hangup(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     let Some(ep) = ch.ep_mut(slot) else { return };
     if ep.watching || ep.link != Link::Up {
@@ -867,7 +868,7 @@ fn on_hangup(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     };
     ep.in_flight -= 1;
     ep.watching = false;
-    if ep.link == Link::Closing || res == -libc::ECANCELED {
+    if ep.link == Link::Closing || res < 0 {
         ch.reap_if_idle(slot);
         return;
     }
@@ -876,20 +877,28 @@ fn on_hangup(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let name = ch.cfg.name.clone();
     match role {
         Role::Subscriber { out } => {
-            info!(
-                "channel {name}: subscriber {peer} of {} hung up",
+            // Not re-armed: POLLRDHUP stays set. A subscriber that really left is closed by
+            // the first write that fails.
+            debug!(
+                "channel {name}: subscriber {peer} of {} closed its sending side; still sending",
                 ch.outputs[out].url()
             );
-            close_ep(ring, ch, ci, slot);
         }
         Role::Link { out } => {
             let o = &mut ch.outputs[out];
+            if o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep) {
+                debug!(
+                    "channel {name}: collector {} closed its sending side; still sending (on_fin=keep)",
+                    o.url()
+                );
+                return;
+            }
             o.stats.errors += 1;
             let d = o.backoff.next_delay();
             if !o.faulted {
                 o.faulted = true;
                 warn!(
-                    "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept)",
+                    "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept; on_fin=keep if this collector only half-closes)",
                     o.url()
                 );
             }

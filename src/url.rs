@@ -83,6 +83,26 @@ impl OnSlow {
     }
 }
 
+/// What a `tcp://` or `unix://` output does when its collector closes its sending side (FIN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnFin {
+    /// Take the collector as gone: close and redial, keeping what the old connection has not
+    /// taken (the default: a collector that restarts loses nothing the relay still holds).
+    Redial,
+    /// A half-close only: keep sending (collectors such as `nc -l < /dev/null` that close their
+    /// sending side at once but go on reading).
+    Keep,
+}
+
+impl OnFin {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnFin::Redial => "redial",
+            OnFin::Keep => "keep",
+        }
+    }
+}
+
 /// An address range for `allow=`: `192.168.0.0/16`, `::1/128`, or a bare address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -161,6 +181,8 @@ pub struct Options {
     pub max_clients: Option<u32>,
     pub max_backlog: Option<u64>,
     pub on_slow: Option<OnSlow>,
+    /// A collector's FIN: redial (default) or keep sending.
+    pub on_fin: Option<OnFin>,
     /// File rotation size.
     pub rotate: Option<u64>,
     /// Rotated files kept.
@@ -275,6 +297,13 @@ impl Endpoint {
                         }
                     })
                 }
+                "on_fin" => {
+                    opts.on_fin = Some(match v {
+                        "redial" => OnFin::Redial,
+                        "keep" => OnFin::Keep,
+                        _ => return Err(bad(format!("'{v}' is not one of redial, keep"))),
+                    })
+                }
                 "rotate" => {
                     let n = parse_size(v).map_err(bad)?;
                     if n < 4096 {
@@ -333,12 +362,12 @@ impl Endpoint {
             (Role::Output, Scheme::File) => {
                 allowed.extend(["rotate", "keep", "max_backlog", "on_slow"])
             }
-            (Role::Output, _) => allowed.extend(["max_backlog", "on_slow", "sndbuf"]),
+            (Role::Output, _) => allowed.extend(["max_backlog", "on_slow", "on_fin", "sndbuf"]),
         }
         if sc == Scheme::UnixListen {
             allowed.retain(|k| *k != "allow");
         }
-        let set: [(&str, bool); 11] = [
+        let set: [(&str, bool); 12] = [
             ("group", o.group.is_some()),
             ("iface", o.iface.is_some()),
             ("rcvbuf", o.rcvbuf.is_some()),
@@ -347,6 +376,7 @@ impl Endpoint {
             ("max_clients", o.max_clients.is_some()),
             ("max_backlog", o.max_backlog.is_some()),
             ("on_slow", o.on_slow.is_some()),
+            ("on_fin", o.on_fin.is_some()),
             ("rotate", o.rotate.is_some()),
             ("keep", o.keep.is_some()),
             ("ttl", o.ttl.is_some()),
@@ -427,6 +457,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(m) = o.on_slow {
             write!(f, " on_slow={}", m.name())?;
+        }
+        if let Some(m) = o.on_fin {
+            write!(f, " on_fin={}", m.name())?;
         }
         if let Some(n) = o.rotate {
             write!(f, " rotate={n}")?;
@@ -528,6 +561,10 @@ mod tests {
         assert!(Endpoint::parse_for("udp://h:1 rotate=1MiB", Role::Output).is_err());
         assert!(Endpoint::parse_for("tcp://h:0", Role::Output).is_err());
         assert!(Endpoint::parse_for("unix-listen:///x allow=1.2.3.4", Role::Output).is_err());
+        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Output).is_err());
+        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Input).is_err());
+        assert!(Endpoint::parse_for("tcp://h:1 on_fin=maybe", Role::Output).is_err());
+        assert!(Endpoint::parse_for("unix:///x on_fin=keep", Role::Output).is_ok());
     }
 
     #[test]
@@ -547,6 +584,7 @@ mod tests {
             "tcp-listen://127.0.0.1:6000 allow=10.0.0.0/8 max_clients=3 max_backlog=1024 on_slow=drop",
             "udp://[::1]:7000 ttl=4",
             "file:///tmp/x.raw rotate=65536 keep=3",
+            "tcp://127.0.0.1:7000 on_slow=block on_fin=keep",
         ] {
             let e = Endpoint::parse(s).unwrap();
             assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);

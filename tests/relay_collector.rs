@@ -22,6 +22,7 @@ use std::time::Duration;
 in_both_feature_sets!(
     collector_down_at_start_gets_every_byte,
     collector_going_away_is_redialed,
+    half_closing_collector_with_on_fin_keep,
 );
 
 /// The collector is not listening when data start; it comes up a second later and receives
@@ -112,6 +113,45 @@ fn collector_going_away_is_redialed(features: Features) {
         &got,
         &payload,
     );
+    relay.stop();
+}
+
+/// A collector that half-closes as soon as it is connected (`nc -l PORT < /dev/null > file`)
+/// but goes on reading: with `on_fin=keep` it stays the one connection and gets every byte.
+fn half_closing_collector_with_on_fin_keep(features: Features) {
+    let dir = TempDir::new("collector-halfclose");
+    let collector = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let collector_addr = collector.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel halfclose]\ninput = tcp-listen://{input}\noutput = tcp://{collector_addr} on_fin=keep\n",
+            dir.global_section()
+        );
+        (conf, input)
+    });
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !collector.connections().is_empty()
+    });
+    first_connection_socket(&collector)
+        .shutdown(Shutdown::Write)
+        .expect("half-close");
+    // Give the relay time to see the FIN before any data flow.
+    std::thread::sleep(Duration::from_millis(300));
+    let payload = Arc::new(pattern(22, 8 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    wait_for(
+        "the collector to receive the whole stream",
+        TRANSFER_TIMEOUT,
+        || collector.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    assert_eq!(
+        collector.connections().len(),
+        1,
+        "the relay redialed a collector that only half-closed"
+    );
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
     relay.stop();
 }
 

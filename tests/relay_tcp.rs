@@ -32,7 +32,9 @@ struct StreamChannel {
     subs: SocketAddr,
 }
 
-/// One TCP producer, three TCP subscribers and a file: all four get every byte of 16 MiB.
+/// One TCP producer, three TCP subscribers and a file: all four get every byte of 16 MiB. One
+/// subscriber half-closes as soon as it connects (as `nc HOST PORT < /dev/null` does): a FIN from
+/// a subscriber is not a hang-up, it still gets everything.
 fn tcp_producer_to_three_subscribers_and_a_file(features: Features) {
     let dir = TempDir::new("tcp-fanout");
     let file = dir.join("fanout.raw");
@@ -49,6 +51,11 @@ fn tcp_producer_to_three_subscribers_and_a_file(features: Features) {
     let subs: Vec<StreamSink> = (0..3)
         .map(|i| StreamSink::tcp(&format!("subscriber {i}"), ch.subs))
         .collect();
+    subs[2]
+        .tcp_handle()
+        .unwrap()
+        .shutdown(Shutdown::Write)
+        .expect("half-close");
     let mut producer = connect_tcp(ch.input);
     let refs: Vec<&StreamSink> = subs.iter().collect();
     let pings = ping_stream(&mut producer, &refs);

@@ -270,11 +270,12 @@ EOC
 }
 
 # SIGTERM right after the data: queued output is flushed to a collector and a file, exit 0.
+# The collector is busybox nc, which half-closes at once (stdin is /dev/null): on_fin=keep.
 stage_term() {
   d=$T/term; mkdir -p $d
   nc -l -p 6500 > $d/col.raw & c=$!
   sleep 0.5
-  ringrelay run --input tcp-listen://127.0.0.1:5500 --output tcp://127.0.0.1:6500 \
+  ringrelay run --input tcp-listen://127.0.0.1:5500 --output "tcp://127.0.0.1:6500 on_fin=keep" \
     --output file://$d/file.raw > $d/relay.log 2>&1 & r=$!
   wait_ready $d/relay.log || { kill $r $c; fail term "relay not ready"; return; }
   sleep 0.5
