@@ -29,6 +29,14 @@ fn expected(j: u64, k: usize) -> u32 {
     }
 }
 
+/// Removes the region directory even when an assertion fails: /dev/shm is memory.
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -149,6 +157,7 @@ fn parse(out: &str) -> Report {
 fn lapping_is_reported_exactly_and_never_torn() {
     let dir = PathBuf::from(format!("/dev/shm/rr-test-{}-lap", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = RemoveOnDrop(dir.clone());
     let opts = ShmOptions {
         dir: dir.clone(),
         mode: 0o640,
@@ -236,7 +245,6 @@ fn lapping_is_reported_exactly_and_never_torn() {
         k.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         reports.push((role, parse(&out)));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     eprintln!("written {written} frames into a {CAPACITY}-frame ring");
     for (role, r) in &reports {
         eprintln!("{role:>9}: {r:?}");
