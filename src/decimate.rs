@@ -520,6 +520,25 @@ impl Decimator {
         if self.mode == DecimateMode::Every {
             return self.feed_every(bytes, out);
         }
+        if matches!(self.mode, DecimateMode::Mean | DecimateMode::MinMax) {
+            // Level 0 straight from the raw bytes, one loop per sample type (the decode
+            // inlined, no per-frame vector): the same arithmetic in the same order as
+            // `Stage::push`, so the results are identical.
+            use SampleType as S;
+            return match self.sample {
+                S::U8 => self.level0(bytes, out, |b: [u8; 1]| b[0] as f64),
+                S::I8 => self.level0(bytes, out, |b: [u8; 1]| b[0] as i8 as f64),
+                S::U16Le => self.level0(bytes, out, |b| u16::from_le_bytes(b) as f64),
+                S::I16Le => self.level0(bytes, out, |b| i16::from_le_bytes(b) as f64),
+                S::I16Be => self.level0(bytes, out, |b| i16::from_be_bytes(b) as f64),
+                S::U32Le => self.level0(bytes, out, |b| u32::from_le_bytes(b) as f64),
+                S::I32Le => self.level0(bytes, out, |b| i32::from_le_bytes(b) as f64),
+                S::I32Be => self.level0(bytes, out, |b| i32::from_be_bytes(b) as f64),
+                S::F32Le => self.level0(bytes, out, |b| f32::from_le_bytes(b) as f64),
+                S::F32Be => self.level0(bytes, out, |b| f32::from_be_bytes(b) as f64),
+                S::F64Le => self.level0(bytes, out, f64::from_le_bytes),
+            };
+        }
         let minmax = self.mode == DecimateMode::MinMax;
         for raw in bytes.chunks_exact(self.frame_bytes) {
             self.counters.frames_in += 1;
@@ -546,6 +565,97 @@ impl Decimator {
             }
             self.frame = input;
         }
+    }
+
+    /// `mean` and `minmax` level 0 on whole frames of `W`-byte samples decoded by `dec`; each
+    /// output frame then cascades through the higher levels.
+    fn level0<const W: usize>(
+        &mut self,
+        bytes: &[u8],
+        out: &mut [Vec<u8>],
+        dec: impl Fn([u8; W]) -> f64,
+    ) {
+        debug_assert_eq!(self.width, W);
+        let dec = &dec;
+        for raw in bytes.chunks_exact(self.frame_bytes) {
+            self.counters.frames_in += 1;
+            let emitted = match &mut self.stages[0] {
+                Stage::MinMax { ratio, count, acc } => {
+                    if *count == 0 {
+                        for (a, v) in acc.chunks_exact_mut(2).zip(samples::<W>(raw, dec)) {
+                            a[0] = v;
+                            a[1] = v;
+                        }
+                    } else {
+                        for (a, v) in acc.chunks_exact_mut(2).zip(samples::<W>(raw, dec)) {
+                            a[0] = a[0].min(v);
+                            a[1] = a[1].max(v);
+                        }
+                    }
+                    *count += 1;
+                    if *count < *ratio {
+                        false
+                    } else {
+                        *count = 0;
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(acc);
+                        true
+                    }
+                }
+                Stage::Mean { ratio, count, sums } => {
+                    for (s, v) in sums.iter_mut().zip(samples::<W>(raw, dec)) {
+                        *s += v;
+                    }
+                    *count += 1;
+                    if *count < *ratio {
+                        false
+                    } else {
+                        *count = 0;
+                        self.scratch.clear();
+                        let r = *ratio as f64;
+                        for s in sums.iter_mut() {
+                            self.scratch.push(*s / r);
+                            *s = 0.0;
+                        }
+                        true
+                    }
+                }
+                _ => unreachable!("level0 serves mean and minmax only"),
+            };
+            if emitted {
+                self.cascade(out);
+            }
+        }
+    }
+
+}
+
+/// The samples of one raw frame, decoded.
+#[inline(always)]
+fn samples<'a, const W: usize>(
+    raw: &'a [u8],
+    dec: &'a impl Fn([u8; W]) -> f64,
+) -> impl Iterator<Item = f64> + 'a {
+    raw.chunks_exact(W)
+        .map(move |s| dec(s.try_into().expect("W-byte chunk")))
+}
+
+impl Decimator {
+    /// Encodes level 0's new output frame (in `scratch`) and feeds it up the cascade.
+    fn cascade(&mut self, out: &mut [Vec<u8>]) {
+        let mut input = std::mem::take(&mut self.frame);
+        for level in 0..self.stages.len() {
+            if level > 0 && !self.stages[level].push(&input, &mut self.scratch) {
+                break;
+            }
+            let vt = self.shapes[level].value_type;
+            for v in &self.scratch {
+                vt.encode(*v, &mut out[level]);
+            }
+            self.counters.frames_out[level] += 1;
+            std::mem::swap(&mut input, &mut self.scratch);
+        }
+        self.frame = input;
     }
 
     /// `every`: kept frames are copied as raw samples (byte-swapped to little-endian where the
