@@ -627,7 +627,6 @@ impl Decimator {
             }
         }
     }
-
 }
 
 /// The samples of one raw frame, decoded.
