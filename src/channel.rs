@@ -167,6 +167,10 @@ pub struct Channel {
     pub blocked: bool,
     /// Stopping: no more input, outputs drain.
     pub draining: bool,
+    /// Stopped by a reload and still flushing its outputs: they are closed once drained or at
+    /// this instant, whichever comes first. `None` once they are closed (and always while the
+    /// whole daemon shuts down, which keeps its own deadline).
+    pub drain_deadline: Option<Instant>,
     pub stats: InputStats,
     pub publisher: Option<crate::shm::Publisher>,
     /// Per-output pending fds bound at start (listeners, udp sockets, files).
@@ -284,6 +288,7 @@ impl Channel {
             outputs,
             blocked: false,
             draining: false,
+            drain_deadline: None,
             stats: InputStats::default(),
             publisher: None,
             pending_out,
@@ -361,6 +366,19 @@ impl Channel {
                 .iter()
                 .flatten()
                 .all(|e| e.write_ops == 0 && e.queue.as_ref().is_none_or(|q| q.is_empty()))
+    }
+
+    /// Payload bytes still queued for the outputs (links and subscribers).
+    pub fn queued_bytes(&self) -> u64 {
+        let links: u64 = self.outputs.iter().map(|o| o.queue.backlog()).sum();
+        let subscribers: u64 = self
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|e| e.queue.as_ref())
+            .map(|q| q.backlog())
+            .sum();
+        links + subscribers
     }
 
     /// Whether every block output is back under half its limit.

@@ -387,13 +387,25 @@ impl Daemon {
                 post_reads(&mut self.ring, ch, ci as u16);
             }
         }
-        // Channels removed or replaced by a reload go once idle.
+        if self.shutdown_deadline.is_none() {
+            self.end_drains(Instant::now());
+        }
+        // Channels removed or replaced by a reload go once their outputs are closed and idle.
         for ci in 0..self.channels.len() {
             let done = self.channels[ci].as_ref().is_some_and(|c| {
-                c.draining && c.live_endpoints() == 0 && self.shutdown_deadline.is_none()
+                c.draining
+                    && c.drain_deadline.is_none()
+                    && c.live_endpoints() == 0
+                    && self.shutdown_deadline.is_none()
             });
             if done {
-                if let Some(ch) = self.channels[ci].take() {
+                if let Some(mut ch) = self.channels[ci].take() {
+                    // What a drain cut short left in the links' queues (no write holds it now).
+                    for o in &mut ch.outputs {
+                        for b in o.queue.clear() {
+                            self.ring.pool_mut().release(b);
+                        }
+                    }
                     if let Some(p) = ch.publisher {
                         p.close();
                     }
@@ -440,18 +452,44 @@ impl Daemon {
         }
     }
 
-    /// Stops a channel: input closed, outputs flushed then closed (see `after_batch`).
+    /// Stops a channel the way SIGTERM stops them all: its input and listeners close at once
+    /// (no new data, no new subscribers, and the ports are released for whatever replaces
+    /// it); its outputs and subscribers flush what they hold for at most `shutdown_timeout`,
+    /// then close, and the channel goes once idle (see `end_drains` and `after_batch`).
     fn stop_channel(&mut self, ci: usize) {
+        let deadline = Instant::now() + self.cfg.global.shutdown_timeout;
         let Some(ch) = self.channels[ci].as_mut() else {
             return;
         };
+        if ch.draining {
+            return;
+        }
         ch.draining = true;
-        let ring = &mut self.ring;
-        let slots: Vec<u16> = (0..ch.slots.len() as u16)
-            .filter(|s| ch.ep(*s).is_some_and(|e| e.link != Link::Closing))
-            .collect();
-        for s in slots {
-            close_ep(ring, ch, ci as u16, s);
+        ch.drain_deadline = Some(deadline);
+        close_intake(&mut self.ring, ch, ci as u16);
+    }
+
+    /// Ends the drains of channels stopped by a reload: once a channel's outputs are flushed,
+    /// or at its deadline, everything it still has open is closed.
+    fn end_drains(&mut self, now: Instant) {
+        for (ci, ch) in self.channels.iter_mut().enumerate() {
+            let Some(ch) = ch else { continue };
+            let Some(deadline) = ch.drain_deadline else {
+                continue;
+            };
+            let drained = ch.drained();
+            if !drained && now < deadline {
+                continue;
+            }
+            if !drained {
+                warn!(
+                    "channel {}: shutdown_timeout reached while flushing its outputs; closing them, {} queued bytes dropped",
+                    ch.name(),
+                    ch.queued_bytes()
+                );
+            }
+            ch.drain_deadline = None;
+            close_all(&mut self.ring, ch, ci as u16);
         }
     }
 
@@ -468,15 +506,7 @@ impl Daemon {
         for (ci, ch) in self.channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
             ch.draining = true;
-            let ci = ci as u16;
-            for slot in [ch.input, ch.input_listener].into_iter().flatten() {
-                close_ep(&mut self.ring, ch, ci, slot);
-            }
-            for oi in 0..ch.outputs.len() {
-                if let Some(l) = ch.outputs[oi].listener {
-                    close_ep(&mut self.ring, ch, ci, l);
-                }
-            }
+            close_intake(&mut self.ring, ch, ci as u16);
         }
     }
 
@@ -484,16 +514,7 @@ impl Daemon {
         self.closing_all = true;
         for (ci, ch) in self.channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
-            for s in 0..ch.slots.len() as u16 {
-                if ch.ep(s).is_some_and(|e| e.link != Link::Closing) {
-                    if let Some(e) = ch.ep(s) {
-                        if matches!(e.role, Role::Link { out } if ch.outputs[out].file.is_some()) {
-                            let _ = nix::unistd::fsync(e.fd.as_ref().expect("open link"));
-                        }
-                    }
-                    close_ep(&mut self.ring, ch, ci as u16, s);
-                }
-            }
+            close_all(&mut self.ring, ch, ci as u16);
         }
     }
 
@@ -1876,7 +1897,8 @@ fn tick_channel(
         if shutting_down && o.queue.is_empty() {
             continue;
         }
-        if ch.draining && !shutting_down && o.queue.is_empty() {
+        // A channel stopped by a reload redials only while it still flushes.
+        if ch.draining && !shutting_down && (o.queue.is_empty() || ch.drain_deadline.is_none()) {
             continue;
         }
         match o.link {
@@ -1959,6 +1981,35 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         }
     }
     ch.reap_if_idle(slot);
+}
+
+/// Closes what brings data or subscribers into a channel: its input, the input's listener and
+/// the outputs' listeners. Outputs and subscribers stay open to flush what they hold.
+fn close_intake(ring: &mut Ring, ch: &mut Channel, ci: u16) {
+    for slot in [ch.input, ch.input_listener].into_iter().flatten() {
+        close_ep(ring, ch, ci, slot);
+    }
+    for oi in 0..ch.outputs.len() {
+        if let Some(l) = ch.outputs[oi].listener {
+            close_ep(ring, ch, ci, l);
+        }
+    }
+}
+
+/// Closes every endpoint of a channel still open, syncing output files first.
+fn close_all(ring: &mut Ring, ch: &mut Channel, ci: u16) {
+    for s in 0..ch.slots.len() as u16 {
+        let Some(e) = ch.ep(s) else { continue };
+        if e.link == Link::Closing {
+            continue;
+        }
+        if matches!(e.role, Role::Link { out } if ch.outputs[out].file.is_some()) {
+            if let Some(fd) = e.fd.as_ref() {
+                let _ = nix::unistd::fsync(fd);
+            }
+        }
+        close_ep(ring, ch, ci, s);
+    }
 }
 
 /// Reports a start-up failure once: to the log, and to the waiting parent when detached.
