@@ -753,7 +753,38 @@ impl Daemon {
                 warn!("reload: {k} changed in [global]; it takes effect at the next restart");
             }
         }
+        // The new settings apply from here on (a stopped channel drains for the new
+        // shutdown_timeout); keys that need a restart keep their running values.
+        let mut new_cfg = new;
+        new_cfg.global = Global2::merge(&self.cfg.global, &new_cfg.global);
+        let channels = new_cfg.channels.clone();
+        self.cfg = new_cfg;
         let (mut kept, mut started, mut restarted, mut stopped) = (0, 0, 0, 0);
+        // Channels waiting for their old instance to close (restarted, or removed and added
+        // back, by an earlier reload): they start with what this file says, if anything.
+        let mut pending = std::mem::take(&mut self.pending_starts);
+        pending.retain_mut(|(_, pc)| {
+            let Some(nc) = channels.iter().find(|c| c.name == pc.name) else {
+                stopped += 1;
+                info!(
+                    "reload: channel {} removed while its old instance closes: it does not start again",
+                    pc.name
+                );
+                return false;
+            };
+            if nc.same_settings(pc) {
+                kept += 1;
+            } else {
+                restarted += 1;
+                info!(
+                    "reload: channel {} changed again: its new instance starts with these settings once the old one is closed",
+                    nc.name
+                );
+            }
+            *pc = nc.clone();
+            true
+        });
+        self.pending_starts = pending;
         // Removed and changed channels.
         for ci in 0..self.channels.len() {
             let Some(ch) = self.channels[ci].as_ref() else {
@@ -762,7 +793,7 @@ impl Daemon {
             if ch.draining {
                 continue;
             }
-            match new.channels.iter().find(|c| c.name == ch.cfg.name) {
+            match channels.iter().find(|c| c.name == ch.cfg.name) {
                 Some(nc) if nc.same_settings(&ch.cfg) => {
                     kept += 1;
                     if let Some(ch) = self.channels[ci].as_mut() {
@@ -786,27 +817,38 @@ impl Daemon {
             }
         }
         // New channels.
-        for nc in &new.channels {
+        for nc in &channels {
             let exists = self
                 .channels
                 .iter()
                 .flatten()
                 .any(|c| c.cfg.name == nc.name && !c.draining)
                 || self.pending_starts.iter().any(|(_, c)| c.name == nc.name);
-            if !exists {
-                started += 1;
-                let ci = self
-                    .channels
-                    .iter()
-                    .position(|c| c.is_none())
-                    .unwrap_or(self.channels.len());
-                self.start_channel(ci, nc);
+            if exists {
+                continue;
             }
+            started += 1;
+            // A channel of this name removed earlier and still closing: the new one starts
+            // once it is gone (it may hold the same ports, and its region has this name).
+            let closing = self
+                .channels
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| c.cfg.name == nc.name));
+            if let Some(ci) = closing {
+                info!(
+                    "reload: channel {} added back: it starts once its old instance is closed",
+                    nc.name
+                );
+                self.pending_starts.push((ci, nc.clone()));
+                continue;
+            }
+            let ci = self
+                .channels
+                .iter()
+                .position(|c| c.is_none())
+                .unwrap_or(self.channels.len());
+            self.start_channel(ci, nc);
         }
-        let mut new_cfg = new;
-        // Keys that need a restart keep their running values.
-        new_cfg.global = Global2::merge(&self.cfg.global, &new_cfg.global);
-        self.cfg = new_cfg;
         info!("reload: {path}: {kept} unchanged, {started} new, {restarted} restarted, {stopped} removed");
         // Close idle channels right away (a removed channel with nothing queued).
         self.after_batch();

@@ -2,7 +2,8 @@
 //! sees every byte across 20 reloads while another channel is restarted, removed and added
 //! around it; an invalid file is reported with FILE:LINE and changes nothing; a removed channel's
 //! port closes and a new channel's port accepts; a stopped channel closes its ports at once and
-//! flushes its subscribers for at most shutdown_timeout.
+//! flushes its subscribers for at most shutdown_timeout, and reloads during that flush apply the
+//! last file.
 //!
 //! Each reload waits for the daemon's summary line (`reload: FILE: K unchanged, N new,
 //! R restarted, S removed`) and checks its counts before the next SIGHUP.
@@ -845,4 +846,85 @@ fn stalled_subscriber_is_cut_off_at_shutdown_timeout() {
     expect_after_pings(&sub, &more, TRANSFER_TIMEOUT);
     drop(producer);
     relay.stop();
+}
+
+/// Reloads while a stopped channel still flushes apply the last file: a restart that is still
+/// waiting is cancelled when the channel is then removed, and a channel added back while its
+/// old instance flushes starts, with the settings of the file that added it, once that instance
+/// is gone. Each churn config uses its own output port, so which one runs is plain to see.
+#[test]
+fn reloads_during_a_drain_apply_the_last_file() {
+    let dir = TempDir::new("reload-during-drain");
+    let total = 1 << 20;
+    #[derive(Clone, Copy)]
+    struct P {
+        churn_in: SocketAddr,
+        out: [SocketAddr; 3],
+        keep: (SocketAddr, SocketAddr),
+    }
+    let conf = |p: &P, churn: Option<usize>| {
+        // Long enough for the three reloads below to happen while the first churn flushes.
+        let mut c = drain_global(&dir, "4s");
+        if let Some(k) = churn {
+            c.push_str(&format!(
+                "[channel churn]\ninput = tcp-listen://{}\noutput = {}\n\n",
+                p.churn_in,
+                stalling_output(p.out[k])
+            ));
+        }
+        c.push_str(&format!(
+            "[channel keep]\ninput = tcp-listen://{}\noutput = tcp-listen://{}\n",
+            p.keep.0, p.keep.1
+        ));
+        c
+    };
+    let (mut relay, p) = Relay::start(Features::Auto, &dir, || {
+        let tcp = || SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let p = P {
+            churn_in: tcp(),
+            out: [tcp(), tcp(), tcp()],
+            keep: (tcp(), tcp()),
+        };
+        (conf(&p, Some(0)), p)
+    });
+    let stalled = stalled_subscriber(&relay, "churn", p.out[0]);
+    feed(&relay, "churn", p.churn_in, 13, total);
+
+    // Changed (its restart waits for the old instance), removed (the restart is cancelled),
+    // added back with a third output.
+    reload(&mut relay, &dir, &conf(&p, Some(1)), 0, [1, 0, 1, 0]);
+    reload(&mut relay, &dir, &conf(&p, None), 1, [1, 0, 0, 1]);
+    reload(&mut relay, &dir, &conf(&p, Some(2)), 2, [1, 1, 0, 0]);
+    wait_for("churn to start again", RELOAD_TIMEOUT, || {
+        relay.log().contains("channel churn: started")
+    });
+    let sub = subscribe_and_prove_tcp(p.churn_in, p.out[2], "subscriber of the last churn");
+    wait_refused(p.out[0], "the first churn's output");
+    wait_refused(p.out[1], "the cancelled churn's output");
+    let log = relay.log();
+    let summary = line_index(&log, 0, " 1 new, ").unwrap();
+    let at_closed = line_index(&log, summary, "channel churn: closed").unwrap_or_else(|| {
+        panic!("the old churn did not close after the reload that added churn back:\n{log}")
+    });
+    assert!(
+        line_index(&log, at_closed, "channel churn: started").is_some(),
+        "churn started before its old instance closed:\n{log}"
+    );
+    assert_eq!(
+        log.matches("channel churn: started").count(),
+        1,
+        "churn started more than once:\n{log}"
+    );
+    assert_eq!(sub.end(), None);
+    drop(stalled);
+    relay.stop();
+}
+
+/// Connects a subscriber to a tcp-listen output at `out` and writes pings into the tcp-listen
+/// input at `input` until it has one: the channel is up and relaying.
+fn subscribe_and_prove_tcp(input: SocketAddr, out: SocketAddr, what: &str) -> StreamSink {
+    let sink = StreamSink::tcp(what, out);
+    let mut producer = connect_tcp(input);
+    ping_stream(&mut producer, &[&sink]);
+    sink
 }
