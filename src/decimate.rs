@@ -643,13 +643,13 @@ impl Decimator {
     /// Encodes level 0's new output frame (in `scratch`) and feeds it up the cascade.
     fn cascade(&mut self, out: &mut [Vec<u8>]) {
         let mut input = std::mem::take(&mut self.frame);
-        for level in 0..self.stages.len() {
+        for (level, o) in out.iter_mut().enumerate().take(self.stages.len()) {
             if level > 0 && !self.stages[level].push(&input, &mut self.scratch) {
                 break;
             }
             let vt = self.shapes[level].value_type;
             for v in &self.scratch {
-                vt.encode(*v, &mut out[level]);
+                vt.encode(*v, o);
             }
             self.counters.frames_out[level] += 1;
             std::mem::swap(&mut input, &mut self.scratch);
