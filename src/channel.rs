@@ -24,6 +24,9 @@ use std::time::Instant;
 
 /// Receives kept in flight on a UDP input.
 pub const UDP_RECVS_IN_FLIGHT: usize = 32;
+
+/// Most buffers one stream read scatters into (when the pool is at least half free).
+pub const STREAM_READ_BUFFERS: usize = 4;
 /// Bytes kept free in front of every datagram for the u32be length prefix.
 pub const PREFIX: u32 = 4;
 
@@ -175,6 +178,10 @@ pub struct Channel {
     pub publisher: Option<crate::shm::Publisher>,
     /// Per-output pending fds bound at start (listeners, udp sockets, files).
     pub pending_out: Vec<Option<OwnedFd>>,
+    /// Scratch lists of one delivery (outputs to kick, to disconnect), kept so that the hot
+    /// path allocates nothing.
+    pub to_kick: Vec<u16>,
+    pub to_disconnect: Vec<u16>,
 }
 
 /// Buffers one output may hold. A `block` output may hold all but an eighth of the pool: when
@@ -288,6 +295,8 @@ impl Channel {
             outputs,
             blocked: false,
             draining: false,
+            to_kick: Vec::new(),
+            to_disconnect: Vec::new(),
             drain_deadline: None,
             stats: InputStats::default(),
             publisher: None,

@@ -14,7 +14,9 @@
 //! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
 
-use crate::channel::{Channel, Endpoint, Link, Role, PREFIX, UDP_RECVS_IN_FLIGHT};
+use crate::channel::{
+    Channel, Endpoint, Link, Role, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
+};
 use crate::cli::RunArgs;
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
 use crate::outq::{Chunk, Offer, OutQueue};
@@ -1009,32 +1011,66 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
     if ep.link != Link::Up {
         return;
     }
-    let want = if datagram { UDP_RECVS_IN_FLIGHT } else { 1 };
     let class = if datagram && ring.pool().class_size(Class::Small) > PREFIX {
         Class::Small
     } else {
         Class::Large
     };
     let size = ring.pool().class_size(class);
-    while ep.reading.len() < want {
+    if !datagram {
+        // One read in flight, scattered over up to STREAM_READ_BUFFERS buffers while the pool
+        // has plenty free: a quarter of the system calls per byte of one-buffer reads, and
+        // every buffer still travels to the outputs on its own.
+        if !ep.reading.is_empty() {
+            return;
+        }
+        let (free, total) = ring.pool().free_of(Class::Large);
+        let n = if free > total / 2 {
+            STREAM_READ_BUFFERS
+        } else {
+            1
+        };
+        let fd = ep.raw_fd();
+        for _ in 0..n {
+            let Some(buf) = ring.pool_mut().take_class(Class::Large) else {
+                break;
+            };
+            ep.reading.push(buf);
+        }
+        let (first, count) = match ep.reading.first() {
+            Some(&b) => (b, ep.reading.len()),
+            None => return,
+        };
+        let sqe = if count == 1 {
+            Sqe::ReadStream {
+                fd,
+                buf: first,
+                off: 0,
+                len: size,
+            }
+        } else {
+            let chunks = ep.reading.iter().map(|&buf| Chunk {
+                buf,
+                off: 0,
+                len: size,
+            });
+            let (iov, n) = ep.iov.fill(ring, chunks);
+            Sqe::ReadvStream { fd, iov, n }
+        };
+        ep.in_flight += 1;
+        ring.push(sqe, Token::new(OpKind::Recv, ci, first, ep.gen));
+        return;
+    }
+    while ep.reading.len() < UDP_RECVS_IN_FLIGHT {
         let Some(buf) = ring.pool_mut().take_class(class) else {
             return;
         };
         let fd = ep.raw_fd();
-        let sqe = if datagram {
-            Sqe::RecvDatagram {
-                fd,
-                buf,
-                off: PREFIX,
-                len: size - PREFIX,
-            }
-        } else {
-            Sqe::ReadStream {
-                fd,
-                buf,
-                off: 0,
-                len: size,
-            }
+        let sqe = Sqe::RecvDatagram {
+            fd,
+            buf,
+            off: PREFIX,
+            len: size - PREFIX,
         };
         ep.reading.push(buf);
         ep.in_flight += 1;
@@ -1054,31 +1090,31 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let datagram = ch.input_is_datagram();
     let ep = ch.ep_mut(slot).expect("slot found above");
     ep.in_flight -= 1;
-    ep.reading.retain(|b| *b != buf);
     let closing = ep.link == Link::Closing;
     let peer = ep.peer.clone();
     let size = ring.pool().size_of(buf);
-    if res > 0 {
-        let n = res as u32;
-        if datagram && n > size - PREFIX {
-            ring.pool_mut().abandon(buf);
-            ch.stats.malformed += 1;
-            if ch.stats.malformed == 1 {
-                warn!(
-                    "channel {}: datagram of {n} bytes is larger than datagram_size ({} bytes with the length prefix); counted as malformed (raise datagram_size)",
-                    ch.name(),
-                    size
-                );
+    if !datagram {
+        // The stream's one read: its buffers are all of `reading`, in order; the bytes fill
+        // them front to back.
+        let mut bufs = std::mem::take(&mut ep.reading);
+        let mut left = res.max(0) as u32;
+        for &b in &bufs {
+            let n = left.min(size);
+            left -= n;
+            if n > 0 {
+                ring.pool_mut().filled(b);
+                deliver(ring, ch, ci_of(tok), b, n, false);
+            } else {
+                ring.pool_mut().abandon(b);
             }
-        } else {
-            ring.pool_mut().filled(buf);
-            deliver(ring, ch, ci_of(tok), buf, n, datagram);
         }
-    } else {
-        ring.pool_mut().abandon(buf);
-        if res == 0 && datagram && !closing {
-            ch.stats.malformed += 1;
-        } else if !closing {
+        bufs.clear();
+        if let Some(ep) = ch.ep_mut(slot) {
+            if ep.reading.is_empty() {
+                ep.reading = bufs;
+            }
+        }
+        if res <= 0 && !closing {
             // End of stream or an error: this producer is gone.
             if res == 0 {
                 info!("channel {}: producer {} closed the stream", ch.name(), peer);
@@ -1090,17 +1126,46 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
                     errno_str(res)
                 );
             }
-            if datagram {
-                // A UDP socket error (rare): retry after a backoff.
+            close_ep(ring, ch, ci_of(tok), slot);
+            if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
                 let d = ch.input_backoff.next_delay();
                 ch.input_retry_at = Some(Instant::now() + d);
-            } else {
-                close_ep(ring, ch, ci_of(tok), slot);
-                if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
-                    let d = ch.input_backoff.next_delay();
-                    ch.input_retry_at = Some(Instant::now() + d);
-                }
             }
+        }
+        ch.reap_if_idle(slot);
+        return;
+    }
+    ep.reading.retain(|b| *b != buf);
+    if res > 0 {
+        let n = res as u32;
+        if n > size - PREFIX {
+            ring.pool_mut().abandon(buf);
+            ch.stats.malformed += 1;
+            if ch.stats.malformed == 1 {
+                warn!(
+                    "channel {}: datagram of {n} bytes is larger than datagram_size ({} bytes with the length prefix); counted as malformed (raise datagram_size)",
+                    ch.name(),
+                    size
+                );
+            }
+        } else {
+            ring.pool_mut().filled(buf);
+            deliver(ring, ch, ci_of(tok), buf, n, true);
+        }
+    } else {
+        ring.pool_mut().abandon(buf);
+        if res == 0 && !closing {
+            ch.stats.malformed += 1;
+        } else if !closing {
+            ch.stats.errors += 1;
+            warn!(
+                "channel {}: input read failed: {}",
+                ch.name(),
+                errno_str(res)
+            );
+            // A UDP socket error (rare): retry after a backoff.
+            let d = ch.input_backoff.next_delay();
+            ch.input_retry_at = Some(Instant::now() + d);
         }
     }
     ch.reap_if_idle(slot);
@@ -1149,12 +1214,12 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
         outputs,
         slots,
         blocked,
+        to_kick,
+        to_disconnect,
         ..
     } = ch;
-    let mut kick_list: [Option<u16>; 0] = [];
-    let _ = &mut kick_list;
-    let mut to_disconnect: Vec<u16> = Vec::new();
-    let mut to_kick: Vec<u16> = Vec::new();
+    to_kick.clear();
+    to_disconnect.clear();
     for o in outputs.iter_mut() {
         let chunk = if o.is_datagram() { plain } else { stream_chunk };
         if o.is_link() {
@@ -1223,7 +1288,9 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
         }
     }
     ring.pool_mut().release(buf);
-    for s in to_disconnect {
+    let mut disconnect = std::mem::take(&mut ch.to_disconnect);
+    let mut kicks = std::mem::take(&mut ch.to_kick);
+    for &s in &disconnect {
         if let Some(ep) = ch.ep(s) {
             match ep.role {
                 Role::Subscriber { out } => info!(
@@ -1249,9 +1316,13 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
         }
         close_ep(ring, ch, ci, s);
     }
-    for s in to_kick {
+    for &s in &kicks {
         kick(ring, ch, ci, s);
     }
+    disconnect.clear();
+    kicks.clear();
+    ch.to_disconnect = disconnect;
+    ch.to_kick = kicks;
 }
 
 /// Starts the next writes of an output endpoint if none are in flight: one gathered write of

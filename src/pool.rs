@@ -125,6 +125,12 @@ impl BufferPool {
         self.classes[0].free.len() + self.classes[1].free.len()
     }
 
+    /// Free buffers of class `c`, and how many the class has.
+    pub fn free_of(&self, c: Class) -> (usize, usize) {
+        let ci = &self.classes[c as usize];
+        (ci.free.len(), usize::from(ci.count))
+    }
+
     /// Takes a free buffer of class `c` for a read: it is now the kernel's until
     /// [`BufferPool::filled`] or [`BufferPool::abandon`].
     pub fn take_class(&mut self, c: Class) -> Option<BufId> {

@@ -77,6 +77,9 @@ pub enum Sqe {
         off: u32,
         len: u32,
     },
+    /// Scattered read of the next bytes of a stream into the whole buffers described by `iov`
+    /// (an array owned by the endpoint, filled with [`Iovecs::fill`]).
+    ReadvStream { fd: RawFd, iov: IovArray, n: u32 },
     /// Send a chunk on a socket or append it to a file.
     Write {
         fd: RawFd,
@@ -129,7 +132,8 @@ impl std::fmt::Debug for Iovecs {
 pub struct IovArray(*mut libc::iovec);
 
 impl Iovecs {
-    /// Fills the array with `chunks` (at most [`IOV_MAX`]) as pool addresses.
+    /// Fills the array with `chunks` (at most [`IOV_MAX`]) as pool addresses: for a gathered
+    /// write, or for a scattered read into buffers the kernel owns until its completion.
     pub fn fill(
         &mut self,
         ring: &mut Ring,
@@ -521,6 +525,7 @@ impl Ring {
                     opcode::Read::new(types::Fd(fd), ptr, len).build()
                 }
             }
+            Sqe::ReadvStream { fd, iov, n } => opcode::Readv::new(types::Fd(fd), iov.0, n).build(),
             Sqe::Write { fd, chunk, socket } => {
                 let ptr = self.pool.addr(chunk.buf, chunk.off);
                 if registered {
