@@ -3,37 +3,22 @@
 //! without numpy), and all of them match the expected decimated signal. Also: a restart while
 //! `tail --follow` is attached, `stat`, and clear errors for missing or foreign files.
 
+mod common;
+
+use common::ShmDir;
 use ringrelay::sample::{DecimateSpec, SampleConfig, SampleType};
 use ringrelay::shm::{Publisher, Reader, ShmOptions, StatRow, StatsWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringrelay");
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = PathBuf::from(format!(
-            "/dev/shm/rr-test-{}-r{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-    fn opts(&self) -> ShmOptions {
-        ShmOptions {
-            dir: self.0.clone(),
-            mode: 0o640,
-            group: None,
-        }
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// The writer's options for a test's region directory.
+fn opts(d: &ShmDir) -> ShmOptions {
+    ShmOptions {
+        dir: d.path().to_path_buf(),
+        mode: 0o640,
+        group: None,
     }
 }
 
@@ -128,9 +113,9 @@ fn has_numpy() -> bool {
 
 #[test]
 fn all_readers_agree_with_the_expected_signal() {
-    let t = TempDir::new();
+    let t = ShmDir::new("r");
     for (spec, name) in [("minmax:4,16", "mm"), ("mean:4", "mean"), ("every:3", "ev")] {
-        let mut p = Publisher::create(&t.opts(), name, &cfg(spec, 64)).unwrap();
+        let mut p = Publisher::create(&opts(&t), name, &cfg(spec, 64)).unwrap();
         feed(&mut p, 0, 1000); // 250 mean/minmax frames into 64 slots: lapped.
         p.tick();
         let c = p.counters();
@@ -138,7 +123,7 @@ fn all_readers_agree_with_the_expected_signal() {
         assert_eq!(c.malformed_datagrams, 0);
         p.close();
 
-        let path = t.0.join(name);
+        let path = t.path().join(name);
         // Rust API against the expected signal.
         let mut r = Reader::open(&path).unwrap();
         let mut buf = Vec::new();
@@ -189,7 +174,7 @@ fn all_readers_agree_with_the_expected_signal() {
         assert_eq!(rows[0], header);
         assert!(rows[1].starts_with(&format!("{},{t0},", ch.start)));
 
-        let c_exe = build_c(&t.0).unwrap();
+        let c_exe = build_c(t.path()).unwrap();
         let (code, c_out, err) = run(Command::new(&c_exe).arg(&path));
         assert_eq!(code, 0, "{err}");
         assert_eq!(normalise(&c_out), rows, "C reader disagrees for {name}");
@@ -223,10 +208,10 @@ fn all_readers_agree_with_the_expected_signal() {
 
 #[test]
 fn level_selection_and_errors() {
-    let t = TempDir::new();
-    let mut p = Publisher::create(&t.opts(), "env", &cfg("minmax:4,16", 64)).unwrap();
+    let t = ShmDir::new("r");
+    let mut p = Publisher::create(&opts(&t), "env", &cfg("minmax:4,16", 64)).unwrap();
     feed(&mut p, 0, 160);
-    let dir = t.0.to_str().unwrap();
+    let dir = t.str();
     let (code, out, err) = run(Command::new(BIN).args([
         "tail",
         "env",
@@ -246,17 +231,17 @@ fn level_selection_and_errors() {
     let (code, _, err) = run(Command::new(BIN).args(["tail", "nope", "--shm-dir", dir]));
     assert_eq!(code, 1);
     assert!(err.contains("no such region"), "{err}");
-    std::fs::write(t.0.join("junk"), vec![1u8; 4096]).unwrap();
+    std::fs::write(t.path().join("junk"), vec![1u8; 4096]).unwrap();
     let (code, _, err) = run(Command::new(BIN).args(["tail", "junk", "--shm-dir", dir]));
     assert_eq!(code, 1);
     assert!(err.contains("not a ringrelay region"), "{err}");
     let (code, _, err) = run(Command::new("python3")
         .arg(python_script())
-        .arg(t.0.join("junk")));
+        .arg(t.path().join("junk")));
     assert_eq!(code, 1);
     assert!(err.contains("not a ringrelay region"), "{err}");
-    let c_exe = build_c(&t.0).unwrap();
-    let (code, _, err) = run(Command::new(c_exe).arg(t.0.join("junk")));
+    let c_exe = build_c(t.path()).unwrap();
+    let (code, _, err) = run(Command::new(c_exe).arg(t.path().join("junk")));
     assert_eq!(code, 1);
     assert!(err.contains("not a ringrelay region"), "{err}");
     p.close();
@@ -264,8 +249,8 @@ fn level_selection_and_errors() {
 
 #[test]
 fn restart_while_tail_follows() {
-    let t = TempDir::new();
-    let mut a = Publisher::create(&t.opts(), "rs", &cfg("every:1", 4096)).unwrap();
+    let t = ShmDir::new("r");
+    let mut a = Publisher::create(&opts(&t), "rs", &cfg("every:1", 4096)).unwrap();
     feed(&mut a, 0, 5);
     let child = Command::new(BIN)
         .args([
@@ -278,18 +263,18 @@ fn restart_while_tail_follows() {
             "3s",
             "--shm-dir",
         ])
-        .arg(&t.0)
+        .arg(t.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut reader = Reader::open(t.0.join("rs")).unwrap();
+    let mut reader = Reader::open(t.path().join("rs")).unwrap();
     let g = reader.info().generation;
     std::thread::sleep(std::time::Duration::from_millis(500));
     feed(&mut a, 5, 5);
     std::thread::sleep(std::time::Duration::from_millis(300));
     a.close();
-    let mut b = Publisher::create(&t.opts(), "rs", &cfg("every:1", 4096)).unwrap();
+    let mut b = Publisher::create(&opts(&t), "rs", &cfg("every:1", 4096)).unwrap();
     feed(&mut b, 100, 3);
     assert!(reader.reattach().unwrap());
     assert_eq!(reader.info().generation, g + 1);
@@ -316,15 +301,15 @@ fn restart_while_tail_follows() {
 
 #[test]
 fn stat_prints_the_daemon_counters() {
-    let t = TempDir::new();
-    let mut w = StatsWriter::create(&t.opts()).unwrap();
+    let t = ShmDir::new("r");
+    let mut w = StatsWriter::create(&opts(&t)).unwrap();
     w.publish(&[StatRow {
         label: "seismo".into(),
         kind: "channel".into(),
         state: "up".into(),
         values: [1000, 10, 1, 0, 0, 0, 0, 3],
     }]);
-    let dir = t.0.to_str().unwrap();
+    let dir = t.str();
     let (code, out, err) = run(Command::new(BIN).args(["stat", "--shm-dir", dir, "--json"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"label\":\"seismo\""), "{out}");
