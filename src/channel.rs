@@ -73,6 +73,9 @@ pub struct Endpoint {
     pub accepting: bool,
     /// A hang-up watch (POLLRDHUP) is armed.
     pub watching: bool,
+    /// A closing link whose output queue was emptied under its in-flight writes (dropped as
+    /// too slow): their completions must not advance the queue, which now holds other data.
+    pub detached: bool,
     /// Subscribers keep their own queue; links use their output's.
     pub queue: Option<OutQueue>,
     pub peer: String,
@@ -92,6 +95,7 @@ impl Endpoint {
             iov: crate::ring::Iovecs::default(),
             accepting: false,
             watching: false,
+            detached: false,
             queue: None,
             peer: String::new(),
         }

@@ -1310,6 +1310,9 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
                         ring.pool_mut().release(b);
                     }
                     ch.outputs[out].retry_at = Some(Instant::now());
+                    if let Some(ep) = ch.ep_mut(s) {
+                        ep.detached = true;
+                    }
                 }
                 _ => {}
             }
@@ -1509,7 +1512,7 @@ fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     if ep.link == Link::Closing {
         // Bytes a link's old connection took are gone from its queue (which outlives the
         // connection): advance past them so the next connection does not send them again.
-        if let (Role::Link { out }, true) = (role, res > 0) {
+        if let (Role::Link { out }, true, false) = (role, res > 0, ep.detached) {
             let pool = ring.pool_mut();
             let q = &mut ch.outputs[out].queue;
             if datagram {
