@@ -1294,11 +1294,14 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
         if let Some(ep) = ch.ep(s) {
             match ep.role {
                 Role::Subscriber { out } => info!(
-                    "channel {}: subscriber {} of {} is too slow (backlog over {} bytes): disconnected",
+                    "channel {}: subscriber {} of {} is too slow ({}): disconnected",
                     ch.name(),
                     ep.peer,
                     ch.outputs[out].url(),
-                    ch.outputs[out].cfg.max_backlog
+                    ep.queue.as_ref().map_or_else(
+                        || format!("backlog over {} bytes", ch.outputs[out].cfg.max_backlog),
+                        |q| q.limit_hit()
+                    )
                 ),
                 Role::Link { out } => {
                     warn!(

@@ -85,6 +85,16 @@ impl OutQueue {
         self.backlog() <= self.max_bytes / 2 && self.items.len() <= self.max_buffers / 2
     }
 
+    /// Which limit made the last offer fail, for the log: the buffer quota when the queue holds
+    /// as many chunks as it may, else the byte limit.
+    pub fn limit_hit(&self) -> String {
+        if self.items.len() >= self.max_buffers {
+            format!("{} pool buffers queued, its quota", self.items.len())
+        } else {
+            format!("backlog over {} bytes", self.max_bytes)
+        }
+    }
+
     /// Offers a chunk according to the policy.
     pub fn offer(&mut self, c: Chunk) -> Offer {
         debug_assert!(c.len > 0);
@@ -236,6 +246,11 @@ mod tests {
         assert_eq!(q.offer(c(1, 1)), Offer::Queued);
         assert_eq!(q.offer(c(2, 1)), Offer::Queued);
         assert_eq!(q.offer(c(3, 1)), Offer::Dropped);
+        assert_eq!(q.limit_hit(), "2 pool buffers queued, its quota");
+        let mut q = OutQueue::new(OnSlow::Disconnect, 150, 16);
+        assert_eq!(q.offer(c(1, 100)), Offer::Queued);
+        assert_eq!(q.offer(c(2, 100)), Offer::Disconnect);
+        assert_eq!(q.limit_hit(), "backlog over 150 bytes");
     }
 
     #[test]
