@@ -22,12 +22,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Receives kept in flight on a UDP input: one. The kernel does not post the completions of
-/// several receives pending on one socket in the order they took the datagrams (32 in flight
-/// reordered about one burst in seven on loopback, seen by every output), and the relay
-/// promises datagrams in order. The socket's receive buffer (4 MiB by default) absorbs bursts
-/// while the next receive is submitted.
-pub const UDP_RECVS_IN_FLIGHT: usize = 1;
+/// Receives of one linked chain on a UDP input. Receives pending side by side on one socket
+/// complete out of the order in which they took the datagrams (32 unlinked reordered about one
+/// burst in seven on loopback), and the relay promises datagrams in order: the receives run as
+/// a chain (IOSQE_IO_LINK), one after another in the kernel, and the next chain starts when
+/// this one has completed. The socket's receive buffer absorbs bursts meanwhile.
+pub const UDP_RECVS_IN_FLIGHT: usize = 16;
 
 /// Most buffers one stream read scatters into (when the pool is at least half free).
 pub const STREAM_READ_BUFFERS: usize = 4;

@@ -1061,21 +1061,46 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
         ring.push(sqe, Token::new(OpKind::Recv, ci, first, ep.gen));
         return;
     }
-    while ep.reading.len() < UDP_RECVS_IN_FLIGHT {
-        let Some(buf) = ring.pool_mut().take_class(class) else {
-            return;
-        };
-        let fd = ep.raw_fd();
-        let sqe = Sqe::RecvDatagram {
-            fd,
-            buf,
-            off: PREFIX,
-            len: size - PREFIX,
-        };
-        ep.reading.push(buf);
-        ep.in_flight += 1;
-        ring.push(sqe, Token::new(OpKind::Recv, ci, buf, ep.gen));
+    // Datagrams: one linked chain of receives at a time. Receives pending side by side on
+    // one socket complete out of the order in which they took the datagrams; a chain runs
+    // them one after another in the kernel, so completions come in datagram order, without a
+    // round trip through this loop per datagram. The next chain starts when this one is done.
+    if !ep.reading.is_empty() {
+        return;
     }
+    let fd = ep.raw_fd();
+    let gen = ep.gen;
+    let mut ops = [(Sqe::Tick, Token::daemon(OpKind::Tick)); UDP_RECVS_IN_FLIGHT];
+    let mut n = 0;
+    while n < UDP_RECVS_IN_FLIGHT {
+        let Some(buf) = ring.pool_mut().take_class(class) else {
+            break;
+        };
+        ops[n] = (
+            Sqe::RecvDatagram {
+                fd,
+                buf,
+                off: PREFIX,
+                len: size - PREFIX,
+            },
+            Token::new(OpKind::Recv, ci, buf, gen),
+        );
+        ep.reading.push(buf);
+        n += 1;
+    }
+    if n == 0 {
+        return;
+    }
+    if n == 1 || !ring.push_chain(&ops[..n]) {
+        // No room for a whole chain: one receive now, the rest go back to the pool.
+        for &b in &ep.reading[1..] {
+            ring.pool_mut().abandon(b);
+        }
+        ep.reading.truncate(1);
+        ring.push(ops[0].0, ops[0].1);
+        n = 1;
+    }
+    ep.in_flight += n as u32;
 }
 
 /// A receive completed. For receives the token's endpoint field is the buffer index; the
@@ -1154,7 +1179,9 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
         }
     } else {
         ring.pool_mut().abandon(buf);
-        if res == 0 && !closing {
+        if res == -libc::ECANCELED {
+            // The rest of a receive chain after a failed (or cancelled) receive.
+        } else if res == 0 && !closing {
             ch.stats.malformed += 1;
         } else if !closing {
             ch.stats.errors += 1;

@@ -159,6 +159,8 @@ pub struct Ring {
     tick: Box<types::Timespec>,
     sigbuf: Box<[u8; 64]>,
     overflow: VecDeque<squeue::Entry>,
+    /// Scratch of `push_chain` (kept for its capacity).
+    chain: Vec<squeue::Entry>,
     in_flight: usize,
     pub caps: Caps,
 }
@@ -396,6 +398,7 @@ impl Ring {
             tick: Box::new(types::Timespec::from(TICK)),
             sigbuf: Box::new([0u8; 64]),
             overflow: VecDeque::new(),
+            chain: Vec::new(),
             in_flight: 0,
             caps,
         };
@@ -508,6 +511,41 @@ impl Ring {
 
     /// Queues one operation tagged with `token`.
     pub fn push(&mut self, sqe: Sqe, token: Token) {
+        let e = self.build(sqe, token);
+        self.push_entry(e);
+    }
+
+    /// Queues `ops` as one linked chain (IOSQE_IO_LINK): each starts when the one before it has
+    /// completed, so their completions arrive in order; a failure cancels the rest
+    /// (-ECANCELED). The chain goes into the submission queue whole or not at all (a chain cut
+    /// at a submission boundary would run as two chains side by side): returns false, queueing
+    /// nothing, when the queue has no room for all of it.
+    pub fn push_chain(&mut self, ops: &[(Sqe, Token)]) -> bool {
+        if ops.is_empty() || !self.overflow.is_empty() {
+            return false;
+        }
+        let mut chain = std::mem::take(&mut self.chain);
+        chain.clear();
+        for (i, (sqe, token)) in ops.iter().enumerate() {
+            let e = self.build(*sqe, *token);
+            chain.push(if i + 1 < ops.len() {
+                e.flags(squeue::Flags::IO_LINK)
+            } else {
+                e
+            });
+        }
+        // SAFETY: as in push_entry; push_multiple writes all entries and publishes the tail
+        // once, or writes nothing.
+        let ok = unsafe { self.uring.submission().push_multiple(&chain) }.is_ok();
+        if ok {
+            self.in_flight += chain.len();
+        }
+        self.chain = chain;
+        ok
+    }
+
+    /// Turns an operation into its submission entry tagged with `token`.
+    fn build(&mut self, sqe: Sqe, token: Token) -> squeue::Entry {
         let ud = token.encode();
         let registered = self.caps.registered_buffers;
         let e = match sqe {
@@ -560,7 +598,7 @@ impl Ring {
             }
             Sqe::Cancel { user_data } => opcode::AsyncCancel::new(user_data).build(),
         };
-        self.push_entry(e.user_data(ud));
+        e.user_data(ud)
     }
 
     fn push_entry(&mut self, e: squeue::Entry) {
