@@ -28,10 +28,10 @@ use ringrelay::shm::{Reader, WriterState};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Payload bytes per `gen` datagram: 250 frames of 2 × i16, a size no decimation factor below
 /// divides, so windows straddle datagrams.
@@ -44,48 +44,9 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 // ------------------------------------------------------------------------------------------------
 // Processes
 
-/// Runs `cmd` to completion within [`PROCESS_TIMEOUT`], killing it at the deadline.
-fn output_within(cmd: &mut Command, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: spawn: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: did not finish within {PROCESS_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
 /// Runs `cmd` and returns its stdout; panics with its stderr unless it exits 0.
 fn stdout_of(cmd: &mut Command, what: &str) -> String {
-    let o = output_within(cmd, what);
+    let o = output_within(cmd, what, PROCESS_TIMEOUT);
     assert!(
         o.status.success(),
         "{what} exited with {}; stderr:\n{}",
@@ -93,33 +54,6 @@ fn stdout_of(cmd: &mut Command, what: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).unwrap_or_else(|e| panic!("{what}: stdout is not UTF-8: {e}"))
-}
-
-/// Compiles contrib/c/rr_tail.c into `dir`.
-fn build_c_example(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/c/rr_tail.c");
-    let exe = dir.join("rr_tail");
-    let o = output_within(
-        Command::new("cc")
-            .args([
-                "-std=c11",
-                "-D_DEFAULT_SOURCE",
-                "-O2",
-                "-Wall",
-                "-Werror",
-                "-o",
-            ])
-            .arg(&exe)
-            .arg(&src)
-            .arg("-lm"),
-        "cc rr_tail.c",
-    );
-    assert!(
-        o.status.success(),
-        "cc rr_tail.c failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    exe
 }
 
 fn python_reader() -> PathBuf {

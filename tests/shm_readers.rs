@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::ShmDir;
+use common::{build_c_example, ShmDir};
 use ringrelay::sample::{DecimateSpec, SampleConfig, SampleType};
 use ringrelay::shm::{Publisher, Reader, ShmOptions, StatRow, StatsWriter};
 use std::path::{Path, PathBuf};
@@ -78,25 +78,6 @@ fn normalise(csv: &str) -> Vec<String> {
                 .join(",")
         })
         .collect()
-}
-
-fn build_c(dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/c/rr_tail.c");
-    let exe = dir.join("rr_tail");
-    let (code, _, err) = run(Command::new("cc")
-        .args([
-            "-std=c11",
-            "-D_DEFAULT_SOURCE",
-            "-O2",
-            "-Wall",
-            "-Werror",
-            "-o",
-        ])
-        .arg(&exe)
-        .arg(&src)
-        .arg("-lm"));
-    assert_eq!(code, 0, "cc failed: {err}");
-    Some(exe)
 }
 
 fn python_script() -> PathBuf {
@@ -174,7 +155,7 @@ fn all_readers_agree_with_the_expected_signal() {
         assert_eq!(rows[0], header);
         assert!(rows[1].starts_with(&format!("{},{t0},", ch.start)));
 
-        let c_exe = build_c(t.path()).unwrap();
+        let c_exe = build_c_example(t.path());
         let (code, c_out, err) = run(Command::new(&c_exe).arg(&path));
         assert_eq!(code, 0, "{err}");
         assert_eq!(normalise(&c_out), rows, "C reader disagrees for {name}");
@@ -240,7 +221,7 @@ fn level_selection_and_errors() {
         .arg(t.path().join("junk")));
     assert_eq!(code, 1);
     assert!(err.contains("not a ringrelay region"), "{err}");
-    let c_exe = build_c(t.path()).unwrap();
+    let c_exe = build_c_example(t.path());
     let (code, _, err) = run(Command::new(c_exe).arg(t.path().join("junk")));
     assert_eq!(code, 1);
     assert!(err.contains("not a ringrelay region"), "{err}");

@@ -21,7 +21,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -484,27 +484,40 @@ impl Drop for Relay {
 
 /// Runs `ringrelay ARGS` to completion (with a deadline) and returns (exit code, stdout, stderr).
 pub fn run_to_end(features: Features, args: &[&str], cwd: &Path) -> (Option<i32>, String, String) {
-    let mut child = command(features)
-        .args(args)
-        .current_dir(cwd)
+    let o = output_within(
+        command(features).args(args).current_dir(cwd),
+        &format!("ringrelay {args:?}"),
+        EXIT_TIMEOUT,
+    );
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs `cmd` to completion within `limit` (stdin empty, stdout and stderr collected), killing
+/// it at the deadline and panicking with its stderr.
+pub fn output_within(cmd: &mut Command, what: &str, limit: Duration) -> Output {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn ringrelay");
+        .unwrap_or_else(|e| panic!("{what}: spawn: {e}"));
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
     });
     let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
     });
-    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait().expect("try_wait") {
             break s;
@@ -513,15 +526,46 @@ pub fn run_to_end(features: Features, args: &[&str], cwd: &Path) -> (Option<i32>
             let _ = child.kill();
             let _ = child.wait();
             let e = err_t.join().unwrap_or_default();
-            panic!("ringrelay {args:?} did not finish within {EXIT_TIMEOUT:?}; stderr:\n{e}");
+            panic!(
+                "{what}: did not finish within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&e)
+            );
         }
         thread::sleep(Duration::from_millis(5));
     };
-    (
-        status.code(),
-        out_t.join().unwrap_or_default(),
-        err_t.join().unwrap_or_default(),
-    )
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+/// Compiles the C reader example contrib/c/rr_tail.c into `dir` with warnings as errors.
+pub fn build_c_example(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/c/rr_tail.c");
+    let exe = dir.join("rr_tail");
+    let o = output_within(
+        Command::new("cc")
+            .args([
+                "-std=c11",
+                "-D_DEFAULT_SOURCE",
+                "-O2",
+                "-Wall",
+                "-Werror",
+                "-o",
+            ])
+            .arg(&exe)
+            .arg(&src)
+            .arg("-lm"),
+        "cc rr_tail.c",
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "cc rr_tail.c failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    exe
 }
 
 // ------------------------------------------------------------------------------------------------
