@@ -26,7 +26,8 @@
 //! * (e) TCP 1-to-1 with `buffer_size = 256KiB` next to the default 64KiB (`sqpoll = off`).
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
-//! (smaller volumes, 1 run: for CI). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
+//! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
+//! (a, b, b2, d, d2, e). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
 
 use std::io::{self, Read, Write};
@@ -643,6 +644,13 @@ fn measure(runs: usize, mut f: impl FnMut() -> Result<Sample, String>) -> Result
     })
 }
 
+/// [`print_table`] for a case that ran (`RELAY_BENCH_CASES` can leave one out).
+fn print_table_if(title: &str, rate_h: &str, cpu_h: &str, with_drop: bool, rows: &[Row]) {
+    if !rows.is_empty() {
+        print_table(title, rate_h, cpu_h, with_drop, rows);
+    }
+}
+
 fn print_table(title: &str, rate_h: &str, cpu_h: &str, with_drop: bool, rows: &[Row]) {
     println!("\n{title}");
     let drop_h = if with_drop { "    drop %" } else { "" };
@@ -757,6 +765,10 @@ fn main() {
         (3, 2u64 << 30, 200_000u64, 50_000u64, 400_000u64, 120_000u64)
     };
     let limit = Duration::from_secs(if quick { 20 } else { 120 });
+    let cases: Option<Vec<String>> = std::env::var("RELAY_BENCH_CASES")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let case = |c: &str| cases.as_ref().is_none_or(|v| v.iter().any(|x| x == c));
     let selected = |r: &Relay| {
         only.as_ref()
             .is_none_or(|o| o.iter().any(|p| r.name().starts_with(p.as_str())))
@@ -814,7 +826,7 @@ fn main() {
         Relay::Blocking { .. } => "blocking",
     };
     let mut tcp_rows = Vec::new();
-    for r in &relays {
+    for r in relays.iter().filter(|_| case("a")) {
         let result = match (r, &socat) {
             (Relay::Socat { .. }, Err(e)) => Err(e.clone()),
             _ => measure(runs, || tcp_run(&mut b, r, tcp_bytes, limit)),
@@ -825,7 +837,7 @@ fn main() {
             result,
         });
     }
-    print_table(
+    print_table_if(
         "(a) TCP 1-to-1 bulk",
         "Gbit/s",
         "CPU s/GB",
@@ -846,14 +858,14 @@ fn main() {
         count,
         pace,
     };
-    for r in &udp_relays {
+    for r in udp_relays.iter().filter(|_| case("b")) {
         udp_rows.push(Row {
             name: r.name(),
             kind: kind(r),
             result: measure(runs, || udp_run(&mut b, r, fan_out(udp_count, None), limit)),
         });
     }
-    print_table(
+    print_table_if(
         "(b) UDP 1-to-4 fan-out, 1 KiB datagrams at max rate (socat: no fan-out)",
         "delivered/s",
         "CPU us/dgram",
@@ -861,7 +873,7 @@ fn main() {
         &udp_rows,
     );
     let mut paced_rows = Vec::new();
-    for r in &udp_relays {
+    for r in udp_relays.iter().filter(|_| case("b2")) {
         paced_rows.push(Row {
             name: r.name(),
             kind: kind(r),
@@ -875,7 +887,7 @@ fn main() {
             }),
         });
     }
-    print_table(
+    print_table_if(
         &format!(
             "(b2) the same fan-out paced at {} datagrams/s in (a sustainable load: drops should be 0)",
             UDP_PACED_RATE
@@ -921,8 +933,9 @@ fn main() {
             pace,
         };
         let mut rows = Vec::new();
+        let name = if pace.is_none() { "d" } else { "d2" };
         for (r, k) in [(&plain, "reference"), (&decimating, "ringrelay")] {
-            if !selected(r) {
+            if !selected(r) || !case(name) {
                 continue;
             }
             rows.push(Row {
@@ -951,7 +964,7 @@ fn main() {
         buffer: Some(256 << 10),
         decimate: false,
     };
-    if selected(&big) {
+    if selected(&big) && case("e") {
         // The default-buffer row is (a)'s when it was measured there.
         let reference = tcp_rows
             .iter()
