@@ -27,7 +27,8 @@
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
-//! (a, b, b2, d, d2, e). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
+//! (a, b, b2, d, d2, e); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
+//! exit). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
 
 use std::io::{self, Read, Write};
@@ -162,8 +163,9 @@ impl Bench {
                     Wiring::Udp { channels } => {
                         for (i, (input, outputs)) in channels.iter().enumerate() {
                             conf += &format!("\n[channel ch{i}]\ninput = udp://{input}\n{extra}");
+                            let opts = std::env::var("RELAY_BENCH_UDP_OUTPUT").unwrap_or_default();
                             for o in outputs {
-                                conf += &format!("output = udp://{o}\n");
+                                conf += &format!("output = udp://{o} {opts}\n");
                             }
                         }
                     }
@@ -171,7 +173,9 @@ impl Bench {
                 std::fs::write(&path, conf)?;
                 let mut c = Command::new(&self.ringrelay);
                 c.arg("run").arg("-c").arg(&path);
-                c.arg("--log-level").arg("warn");
+                let verbose = std::env::var_os("RELAY_BENCH_VERBOSE").is_some();
+                c.arg("--log-level")
+                    .arg(if verbose { "info" } else { "warn" });
                 c
             }
             Relay::Socat { buf } => {
@@ -243,6 +247,10 @@ fn reap(mut child: Child) -> (f64, String) {
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
+    }
+    if std::env::var_os("RELAY_BENCH_VERBOSE").is_some() {
+        // The relay's own log (its counters at exit), for finding where drops happen.
+        eprint!("{err}");
     }
     (cpu_children() - before, err)
 }

@@ -73,6 +73,10 @@ pub struct Endpoint {
     pub write_ops: u32,
     /// The iovec array of this endpoint's gathered writes.
     pub iov: crate::ring::Iovecs,
+    /// The message of this endpoint's segmented UDP sends (made on first use).
+    pub gso: Option<crate::ring::GsoMsg>,
+    /// Datagrams carried by the segmented send in flight (0: none is).
+    pub gso_batch: u32,
     /// An accept is armed.
     pub accepting: bool,
     /// A hang-up watch (POLLRDHUP) is armed.
@@ -97,6 +101,8 @@ impl Endpoint {
             writing: Vec::new(),
             write_ops: 0,
             iov: crate::ring::Iovecs::default(),
+            gso: None,
+            gso_batch: 0,
             accepting: false,
             watching: false,
             detached: false,
@@ -137,6 +143,9 @@ pub struct Output {
     pub stats: OutputStats,
     /// A send to this output was refused with a fault worth one log line.
     pub connected_once: bool,
+    /// Runs of equal-sized datagrams leave in one segmented send (udp outputs; cleared for
+    /// good when the kernel or the route refuses segmentation).
+    pub gso: bool,
 }
 
 impl Output {
@@ -189,6 +198,9 @@ pub struct Channel {
     /// Scratch lists of one delivery (outputs to kick, to disconnect), kept so that the hot
     /// path allocates nothing.
     pub to_kick: Vec<u16>,
+    /// Datagram outputs with new datagrams queued in this batch of completions: kicked once
+    /// the whole batch is delivered, so that one segmented send carries all of them.
+    pub batch_kicks: Vec<u16>,
     pub to_disconnect: Vec<u16>,
 }
 
@@ -287,6 +299,7 @@ impl Channel {
                 file,
                 stats: OutputStats::default(),
                 connected_once: false,
+                gso: oc.endpoint.scheme == Scheme::Udp && oc.endpoint.opts.gso != Some(false),
             });
         }
         Ok(Channel {
@@ -304,6 +317,7 @@ impl Channel {
             blocked: false,
             draining: false,
             to_kick: Vec::new(),
+            batch_kicks: Vec::new(),
             to_disconnect: Vec::new(),
             drain_deadline: None,
             stats: InputStats::default(),

@@ -21,6 +21,41 @@ pub struct Chunk {
     pub len: u32,
 }
 
+/// How many datagrams at the front of `chunks` can leave in one segmented UDP send, and their
+/// segment size: a run of datagrams of equal size, where only the last may be shorter (the
+/// kernel cuts a segmented send into `seg`-byte datagrams and a shorter tail), of at most
+/// `max_segs` datagrams and `max_bytes` bytes. A run of one means "send it alone"; `(0, 0)`
+/// for no chunks. Datagrams of more than `u16::MAX` bytes are never segmented.
+pub fn segment_run(
+    chunks: impl Iterator<Item = Chunk>,
+    max_segs: usize,
+    max_bytes: u32,
+) -> (usize, u32) {
+    let mut seg = 0u32;
+    let mut n = 0usize;
+    let mut total = 0u32;
+    for c in chunks.take(max_segs) {
+        if n == 0 {
+            seg = c.len;
+            n = 1;
+            total = c.len;
+            if c.len == 0 || c.len > u32::from(u16::MAX) {
+                break;
+            }
+            continue;
+        }
+        if c.len > seg || c.len == 0 || total + c.len > max_bytes {
+            break;
+        }
+        n += 1;
+        total += c.len;
+        if c.len < seg {
+            break;
+        }
+    }
+    (n, seg)
+}
+
 /// What `offer` did with a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
@@ -194,6 +229,79 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dgrams(lens: &[u32]) -> Vec<Chunk> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| Chunk {
+                buf: i as u16,
+                off: 4,
+                len,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segment_runs() {
+        let run = |l: &[u32]| segment_run(dgrams(l).into_iter(), 64, 65_000);
+        assert_eq!(run(&[]), (0, 0));
+        assert_eq!(run(&[100]), (1, 100));
+        assert_eq!(run(&[100, 100, 100]), (3, 100));
+        // A shorter datagram ends the run and belongs to it; a longer one starts the next.
+        assert_eq!(run(&[100, 100, 60, 100]), (3, 100));
+        assert_eq!(run(&[100, 200, 200]), (1, 100));
+        assert_eq!(run(&[60, 100]), (1, 60));
+        // Limits: segment count and bytes.
+        assert_eq!(
+            segment_run(dgrams(&[10; 100]).into_iter(), 64, 65_000),
+            (64, 10)
+        );
+        assert_eq!(
+            segment_run(dgrams(&[1000; 100]).into_iter(), 64, 65_000),
+            (64, 1000)
+        );
+        assert_eq!(
+            segment_run(dgrams(&[30_000; 3]).into_iter(), 64, 65_000),
+            (2, 30_000)
+        );
+        // Empty datagrams and ones too big for a u16 segment size go alone.
+        assert_eq!(run(&[0, 0]), (1, 0));
+        assert_eq!(run(&[100, 0]), (1, 100));
+        assert_eq!(
+            segment_run(dgrams(&[70_000, 70_000]).into_iter(), 64, 200_000),
+            (1, 70_000)
+        );
+    }
+
+    proptest::proptest! {
+        /// Cutting a queue into runs and re-cutting each run the way the kernel does gives
+        /// back exactly the queued datagrams: boundaries are never moved.
+        #[test]
+        fn segment_runs_keep_boundaries(lens in proptest::collection::vec(
+            proptest::prop_oneof![0u32..4, 1000u32..1003, 60_000u32..70_000], 0..200)) {
+            let q = dgrams(&lens);
+            let mut i = 0;
+            let mut out = Vec::new();
+            while i < q.len() {
+                let (n, seg) = segment_run(q[i..].iter().copied(), 64, 65_000);
+                proptest::prop_assert!((1..=64).contains(&n));
+                let total: u32 = q[i..i + n].iter().map(|c| c.len).sum();
+                if n > 1 {
+                    proptest::prop_assert!(total <= 65_000 && seg <= u32::from(u16::MAX));
+                    // The kernel's cut: seg-byte datagrams and a shorter tail.
+                    let mut left = total;
+                    while left > 0 {
+                        out.push(left.min(seg));
+                        left -= left.min(seg);
+                    }
+                } else {
+                    out.push(q[i].len);
+                }
+                i += n;
+            }
+            proptest::prop_assert_eq!(out, lens);
+        }
+    }
     use proptest::prelude::*;
 
     fn c(buf: u16, len: u32) -> Chunk {

@@ -10,10 +10,11 @@
 //! the `Ring` and whose buffers the caller has put in the `Kernel` state (reads) or holds a
 //! reference to until the completion (writes), (b) storage boxed inside the `Ring` itself
 //! (the timer's timespec and the signal pipe's read buffer), allocated once and never moved or
-//! freed while the ring lives, or (c) an endpoint's boxed [`Iovecs`] (gathered writes), which
-//! the daemon frees only with its endpoint, once that endpoint's in-flight count is zero, and
-//! does not refill while a gathered write of that endpoint is in flight. File descriptors are kept open by their owners until every
-//! operation on them has completed (the daemon counts in-flight operations per endpoint). On
+//! freed while the ring lives, or (c) an endpoint's boxed [`Iovecs`] (gathered writes) or
+//! [`GsoMsg`] (segmented UDP sends: msghdr, control message and iovecs), which the daemon frees
+//! only with its endpoint, once that endpoint's in-flight count is zero, and does not refill
+//! while a write of that endpoint is in flight. File descriptors are kept open by their owners
+//! until every operation on them has completed (the daemon counts in-flight operations per endpoint). On
 //! drop, the ring cancels what is still in flight and waits for those completions, and if any
 //! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
 
@@ -88,6 +89,9 @@ pub enum Sqe {
     },
     /// Gathered write of several chunks described by `iov`, an array owned by the endpoint.
     Writev { fd: RawFd, iov: IovArray, n: u32 },
+    /// One segmented UDP send (UDP_SEGMENT): the datagrams of a [`GsoMsg`] the endpoint owns,
+    /// filled with [`GsoMsg::fill`]; the kernel splits it back into those datagrams.
+    SendGso { fd: RawFd, msg: MsgPtr },
     /// Accept a connection (multishot where the kernel has it and the caller asks).
     Accept { fd: RawFd, multishot: bool },
     /// Wait until `fd` is writable (a non-blocking connect finished).
@@ -146,6 +150,100 @@ impl Iovecs {
             n += 1;
         }
         (IovArray(self.0.as_mut_ptr()), n)
+    }
+}
+
+/// Most datagrams one segmented send carries: the kernel's UDP_MAX_SEGMENTS (64 up to Linux
+/// 6.8; later kernels take more, but 64 already makes the per-send cost negligible).
+pub const GSO_SEGMENTS: usize = 64;
+
+/// Most payload bytes one segmented send carries: an IPv6 packet's 16-bit payload length less
+/// the UDP header, with room to spare (IPv4 allows a little more).
+pub const GSO_BYTES: u32 = 65_000;
+
+/// The message of one endpoint's segmented UDP sends: a `msghdr`, its UDP_SEGMENT control
+/// message and the iovec array it points to. Boxed, so that the addresses the kernel is given
+/// stay put while the endpoint moves; like [`Iovecs`], the endpoint (and so the box) lives until
+/// every operation of the endpoint has completed, and the daemon refills it only when no send
+/// of the endpoint is in flight.
+pub struct GsoMsg(Box<GsoInner>);
+
+struct GsoInner {
+    hdr: libc::msghdr,
+    /// Control buffer: one cmsghdr with a u16, aligned for cmsghdr on every architecture.
+    ctrl: [u64; 4],
+    iov: [libc::iovec; GSO_SEGMENTS],
+}
+
+/// A handle on an endpoint's [`GsoMsg`] for one submission.
+#[derive(Clone, Copy, Debug)]
+pub struct MsgPtr(*const libc::msghdr);
+
+impl Default for GsoMsg {
+    fn default() -> Self {
+        GsoMsg(Box::new(GsoInner {
+            // SAFETY: msghdr is a plain C struct (pointers, lengths, flags, and private padding
+            // on some libcs) for which all-zero bytes are a valid value.
+            hdr: unsafe { std::mem::zeroed() },
+            ctrl: [0; 4],
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; GSO_SEGMENTS],
+        }))
+    }
+}
+
+impl std::fmt::Debug for GsoMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GsoMsg")
+    }
+}
+
+impl GsoMsg {
+    /// Describes `chunks` (at most [`GSO_SEGMENTS`]) as one send cut into datagrams of `seg`
+    /// bytes: every chunk but the last must be exactly `seg` bytes, the last at most `seg`
+    /// (the daemon forms such runs; this is checked, as a wrong run would re-cut datagrams).
+    pub fn fill(
+        &mut self,
+        ring: &mut Ring,
+        chunks: impl Iterator<Item = Chunk>,
+        seg: u16,
+    ) -> MsgPtr {
+        let m = &mut *self.0;
+        let mut n = 0;
+        let mut last_short = false;
+        for (slot, c) in m.iov.iter_mut().zip(chunks) {
+            assert!(
+                !last_short && c.len <= u32::from(seg),
+                "segmented send: datagram sizes do not form a run"
+            );
+            last_short = c.len < u32::from(seg);
+            slot.iov_base = ring.pool.addr(c.buf, c.off).cast();
+            slot.iov_len = c.len as usize;
+            n += 1;
+        }
+        m.hdr.msg_name = std::ptr::null_mut();
+        m.hdr.msg_namelen = 0;
+        m.hdr.msg_iov = m.iov.as_mut_ptr();
+        m.hdr.msg_iovlen = n as _;
+        m.hdr.msg_flags = 0;
+        m.ctrl = [0; 4];
+        m.hdr.msg_control = m.ctrl.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic. CMSG_FIRSTHDR reads only the msghdr
+        // fields set above and returns a pointer into `ctrl`, which is 32 bytes and 8-aligned:
+        // enough for one cmsghdr (16 bytes on 64-bit, 12 on 32-bit) plus a u16 padded to
+        // alignment (CMSG_SPACE(2) is 24 or 16). CMSG_DATA points just past that header, so the
+        // u16 write stays inside `ctrl` (unaligned write, as cmsg data may be).
+        unsafe {
+            m.hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+            let c = libc::CMSG_FIRSTHDR(&m.hdr);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+        }
+        MsgPtr(&m.hdr)
     }
 }
 
@@ -575,6 +673,7 @@ impl Ring {
                 }
             }
             Sqe::Writev { fd, iov, n } => opcode::Writev::new(types::Fd(fd), iov.0, n).build(),
+            Sqe::SendGso { fd, msg } => opcode::SendMsg::new(types::Fd(fd), msg.0).build(),
             Sqe::Accept { fd, multishot } => {
                 if multishot && self.caps.multishot_accept {
                     opcode::AcceptMulti::new(types::Fd(fd))

@@ -189,6 +189,9 @@ pub struct Options {
     pub keep: Option<u32>,
     /// Multicast TTL / unicast hop limit for udp outputs.
     pub ttl: Option<u32>,
+    /// UDP segmentation offload for udp outputs: runs of equal-sized datagrams leave in one
+    /// send (default on; `gso=off` sends one datagram per send).
+    pub gso: Option<bool>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -297,6 +300,13 @@ impl Endpoint {
                         }
                     })
                 }
+                "gso" => {
+                    opts.gso = Some(match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad(format!("'{v}' is not one of on, off"))),
+                    })
+                }
                 "on_fin" => {
                     opts.on_fin = Some(match v {
                         "redial" => OnFin::Redial,
@@ -354,7 +364,7 @@ impl Endpoint {
             (Role::Input, Scheme::TcpListen) => allowed.extend(["allow", "rcvbuf"]),
             (Role::Input, _) => allowed.extend(["rcvbuf"]),
             (Role::Output, Scheme::Udp) => {
-                allowed.extend(["ttl", "iface", "sndbuf", "on_slow", "max_backlog"])
+                allowed.extend(["ttl", "iface", "sndbuf", "on_slow", "max_backlog", "gso"])
             }
             (Role::Output, Scheme::TcpListen | Scheme::UnixListen) => {
                 allowed.extend(["max_clients", "allow", "max_backlog", "on_slow", "sndbuf"])
@@ -367,7 +377,7 @@ impl Endpoint {
         if sc == Scheme::UnixListen {
             allowed.retain(|k| *k != "allow");
         }
-        let set: [(&str, bool); 12] = [
+        let set: [(&str, bool); 13] = [
             ("group", o.group.is_some()),
             ("iface", o.iface.is_some()),
             ("rcvbuf", o.rcvbuf.is_some()),
@@ -380,6 +390,7 @@ impl Endpoint {
             ("rotate", o.rotate.is_some()),
             ("keep", o.keep.is_some()),
             ("ttl", o.ttl.is_some()),
+            ("gso", o.gso.is_some()),
         ];
         for (k, present) in set {
             if present && !allowed.contains(&k) {
@@ -469,6 +480,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(n) = o.ttl {
             write!(f, " ttl={n}")?;
+        }
+        if let Some(g) = o.gso {
+            write!(f, " gso={}", if g { "on" } else { "off" })?;
         }
         Ok(())
     }

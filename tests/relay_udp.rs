@@ -25,6 +25,7 @@ in_both_feature_sets!(
     udp_multicast_in_and_out,
     udp_ipv6,
     udp_oversize_datagrams_are_dropped,
+    udp_segmented_sends_keep_boundaries,
 );
 
 /// One UDP input, four UDP outputs: each output gets every datagram, in order, unchanged,
@@ -293,6 +294,61 @@ fn udp_oversize_datagrams_are_dropped(features: Features) {
         let got = s.datagrams();
         assert_same_datagrams(s.name(), &got[..got.len() - 1], &normal);
         assert_eq!(got.last().unwrap(), b"LAST!", "{}: last datagram", s.name());
+    }
+    relay.stop();
+}
+
+/// Runs of equal-sized datagrams, each run ending in a shorter one now and then: what a
+/// segmented send (UDP_SEGMENT) batches. Every datagram must come out with its own boundary,
+/// on outputs with segmentation (the default) and without (`gso=off`).
+fn udp_segmented_sends_keep_boundaries(features: Features) {
+    let dir = TempDir::new("udp-gso");
+    let sinks: Vec<DatagramSink> = (0..3)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let mut conf = dir.global_section();
+        conf.push_str(&format!("[channel runs]\ninput = udp://{input}\n"));
+        conf.push_str(&format!("output = udp://{}\n", sinks[0].addr));
+        conf.push_str(&format!("output = udp://{} gso=on\n", sinks[1].addr));
+        conf.push_str(&format!("output = udp://{} gso=off\n", sinks[2].addr));
+        (conf, input)
+    });
+    let mut dgrams = Vec::new();
+    let sizes = pattern(7, 400);
+    let mut k = 0;
+    while dgrams.len() < 3000 {
+        // A run of 1..=40 datagrams of one size in 8..=1400, then maybe a shorter tail.
+        let run = 1 + usize::from(sizes[k % 400]) % 40;
+        let size = 8 + (usize::from(sizes[(k + 1) % 400]) * 7) % 1393;
+        k += 2;
+        for _ in 0..run {
+            dgrams.push(size);
+        }
+        if k % 3 == 0 {
+            dgrams.push(4 + size / 2);
+        }
+    }
+    let dgrams: Vec<Vec<u8>> = dgrams
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let mut d = pattern(i as u64, len);
+            d[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            d
+        })
+        .collect();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_windowed(
+        &tx,
+        input,
+        &dgrams,
+        || sinks.iter().map(|s| s.count()).min().unwrap(),
+        "udp segmented runs",
+    );
+    for s in &sinks {
+        assert_same_datagrams(s.name(), &s.datagrams(), &dgrams);
     }
     relay.stop();
 }
