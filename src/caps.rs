@@ -162,11 +162,15 @@ impl fmt::Display for Caps {
         )?;
         writeln!(
             f,
-            "  stream receive    one read in flight per input, into a pool buffer"
+            "  stream receive    one read in flight per input, scattered into up to 16 pool buffers"
         )?;
         writeln!(
             f,
             "  output            one write in flight per output, short writes resubmitted"
+        )?;
+        writeln!(
+            f,
+            "  udp output        runs of equal-sized datagrams in one segmented send (UDP_SEGMENT)"
         )?;
         writeln!(
             f,

@@ -328,6 +328,10 @@ fn build(
             b.setup_sqpoll_cpu(cpu);
         }
     } else if modern_flags {
+        // Not DEFER_TASKRUN (6.1+): it runs completion work only when the loop waits, and a
+        // linked chain of UDP receives then advances one step per wait. Measured on the relay
+        // bench's UDP fan-out: delivered x0.48 of the blocking relay with 90% drops, against
+        // x1.79 and 51% without it; TCP 1-to-1 showed no gain within the noise.
         b.setup_coop_taskrun().setup_taskrun_flag();
     }
     b.build(opts.entries)
