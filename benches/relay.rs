@@ -27,7 +27,7 @@
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
-//! (a, b, b2, d, d2, e); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
+//! (a, b, b2, b3, d, d2, e); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
 //! exit). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
 
@@ -51,6 +51,8 @@ const DATAGRAM: usize = 1024;
 const RCVBUF: usize = 4 << 20;
 /// Input rate of the paced UDP case, datagrams per second.
 const UDP_PACED_RATE: f64 = 25_000.0;
+/// Input rates of case (b3), datagrams/s.
+const UDP_SWEEP_RATES: &[f64] = &[50_000.0, 100_000.0, 150_000.0, 200_000.0];
 /// Input rate of the paced decimation case, datagrams per second over both channels.
 const DECIMATE_PACED_RATE: f64 = 40_000.0;
 /// Channels of the decimation case, and what its decimating channels run. Every datagram of
@@ -905,6 +907,51 @@ fn main() {
         true,
         &paced_rows,
     );
+    // (b3) The same fan-out paced at rising rates: where each relay starts to lose datagrams.
+    // At max rate (b) the sender takes whatever CPU the relay leaves it, so drop % there
+    // mostly says how much the relay slows the sender down; a paced sweep says how much load
+    // a relay carries without loss.
+    let mut sweep_rows: Vec<(f64, Vec<Row>)> = Vec::new();
+    if case("b3") {
+        for &rate in UDP_SWEEP_RATES {
+            let count = (rate * if quick { 0.5 } else { 1.0 }) as u64;
+            let mut rows = Vec::new();
+            for r in &udp_relays {
+                rows.push(Row {
+                    name: r.name(),
+                    kind: kind(r),
+                    result: measure(runs, || {
+                        udp_run(&mut b, r, fan_out(count, Some(rate)), limit)
+                    }),
+                });
+            }
+            sweep_rows.push((rate, rows));
+        }
+        println!("\n(b3) the same fan-out paced at rising rates in (1 s of load each): drop %");
+        print!("  {:<32}", "relay");
+        for (rate, _) in &sweep_rows {
+            print!(" {:>9}", format!("{}k/s", rate / 1000.0));
+        }
+        println!();
+        for (i, r) in udp_relays.iter().enumerate() {
+            print!("  {:<32}", r.name());
+            for (_, rows) in &sweep_rows {
+                match &rows[i].result {
+                    Ok(s) => print!(" {:>9.2}", s.drop),
+                    Err(_) => print!(" {:>9}", "-"),
+                }
+            }
+            println!();
+        }
+        print!("  {:<32}", "  CPU us/dgram (first relay)");
+        for (_, rows) in &sweep_rows {
+            match &rows[0].result {
+                Ok(s) => print!(" {:>9.3}", s.cpu),
+                Err(_) => print!(" {:>9}", "-"),
+            }
+        }
+        println!();
+    }
     println!(
         "\n(c) sqpoll: compare the ringrelay sqpoll=on and sqpoll=off rows above; on a 2-core box \
          the SQPOLL thread competes with the load generator."
@@ -1007,6 +1054,7 @@ fn main() {
     }
     let failed = tcp_rows
         .iter()
+        .chain(sweep_rows.iter().flat_map(|(_, r)| r))
         .chain(&udp_rows)
         .chain(&paced_rows)
         .chain(&dec_rows)
