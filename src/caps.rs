@@ -39,6 +39,8 @@ pub struct Caps {
     pub cq_entries: u32,
     /// RLIMIT_MEMLOCK soft limit in bytes (None: unlimited).
     pub memlock: Option<u64>,
+    /// Channels that splice (set by the daemon once they are activated; 0 for `probe`).
+    pub splice_channels: usize,
 }
 
 impl Caps {
@@ -54,12 +56,17 @@ impl Caps {
     /// One line for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}{}",
+            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}, splice {}{}",
             self.kernel,
             self.machine,
             on_off(self.sqpoll),
             on_off(self.registered_buffers),
             on_off(self.multishot_accept),
+            match (self.has_op("SPLICE"), self.splice_channels) {
+                (false, _) => "unavailable".to_string(),
+                (true, 0) => "off".to_string(),
+                (true, n) => format!("on ({n} channel{})", if n == 1 { "" } else { "s" }),
+            },
             if self.baseline {
                 " (baseline feature set forced)"
             } else {
@@ -172,6 +179,19 @@ impl fmt::Display for Caps {
             f,
             "  connect           non-blocking connect + POLL_ADD(POLLOUT)"
         )?;
+        let splice = if !self.has_op("SPLICE") {
+            "unavailable (no IORING_OP_SPLICE): every channel uses pool buffers".to_string()
+        } else {
+            format!(
+                "SPLICE socket -> pipe -> socket on 1-to-1 stream channels with splice = on{}",
+                if crate::splice::AUTO_SPLICES {
+                    " or auto"
+                } else {
+                    " (auto: off, the buffer path measured faster)"
+                }
+            )
+        };
+        writeln!(f, "  stream splice     {splice}")?;
         match self.memlock {
             Some(m) => writeln!(f, "memlock limit     {}", crate::units::format_size(m))?,
             None => writeln!(f, "memlock limit     unlimited")?,

@@ -73,6 +73,8 @@ pub struct Endpoint {
     pub write_ops: u32,
     /// The iovec array of this endpoint's gathered writes.
     pub iov: crate::ring::Iovecs,
+    /// A splice (in for the input, out for the link) of this endpoint is in flight.
+    pub splicing: bool,
     /// An accept is armed.
     pub accepting: bool,
     /// A hang-up watch (POLLRDHUP) is armed.
@@ -97,6 +99,7 @@ impl Endpoint {
             writing: Vec::new(),
             write_ops: 0,
             iov: crate::ring::Iovecs::default(),
+            splicing: false,
             accepting: false,
             watching: false,
             detached: false,
@@ -159,6 +162,17 @@ impl Output {
     }
 }
 
+/// The pipe of a splicing channel and its fill accounting. It belongs to the channel, not to
+/// an endpoint: bytes in it survive a producer's reconnect and an output's redial. Every
+/// splice on it is counted in the in-flight count of its socket's endpoint, and the channel
+/// (so the pipe) goes only once every endpoint is freed, so the pipe is never closed under a
+/// splice.
+#[derive(Debug)]
+pub struct SplicePipe {
+    pub pipe: net::Pipe,
+    pub fill: crate::splice::PipeFill,
+}
+
 /// Everything about one channel.
 pub struct Channel {
     pub cfg: ChannelConfig,
@@ -184,6 +198,8 @@ pub struct Channel {
     pub drain_deadline: Option<Instant>,
     pub stats: InputStats,
     pub publisher: Option<crate::shm::Publisher>,
+    /// The pipe, when this channel splices instead of reading into the pool.
+    pub splice: Option<SplicePipe>,
     /// Per-output pending fds bound at start (listeners, udp sockets, files).
     pub pending_out: Vec<Option<OwnedFd>>,
     /// Scratch lists of one delivery (outputs to kick, to disconnect), kept so that the hot
@@ -308,6 +324,7 @@ impl Channel {
             drain_deadline: None,
             stats: InputStats::default(),
             publisher: None,
+            splice: None,
             pending_out,
         })
     }
@@ -377,7 +394,10 @@ impl Channel {
 
     /// Whether every output's queue is empty and no write is in flight.
     pub fn drained(&self) -> bool {
-        self.outputs.iter().all(|o| o.queue.is_empty())
+        self.splice
+            .as_ref()
+            .is_none_or(|s| s.fill.is_empty() && s.fill.idle())
+            && self.outputs.iter().all(|o| o.queue.is_empty())
             && self
                 .slots
                 .iter()
@@ -387,7 +407,8 @@ impl Channel {
 
     /// Payload bytes still queued for the outputs (links and subscribers).
     pub fn queued_bytes(&self) -> u64 {
-        let links: u64 = self.outputs.iter().map(|o| o.queue.backlog()).sum();
+        let links: u64 = self.outputs.iter().map(|o| o.queue.backlog()).sum::<u64>()
+            + self.splice.as_ref().map_or(0, |s| u64::from(s.fill.fill()));
         let subscribers: u64 = self
             .slots
             .iter()
@@ -396,6 +417,12 @@ impl Channel {
             .map(|q| q.backlog())
             .sum();
         links + subscribers
+    }
+
+    /// Whether link output `oi` still has bytes to send: its queue, or the pipe it drains.
+    pub fn output_pending(&self, oi: usize) -> bool {
+        !self.outputs[oi].queue.is_empty()
+            || self.splice.as_ref().is_some_and(|s| !s.fill.is_empty())
     }
 
     /// Whether every block output is back under half its limit.

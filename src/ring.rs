@@ -12,7 +12,8 @@
 //! (the timer's timespec and the signal pipe's read buffer), allocated once and never moved or
 //! freed while the ring lives, or (c) an endpoint's boxed [`Iovecs`] (gathered writes), which
 //! the daemon frees only with its endpoint, once that endpoint's in-flight count is zero, and
-//! does not refill while a gathered write of that endpoint is in flight. File descriptors are kept open by their owners until every
+//! does not refill while a gathered write of that endpoint is in flight. A splice
+//! ([`Sqe::Splice`]) carries no pointer: only two descriptors and a length. File descriptors are kept open by their owners until every
 //! operation on them has completed (the daemon counts in-flight operations per endpoint). On
 //! drop, the ring cancels what is still in flight and waits for those completions, and if any
 //! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
@@ -100,6 +101,14 @@ pub enum Sqe {
     ReadSignal { fd: RawFd },
     /// Cancel the operation tagged `user_data`.
     Cancel { user_data: u64 },
+    /// Move up to `len` bytes from `fd_in` to `fd_out`, one of them a pipe (IORING_OP_SPLICE,
+    /// no offsets). It carries no pointer at all: only descriptors, which their owners keep
+    /// open until its completion.
+    Splice {
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+    },
 }
 
 /// Most chunks one gathered write sends.
@@ -504,6 +513,16 @@ impl Ring {
         &mut self.pool
     }
 
+    /// Caps the ring's unbounded io-wq workers (those that run socket splices) at `n` per NUMA
+    /// node (IORING_REGISTER_IOWQ_MAX_WORKERS, Linux 5.15+). A blocking splice holds its
+    /// worker until its socket is ready, so the cap must leave one worker for every splice
+    /// that may be in flight at once, or one blocked splice starves another.
+    pub fn cap_unbounded_workers(&mut self, n: u32) -> io::Result<()> {
+        // 0 leaves the bounded (file I/O) limit as it is.
+        let mut max = [0, n];
+        self.uring.submitter().register_iowq_max_workers(&mut max)
+    }
+
     /// Submissions whose completion has not arrived yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -597,6 +616,11 @@ impl Ring {
                 opcode::Read::new(types::Fd(fd), self.sigbuf.as_mut_ptr(), 64).build()
             }
             Sqe::Cancel { user_data } => opcode::AsyncCancel::new(user_data).build(),
+            Sqe::Splice { fd_in, fd_out, len } => {
+                opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+                    .flags(libc::SPLICE_F_MOVE)
+                    .build()
+            }
         };
         e.user_data(ud)
     }
