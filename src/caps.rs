@@ -185,7 +185,7 @@ impl fmt::Display for Caps {
             format!(
                 "SPLICE socket -> pipe -> socket on 1-to-1 stream channels with splice = on{}",
                 if crate::splice::AUTO_SPLICES {
-                    " or auto"
+                    " or auto (the default)"
                 } else {
                     " (auto: off, the buffer path measured faster)"
                 }
