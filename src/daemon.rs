@@ -320,6 +320,8 @@ impl Daemon {
                         ch.splice = Some(crate::channel::SplicePipe {
                             fill: crate::splice::PipeFill::new(p.cap),
                             pipe: p,
+                            nonblocking: !std::env::var("RINGRELAY_SPLICE_BLOCKING")
+                                .is_ok_and(|v| v == "1"),
                         });
                     }
                     Err(e) if mode == config::SpliceMode::On => {
@@ -1670,11 +1672,85 @@ fn splice_out(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     );
 }
 
+/// What [`splice_wait`] made of a completion.
+enum Wait {
+    /// Not a wait: a splice's own result.
+    No,
+    /// Handled: a wait armed, or a wait over and the splice submitted again.
+    Handled,
+    /// A wait of a closing endpoint ended: the splice is over, having moved nothing.
+    Ended,
+}
+
+/// Non-blocking splice sockets: a splice that found its socket not ready (-EAGAIN) waits in a
+/// POLL_ADD (POLLIN for the input, POLLOUT for the link) under the same token, and is submitted
+/// again with the pipe's current room or fill when the wait ends. The splice counts as in
+/// flight all along (one in-flight operation, the pipe's `filling`/`draining` held).
+fn splice_wait(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32, out: bool) -> Wait {
+    let Channel { splice, slots, .. } = ch;
+    let Some(sp) = splice.as_mut() else {
+        return Wait::No;
+    };
+    let Some(ep) = slots
+        .get_mut(tok.ep as usize)
+        .and_then(|e| e.as_mut())
+        .filter(|e| e.gen == tok.gen)
+    else {
+        return Wait::No;
+    };
+    let closing = ep.link == Link::Closing;
+    let fd = ep.raw_fd();
+    let pipe_fd = if out {
+        sp.pipe.read.as_raw_fd()
+    } else {
+        sp.pipe.write.as_raw_fd()
+    };
+    if ep.splice_poll {
+        ep.splice_poll = false;
+        if closing {
+            return Wait::Ended;
+        }
+        let sqe = if out {
+            Sqe::Splice {
+                fd_in: pipe_fd,
+                fd_out: fd,
+                len: sp.fill.retry_out(),
+            }
+        } else {
+            Sqe::Splice {
+                fd_in: fd,
+                fd_out: pipe_fd,
+                len: sp.fill.retry_in(),
+            }
+        };
+        ring.push(sqe, tok);
+        return Wait::Handled;
+    }
+    if res != -libc::EAGAIN || closing {
+        return Wait::No;
+    }
+    ep.splice_poll = true;
+    ring.push(
+        if out {
+            Sqe::PollOut { fd }
+        } else {
+            Sqe::PollIn { fd }
+        },
+        tok,
+    );
+    Wait::Handled
+}
+
 /// A splice-in completed. Whatever it moved is in the pipe and counts, even when the input
 /// is closing; a FIN (0) or an error ends this producer exactly as on the buffer path, and the
 /// pipe's bytes still go out.
 fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
+    let res = match splice_wait(ring, ch, tok, res, false) {
+        Wait::Handled => return,
+        Wait::Ended => -libc::ECANCELED,
+        Wait::No => res,
+    };
     let Some(sp) = ch.splice.as_mut() else {
         return;
     };
@@ -1721,6 +1797,11 @@ fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
 /// connection.
 fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
+    let res = match splice_wait(ring, ch, tok, res, true) {
+        Wait::Handled => return,
+        Wait::Ended => -libc::ECANCELED,
+        Wait::No => res,
+    };
     let Some(sp) = ch.splice.as_mut() else {
         return;
     };
@@ -1767,6 +1848,15 @@ fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     post_reads(ring, ch, ci);
     if let Some(l) = ch.outputs[out].link {
         splice_out(ring, ch, ci, l);
+    }
+}
+
+/// Makes a splicing channel's socket non-blocking when the channel splices that way.
+fn splice_socket(ch: &Channel, fd: RawFd) {
+    if ch.splice.as_ref().is_some_and(|s| s.nonblocking) {
+        if let Err(e) = net::set_nonblocking(fd, true) {
+            warn!("channel {}: O_NONBLOCK: {e}", ch.name());
+        }
     }
 }
 
@@ -2032,6 +2122,7 @@ fn accepted(
                 ch.stats.reconnects += 1;
             }
             ch.input_faulted = true;
+            splice_socket(ch, fd.as_raw_fd());
             let mut ep = Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up);
             ep.peer = peer.clone();
             let slot = ch.insert(ep);
@@ -2108,6 +2199,8 @@ fn connected(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16, result: std:
     match result {
         Ok(()) => {
             ep.link = Link::Up;
+            let fd = ep.raw_fd();
+            splice_socket(ch, fd);
             match role {
                 Role::Input => {
                     ch.input_backoff.reset();

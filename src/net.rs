@@ -329,6 +329,12 @@ pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
 
+/// Sets or clears O_NONBLOCK on a socket.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    s.set_nonblocking(on)
+}
+
 /// A splicing channel's pipe: both ends, close-on-exec, and what it holds.
 #[derive(Debug)]
 pub struct Pipe {

@@ -91,8 +91,10 @@ pub enum Sqe {
     Writev { fd: RawFd, iov: IovArray, n: u32 },
     /// Accept a connection (multishot where the kernel has it and the caller asks).
     Accept { fd: RawFd, multishot: bool },
-    /// Wait until `fd` is writable (a non-blocking connect finished).
+    /// Wait until `fd` is writable (a non-blocking connect finished, or a splice may go on).
     PollOut { fd: RawFd },
+    /// Wait until `fd` is readable (a splice from a non-blocking socket may go on).
+    PollIn { fd: RawFd },
     /// Wait until the peer of `fd` hangs up or half-closes.
     PollHangup { fd: RawFd },
     /// The periodic timer (100 ms).
@@ -610,6 +612,9 @@ impl Ring {
             }
             Sqe::PollOut { fd } => {
                 opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()
+            }
+            Sqe::PollIn { fd } => {
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()
             }
             Sqe::Tick => opcode::Timeout::new(&*self.tick as *const types::Timespec).build(),
             Sqe::ReadSignal { fd } => {

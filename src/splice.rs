@@ -162,6 +162,19 @@ impl PipeFill {
         (!self.draining && self.fill > 0).then_some(self.fill)
     }
 
+    /// The length to submit again for the splice-in in flight after it found its socket not
+    /// ready (-EAGAIN on a non-blocking socket): the room now.
+    pub fn retry_in(&self) -> u32 {
+        assert!(self.filling, "no splice-in to retry");
+        self.cap - self.fill
+    }
+
+    /// The same for the splice-out in flight: the fill now.
+    pub fn retry_out(&self) -> u32 {
+        assert!(self.draining, "no splice-out to retry");
+        self.fill
+    }
+
     /// A splice-in of [`Self::next_in`] bytes was submitted.
     pub fn start_in(&mut self) {
         assert!(self.next_in().is_some(), "splice-in started without room");

@@ -24,6 +24,7 @@ in_both_feature_sets!(
     splice_collector_going_away_is_redialed,
     splice_producer_reconnects,
     splice_sigterm_flushes_the_pipe,
+    splice_reload_removing_the_channel_flushes_and_closes_its_pipe,
 );
 
 fn splice_channel(dir: &TempDir, name: &str, input: SocketAddr, collector: SocketAddr) -> String {
@@ -217,4 +218,67 @@ fn splice_sigterm_flushes_the_pipe(features: Features) {
         collector.total_len() >= payload.len()
     });
     assert_same_bytes("collector", &collector.concatenated(), &payload);
+}
+
+/// Pipes the process has open (both ends count).
+fn open_pipes(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+        })
+        .count()
+}
+
+/// SIGHUP with the splicing channel gone from the file: it flushes what its pipe holds to the
+/// collector (which comes up only after the reload), then closes, and both ends of its pipe
+/// with it.
+fn splice_reload_removing_the_channel_flushes_and_closes_its_pipe(features: Features) {
+    let dir = TempDir::new("splice-reload");
+    let (mut relay, (input, caddr)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let caddr = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "gone", input, caddr), (input, caddr))
+    });
+    assert_splices(&relay);
+    let payload = pattern(46, 256 << 10);
+    let mut p = connect_tcp(input);
+    p.write_all(&payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+    let pipes_before = open_pipes(relay.pid());
+    // The file now holds another channel only (a file needs one).
+    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    std::fs::write(
+        dir.join("ringrelay.conf"),
+        format!(
+            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
+            dir.global_section()
+        ),
+    )
+    .unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", READY_TIMEOUT, || {
+        relay.log().contains("channel gone removed")
+    });
+    let collector = Collector::listen(caddr, None);
+    wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= payload.len()
+    });
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+    wait_for("the channel to close", TRANSFER_TIMEOUT, || {
+        relay.log().contains("channel gone: closed")
+    });
+    relay.assert_running("after the reload");
+    assert_eq!(
+        open_pipes(relay.pid()),
+        pipes_before - 2,
+        "both ends of the channel's pipe are closed"
+    );
+    relay.stop();
 }
