@@ -41,6 +41,9 @@ pub struct Caps {
     pub memlock: Option<u64>,
     /// Channels that splice (set by the daemon once they are activated; 0 for `probe`).
     pub splice_channels: usize,
+    /// A splice from a non-blocking socket with nothing to read completes with -EAGAIN (found
+    /// by trial), so splices can wait in POLL_ADD rather than in an io-wq worker.
+    pub splice_eagain: bool,
 }
 
 impl Caps {
@@ -192,6 +195,17 @@ impl fmt::Display for Caps {
             )
         };
         writeln!(f, "  stream splice     {splice}")?;
+        if self.has_op("SPLICE") {
+            writeln!(
+                f,
+                "  splice sockets    {}",
+                if self.splice_eagain {
+                    "non-blocking, POLL_ADD when not ready"
+                } else {
+                    "blocking (this kernel does not return -EAGAIN from a splice), one io-wq worker per waiting splice"
+                }
+            )?;
+        }
         match self.memlock {
             Some(m) => writeln!(f, "memlock limit     {}", crate::units::format_size(m))?,
             None => writeln!(f, "memlock limit     unlimited")?,

@@ -320,8 +320,9 @@ impl Daemon {
                         ch.splice = Some(crate::channel::SplicePipe {
                             fill: crate::splice::PipeFill::new(p.cap),
                             pipe: p,
-                            nonblocking: !std::env::var("RINGRELAY_SPLICE_BLOCKING")
-                                .is_ok_and(|v| v == "1"),
+                            nonblocking: ring.caps.splice_eagain
+                                && !std::env::var("RINGRELAY_SPLICE_BLOCKING")
+                                    .is_ok_and(|v| v == "1"),
                         });
                     }
                     Err(e) if mode == config::SpliceMode::On => {
@@ -1746,6 +1747,11 @@ fn splice_wait(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32, out: boo
 /// pipe's bytes still go out.
 fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
+    if ch.ep_gen(slot, tok.gen).is_none() {
+        // Cannot happen (a slot lives until its last completion): drop it untouched.
+        debug!("stale splice completion {tok:?}");
+        return;
+    }
     let res = match splice_wait(ring, ch, tok, res, false) {
         Wait::Handled => return,
         Wait::Ended => -libc::ECANCELED,
@@ -1797,6 +1803,11 @@ fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
 /// connection.
 fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
+    if ch.ep_gen(slot, tok.gen).is_none() {
+        // Cannot happen (a slot lives until its last completion): drop it untouched.
+        debug!("stale splice completion {tok:?}");
+        return;
+    }
     let res = match splice_wait(ring, ch, tok, res, true) {
         Wait::Handled => return,
         Wait::Ended => -libc::ECANCELED,

@@ -417,6 +417,9 @@ impl Ring {
         if opts.trial_multishot && !opts.baseline && ring.caps.has_op("SOCKET") {
             ring.caps.multishot_accept = ring.trial_multishot_accept();
         }
+        if ring.caps.has_op("SPLICE") {
+            ring.caps.splice_eagain = ring.trial_nonblocking_splice();
+        }
         Ok(ring)
     }
 
@@ -505,6 +508,62 @@ impl Ring {
             std::mem::forget(l);
         }
         ok
+    }
+
+    /// Submits a splice from an empty non-blocking socket into a pipe: a kernel that answers
+    /// -EAGAIN lets a splice wait in a POLL_ADD instead. Kernels whose io-wq retries -EAGAIN
+    /// in the worker (older ones did, spinning until data came) do not answer; then a byte is
+    /// written so that the trial completes, and splices stay on blocking sockets.
+    fn trial_nonblocking_splice(&mut self) -> bool {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let Ok((a, mut b)) = std::os::unix::net::UnixStream::pair() else {
+            return false;
+        };
+        let Ok((r, w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+            return false;
+        };
+        if a.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let trial = Token::new(OpKind::SpliceIn, crate::token::DAEMON_CHANNEL, 2, 0).encode();
+        self.push_entry(
+            opcode::Splice::new(
+                types::Fd(a.as_raw_fd()),
+                -1,
+                types::Fd(w.as_raw_fd()),
+                -1,
+                4096,
+            )
+            .build()
+            .user_data(trial),
+        );
+        let mut result = None;
+        let mut nudged = false;
+        let mut out = Vec::new();
+        for _ in 0..60 {
+            if self.wait(Some(Duration::from_millis(50))).is_err() {
+                break;
+            }
+            out.clear();
+            self.reap(&mut out);
+            if let Some(c) = out.iter().find(|c| c.user_data == trial) {
+                result = Some(c.res);
+                break;
+            }
+            if !nudged {
+                // No answer at once: let the splice finish with a byte.
+                let _ = b.write_all(b"x");
+                nudged = true;
+            }
+        }
+        if result.is_none() {
+            // The kernel may still splice between these descriptors: keep them open.
+            std::mem::forget((a, b, r, w));
+            return false;
+        }
+        drop(r);
+        result == Some(-libc::EAGAIN)
     }
 
     pub fn pool(&self) -> &BufferPool {
@@ -613,9 +672,7 @@ impl Ring {
             Sqe::PollOut { fd } => {
                 opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()
             }
-            Sqe::PollIn { fd } => {
-                opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()
-            }
+            Sqe::PollIn { fd } => opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build(),
             Sqe::Tick => opcode::Timeout::new(&*self.tick as *const types::Timespec).build(),
             Sqe::ReadSignal { fd } => {
                 opcode::Read::new(types::Fd(fd), self.sigbuf.as_mut_ptr(), 64).build()

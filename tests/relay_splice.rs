@@ -226,8 +226,7 @@ fn open_pipes(pid: i32) -> usize {
         .expect("fd dir")
         .flatten()
         .filter(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
         })
         .count()
 }
