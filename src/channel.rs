@@ -3,7 +3,8 @@
 //!
 //! Owns: the state of every endpoint of one channel (a slab of slots indexed by the `endpoint`
 //! field of a [`crate::token::Token`]), each output's queue and counters, and the binding of
-//! its sockets and files at start. It submits nothing: the event loop in [`crate::daemon`]
+//! its sockets and files at start, and for a splicing channel its pipe ([`SplicePipe`]). It
+//! submits nothing: the event loop in [`crate::daemon`]
 //! drives it through the ring.
 //!
 //! Endpoint life: `Connecting` (non-blocking connect, waiting for POLLOUT) -> `Up` ->

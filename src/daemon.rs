@@ -10,6 +10,11 @@
 //! returns to the pool with the last reference. Decisions about slow outputs are the queue's
 //! ([`crate::outq`]); this module acts on them.
 //!
+//! A splicing channel ([`crate::splice`]) skips the pool: one splice moves input socket ->
+//! the channel's pipe, one moves pipe -> output link, each resubmitted as its completion comes
+//! and sized by the pipe's fill; faults, redials, FIN, shutdown and reload go through the same
+//! endpoint life as the buffer path.
+//!
 //! Must never: block (every socket operation goes through the ring; the only synchronous
 //! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
