@@ -25,6 +25,7 @@ in_both_feature_sets!(
     splice_producer_reconnects,
     splice_sigterm_flushes_the_pipe,
     splice_reload_removing_the_channel_flushes_and_closes_its_pipe,
+    splice_half_closing_collector_with_on_fin_keep,
 );
 
 fn splice_channel(dir: &TempDir, name: &str, input: SocketAddr, collector: SocketAddr) -> String {
@@ -279,5 +280,46 @@ fn splice_reload_removing_the_channel_flushes_and_closes_its_pipe(features: Feat
         pipes_before - 2,
         "both ends of the channel's pipe are closed"
     );
+    relay.stop();
+}
+
+/// A collector that half-closes at once but reads on, with `on_fin=keep`: it stays the one
+/// connection and gets every byte through the pipe.
+fn splice_half_closing_collector_with_on_fin_keep(features: Features) {
+    let dir = TempDir::new("splice-halfclose");
+    let collector = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let caddr = collector.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel halfclose]\ninput = tcp-listen://{input}\noutput = tcp://{caddr} on_fin=keep\nsplice = on\n",
+            dir.global_section()
+        );
+        (conf, input)
+    });
+    assert_splices(&relay);
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !collector.connections().is_empty()
+    });
+    collector.connections()[0]
+        .tcp_handle()
+        .expect("tcp")
+        .shutdown(Shutdown::Write)
+        .expect("half-close");
+    std::thread::sleep(Duration::from_millis(300));
+    let payload = Arc::new(pattern(47, 8 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    wait_for(
+        "the collector to get the whole stream",
+        TRANSFER_TIMEOUT,
+        || collector.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    assert_eq!(
+        collector.connections().len(),
+        1,
+        "redialed a half-closing collector"
+    );
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
     relay.stop();
 }
