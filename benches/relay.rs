@@ -71,6 +71,8 @@ enum Relay {
         sqpoll: &'static str,
         buffer: Option<usize>,
         decimate: bool,
+        /// `splice = on` in `[global]`: the 1-to-1 TCP channel moves its bytes through a pipe.
+        splice: bool,
     },
     Socat {
         buf: usize,
@@ -87,10 +89,14 @@ impl Relay {
                 sqpoll,
                 buffer,
                 decimate,
+                splice,
             } => {
                 let mut n = format!("ringrelay sqpoll={sqpoll}");
                 if let Some(b) = buffer {
                     n += &format!(" buf={}", human(*b));
+                }
+                if *splice {
+                    n += " splice=on";
                 }
                 if *decimate {
                     n += " minmax";
@@ -141,6 +147,7 @@ impl Bench {
                 sqpoll,
                 buffer,
                 decimate,
+                splice,
             } => {
                 self.seq += 1;
                 let path = self.tmp.join(format!(
@@ -152,6 +159,11 @@ impl Bench {
                 if let Some(b) = buffer {
                     conf += &format!("buffer_size = {}\n", human(*b));
                 }
+                conf += if *splice {
+                    "splice = on\n"
+                } else {
+                    "splice = off\n"
+                };
                 if *decimate {
                     conf += &format!("shm_dir = {}\n", self.shm_dir.display());
                 }
@@ -789,10 +801,23 @@ fn main() {
         sqpoll,
         buffer: None,
         decimate: false,
+        splice: false,
     };
     let mut relays = vec![
         ring("off"),
         ring("on"),
+        Relay::Ringrelay {
+            sqpoll: "off",
+            buffer: Some(256 << 10),
+            decimate: false,
+            splice: false,
+        },
+        Relay::Ringrelay {
+            sqpoll: "off",
+            buffer: None,
+            decimate: false,
+            splice: true,
+        },
         Relay::Socat { buf: 8192 },
         Relay::Socat { buf: 1 << 20 },
         Relay::Blocking { buf: 64 << 10 },
@@ -860,6 +885,9 @@ fn main() {
     let udp_relays = relays.iter().filter(|r| {
         !matches!(r, Relay::Socat { .. })
             && !matches!(r, Relay::Blocking { buf } if *buf != 64 << 10)
+            // The 256KiB and splice rows are about streams.
+            && !matches!(r, Relay::Ringrelay { buffer: Some(_), .. })
+            && !matches!(r, Relay::Ringrelay { splice: true, .. })
     });
     let udp_relays: Vec<&Relay> = udp_relays.collect();
     let fan_out = |count, pace| UdpLoad {
@@ -964,6 +992,7 @@ fn main() {
         sqpoll: "off",
         buffer: None,
         decimate: true,
+        splice: false,
     };
     let mut dec_rows = Vec::new();
     for (pace, count, title) in [
@@ -1018,6 +1047,7 @@ fn main() {
         sqpoll: "off",
         buffer: Some(256 << 10),
         decimate: false,
+        splice: false,
     };
     if selected(&big) && case("e") {
         // The default-buffer row is (a)'s when it was measured there.

@@ -39,6 +39,11 @@ pub struct Caps {
     pub cq_entries: u32,
     /// RLIMIT_MEMLOCK soft limit in bytes (None: unlimited).
     pub memlock: Option<u64>,
+    /// Channels that splice (set by the daemon once they are activated; 0 for `probe`).
+    pub splice_channels: usize,
+    /// A splice from a non-blocking socket with nothing to read completes with -EAGAIN (found
+    /// by trial), so splices can wait in POLL_ADD rather than in an io-wq worker.
+    pub splice_eagain: bool,
 }
 
 impl Caps {
@@ -54,12 +59,17 @@ impl Caps {
     /// One line for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}{}",
+            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}, splice {}{}",
             self.kernel,
             self.machine,
             on_off(self.sqpoll),
             on_off(self.registered_buffers),
             on_off(self.multishot_accept),
+            match (self.has_op("SPLICE"), self.splice_channels) {
+                (false, _) => "unavailable".to_string(),
+                (true, 0) => "off".to_string(),
+                (true, n) => format!("on ({n} channel{})", if n == 1 { "" } else { "s" }),
+            },
             if self.baseline {
                 " (baseline feature set forced)"
             } else {
@@ -176,6 +186,30 @@ impl fmt::Display for Caps {
             f,
             "  connect           non-blocking connect + POLL_ADD(POLLOUT)"
         )?;
+        let splice = if !self.has_op("SPLICE") {
+            "unavailable (no IORING_OP_SPLICE): every channel uses pool buffers".to_string()
+        } else {
+            format!(
+                "SPLICE socket -> pipe -> socket on 1-to-1 stream channels with splice = on{}",
+                if crate::splice::AUTO_SPLICES {
+                    " or auto (the default)"
+                } else {
+                    " (auto: off, the buffer path measured faster)"
+                }
+            )
+        };
+        writeln!(f, "  stream splice     {splice}")?;
+        if self.has_op("SPLICE") {
+            writeln!(
+                f,
+                "  splice sockets    {}",
+                if self.splice_eagain {
+                    "non-blocking, POLL_ADD when not ready"
+                } else {
+                    "blocking (this kernel does not return -EAGAIN from a splice), one io-wq worker per waiting splice"
+                }
+            )?;
+        }
         match self.memlock {
             Some(m) => writeln!(f, "memlock limit     {}", crate::units::format_size(m))?,
             None => writeln!(f, "memlock limit     unlimited")?,

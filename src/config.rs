@@ -14,6 +14,7 @@
 //! ```
 
 use crate::sample::{DecimateSpec, SampleConfig, SampleType};
+pub use crate::splice::SpliceMode;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 use crate::url::{Endpoint, OnSlow, Role, Scheme, Target};
 use std::fmt;
@@ -68,6 +69,11 @@ pub struct Global {
     /// Number of datagram slots.
     pub datagram_count: u32,
     pub features: FeatureSet,
+    /// Whether eligible stream channels move their bytes through a pipe (channels may say
+    /// otherwise).
+    pub splice: SpliceMode,
+    /// Requested size of each splicing channel's pipe (F_SETPIPE_SZ).
+    pub pipe_size: u32,
     pub log: LogDest,
     pub log_level: log::LevelFilter,
     pub log_facility: String,
@@ -95,6 +101,8 @@ impl Default for Global {
             datagram_size: 2048,
             datagram_count: 2048,
             features: FeatureSet::Auto,
+            splice: SpliceMode::Auto,
+            pipe_size: crate::splice::DEFAULT_PIPE_SIZE,
             log: LogDest::Stderr,
             log_level: log::LevelFilter::Info,
             log_facility: "daemon".into(),
@@ -131,6 +139,10 @@ pub struct ChannelConfig {
     pub outputs: Vec<OutputConfig>,
     pub framing: Framing,
     pub samples: Option<SampleConfig>,
+    /// The channel's effective splice mode: its own `splice` key, or `[global]`'s when that
+    /// is `on` or `off` and the channel is eligible, and `off` for an ineligible channel that
+    /// did not ask for it.
+    pub splice: SpliceMode,
 }
 
 impl ChannelConfig {
@@ -141,6 +153,7 @@ impl ChannelConfig {
             && self.input == other.input
             && self.framing == other.framing
             && self.samples == other.samples
+            && self.splice == other.splice
             && self.outputs.len() == other.outputs.len()
             && self.outputs.iter().zip(&other.outputs).all(|(a, b)| {
                 a.endpoint == b.endpoint && a.on_slow == b.on_slow && a.max_backlog == b.max_backlog
@@ -198,6 +211,8 @@ const GLOBAL_KEYS: &[&str] = &[
     "datagram_size",
     "datagram_count",
     "features",
+    "splice",
+    "pipe_size",
     "log",
     "log_level",
     "log_facility",
@@ -224,6 +239,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "decimate",
     "shm",
     "shm_frames",
+    "splice",
 ];
 
 /// Reads and parses a file. An unreadable file is one error at line 0.
@@ -553,6 +569,14 @@ fn parse_global(
                         _ => return Err(format!("'{v}' is not one of auto, baseline")),
                     }
                 }
+                "splice" => g.splice = SpliceMode::parse(v)?,
+                "pipe_size" => {
+                    let n = parse_size(v)?;
+                    if !(4096..=(1 << 30)).contains(&n) {
+                        return Err(format!("{v} is outside 4KiB..=1GiB"));
+                    }
+                    g.pipe_size = n as u32
+                }
                 "log" => {
                     g.log = match v.as_str() {
                         "stderr" => LogDest::Stderr,
@@ -681,6 +705,7 @@ fn parse_channel(
     let mut shm: Option<(bool, usize)> = None;
     let mut shm_frames: (u64, usize) = (DEFAULT_SHM_FRAMES, 0);
     let mut sample_lines: Vec<(&str, usize)> = Vec::new();
+    let mut splice: Option<(SpliceMode, usize)> = None;
     for (k, v, line) in &rc.keys {
         let line = *line;
         let r: Result<(), String> = (|| {
@@ -739,6 +764,7 @@ fn parse_channel(
                     sample_lines.push(("sample_rate", line));
                 }
                 "decimate" => decimate = Some((DecimateSpec::parse(v)?, line)),
+                "splice" => splice = Some((SpliceMode::parse(v)?, line)),
                 "shm" => shm = Some((parse_bool(v)?, line)),
                 "shm_frames" => {
                     let n: u64 = v
@@ -864,7 +890,7 @@ fn parse_channel(
         );
         ok = false;
     }
-    ok.then(|| ChannelConfig {
+    let mut c = ChannelConfig {
         name: rc.name.clone(),
         line: rc.line,
         input,
@@ -872,7 +898,20 @@ fn parse_channel(
         outputs,
         framing,
         samples,
-    })
+        splice: SpliceMode::Off,
+    };
+    let why_not = crate::splice::ineligible_reason(&c);
+    c.splice = match (splice, why_not) {
+        (Some((SpliceMode::On, line)), Some(why)) => {
+            err(line, "splice", format!("splice = on, but {why}"));
+            ok = false;
+            SpliceMode::Off
+        }
+        (Some((m, _)), None) => m,
+        (None, None) => g.splice,
+        (_, Some(_)) => SpliceMode::Off,
+    };
+    ok.then_some(c)
 }
 
 /// Two endpoints that would bind the same address or write the same file.
@@ -942,6 +981,12 @@ impl fmt::Display for Config {
             FeatureSet::Baseline => "baseline",
         };
         writeln!(f, "features = {feat}")?;
+        writeln!(f, "splice = {}", g.splice.name())?;
+        writeln!(
+            f,
+            "pipe_size = {}",
+            format_size(u64::from(g.pipe_size)).replace(' ', "")
+        )?;
         let log_s = match g.log {
             LogDest::Stderr => "stderr",
             LogDest::Syslog => "syslog",
@@ -999,6 +1044,7 @@ impl fmt::Display for Config {
                 Framing::U32Be => "u32be",
             };
             writeln!(f, "framing = {fr}")?;
+            writeln!(f, "splice = {}", c.splice.name())?;
             if let Some(s) = &c.samples {
                 writeln!(f, "sample = {}", s.sample)?;
                 writeln!(f, "interleave = {}", s.interleave)?;
@@ -1091,6 +1137,37 @@ framing = none           # none | u32be: length-prefix each datagram on stream o
         let again = parse_str("t.conf", &c.to_string()).unwrap();
         assert!(again.channels[0].same_settings(&c.channels[0]));
         assert_eq!(again.global, c.global);
+    }
+
+    #[test]
+    fn splice_keys() {
+        let c = parse_str(
+            "t.conf",
+            "[global]\nsplice = on\npipe_size = 256KiB\n\
+             [channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\n\
+             [channel b]\ninput = udp://127.0.0.1:3\noutput = tcp://h:4\n\
+             [channel c]\ninput = tcp-listen://127.0.0.1:5\noutput = tcp://h:6\nsplice = off\n",
+        )
+        .unwrap();
+        assert_eq!(c.global.pipe_size, 256 << 10);
+        // [global] on splices the eligible channels and leaves the others on buffers.
+        let modes: Vec<_> = c.channels.iter().map(|c| c.splice).collect();
+        assert_eq!(modes, [SpliceMode::On, SpliceMode::Off, SpliceMode::Off]);
+        let again = parse_str("t.conf", &c.to_string()).unwrap();
+        assert_eq!(again.global, c.global);
+        for (a, b) in again.channels.iter().zip(&c.channels) {
+            assert!(a.same_settings(b));
+        }
+        // A channel that asks for it and cannot: an error naming why, at its line.
+        let e = errs("[channel a]\ninput = udp://h:1\noutput = tcp://h:2\nsplice = on\n");
+        assert_eq!((e[0].line, e[0].key.as_str()), (4, "splice"), "{e:?}");
+        assert!(e[0].message.contains("not a stream"), "{e:?}");
+        let e =
+            errs("[global]\npipe_size = 1\n[channel a]\ninput = udp://h:1\noutput = udp://h:2\n");
+        assert_eq!((e[0].line, e[0].key.as_str()), (2, "pipe_size"), "{e:?}");
+        let e =
+            errs("[global]\nsplice = maybe\n[channel a]\ninput = udp://h:1\noutput = udp://h:2\n");
+        assert_eq!((e[0].line, e[0].key.as_str()), (2, "splice"), "{e:?}");
     }
 
     #[test]

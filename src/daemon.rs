@@ -10,6 +10,11 @@
 //! returns to the pool with the last reference. Decisions about slow outputs are the queue's
 //! ([`crate::outq`]); this module acts on them.
 //!
+//! A splicing channel ([`crate::splice`]) skips the pool: one splice moves input socket ->
+//! the channel's pipe, one moves pipe -> output link, each resubmitted as its completion comes
+//! and sized by the pipe's fill; faults, redials, FIN, shutdown and reload go through the same
+//! endpoint life as the buffer path.
+//!
 //! Must never: block (every socket operation goes through the ring; the only synchronous
 //! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
@@ -98,6 +103,10 @@ pub struct Daemon {
     stats_writer: Option<crate::shm::StatsWriter>,
     shm_opts: crate::shm::ShmOptions,
     seed: u64,
+    /// The pipe-size warning (F_SETPIPE_SZ refused) was logged.
+    pipe_warned: bool,
+    /// The io-wq unbounded-worker cap registered for the splicing channels (0: none yet).
+    iowq_cap: u32,
     /// Stop by itself at this instant (demo `--duration`).
     pub stop_at: Option<Instant>,
     pub monitor: Option<Monitor>,
@@ -176,7 +185,6 @@ impl Daemon {
             datagram_count: g.datagram_count,
             trial_multishot: true,
         })?;
-        info!("{}", ring.caps.summary());
         if let Some(n) = &ring.caps.sqpoll_note {
             if g.sqpoll == config::SqpollMode::Auto && n.starts_with("sqpoll = auto") {
                 info!("SQPOLL off: {n}");
@@ -208,6 +216,8 @@ impl Daemon {
             seed: seed(),
             stop_at: None,
             monitor: None,
+            pipe_warned: false,
+            iowq_cap: 0,
             cfg,
         };
         let any_shm = d
@@ -229,6 +239,8 @@ impl Daemon {
             d.channels.push(Some(ch));
             d.activate(ci)?;
         }
+        d.cap_workers();
+        info!("{}", d.ring.caps.summary());
         d.ring.push(Sqe::Tick, Token::daemon(OpKind::Tick));
         let fd = d.signals.read_end.as_raw_fd();
         d.ring
@@ -241,6 +253,39 @@ impl Daemon {
         &self.ring.caps
     }
 
+    /// Records how many channels splice and keeps the io-wq cap above what their blocking
+    /// splices need: one splice-in and one splice-out each may hold a worker at once, plus a
+    /// little for everything else. Without the cap (kernels before 5.15) the workers are
+    /// bounded only by RLIMIT_NPROC.
+    fn cap_workers(&mut self) {
+        let n = self
+            .channels
+            .iter()
+            .flatten()
+            .filter(|c| c.splice.is_some())
+            .count();
+        self.ring.caps.splice_channels = n;
+        if n == 0 {
+            return;
+        }
+        let want = 2 * n as u32 + 2;
+        if want <= self.iowq_cap {
+            return;
+        }
+        match self.ring.cap_unbounded_workers(want) {
+            Ok(()) => {
+                self.iowq_cap = want;
+                debug!("io-wq: at most {want} unbounded workers for {n} splicing channel(s)");
+            }
+            Err(e) => {
+                if self.iowq_cap == 0 {
+                    debug!("io-wq worker cap unavailable ({e}); splice workers are bounded by RLIMIT_NPROC");
+                }
+                self.iowq_cap = u32::MAX;
+            }
+        }
+    }
+
     /// Turns a bound channel into a running one: publisher, accepts, reads, dials.
     fn activate(&mut self, ci: usize) -> Result<(), String> {
         let now = Instant::now();
@@ -250,6 +295,54 @@ impl Daemon {
             .as_mut()
             .expect("activated channel exists");
         let ci16 = ci as u16;
+        if ch.cfg.splice.splices() {
+            let mode = ch.cfg.splice;
+            if !ring.caps.has_op("SPLICE") {
+                if mode == config::SpliceMode::On {
+                    return Err(format!(
+                        "channel {}: splice = on, but this kernel has no IORING_OP_SPLICE (Linux 5.7+)",
+                        ch.name()
+                    ));
+                }
+            } else {
+                let want = self.cfg.global.pipe_size;
+                match net::pipe(want) {
+                    Ok(p) => {
+                        if p.shrunk && !self.pipe_warned {
+                            self.pipe_warned = true;
+                            warn!(
+                                "channel {}: the kernel refused a {} pipe (EPERM: fs.pipe-max-size or fs.pipe-user-pages-soft reached); splicing through {} (slower)",
+                                ch.name(),
+                                crate::units::format_size(u64::from(want)),
+                                crate::units::format_size(u64::from(p.cap))
+                            );
+                        }
+                        debug!(
+                            "channel {}: splicing through a {} pipe",
+                            ch.name(),
+                            crate::units::format_size(u64::from(p.cap))
+                        );
+                        ch.splice = Some(crate::channel::SplicePipe {
+                            fill: crate::splice::PipeFill::new(p.cap),
+                            pipe: p,
+                            nonblocking: ring.caps.splice_eagain
+                                && !std::env::var("RINGRELAY_SPLICE_BLOCKING")
+                                    .is_ok_and(|v| v == "1"),
+                        });
+                    }
+                    Err(e) if mode == config::SpliceMode::On => {
+                        return Err(format!(
+                            "channel {}: cannot create its pipe: {e}",
+                            ch.name()
+                        ))
+                    }
+                    Err(e) => warn!(
+                        "channel {}: cannot create its pipe: {e}; using the buffer path",
+                        ch.name()
+                    ),
+                }
+            }
+        }
         if let Some(s) = ch.cfg.samples.clone() {
             if s.shm {
                 let p =
@@ -377,6 +470,8 @@ impl Daemon {
             }
             OpKind::Connect => on_connect(ring, ch, tok, c.res),
             OpKind::Hangup => on_hangup(ring, ch, tok, c.res),
+            OpKind::SpliceIn => on_splice_in(ring, ch, tok, c.res),
+            OpKind::SpliceOut => on_splice_out(ring, ch, tok, c.res),
             _ => {}
         }
     }
@@ -409,6 +504,9 @@ impl Daemon {
             });
             if done {
                 if let Some(mut ch) = self.channels[ci].take() {
+                    // Nothing is in flight on the pipe: every splice is counted on an
+                    // endpoint, and they are all gone.
+                    debug_assert!(ch.splice.as_ref().is_none_or(|s| s.fill.idle()));
                     // What a drain cut short left in the links' queues (no write holds it now).
                     for o in &mut ch.outputs {
                         for b in o.queue.clear() {
@@ -450,7 +548,10 @@ impl Daemon {
                     self.channels[ci] = Some(ch);
                 }
                 match self.activate(ci) {
-                    Ok(()) => info!("channel {}: started", cfg.name),
+                    Ok(()) => {
+                        self.cap_workers();
+                        info!("channel {}: started", cfg.name)
+                    }
                     Err(e) => {
                         error!("{e}");
                         self.stop_channel(ci);
@@ -875,6 +976,10 @@ impl Global2 {
         g.syslog_socket = new.syslog_socket.clone();
         g.stats_interval = new.stats_interval;
         g.shutdown_timeout = new.shutdown_timeout;
+        // Applies to channels started from here on; [global] splice reaches the channels'
+        // own settings, so a change restarts the channels it affects.
+        g.pipe_size = new.pipe_size;
+        g.splice = new.splice;
         g
     }
 }
@@ -1002,6 +1107,10 @@ fn arm_accept(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
 /// Keeps the input's receives in flight: several for datagrams, one for a stream.
 fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
     if ch.draining {
+        return;
+    }
+    if ch.splice.is_some() {
+        splice_in(ring, ch, ci);
         return;
     }
     let datagram = ch.input_is_datagram();
@@ -1391,6 +1500,10 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
 /// so (only a send queued behind a full buffer could be overtaken, and the next batch waits
 /// for the whole previous one).
 fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
+    if ch.splice.is_some() {
+        splice_out(ring, ch, ci, slot);
+        return;
+    }
     let Channel { slots, outputs, .. } = ch;
     let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
         return;
@@ -1538,6 +1651,272 @@ fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     }
     *write_ops = 1;
     *in_flight += 1;
+}
+
+/// Starts the splice-in of a splicing channel (input socket -> pipe) if the input is up, the
+/// pipe has room and none is in flight. Its length is the pipe's free room, never 0.
+fn splice_in(ring: &mut Ring, ch: &mut Channel, ci: u16) {
+    let Channel {
+        slots,
+        splice,
+        input,
+        draining,
+        ..
+    } = ch;
+    let (Some(sp), Some(slot), false) = (splice.as_mut(), *input, *draining) else {
+        return;
+    };
+    let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
+        return;
+    };
+    if ep.link != Link::Up {
+        return;
+    }
+    let Some(len) = sp.fill.next_in() else { return };
+    sp.fill.start_in();
+    ep.splicing = true;
+    ep.in_flight += 1;
+    ring.push(
+        Sqe::Splice {
+            fd_in: ep.raw_fd(),
+            fd_out: sp.pipe.write.as_raw_fd(),
+            len,
+        },
+        Token::new(OpKind::SpliceIn, ci, slot, ep.gen),
+    );
+}
+
+/// Starts the splice-out of a splicing channel (pipe -> link `slot`) if the link is up, the
+/// pipe holds bytes and none is in flight. Its length is the pipe's fill, never 0, so it never
+/// waits on an empty pipe.
+fn splice_out(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
+    let Channel {
+        slots,
+        outputs,
+        splice,
+        ..
+    } = ch;
+    let Some(sp) = splice.as_mut() else { return };
+    let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
+        return;
+    };
+    let Role::Link { out } = ep.role else { return };
+    if ep.link != Link::Up || outputs[out].retry_at.is_some() {
+        return;
+    }
+    let Some(len) = sp.fill.next_out() else {
+        return;
+    };
+    sp.fill.start_out();
+    ep.splicing = true;
+    ep.write_ops += 1;
+    ep.in_flight += 1;
+    ring.push(
+        Sqe::Splice {
+            fd_in: sp.pipe.read.as_raw_fd(),
+            fd_out: ep.raw_fd(),
+            len,
+        },
+        Token::new(OpKind::SpliceOut, ci, slot, ep.gen),
+    );
+}
+
+/// What [`splice_wait`] made of a completion.
+enum Wait {
+    /// Not a wait: a splice's own result.
+    No,
+    /// Handled: a wait armed, or a wait over and the splice submitted again.
+    Handled,
+    /// A wait of a closing endpoint ended: the splice is over, having moved nothing.
+    Ended,
+}
+
+/// Non-blocking splice sockets: a splice that found its socket not ready (-EAGAIN) waits in a
+/// POLL_ADD (POLLIN for the input, POLLOUT for the link) under the same token, and is submitted
+/// again with the pipe's current room or fill when the wait ends. The splice counts as in
+/// flight all along (one in-flight operation, the pipe's `filling`/`draining` held).
+fn splice_wait(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32, out: bool) -> Wait {
+    let Channel { splice, slots, .. } = ch;
+    let Some(sp) = splice.as_mut() else {
+        return Wait::No;
+    };
+    let Some(ep) = slots
+        .get_mut(tok.ep as usize)
+        .and_then(|e| e.as_mut())
+        .filter(|e| e.gen == tok.gen)
+    else {
+        return Wait::No;
+    };
+    let closing = ep.link == Link::Closing;
+    let fd = ep.raw_fd();
+    let pipe_fd = if out {
+        sp.pipe.read.as_raw_fd()
+    } else {
+        sp.pipe.write.as_raw_fd()
+    };
+    if ep.splice_poll {
+        ep.splice_poll = false;
+        if closing {
+            return Wait::Ended;
+        }
+        let sqe = if out {
+            Sqe::Splice {
+                fd_in: pipe_fd,
+                fd_out: fd,
+                len: sp.fill.retry_out(),
+            }
+        } else {
+            Sqe::Splice {
+                fd_in: fd,
+                fd_out: pipe_fd,
+                len: sp.fill.retry_in(),
+            }
+        };
+        ring.push(sqe, tok);
+        return Wait::Handled;
+    }
+    if res != -libc::EAGAIN || closing {
+        return Wait::No;
+    }
+    ep.splice_poll = true;
+    ring.push(
+        if out {
+            Sqe::PollOut { fd }
+        } else {
+            Sqe::PollIn { fd }
+        },
+        tok,
+    );
+    Wait::Handled
+}
+
+/// A splice-in completed. Whatever it moved is in the pipe and counts, even when the input
+/// is closing; a FIN (0) or an error ends this producer exactly as on the buffer path, and the
+/// pipe's bytes still go out.
+fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let (ci, slot) = (tok.chan, tok.ep);
+    if ch.ep_gen(slot, tok.gen).is_none() {
+        // Cannot happen (a slot lives until its last completion): drop it untouched.
+        debug!("stale splice completion {tok:?}");
+        return;
+    }
+    let res = match splice_wait(ring, ch, tok, res, false) {
+        Wait::Handled => return,
+        Wait::Ended => -libc::ECANCELED,
+        Wait::No => res,
+    };
+    let Some(sp) = ch.splice.as_mut() else {
+        return;
+    };
+    let moved = sp.fill.done_in(res);
+    ch.stats.bytes += u64::from(moved);
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        // Cannot happen: the slot lives until this completion.
+        return;
+    };
+    ep.in_flight -= 1;
+    ep.splicing = false;
+    let closing = ep.link == Link::Closing;
+    let peer = ep.peer.clone();
+    if moved > 0 {
+        if let Some(l) = ch.outputs.first().and_then(|o| o.link) {
+            splice_out(ring, ch, ci, l);
+        }
+    }
+    if !closing && res <= 0 && res != -libc::EINTR {
+        if res == 0 {
+            info!("channel {}: producer {} closed the stream", ch.name(), peer);
+        } else {
+            ch.stats.errors += 1;
+            warn!(
+                "channel {}: input splice failed: {}",
+                ch.name(),
+                errno_str(res)
+            );
+        }
+        close_ep(ring, ch, ci, slot);
+        if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+            let d = ch.input_backoff.next_delay();
+            ch.input_retry_at = Some(Instant::now() + d);
+        }
+    }
+    ch.reap_if_idle(slot);
+    // The same input again, or a producer that connected while this splice was still in
+    // flight on the old one.
+    post_reads(ring, ch, ci);
+}
+
+/// A splice-out completed: what it moved left the pipe for the link. On a fault the link is
+/// closed and redialed as on the buffer path; the bytes still in the pipe go to the next
+/// connection.
+fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let (ci, slot) = (tok.chan, tok.ep);
+    if ch.ep_gen(slot, tok.gen).is_none() {
+        // Cannot happen (a slot lives until its last completion): drop it untouched.
+        debug!("stale splice completion {tok:?}");
+        return;
+    }
+    let res = match splice_wait(ring, ch, tok, res, true) {
+        Wait::Handled => return,
+        Wait::Ended => -libc::ECANCELED,
+        Wait::No => res,
+    };
+    let Some(sp) = ch.splice.as_mut() else {
+        return;
+    };
+    let moved = sp.fill.done_out(res);
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        return;
+    };
+    ep.in_flight -= 1;
+    ep.write_ops -= 1;
+    ep.splicing = false;
+    let closing = ep.link == Link::Closing;
+    let Role::Link { out } = ep.role else {
+        return;
+    };
+    let name = ch.cfg.name.clone();
+    let o = &mut ch.outputs[out];
+    o.stats.bytes += u64::from(moved);
+    if moved > 0 && o.faulted && !closing {
+        o.faulted = false;
+        o.backoff.reset();
+        info!("channel {name}: output {} recovered", o.url());
+    }
+    if !closing && res <= 0 && res != -libc::EINTR {
+        let err = if res == 0 {
+            std::io::Error::from_raw_os_error(libc::EPIPE)
+        } else {
+            errno_str(res)
+        };
+        o.stats.errors += 1;
+        let d = o.backoff.next_delay();
+        if !o.faulted {
+            o.faulted = true;
+            warn!(
+                "channel {name}: output {} lost: {err}; reconnecting (data still in the pipe is kept)",
+                o.url()
+            );
+        }
+        o.retry_at = Some(Instant::now() + d);
+        close_ep(ring, ch, ci, slot);
+    }
+    ch.reap_if_idle(slot);
+    // The pipe has room again; and a link that connected while this splice was in flight on
+    // the old one can start.
+    post_reads(ring, ch, ci);
+    if let Some(l) = ch.outputs[out].link {
+        splice_out(ring, ch, ci, l);
+    }
+}
+
+/// Makes a splicing channel's socket non-blocking when the channel splices that way.
+fn splice_socket(ch: &Channel, fd: RawFd) {
+    if ch.splice.as_ref().is_some_and(|s| s.nonblocking) {
+        if let Err(e) = net::set_nonblocking(fd, true) {
+            warn!("channel {}: O_NONBLOCK: {e}", ch.name());
+        }
+    }
 }
 
 /// NAME -> NAME.1 -> NAME.2 ... (keeping `keep`), then a fresh NAME.
@@ -1835,6 +2214,7 @@ fn accepted(
                 ch.stats.reconnects += 1;
             }
             ch.input_faulted = true;
+            splice_socket(ch, fd.as_raw_fd());
             let mut ep = Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up);
             ep.peer = peer.clone();
             let slot = ch.insert(ep);
@@ -1911,6 +2291,8 @@ fn connected(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16, result: std:
     match result {
         Ok(()) => {
             ep.link = Link::Up;
+            let fd = ep.raw_fd();
+            splice_socket(ch, fd);
             match role {
                 Role::Input => {
                     ch.input_backoff.reset();
@@ -2115,12 +2497,13 @@ fn tick_channel(
         if !o.is_link() || !due(o.retry_at) {
             continue;
         }
+        let pending = ch.output_pending(oi);
         // While shutting down, only outputs with something left to flush are redialed.
-        if shutting_down && o.queue.is_empty() {
+        if shutting_down && !pending {
             continue;
         }
         // A channel stopped by a reload redials only while it still flushes.
-        if ch.draining && !shutting_down && (o.queue.is_empty() || ch.drain_deadline.is_none()) {
+        if ch.draining && !shutting_down && (!pending || ch.drain_deadline.is_none()) {
             continue;
         }
         match o.link {
@@ -2171,6 +2554,19 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         ring.push(
             Sqe::Cancel {
                 user_data: Token::new(OpKind::Hangup, ci, slot, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    }
+    if ep.splicing {
+        let kind = if role == Role::Input {
+            OpKind::SpliceIn
+        } else {
+            OpKind::SpliceOut
+        };
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(kind, ci, slot, gen).encode(),
             },
             Token::daemon(OpKind::Cancel),
         );

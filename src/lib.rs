@@ -18,7 +18,8 @@
 //!
 //! * Engine (no `unsafe`, no syscalls, time passed in): [`config`], [`url`], [`units`],
 //!   [`sample`], [`token`], [`backoff`], [`outq`] (per-output queue and slow-output policy),
-//!   [`stats`], [`decimate`], [`shm::layout`].
+//!   [`stats`], [`decimate`], [`shm::layout`], [`splice`] (which channels move their bytes
+//!   through a pipe, and that pipe's fill accounting).
 //! * Driver (the only `unsafe`): [`ring`] (the one io_uring ring: setup, probing, the one place
 //!   SQEs are pushed), [`pool`] (the registered buffer arena), [`shm::writer`]/[`shm::reader`]
 //!   (the mapped region).
@@ -49,6 +50,7 @@ pub mod probe;
 pub mod ring;
 pub mod sample;
 pub mod shm;
+pub mod splice;
 pub mod stat;
 pub mod stats;
 pub mod tail;

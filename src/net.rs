@@ -328,3 +328,40 @@ pub fn into_raw(fd: OwnedFd) -> RawFd {
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
+
+/// Sets or clears O_NONBLOCK on a socket.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    s.set_nonblocking(on)
+}
+
+/// A splicing channel's pipe: both ends, close-on-exec, and what it holds.
+#[derive(Debug)]
+pub struct Pipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+    /// Capacity in bytes as the kernel reports it (F_GETPIPE_SZ).
+    pub cap: u32,
+    /// F_SETPIPE_SZ to the requested size was refused with EPERM (`fs.pipe-user-pages-soft`
+    /// or `fs.pipe-max-size` reached): the pipe runs at `cap`.
+    pub shrunk: bool,
+}
+
+/// Creates a pipe pair (pipe2 O_CLOEXEC) and asks for `size` bytes of capacity.
+pub fn pipe(size: u32) -> io::Result<Pipe> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let mut shrunk = false;
+    match fcntl(&write, FcntlArg::F_SETPIPE_SZ(size as libc::c_int)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EPERM) => shrunk = true,
+        Err(e) => return Err(e.into()),
+    }
+    let cap = fcntl(&write, FcntlArg::F_GETPIPE_SZ).map_err(io::Error::from)?;
+    Ok(Pipe {
+        read,
+        write,
+        cap: cap.max(1) as u32,
+        shrunk,
+    })
+}

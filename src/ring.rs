@@ -13,8 +13,9 @@
 //! freed while the ring lives, or (c) an endpoint's boxed [`Iovecs`] (gathered writes) or
 //! [`GsoMsg`] (segmented UDP sends: msghdr, control message and iovecs), which the daemon frees
 //! only with its endpoint, once that endpoint's in-flight count is zero, and does not refill
-//! while a write of that endpoint is in flight. File descriptors are kept open by their owners
-//! until every operation on them has completed (the daemon counts in-flight operations per endpoint). On
+//! while a write of that endpoint is in flight. A splice ([`Sqe::Splice`]) carries no pointer:
+//! only two descriptors and a length. File descriptors are kept open by their owners until
+//! every operation on them has completed (the daemon counts in-flight operations per endpoint). On
 //! drop, the ring cancels what is still in flight and waits for those completions, and if any
 //! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
 
@@ -94,8 +95,10 @@ pub enum Sqe {
     SendGso { fd: RawFd, msg: MsgPtr },
     /// Accept a connection (multishot where the kernel has it and the caller asks).
     Accept { fd: RawFd, multishot: bool },
-    /// Wait until `fd` is writable (a non-blocking connect finished).
+    /// Wait until `fd` is writable (a non-blocking connect finished, or a splice may go on).
     PollOut { fd: RawFd },
+    /// Wait until `fd` is readable (a splice from a non-blocking socket may go on).
+    PollIn { fd: RawFd },
     /// Wait until the peer of `fd` hangs up or half-closes.
     PollHangup { fd: RawFd },
     /// The periodic timer (100 ms).
@@ -104,6 +107,14 @@ pub enum Sqe {
     ReadSignal { fd: RawFd },
     /// Cancel the operation tagged `user_data`.
     Cancel { user_data: u64 },
+    /// Move up to `len` bytes from `fd_in` to `fd_out`, one of them a pipe (IORING_OP_SPLICE,
+    /// no offsets). It carries no pointer at all: only descriptors, which their owners keep
+    /// open until its completion.
+    Splice {
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+    },
 }
 
 /// Most chunks one gathered write sends.
@@ -508,6 +519,9 @@ impl Ring {
         if opts.trial_multishot && !opts.baseline && ring.caps.has_op("SOCKET") {
             ring.caps.multishot_accept = ring.trial_multishot_accept();
         }
+        if ring.caps.has_op("SPLICE") {
+            ring.caps.splice_eagain = ring.trial_nonblocking_splice();
+        }
         Ok(ring)
     }
 
@@ -598,12 +612,78 @@ impl Ring {
         ok
     }
 
+    /// Submits a splice from an empty non-blocking socket into a pipe: a kernel that answers
+    /// -EAGAIN lets a splice wait in a POLL_ADD instead. Kernels whose io-wq retries -EAGAIN
+    /// in the worker (older ones did, spinning until data came) do not answer; then a byte is
+    /// written so that the trial completes, and splices stay on blocking sockets.
+    fn trial_nonblocking_splice(&mut self) -> bool {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let Ok((a, mut b)) = std::os::unix::net::UnixStream::pair() else {
+            return false;
+        };
+        let Ok((r, w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+            return false;
+        };
+        if a.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let trial = Token::new(OpKind::SpliceIn, crate::token::DAEMON_CHANNEL, 2, 0).encode();
+        self.push_entry(
+            opcode::Splice::new(
+                types::Fd(a.as_raw_fd()),
+                -1,
+                types::Fd(w.as_raw_fd()),
+                -1,
+                4096,
+            )
+            .build()
+            .user_data(trial),
+        );
+        let mut result = None;
+        let mut nudged = false;
+        let mut out = Vec::new();
+        for _ in 0..60 {
+            if self.wait(Some(Duration::from_millis(50))).is_err() {
+                break;
+            }
+            out.clear();
+            self.reap(&mut out);
+            if let Some(c) = out.iter().find(|c| c.user_data == trial) {
+                result = Some(c.res);
+                break;
+            }
+            if !nudged {
+                // No answer at once: let the splice finish with a byte.
+                let _ = b.write_all(b"x");
+                nudged = true;
+            }
+        }
+        if result.is_none() {
+            // The kernel may still splice between these descriptors: keep them open.
+            std::mem::forget((a, b, r, w));
+            return false;
+        }
+        drop(r);
+        result == Some(-libc::EAGAIN)
+    }
+
     pub fn pool(&self) -> &BufferPool {
         &self.pool
     }
 
     pub fn pool_mut(&mut self) -> &mut BufferPool {
         &mut self.pool
+    }
+
+    /// Caps the ring's unbounded io-wq workers (those that run socket splices) at `n` per NUMA
+    /// node (IORING_REGISTER_IOWQ_MAX_WORKERS, Linux 5.15+). A blocking splice holds its
+    /// worker until its socket is ready, so the cap must leave one worker for every splice
+    /// that may be in flight at once, or one blocked splice starves another.
+    pub fn cap_unbounded_workers(&mut self, n: u32) -> io::Result<()> {
+        // 0 leaves the bounded (file I/O) limit as it is.
+        let mut max = [0, n];
+        self.uring.submitter().register_iowq_max_workers(&mut max)
     }
 
     /// Submissions whose completion has not arrived yet.
@@ -695,11 +775,17 @@ impl Ring {
             Sqe::PollOut { fd } => {
                 opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()
             }
+            Sqe::PollIn { fd } => opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build(),
             Sqe::Tick => opcode::Timeout::new(&*self.tick as *const types::Timespec).build(),
             Sqe::ReadSignal { fd } => {
                 opcode::Read::new(types::Fd(fd), self.sigbuf.as_mut_ptr(), 64).build()
             }
             Sqe::Cancel { user_data } => opcode::AsyncCancel::new(user_data).build(),
+            Sqe::Splice { fd_in, fd_out, len } => {
+                opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+                    .flags(libc::SPLICE_F_MOVE)
+                    .build()
+            }
         };
         e.user_data(ud)
     }

@@ -42,6 +42,10 @@ pub enum OpKind {
     Cancel = 7,
     /// Watch an output stream socket for the peer's hang-up (POLLRDHUP).
     Hangup = 8,
+    /// Splice from the input socket into the channel's pipe.
+    SpliceIn = 9,
+    /// Splice from the channel's pipe into the output link.
+    SpliceOut = 10,
 }
 
 impl OpKind {
@@ -55,6 +59,8 @@ impl OpKind {
             6 => OpKind::Connect,
             7 => OpKind::Cancel,
             8 => OpKind::Hangup,
+            9 => OpKind::SpliceIn,
+            10 => OpKind::SpliceOut,
             _ => return None,
         })
     }
@@ -153,7 +159,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=8, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=10, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);

@@ -1,5 +1,7 @@
 //! `tcp://` outputs: the relay dials a collector, and with `on_slow = block` (their default) it
-//! loses nothing while the collector is away. Each scenario runs with both feature sets.
+//! loses nothing while the collector is away. Each scenario runs with both feature sets, on
+//! the buffer path (`splice = off`: these 1-to-1 channels would splice by default, and
+//! tests/relay_splice.rs covers that path).
 //!
 //! What plain TCP does and does not guarantee, and so what these tests can demand:
 //! * Bytes the relay has not yet handed to a connection stay queued (under `block` the relay
@@ -34,7 +36,7 @@ fn collector_down_at_start_gets_every_byte(features: Features) {
         // Nobody listens here yet; the relay's dials are refused and retried with backoff.
         let collector = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}[channel late]\ninput = tcp-listen://{input}\noutput = tcp://{collector} on_slow=block max_backlog=1MiB\n",
+            "{}[channel late]\ninput = tcp-listen://{input}\noutput = tcp://{collector} on_slow=block max_backlog=1MiB\nsplice = off\n",
             dir.global_section()
         );
         (conf, (input, collector))
@@ -66,7 +68,7 @@ fn collector_going_away_is_redialed(features: Features) {
     let (relay, input) = Relay::start(features, &dir, || {
         let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}[channel redial]\ninput = tcp-listen://{input}\noutput = tcp://{collector_addr} on_slow=block max_backlog=1MiB\n",
+            "{}[channel redial]\ninput = tcp-listen://{input}\noutput = tcp://{collector_addr} on_slow=block max_backlog=1MiB\nsplice = off\n",
             dir.global_section()
         );
         (conf, input)
@@ -125,7 +127,7 @@ fn half_closing_collector_with_on_fin_keep(features: Features) {
     let (relay, input) = Relay::start(features, &dir, || {
         let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}[channel halfclose]\ninput = tcp-listen://{input}\noutput = tcp://{collector_addr} on_fin=keep\n",
+            "{}[channel halfclose]\ninput = tcp-listen://{input}\noutput = tcp://{collector_addr} on_fin=keep\nsplice = off\n",
             dir.global_section()
         );
         (conf, input)

@@ -1,0 +1,325 @@
+//! `splice = on`: a 1-to-1 stream channel whose bytes move socket -> pipe -> socket with
+//! IORING_OP_SPLICE and never enter the pool. The same promises as the buffer path
+//! (tests/relay_collector.rs, tests/relay_tcp.rs) must hold: byte-exact relaying, nothing lost
+//! while the collector is away (`on_slow = block`), the bytes still in the pipe going to the
+//! redialed collector, a producer that comes back, a flush on SIGTERM. Each scenario runs with
+//! both feature sets, and each first checks from the start-up line that the channel really
+//! splices (a silent fallback to buffers would pass the byte checks).
+//!
+//! As in relay_collector.rs, a collector that "goes away" only half-closes and reads on until
+//! the relay closes its end, so no byte handed to the old connection is lost unseen.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+in_both_feature_sets!(
+    splice_moves_32_mib_byte_exact,
+    splice_collector_down_at_start_gets_every_byte,
+    splice_collector_going_away_is_redialed,
+    splice_producer_reconnects,
+    splice_sigterm_flushes_the_pipe,
+    splice_reload_removing_the_channel_flushes_and_closes_its_pipe,
+    splice_half_closing_collector_with_on_fin_keep,
+);
+
+fn splice_channel(dir: &TempDir, name: &str, input: SocketAddr, collector: SocketAddr) -> String {
+    format!(
+        "{}[channel {name}]\ninput = tcp-listen://{input}\noutput = tcp://{collector}\nsplice = on\n",
+        dir.global_section()
+    )
+}
+
+fn assert_splices(relay: &Relay) {
+    let log = relay.log();
+    assert!(
+        log.contains("splice on (1 channel)"),
+        "the channel does not splice; stderr:\n{log}"
+    );
+}
+
+/// 32 MiB from one producer to one collector, byte for byte, and the stats say so.
+fn splice_moves_32_mib_byte_exact(features: Features) {
+    let dir = TempDir::new("splice-bulk");
+    let collector = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let caddr = collector.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "bulk", input, caddr), input)
+    });
+    assert_splices(&relay);
+    let payload = Arc::new(pattern(40, 32 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 1 << 20);
+    wait_for("the collector to get 32 MiB", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= payload.len()
+    });
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    // Nothing more than the stream arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(collector.connections().len(), 1);
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+    relay.signal(nix::sys::signal::Signal::SIGUSR1);
+    // Both counters, the input's and the output's, say 32 MiB.
+    let counted = format!("bytes={} ", payload.len());
+    wait_for(
+        "the input and output counters in the log",
+        READY_TIMEOUT,
+        || relay.log().matches(&counted).count() >= 2,
+    );
+    relay.stop();
+}
+
+/// Nobody listens at the collector's address for a second: the pipe fills, the producer is
+/// pushed back, and the collector gets every byte once it is up.
+fn splice_collector_down_at_start_gets_every_byte(features: Features) {
+    let dir = TempDir::new("splice-late");
+    let (relay, (input, caddr)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let caddr = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "late", input, caddr), (input, caddr))
+    });
+    assert_splices(&relay);
+    let payload = Arc::new(pattern(41, 8 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    std::thread::sleep(Duration::from_secs(1));
+    let collector = Collector::listen(caddr, None);
+    wait_for(
+        "the collector to get the whole stream",
+        TRANSFER_TIMEOUT,
+        || collector.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+    relay.stop();
+}
+
+/// The collector half-closes mid-stream and stops listening; the relay closes that connection,
+/// redials with backoff, and the new connection carries exactly the rest: what was still in
+/// the pipe, then what the producer sends after.
+fn splice_collector_going_away_is_redialed(features: Features) {
+    let dir = TempDir::new("splice-redial");
+    let mut first = Collector::listen("127.0.0.1:0".parse().unwrap(), Some(64 * 1024));
+    let caddr = first.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "redial", input, caddr), input)
+    });
+    assert_splices(&relay);
+    let payload = Arc::new(pattern(42, 32 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !first.connections().is_empty()
+    });
+    let conn1 = first.connections()[0].clone();
+    conn1.wait_len(1 << 20, TRANSFER_TIMEOUT);
+    first.stop_listening();
+    let raw = first.connections()[0].tcp_handle().expect("tcp");
+    raw.shutdown(Shutdown::Write).expect("half-close");
+    drop(raw);
+    let end = conn1.wait_end(TRANSFER_TIMEOUT);
+    assert!(
+        end.is_some(),
+        "the relay never closed its connection after the collector's FIN ({} bytes on it)",
+        conn1.len()
+    );
+    assert!(
+        conn1.len() < payload.len(),
+        "the whole stream went to the first connection: nothing left to test the redial with"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let second = Collector::listen(caddr, None);
+    wait_for(
+        "the two connections to carry the whole stream",
+        TRANSFER_TIMEOUT,
+        || conn1.len() + second.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    let mut got = conn1.data();
+    got.extend_from_slice(&second.concatenated());
+    assert_same_bytes(
+        "first connection followed by the redialed one",
+        &got,
+        &payload,
+    );
+    relay.stop();
+}
+
+/// A producer finishes (FIN) and another connects: the collector keeps its one connection and
+/// gets both streams back to back.
+fn splice_producer_reconnects(features: Features) {
+    let dir = TempDir::new("splice-producer");
+    let collector = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let caddr = collector.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "producers", input, caddr), input)
+    });
+    assert_splices(&relay);
+    let a = pattern(43, 4 << 20);
+    let b = pattern(44, 3 << 20);
+    let mut p = connect_tcp(input);
+    p.write_all(&a).unwrap();
+    drop(p);
+    wait_for("the first stream", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= a.len()
+    });
+    wait_for(
+        "the relay to see the first producer go",
+        TRANSFER_TIMEOUT,
+        || relay.log().contains("closed the stream"),
+    );
+    let mut p = connect_tcp(input);
+    p.write_all(&b).unwrap();
+    drop(p);
+    wait_for("the second stream", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= a.len() + b.len()
+    });
+    assert_eq!(collector.connections().len(), 1, "the output was redialed");
+    let mut want = a;
+    want.extend_from_slice(&b);
+    assert_same_bytes("collector", &collector.concatenated(), &want);
+    relay.stop();
+}
+
+/// The collector is down; the producer's bytes wait in the pipe. SIGTERM: the relay keeps
+/// redialing for its shutdown_timeout, the collector comes up, gets every byte, and the relay
+/// exits 0.
+fn splice_sigterm_flushes_the_pipe(features: Features) {
+    let dir = TempDir::new("splice-sigterm");
+    let (mut relay, (input, caddr)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let caddr = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "flush", input, caddr), (input, caddr))
+    });
+    assert_splices(&relay);
+    // Less than the pipe holds (1 MiB), so the producer is never pushed back.
+    let payload = pattern(45, 512 << 10);
+    let mut p = connect_tcp(input);
+    p.write_all(&payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+    relay.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    let collector = Collector::listen(caddr, None);
+    let status = relay.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; stderr:\n{}",
+        relay.log()
+    );
+    wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= payload.len()
+    });
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+}
+
+/// Pipes the process has open (both ends count).
+fn open_pipes(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+        })
+        .count()
+}
+
+/// SIGHUP with the splicing channel gone from the file: it flushes what its pipe holds to the
+/// collector (which comes up only after the reload), then closes, and both ends of its pipe
+/// with it.
+fn splice_reload_removing_the_channel_flushes_and_closes_its_pipe(features: Features) {
+    let dir = TempDir::new("splice-reload");
+    let (mut relay, (input, caddr)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let caddr = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (splice_channel(&dir, "gone", input, caddr), (input, caddr))
+    });
+    assert_splices(&relay);
+    let payload = pattern(46, 256 << 10);
+    let mut p = connect_tcp(input);
+    p.write_all(&payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+    let pipes_before = open_pipes(relay.pid());
+    // The file now holds another channel only (a file needs one).
+    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    std::fs::write(
+        dir.join("ringrelay.conf"),
+        format!(
+            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
+            dir.global_section()
+        ),
+    )
+    .unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", READY_TIMEOUT, || {
+        relay.log().contains("channel gone removed")
+    });
+    let collector = Collector::listen(caddr, None);
+    wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= payload.len()
+    });
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+    wait_for("the channel to close", TRANSFER_TIMEOUT, || {
+        relay.log().contains("channel gone: closed")
+    });
+    relay.assert_running("after the reload");
+    assert_eq!(
+        open_pipes(relay.pid()),
+        pipes_before - 2,
+        "both ends of the channel's pipe are closed"
+    );
+    relay.stop();
+}
+
+/// A collector that half-closes at once but reads on, with `on_fin=keep`: it stays the one
+/// connection and gets every byte through the pipe.
+fn splice_half_closing_collector_with_on_fin_keep(features: Features) {
+    let dir = TempDir::new("splice-halfclose");
+    let collector = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let caddr = collector.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel halfclose]\ninput = tcp-listen://{input}\noutput = tcp://{caddr} on_fin=keep\nsplice = on\n",
+            dir.global_section()
+        );
+        (conf, input)
+    });
+    assert_splices(&relay);
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !collector.connections().is_empty()
+    });
+    collector.connections()[0]
+        .tcp_handle()
+        .expect("tcp")
+        .shutdown(Shutdown::Write)
+        .expect("half-close");
+    std::thread::sleep(Duration::from_millis(300));
+    let payload = Arc::new(pattern(47, 8 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    wait_for(
+        "the collector to get the whole stream",
+        TRANSFER_TIMEOUT,
+        || collector.total_len() >= payload.len(),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    assert_eq!(
+        collector.connections().len(),
+        1,
+        "redialed a half-closing collector"
+    );
+    assert_same_bytes("collector", &collector.concatenated(), &payload);
+    relay.stop();
+}
