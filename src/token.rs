@@ -42,6 +42,9 @@ pub enum OpKind {
     Cancel = 7,
     /// Watch an output stream socket for the peer's hang-up (POLLRDHUP).
     Hangup = 8,
+    /// The multishot receive of a UDP input (endpoint = the input's slot); its buffers come
+    /// from the input's provided-buffer ring and are named in each completion's flags.
+    RecvMulti = 9,
 }
 
 impl OpKind {
@@ -55,6 +58,7 @@ impl OpKind {
             6 => OpKind::Connect,
             7 => OpKind::Cancel,
             8 => OpKind::Hangup,
+            9 => OpKind::RecvMulti,
             _ => return None,
         })
     }
@@ -153,7 +157,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=8, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=9, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);
