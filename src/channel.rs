@@ -65,8 +65,14 @@ pub struct Endpoint {
     pub link: Link,
     /// Submissions whose final completion has not arrived.
     pub in_flight: u32,
-    /// Buffers lent to the kernel for receives on this endpoint.
+    /// Buffers lent to the kernel for receives on this endpoint (single-shot receives).
     pub reading: Vec<BufId>,
+    /// A UDP input that receives by multishot RECVMSG: the buffer group of its
+    /// provided-buffer ring (see [`crate::ring::Ring::open_buf_ring`]). Closed only after
+    /// the receive's final completion.
+    pub bufgroup: Option<u16>,
+    /// Its multishot receive is armed (its final completion has not arrived).
+    pub multishot: bool,
     /// Buffers of the writes in flight, oldest first (each holds its own reference).
     pub writing: Vec<BufId>,
     /// Write submissions in flight (one gathered write, or a chain of datagram sends).
@@ -94,6 +100,8 @@ impl Endpoint {
             link,
             in_flight: 0,
             reading: Vec::with_capacity(UDP_RECVS_IN_FLIGHT),
+            bufgroup: None,
+            multishot: false,
             writing: Vec::new(),
             write_ops: 0,
             iov: crate::ring::Iovecs::default(),

@@ -21,7 +21,7 @@ use crate::cli::RunArgs;
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
 use crate::outq::{Chunk, Offer, OutQueue};
 use crate::pool::Class;
-use crate::ring::{Completion, Ring, RingOptions, Sqe, IOV_MAX};
+use crate::ring::{Completion, Datagram, Ring, RingOptions, Sqe, IOV_MAX, MAX_BUF_RING_ENTRIES};
 use crate::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
 use crate::url::{OnFin, OnSlow, Scheme};
 use crate::{daemonize, logging, net};
@@ -30,6 +30,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Smallest datagram slot worth a multishot receive: the kernel writes a 16-byte header in
+/// front of every payload.
+const MIN_MULTISHOT_SLOT: u32 = 64;
 
 /// Signals the loop reacts to, set by signal handlers and noticed through the pipe.
 struct Signals {
@@ -264,7 +268,21 @@ impl Daemon {
             }
         }
         if let Some(fd) = ch.pending_input.take() {
-            let slot = ch.insert(Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up));
+            let mut ep = Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up);
+            // A UDP input: multishot receives into a provided-buffer ring of datagram slots
+            // where the kernel has them (Caps::multishot_recvmsg), else linked chains of
+            // single-shot receives (post_reads).
+            if ring.pool().class_size(Class::Small) >= MIN_MULTISHOT_SLOT {
+                ep.bufgroup = ring.open_buf_ring(Class::Small, MAX_BUF_RING_ENTRIES);
+                if let Some(g) = ep.bufgroup {
+                    debug!(
+                        "channel {}: multishot receive, buffer group {g} of {} slots",
+                        ch.name(),
+                        ring.buffers_provided(g)
+                    );
+                }
+            }
+            let slot = ch.insert(ep);
             ch.input = Some(slot);
         }
         if let Some(fd) = ch.pending_input_listener.take() {
@@ -369,6 +387,7 @@ impl Daemon {
         };
         match tok.kind {
             OpKind::Recv => on_recv(ring, ch, tok, c.res),
+            OpKind::RecvMulti => on_recv_multi(ring, ch, tok, c),
             OpKind::Send => on_write(ring, ch, tok, c.res),
             OpKind::Accept => {
                 let count = class_count(&self.cfg, &ch.cfg);
@@ -1061,6 +1080,20 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
         ring.push(sqe, Token::new(OpKind::Recv, ci, first, ep.gen));
         return;
     }
+    if let Some(group) = ep.bufgroup {
+        // One multishot receive for the input's life, re-armed when it ends (on_recv_multi),
+        // once its ring has a buffer to offer again (all of them may be queued at outputs).
+        if !ep.multishot && ring.buffers_provided(group) > 0 {
+            ep.multishot = true;
+            ep.in_flight += 1;
+            let fd = ep.raw_fd();
+            ring.push(
+                Sqe::RecvMulti { fd, group },
+                Token::new(OpKind::RecvMulti, ci, slot, ep.gen),
+            );
+        }
+        return;
+    }
     // Datagrams: one linked chain of receives at a time. Receives pending side by side on
     // one socket complete out of the order in which they took the datagrams; a chain runs
     // them one after another in the kernel, so completions come in datagram order, without a
@@ -1128,7 +1161,7 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
             left -= n;
             if n > 0 {
                 ring.pool_mut().filled(b);
-                deliver(ring, ch, ci_of(tok), b, n, false);
+                deliver(ring, ch, ci_of(tok), b, 0, n, false);
             } else {
                 ring.pool_mut().abandon(b);
             }
@@ -1175,7 +1208,7 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
             }
         } else {
             ring.pool_mut().filled(buf);
-            deliver(ring, ch, ci_of(tok), buf, n, true);
+            deliver(ring, ch, ci_of(tok), buf, PREFIX, n, true);
         }
     } else {
         ring.pool_mut().abandon(buf);
@@ -1198,17 +1231,100 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     ch.reap_if_idle(slot);
 }
 
+/// A completion of a UDP input's multishot receive: one datagram in a buffer the kernel
+/// picked from the input's ring (named in the flags), or the end of the receive (no MORE
+/// flag: the ring ran dry with -ENOBUFS, a cancel, an error), after which it is re-armed by
+/// post_reads once the ring has buffers again. A completion for an endpoint that is gone
+/// (generation mismatch) still gives its buffer back.
+fn on_recv_multi(ring: &mut Ring, ch: &mut Channel, tok: Token, c: Completion) {
+    let (ci, slot) = (tok.chan, tok.ep);
+    let bid = io_uring::cqueue::buffer_select(c.flags);
+    let more = c.more();
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        if let Some(b) = bid {
+            ring.give_back(b);
+        }
+        return;
+    };
+    let group = ep.bufgroup.expect("a multishot receive has a buffer ring");
+    let closing = ep.link == Link::Closing;
+    if !more {
+        ep.in_flight -= 1;
+        ep.multishot = false;
+    }
+    if let Some(b) = bid {
+        match ring.take_datagram(group, b, c.res) {
+            Datagram::Payload { off, len } if !closing => {
+                if len == 0 {
+                    ring.pool_mut().release(b);
+                    ch.stats.malformed += 1;
+                } else {
+                    deliver(ring, ch, ci, b, off, len, true);
+                }
+            }
+            Datagram::Payload { .. } => ring.pool_mut().release(b),
+            Datagram::Truncated { len } => {
+                ch.stats.malformed += 1;
+                if ch.stats.malformed == 1 {
+                    warn!(
+                        "channel {}: datagram of {len} bytes is larger than datagram_size ({} bytes with the kernel's 16-byte header); counted as malformed (raise datagram_size)",
+                        ch.name(),
+                        ring.pool().size_of(b)
+                    );
+                }
+            }
+            Datagram::Malformed => ch.stats.malformed += 1,
+        }
+    }
+    if more {
+        return;
+    }
+    if closing {
+        // The last completion: nothing can pick from the ring any more.
+        ring.close_buf_ring(group);
+        if let Some(ep) = ch.ep_mut(slot) {
+            ep.bufgroup = None;
+        }
+        ch.reap_if_idle(slot);
+        return;
+    }
+    ch.stats.rearms += 1;
+    if c.res < 0 && c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
+        ch.stats.errors += 1;
+        warn!(
+            "channel {}: input read failed: {}",
+            ch.name(),
+            errno_str(c.res)
+        );
+        // A UDP socket error (rare): retry after a backoff.
+        let d = ch.input_backoff.next_delay();
+        ch.input_retry_at = Some(Instant::now() + d);
+    }
+    // Re-armed right away when buffers are back (they are recycled first), else by the
+    // post_reads after the batch that releases one.
+    post_reads(ring, ch, ci);
+}
+
 fn ci_of(tok: Token) -> u16 {
     tok.chan
 }
 
-/// Offers a filled buffer to every output.
-fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datagram: bool) {
+/// Offers a filled buffer to every output: `len` bytes at `off`. A datagram keeps
+/// [`PREFIX`] free bytes before `off` for the framing length prefix.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    ring: &mut Ring,
+    ch: &mut Channel,
+    ci: u16,
+    buf: u16,
+    off: u32,
+    len: u32,
+    datagram: bool,
+) {
     ch.stats.bytes += u64::from(len);
     if datagram {
         ch.stats.datagrams += 1;
     }
-    let off = if datagram { PREFIX } else { 0 };
     if let Some(p) = ch.publisher.as_mut() {
         let data = ring.pool().bytes(buf, off, len);
         if datagram {
@@ -1225,13 +1341,14 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
     }
     let framed = datagram && ch.framing() == Framing::U32Be;
     if framed {
-        ring.pool_mut().write_prefix(buf, 0, &len.to_be_bytes());
+        ring.pool_mut()
+            .write_prefix(buf, off - PREFIX, &len.to_be_bytes());
     }
     let plain = Chunk { buf, off, len };
     let stream_chunk = if framed {
         Chunk {
             buf,
-            off: 0,
+            off: off - PREFIX,
             len: len + PREFIX,
         }
     } else {
@@ -2082,6 +2199,18 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
             },
             Token::daemon(OpKind::Cancel),
         );
+    }
+    if ep.multishot {
+        // Its final completion closes the buffer ring (on_recv_multi).
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(OpKind::RecvMulti, ci, slot, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    } else if let Some(g) = ep.bufgroup.take() {
+        // Not armed (waiting for buffers, or after its end): nothing picks from the ring.
+        ring.close_buf_ring(g);
     }
     if ep.accepting {
         ring.push(
