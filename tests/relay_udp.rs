@@ -8,6 +8,10 @@
 //! The daemon receives datagrams into slots of `datagram_size` bytes (2 KiB by default) and drops
 //! larger ones as oversize; scenarios that send datagrams up to the UDP maximum (65507 bytes)
 //! raise it with [`JUMBO`].
+//!
+//! Where the kernel has them (6.0+, 64-bit), the `auto` runs receive by multishot RECVMSG into
+//! provided-buffer rings and the `baseline` runs by linked chains of single-shot receives:
+//! [`udp_sequence_in_order_in_bursts`] checks which path ran and that bursts arrive in order.
 
 #[macro_use]
 mod common;
@@ -25,7 +29,127 @@ in_both_feature_sets!(
     udp_multicast_in_and_out,
     udp_ipv6,
     udp_oversize_datagrams_are_dropped,
+    udp_sequence_in_order_in_bursts,
 );
+
+/// Whether this kernel receives UDP by multishot RECVMSG under `features = auto` (what
+/// `ringrelay probe` reports).
+fn kernel_has_multishot_udp() -> bool {
+    let out = std::process::Command::new(bin())
+        .arg("probe")
+        .env_remove("RINGRELAY_FEATURES")
+        .output()
+        .expect("ringrelay probe");
+    String::from_utf8_lossy(&out.stdout).contains("udp receive       multishot RECVMSG")
+}
+
+/// The value of counter `key` in the last SIGUSR1 counters line of channel `channel`'s input.
+fn input_counter(relay: &Relay, channel: &str, key: &str) -> Option<u64> {
+    let prefix = format!("counters: channel {channel} input");
+    let log = relay.log();
+    let line = log.lines().rev().find(|l| l.contains(&prefix))?;
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))?;
+    v.parse().ok()
+}
+
+/// Waits until the SIGUSR1 counters of `channel`'s input show `key` = `want`.
+fn wait_counter(relay: &Relay, channel: &str, key: &str, want: u64) {
+    wait_for(
+        &format!("channel {channel}: {key}={want}"),
+        TRANSFER_TIMEOUT,
+        || {
+            relay.signal(nix::sys::signal::Signal::SIGUSR1);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            input_counter(relay, channel, key) == Some(want)
+        },
+    );
+}
+
+/// Bursts of back-to-back datagrams, each carrying its sequence number, fanned out to three
+/// outputs: every output gets every datagram byte for byte and strictly in sequence. The
+/// feature set is chosen by the config key (`features = baseline`), not the environment, and
+/// the start-up line must name the receive path it selects: multishot RECVMSG where the
+/// kernel has it, the linked single-shot chains under baseline. Bursts of 200 datagrams are
+/// well beyond one receive chain (16) and the 16-datagram window of the other scenarios, so
+/// reordering between chains or between ring buffers would show here.
+fn udp_sequence_in_order_in_bursts(features: Features) {
+    let dir = TempDir::new("udp-order");
+    let sinks: Vec<DatagramSink> = (0..3)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let feature_key = match features {
+        Features::Auto => "features = auto\n",
+        Features::Baseline => "features = baseline\n",
+    };
+    // Started with the environment cleared: the config key alone selects the feature set.
+    let (relay, input) = Relay::start(Features::Auto, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let mut conf = dir
+            .global_section()
+            .replace("[global]\n", &format!("[global]\n{feature_key}"));
+        conf.push_str(&format!("[channel order]\ninput = udp://{input}\n"));
+        for s in &sinks {
+            conf.push_str(&format!("output = udp://{}\n", s.addr));
+        }
+        (conf, input)
+    });
+    let multishot = features == Features::Auto && kernel_has_multishot_udp();
+    let want = format!(
+        "multishot udp receive {}",
+        if multishot { "on" } else { "off" }
+    );
+    assert!(
+        relay.log().contains(&want),
+        "the start-up line should say {want:?}:\n{}",
+        relay.log()
+    );
+
+    const BURST: usize = 200;
+    const BURSTS: usize = 25;
+    let mut dgrams = Vec::with_capacity(BURST * BURSTS);
+    for seq in 0..(BURST * BURSTS) as u64 {
+        // 8-byte sequence number, then 0..1000 bytes of a pattern seeded by it.
+        let mut d = seq.to_be_bytes().to_vec();
+        d.extend(pattern(seq, (seq as usize * 7919) % 1000));
+        dgrams.push(d);
+    }
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (b, burst) in dgrams.chunks(BURST).enumerate() {
+        for d in burst {
+            tx.send_to(d, input).unwrap();
+        }
+        let want = (b + 1) * BURST;
+        wait_for(
+            &format!("every output to get the {want} datagrams sent so far"),
+            TRANSFER_TIMEOUT,
+            || sinks.iter().all(|s| s.count() >= want),
+        );
+    }
+    for s in &sinks {
+        let got = s.datagrams();
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|d| u64::from_be_bytes(d[..8].try_into().unwrap()))
+            .collect();
+        if let Some(i) = (0..seqs.len()).find(|&i| seqs[i] != i as u64) {
+            panic!(
+                "{}: datagram {i} carries sequence number {} (out of order or lost); around it: {:?}",
+                s.name(),
+                seqs[i],
+                &seqs[i.saturating_sub(3)..(i + 4).min(seqs.len())]
+            );
+        }
+        assert_same_datagrams(s.name(), &got, &dgrams);
+    }
+    wait_counter(&relay, "order", "datagrams", dgrams.len() as u64);
+    assert_eq!(input_counter(&relay, "order", "malformed"), Some(0));
+    if !multishot {
+        assert_eq!(input_counter(&relay, "order", "rearms"), Some(0));
+    }
+    relay.stop();
+}
 
 /// One UDP input, four UDP outputs: each output gets every datagram, in order, unchanged,
 /// including one of the largest size UDP allows.
@@ -294,5 +418,12 @@ fn udp_oversize_datagrams_are_dropped(features: Features) {
         assert_same_datagrams(s.name(), &got[..got.len() - 1], &normal);
         assert_eq!(got.last().unwrap(), b"LAST!", "{}: last datagram", s.name());
     }
+    // Every oversize datagram was counted as malformed, on either receive path.
+    wait_counter(
+        &relay,
+        "small",
+        "malformed",
+        normal.chunks(10).count() as u64,
+    );
     relay.stop();
 }
