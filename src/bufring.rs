@@ -56,6 +56,9 @@ pub struct BufRing {
     staged: u16,
     /// Buffers published and not yet handed back by a completion.
     provided: u16,
+    /// Buffers that have this ring as their home (published, held by outputs, or on their way
+    /// back): at most `entries`.
+    homed: u16,
 }
 
 impl BufRing {
@@ -71,6 +74,7 @@ impl BufRing {
             tail: 0,
             staged: 0,
             provided: 0,
+            homed: 0,
         })
     }
 
@@ -86,6 +90,17 @@ impl BufRing {
     /// Buffers the kernel may pick (published and not handed back).
     pub fn provided(&self) -> u16 {
         self.provided
+    }
+
+    /// Buffers whose home this ring is.
+    pub fn homed(&self) -> u16 {
+        self.homed
+    }
+
+    /// A buffer taken from the pool now has this ring as its home (stage it next).
+    pub fn adopted(&mut self) {
+        assert!(self.homed < self.entries, "more homed buffers than entries");
+        self.homed += 1;
     }
 
     /// Writes one buffer into the next free slot; the kernel sees it after

@@ -15,7 +15,7 @@
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
 
 use crate::channel::{
-    Channel, Endpoint, Link, Role, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
+    Channel, Endpoint, Link, Role, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT, UDP_RING_START,
 };
 use crate::cli::RunArgs;
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
@@ -273,7 +273,16 @@ impl Daemon {
             // where the kernel has them (Caps::multishot_recvmsg), else linked chains of
             // single-shot receives (post_reads).
             if ring.pool().class_size(Class::Small) >= MIN_MULTISHOT_SLOT {
-                ep.bufgroup = ring.open_buf_ring(Class::Small, MAX_BUF_RING_ENTRIES);
+                // No more than the smallest output quota: a burst the ring takes whole
+                // must fit every output's queue.
+                let quota = ch
+                    .outputs
+                    .iter()
+                    .map(|o| o.queue.max_buffers())
+                    .min()
+                    .unwrap_or(usize::MAX);
+                let initial = crate::bufring::entries_for(quota, UDP_RING_START).unwrap_or(0);
+                ep.bufgroup = ring.open_buf_ring(Class::Small, initial, MAX_BUF_RING_ENTRIES);
                 if let Some(g) = ep.bufgroup {
                     debug!(
                         "channel {}: multishot receive, buffer group {g} of {} slots",
@@ -1083,7 +1092,13 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
     if let Some(group) = ep.bufgroup {
         // One multishot receive for the input's life, re-armed when it ends (on_recv_multi),
         // once its ring has a buffer to offer again (all of them may be queued at outputs).
-        if !ep.multishot && ring.buffers_provided(group) > 0 {
+        if ep.multishot {
+            return;
+        }
+        if ring.buffers_provided(group) == 0 {
+            ep.dry_since.get_or_insert_with(Instant::now);
+        } else {
+            ep.dry_since = None;
             ep.multishot = true;
             ep.in_flight += 1;
             let fd = ep.raw_fd();
@@ -2142,6 +2157,7 @@ fn tick_channel(
             ch.input_retry_at = None;
             post_reads(ring, ch, ci);
         }
+        grow_dry_ring(ring, ch, ci, now);
         if let Some(l) = ch.input_listener {
             arm_accept(ring, ch, ci, l);
         }
@@ -2173,6 +2189,32 @@ fn tick_channel(
             }
         }
     }
+}
+
+/// A UDP input whose ring stayed dry for a whole tick has its buffers held by an output that
+/// does not send them (a stuck `drop` subscriber keeps up to its quota): the ring gets more
+/// buffers, so that the outputs that keep up go on getting datagrams, as on the chain path.
+fn grow_dry_ring(ring: &mut Ring, ch: &mut Channel, ci: u16, now: Instant) {
+    let Some(slot) = ch.input else { return };
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    let (Some(group), Some(since)) = (ep.bufgroup, ep.dry_since) else {
+        return;
+    };
+    if ep.multishot || now.duration_since(since) < crate::ring::TICK {
+        return;
+    }
+    ep.dry_since = None;
+    let before = ring.buf_ring_size(group);
+    let added = ring.grow_buf_ring(Class::Small, group, usize::from(before.max(2)));
+    if added > 0 {
+        debug!(
+            "channel {}: receive ring dry for a tick (an output holds its buffers): {} -> {} buffers",
+            ch.name(),
+            before,
+            ring.buf_ring_size(group)
+        );
+    }
+    post_reads(ring, ch, ci);
 }
 
 /// Begins closing an endpoint: shut the socket down and cancel what is in flight; the slot is

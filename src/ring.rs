@@ -184,8 +184,8 @@ pub enum Datagram {
     Malformed,
 }
 
-/// Largest provided-buffer ring of one input.
-pub const MAX_BUF_RING_ENTRIES: u16 = 128;
+/// Largest provided-buffer ring of one input (its capacity; see [`Ring::grow_buf_ring`]).
+pub const MAX_BUF_RING_ENTRIES: u16 = 1024;
 
 pub struct Ring {
     // Field order matters: the ring is dropped before the pool and the provided-buffer rings
@@ -677,25 +677,37 @@ impl Ring {
         }
     }
 
-    /// Opens a provided-buffer ring of at most `max_entries` buffers of class `c` for one
-    /// input's multishot receive: maps it, fills it with pool buffers (which become
-    /// `Provided`, with this ring as their home) and registers it. Returns its buffer group,
-    /// or `None` (the input then uses single-shot receives) when the kernel lacks multishot
-    /// receives, the class cannot spare two buffers (a ring takes at most half of what is
-    /// free), the CQ budget is spent, or mapping or registration failed.
-    pub fn open_buf_ring(&mut self, c: Class, max_entries: u16) -> Option<u16> {
-        if !self.caps.multishot_recvmsg || self.pool.class_size(c) == 0 {
-            return None;
-        }
-        let held: usize = self
+    /// Buffers the rings may still adopt before they could flood the CQ: each completion of
+    /// a multishot receive consumes one buffer, so all homed buffers together stay within
+    /// half the CQ.
+    fn cq_budget(&self) -> usize {
+        let homed: usize = self
             .bufrings
             .iter()
             .flatten()
-            .map(|r| usize::from(r.entries()))
+            .map(|r| usize::from(r.homed()))
             .sum();
-        let budget = (self.caps.cq_entries as usize / 2).saturating_sub(held);
+        (self.caps.cq_entries as usize / 2).saturating_sub(homed)
+    }
+
+    /// Opens a provided-buffer ring of class `c` for one input's multishot receive: maps
+    /// room for up to `max_entries` buffers (a power of two), fills it with `initial` pool
+    /// buffers (which become `Provided`, with this ring as their home) and registers it.
+    /// Returns its buffer group, or `None` (the input then uses single-shot receives) when
+    /// the kernel lacks multishot receives, the class cannot spare two buffers (a ring takes
+    /// at most half of what is free), the CQ budget is spent, or mapping or registration
+    /// failed.
+    pub fn open_buf_ring(&mut self, c: Class, initial: u16, max_entries: u16) -> Option<u16> {
+        if !self.caps.multishot_recvmsg || self.pool.class_size(c) == 0 {
+            return None;
+        }
+        let budget = self.cq_budget();
         let (free, _) = self.pool.free_of(c);
-        let entries = crate::bufring::entries_for((free / 2).min(budget), max_entries)?;
+        let entries = crate::bufring::entries_for(free / 2, max_entries)?;
+        let initial = usize::from(initial.min(entries)).min(budget).min(free / 2);
+        if initial < 2 {
+            return None;
+        }
         let group = match self.bufrings.iter().position(|r| r.is_none()) {
             Some(g) => g,
             None => {
@@ -704,7 +716,7 @@ impl Ring {
             }
         };
         let group16 = u16::try_from(group).ok().filter(|&g| g < u16::MAX - 1)?;
-        let mut br = match BufRing::new(entries) {
+        let br = match BufRing::new(entries) {
             Ok(b) => b,
             Err(e) => {
                 log::warn!("cannot map a provided-buffer ring of {entries} entries: {e}");
@@ -722,16 +734,50 @@ impl Ring {
             log::warn!("cannot register a provided-buffer ring: {e}; using single-shot receives");
             return None;
         }
-        for _ in 0..entries {
-            let Some(id) = self.pool.take_provided(c, group16) else {
+        self.bufrings[group] = Some(br);
+        self.adopt(c, group16, initial);
+        Some(group16)
+    }
+
+    /// Takes up to `n` free buffers of class `c` into the ring of `group` for good. Returns
+    /// how many.
+    fn adopt(&mut self, c: Class, group: u16, n: usize) -> usize {
+        let Some(br) = self
+            .bufrings
+            .get_mut(usize::from(group))
+            .and_then(|r| r.as_mut())
+        else {
+            return 0;
+        };
+        let mut added = 0;
+        while added < n && br.homed() < br.entries() {
+            let Some(id) = self.pool.take_provided(c, group) else {
                 break;
             };
-            let addr = self.pool.addr(id, 0);
-            br.stage(addr, self.pool.size_of(id), id);
+            br.adopted();
+            br.stage(self.pool.addr(id, 0), self.pool.size_of(id), id);
+            added += 1;
         }
         br.publish();
-        self.bufrings[group] = Some(br);
-        Some(group16)
+        added
+    }
+
+    /// Gives the ring of `group` up to `n` more buffers of class `c` (within its entries, half
+    /// the class's free buffers and the CQ budget): for an input whose ring stays dry because
+    /// an output holds its buffers (a stuck `drop` subscriber keeps up to its quota), so that
+    /// the outputs that keep up still get datagrams. Returns how many it got.
+    pub fn grow_buf_ring(&mut self, c: Class, group: u16, n: usize) -> usize {
+        let (free, _) = self.pool.free_of(c);
+        let n = n.min(free / 2).min(self.cq_budget());
+        self.adopt(c, group, n)
+    }
+
+    /// Buffers the ring of `group` has adopted (0 for a closed ring).
+    pub fn buf_ring_size(&self, group: u16) -> u16 {
+        self.bufrings
+            .get(usize::from(group))
+            .and_then(|r| r.as_ref())
+            .map_or(0, |r| r.homed())
     }
 
     /// Unregisters the ring of `group` and gives its buffers back to the pool (those still
