@@ -30,7 +30,56 @@ in_both_feature_sets!(
     udp_ipv6,
     udp_oversize_datagrams_are_dropped,
     udp_sequence_in_order_in_bursts,
+    udp_stuck_subscriber_does_not_stall_the_channel,
 );
+
+/// A TCP subscriber that connects and never reads holds up to its buffer quota of datagrams
+/// (`on_slow = drop`); the UDP output beside it must still get every datagram, in order. On
+/// the multishot path the stuck subscriber holds buffers of the input's ring, which then runs
+/// dry until the ring grows past the subscriber's quota.
+fn udp_stuck_subscriber_does_not_stall_the_channel(features: Features) {
+    let dir = TempDir::new("udp-stuck");
+    let udp_out = DatagramSink::bind("udp output", "127.0.0.1:0".parse().unwrap());
+    let (relay, (input, subs)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel stuck]\ninput = udp://{input}\noutput = tcp-listen://{subs}\noutput = udp://{}\n",
+            dir.global_section(),
+            udp_out.addr
+        );
+        (conf, (input, subs))
+    });
+    // A subscriber with a tiny receive buffer that never reads.
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.set_recv_buffer_size(4096).unwrap();
+    stuck.connect(&subs.into()).unwrap();
+    let listen_url = format!("tcp-listen://{subs}");
+    wait_for(
+        "the relay to accept the subscriber",
+        TRANSFER_TIMEOUT,
+        || {
+            relay.signal(nix::sys::signal::Signal::SIGUSR1);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            relay
+                .log()
+                .lines()
+                .any(|l| l.contains(&listen_url) && l.contains("clients=1"))
+        },
+    );
+    let dgrams = datagrams(8, 12000, 2000);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_windowed(
+        &tx,
+        input,
+        &dgrams,
+        || udp_out.count(),
+        "udp beside a stuck subscriber",
+    );
+    assert_same_datagrams("udp output", &udp_out.datagrams(), &dgrams);
+    drop(stuck);
+    relay.stop();
+}
 
 /// Whether this kernel receives UDP by multishot RECVMSG under `features = auto` (what
 /// `ringrelay probe` reports).
@@ -372,6 +421,57 @@ fn udp_ipv6(features: Features) {
         assert_same_datagrams(s.name(), &s.datagrams()[pings..], &dgrams);
     }
     sub.with_data(|d| assert_same_datagrams(sub.name(), &framed_after_pings(d), &dgrams));
+    relay.stop();
+}
+
+/// A provided-buffer ring of only 4 slots (`datagram_count = 8`: a ring takes at most half
+/// the free slots) runs dry in every burst: the multishot receive ends with -ENOBUFS, is armed
+/// again once outputs give buffers back, and not a datagram is lost or reordered. Multishot
+/// only (the chain path has no ring); skipped where the kernel lacks it.
+#[test]
+fn udp_small_ring_runs_dry_and_rearms_in_order() {
+    if !kernel_has_multishot_udp() {
+        eprintln!("NOTE: skipping: this kernel has no multishot UDP receive");
+        return;
+    }
+    let dir = TempDir::new("udp-dry-ring");
+    let sinks: Vec<DatagramSink> = (0..2)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let (relay, input) = Relay::start(Features::Auto, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let mut conf = dir.global_section() + "datagram_count = 8\n";
+        conf.push_str(&format!("[channel dry]\ninput = udp://{input}\n"));
+        for s in &sinks {
+            conf.push_str(&format!("output = udp://{}\n", s.addr));
+        }
+        (conf, input)
+    });
+    let dgrams: Vec<Vec<u8>> = (0..4000u64)
+        .map(|seq| {
+            let mut d = seq.to_be_bytes().to_vec();
+            d.extend(pattern(seq, (seq as usize * 31) % 1500));
+            d
+        })
+        .collect();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (b, burst) in dgrams.chunks(200).enumerate() {
+        for d in burst {
+            tx.send_to(d, input).unwrap();
+        }
+        let want = (b + 1) * 200;
+        wait_for(
+            &format!("every output to get the {want} datagrams sent so far"),
+            TRANSFER_TIMEOUT,
+            || sinks.iter().all(|s| s.count() >= want),
+        );
+    }
+    for s in &sinks {
+        assert_same_datagrams(s.name(), &s.datagrams(), &dgrams);
+    }
+    wait_counter(&relay, "dry", "datagrams", dgrams.len() as u64);
+    let rearms = input_counter(&relay, "dry", "rearms").unwrap();
+    assert!(rearms > 0, "a 4-slot ring should have run dry");
     relay.stop();
 }
 
