@@ -17,7 +17,7 @@
 //!   flight). The kernel may read it (sends), nobody writes it.
 //! * `Returning`: a buffer with a home ring whose last reference was released (or that came
 //!   back in a completion without data): nobody's, waiting in the pool's returning list for the
-//!   ring driver to publish it in its ring again ([`BufferPool::take_returning`]).
+//!   ring driver to publish it in its ring again (`BufferPool::take_returning`).
 //!
 //! A buffer taken for a provided-buffer ring keeps that ring as its *home* until the ring is
 //! closed: its life is `Provided -> Shared(1..n) -> Returning -> Provided -> ...`, never

@@ -29,7 +29,8 @@
 //! posted its final completion, and the io_uring fd is closed before the mappings are dropped
 //! (field order). CQ overflow: each completion of a multishot receive consumes one buffer of
 //! its ring, so the completions one receive can post before it ends with -ENOBUFS are bounded
-//! by its ring's entries; the rings together hold at most half the CQ ([`Ring::open_buf_ring`]).
+//! by the buffers its ring holds, and the buffers of all rings together stay within half the
+//! CQ ([`Ring::open_buf_ring`], [`Ring::grow_buf_ring`]).
 
 use crate::bufring::BufRing;
 use crate::caps::Caps;
