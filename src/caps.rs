@@ -24,6 +24,12 @@ pub struct Caps {
     pub registered_note: Option<String>,
     /// Multishot accept (5.19+), found by trial.
     pub multishot_accept: bool,
+    /// UDP inputs receive by multishot RECVMSG into provided-buffer rings of pool buffers:
+    /// the kernel registered a provided-buffer ring (5.19+) and ran a multishot RECVMSG (6.0+)
+    /// in a trial, the kernel is not 32-bit ARM, and the baseline set is not forced.
+    pub multishot_recvmsg: bool,
+    /// Why not, when it was considered.
+    pub multishot_recvmsg_note: Option<String>,
     /// Setup feature bits.
     pub feat_nodrop: bool,
     pub feat_submit_stable: bool,
@@ -59,12 +65,13 @@ impl Caps {
     /// One line for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}, splice {}{}",
+            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}, multishot udp receive {}, splice {}{}",
             self.kernel,
             self.machine,
             on_off(self.sqpoll),
             on_off(self.registered_buffers),
             on_off(self.multishot_accept),
+            on_off(self.multishot_recvmsg),
             match (self.has_op("SPLICE"), self.splice_channels) {
                 (false, _) => "unavailable".to_string(),
                 (true, 0) => "off".to_string(),
@@ -166,10 +173,21 @@ impl fmt::Display for Caps {
                 "single-shot ACCEPT, re-armed per connection"
             }
         )?;
-        writeln!(
-            f,
-            "  udp receive       RECV with MSG_TRUNC into pool buffers, several in flight"
-        )?;
+        if self.multishot_recvmsg {
+            writeln!(
+                f,
+                "  udp receive       multishot RECVMSG into a provided-buffer ring of pool buffers per input"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  udp receive       linked chains of RECV with MSG_TRUNC into pool buffers{}",
+                self.multishot_recvmsg_note
+                    .as_deref()
+                    .map(|n| format!(" (multishot: {n})"))
+                    .unwrap_or_default()
+            )?;
+        }
         writeln!(
             f,
             "  stream receive    one read in flight per input, scattered into up to 16 pool buffers"

@@ -23,7 +23,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Receives of one linked chain on a UDP input. Receives pending side by side on one socket
+/// Receives of one linked chain on a UDP input without multishot receive (older kernels,
+/// 32-bit ARM, `features = baseline`; see [`crate::ring::Ring::open_buf_ring`]). Receives pending side by side on one socket
 /// complete out of the order in which they took the datagrams (32 unlinked reordered about one
 /// burst in seven on loopback), and the relay promises datagrams in order: the receives run as
 /// a chain (IOSQE_IO_LINK), one after another in the kernel, and the next chain starts when
@@ -35,6 +36,17 @@ pub const UDP_RECVS_IN_FLIGHT: usize = 16;
 /// the relay bench's TCP 1-to-1 case, 16 instead of 4 took the CPU per GB from x1.33 to x1.05
 /// of socat `-b 1MiB`'s; 32 measured the same as 16.
 pub const STREAM_READ_BUFFERS: usize = 16;
+
+/// Buffers a UDP input's provided-buffer ring starts with (fewer when an output's buffer
+/// quota is smaller). The ring takes back a buffer only when every output is done with it
+/// and recycles once per loop turn, so the input takes at most this many datagrams per turn:
+/// the pacing the receive chains give the chain path, matched to the 32 datagrams one output
+/// sends per turn, while the socket's receive buffer absorbs bursts. A larger ring (128 was
+/// tried) took whole bursts at once, faster than outputs send them, and `drop` outputs lost
+/// what exceeded their quota. The ring grows when it stays dry for a tick
+/// ([`crate::ring::Ring::grow_buf_ring`]).
+pub const UDP_RING_START: u16 = 32;
+
 /// Bytes kept free in front of every datagram for the u32be length prefix.
 pub const PREFIX: u32 = 4;
 
@@ -69,8 +81,16 @@ pub struct Endpoint {
     pub link: Link,
     /// Submissions whose final completion has not arrived.
     pub in_flight: u32,
-    /// Buffers lent to the kernel for receives on this endpoint.
+    /// Buffers lent to the kernel for receives on this endpoint (single-shot receives).
     pub reading: Vec<BufId>,
+    /// A UDP input that receives by multishot RECVMSG: the buffer group of its
+    /// provided-buffer ring (see [`crate::ring::Ring::open_buf_ring`]). Closed only after
+    /// the receive's final completion.
+    pub bufgroup: Option<u16>,
+    /// Its multishot receive is armed (its final completion has not arrived).
+    pub multishot: bool,
+    /// Since when its ring has been dry with the receive unarmed (outputs hold every buffer).
+    pub dry_since: Option<Instant>,
     /// Buffers of the writes in flight, oldest first (each holds its own reference).
     pub writing: Vec<BufId>,
     /// Write submissions in flight (one gathered write, or a chain of datagram sends).
@@ -106,6 +126,9 @@ impl Endpoint {
             link,
             in_flight: 0,
             reading: Vec::with_capacity(UDP_RECVS_IN_FLIGHT),
+            bufgroup: None,
+            multishot: false,
+            dry_since: None,
             writing: Vec::new(),
             write_ops: 0,
             iov: crate::ring::Iovecs::default(),

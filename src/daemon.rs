@@ -20,13 +20,16 @@
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
 
 use crate::channel::{
-    Channel, Endpoint, Link, Role, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
+    Channel, Endpoint, Link, Role, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT, UDP_RING_START,
 };
 use crate::cli::RunArgs;
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
 use crate::outq::{self, Chunk, Offer, OutQueue};
 use crate::pool::Class;
-use crate::ring::{Completion, Ring, RingOptions, Sqe, GSO_BYTES, GSO_SEGMENTS, IOV_MAX};
+use crate::ring::{
+    Completion, Datagram, Ring, RingOptions, Sqe, GSO_BYTES, GSO_SEGMENTS, IOV_MAX,
+    MAX_BUF_RING_ENTRIES,
+};
 use crate::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
 use crate::url::{OnFin, OnSlow, Scheme};
 use crate::{daemonize, logging, net};
@@ -35,6 +38,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Smallest datagram slot worth a multishot receive: the kernel writes a 16-byte header in
+/// front of every payload.
+const MIN_MULTISHOT_SLOT: u32 = 64;
 
 /// Signals the loop reacts to, set by signal handlers and noticed through the pipe.
 struct Signals {
@@ -357,7 +364,30 @@ impl Daemon {
             }
         }
         if let Some(fd) = ch.pending_input.take() {
-            let slot = ch.insert(Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up));
+            let mut ep = Endpoint::new(gens.fresh(), Role::Input, fd, Link::Up);
+            // A UDP input: multishot receives into a provided-buffer ring of datagram slots
+            // where the kernel has them (Caps::multishot_recvmsg), else linked chains of
+            // single-shot receives (post_reads).
+            if ring.pool().class_size(Class::Small) >= MIN_MULTISHOT_SLOT {
+                // No more than the smallest output quota: a burst the ring takes whole
+                // must fit every output's queue.
+                let quota = ch
+                    .outputs
+                    .iter()
+                    .map(|o| o.queue.max_buffers())
+                    .min()
+                    .unwrap_or(usize::MAX);
+                let initial = crate::bufring::entries_for(quota, UDP_RING_START).unwrap_or(0);
+                ep.bufgroup = ring.open_buf_ring(Class::Small, initial, MAX_BUF_RING_ENTRIES);
+                if let Some(g) = ep.bufgroup {
+                    debug!(
+                        "channel {}: multishot receive, buffer group {g} of {} slots",
+                        ch.name(),
+                        ring.buffers_provided(g)
+                    );
+                }
+            }
+            let slot = ch.insert(ep);
             ch.input = Some(slot);
         }
         if let Some(fd) = ch.pending_input_listener.take() {
@@ -462,6 +492,7 @@ impl Daemon {
         };
         match tok.kind {
             OpKind::Recv => on_recv(ring, ch, tok, c.res),
+            OpKind::RecvMulti => on_recv_multi(ring, ch, tok, c),
             OpKind::Send => on_write(ring, ch, tok, c.res),
             OpKind::Accept => {
                 let count = class_count(&self.cfg, &ch.cfg);
@@ -1177,6 +1208,26 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
         ring.push(sqe, Token::new(OpKind::Recv, ci, first, ep.gen));
         return;
     }
+    if let Some(group) = ep.bufgroup {
+        // One multishot receive for the input's life, re-armed when it ends (on_recv_multi),
+        // once its ring has a buffer to offer again (all of them may be queued at outputs).
+        if ep.multishot {
+            return;
+        }
+        if ring.buffers_provided(group) == 0 {
+            ep.dry_since.get_or_insert_with(Instant::now);
+        } else {
+            ep.dry_since = None;
+            ep.multishot = true;
+            ep.in_flight += 1;
+            let fd = ep.raw_fd();
+            ring.push(
+                Sqe::RecvMulti { fd, group },
+                Token::new(OpKind::RecvMulti, ci, slot, ep.gen),
+            );
+        }
+        return;
+    }
     // Datagrams: one linked chain of receives at a time. Receives pending side by side on
     // one socket complete out of the order in which they took the datagrams; a chain runs
     // them one after another in the kernel, so completions come in datagram order, without a
@@ -1244,7 +1295,7 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
             left -= n;
             if n > 0 {
                 ring.pool_mut().filled(b);
-                deliver(ring, ch, ci_of(tok), b, n, false);
+                deliver(ring, ch, ci_of(tok), b, 0, n, false);
             } else {
                 ring.pool_mut().abandon(b);
             }
@@ -1291,7 +1342,7 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
             }
         } else {
             ring.pool_mut().filled(buf);
-            deliver(ring, ch, ci_of(tok), buf, n, true);
+            deliver(ring, ch, ci_of(tok), buf, PREFIX, n, true);
         }
     } else {
         ring.pool_mut().abandon(buf);
@@ -1314,17 +1365,100 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     ch.reap_if_idle(slot);
 }
 
+/// A completion of a UDP input's multishot receive: one datagram in a buffer the kernel
+/// picked from the input's ring (named in the flags), or the end of the receive (no MORE
+/// flag: the ring ran dry with -ENOBUFS, a cancel, an error), after which it is re-armed by
+/// post_reads once the ring has buffers again. A completion for an endpoint that is gone
+/// (generation mismatch) still gives its buffer back.
+fn on_recv_multi(ring: &mut Ring, ch: &mut Channel, tok: Token, c: Completion) {
+    let (ci, slot) = (tok.chan, tok.ep);
+    let bid = io_uring::cqueue::buffer_select(c.flags);
+    let more = c.more();
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        if let Some(b) = bid {
+            ring.give_back(b);
+        }
+        return;
+    };
+    let group = ep.bufgroup.expect("a multishot receive has a buffer ring");
+    let closing = ep.link == Link::Closing;
+    if !more {
+        ep.in_flight -= 1;
+        ep.multishot = false;
+    }
+    if let Some(b) = bid {
+        match ring.take_datagram(group, b, c.res) {
+            Datagram::Payload { off, len } if !closing => {
+                if len == 0 {
+                    ring.pool_mut().release(b);
+                    ch.stats.malformed += 1;
+                } else {
+                    deliver(ring, ch, ci, b, off, len, true);
+                }
+            }
+            Datagram::Payload { .. } => ring.pool_mut().release(b),
+            Datagram::Truncated { len } => {
+                ch.stats.malformed += 1;
+                if ch.stats.malformed == 1 {
+                    warn!(
+                        "channel {}: datagram of {len} bytes is larger than datagram_size ({} bytes with the kernel's 16-byte header); counted as malformed (raise datagram_size)",
+                        ch.name(),
+                        ring.pool().size_of(b)
+                    );
+                }
+            }
+            Datagram::Malformed => ch.stats.malformed += 1,
+        }
+    }
+    if more {
+        return;
+    }
+    if closing {
+        // The last completion: nothing can pick from the ring any more.
+        ring.close_buf_ring(group);
+        if let Some(ep) = ch.ep_mut(slot) {
+            ep.bufgroup = None;
+        }
+        ch.reap_if_idle(slot);
+        return;
+    }
+    ch.stats.rearms += 1;
+    if c.res < 0 && c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
+        ch.stats.errors += 1;
+        warn!(
+            "channel {}: input read failed: {}",
+            ch.name(),
+            errno_str(c.res)
+        );
+        // A UDP socket error (rare): retry after a backoff.
+        let d = ch.input_backoff.next_delay();
+        ch.input_retry_at = Some(Instant::now() + d);
+    }
+    // Re-armed right away when buffers are back (they are recycled first), else by the
+    // post_reads after the batch that releases one.
+    post_reads(ring, ch, ci);
+}
+
 fn ci_of(tok: Token) -> u16 {
     tok.chan
 }
 
-/// Offers a filled buffer to every output.
-fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datagram: bool) {
+/// Offers a filled buffer to every output: `len` bytes at `off`. A datagram keeps
+/// [`PREFIX`] free bytes before `off` for the framing length prefix.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    ring: &mut Ring,
+    ch: &mut Channel,
+    ci: u16,
+    buf: u16,
+    off: u32,
+    len: u32,
+    datagram: bool,
+) {
     ch.stats.bytes += u64::from(len);
     if datagram {
         ch.stats.datagrams += 1;
     }
-    let off = if datagram { PREFIX } else { 0 };
     if let Some(p) = ch.publisher.as_mut() {
         let data = ring.pool().bytes(buf, off, len);
         if datagram {
@@ -1341,13 +1475,14 @@ fn deliver(ring: &mut Ring, ch: &mut Channel, ci: u16, buf: u16, len: u32, datag
     }
     let framed = datagram && ch.framing() == Framing::U32Be;
     if framed {
-        ring.pool_mut().write_prefix(buf, 0, &len.to_be_bytes());
+        ring.pool_mut()
+            .write_prefix(buf, off - PREFIX, &len.to_be_bytes());
     }
     let plain = Chunk { buf, off, len };
     let stream_chunk = if framed {
         Chunk {
             buf,
-            off: 0,
+            off: off - PREFIX,
             len: len + PREFIX,
         }
     } else {
@@ -2483,6 +2618,7 @@ fn tick_channel(
             ch.input_retry_at = None;
             post_reads(ring, ch, ci);
         }
+        grow_dry_ring(ring, ch, ci, now);
         if let Some(l) = ch.input_listener {
             arm_accept(ring, ch, ci, l);
         }
@@ -2517,6 +2653,32 @@ fn tick_channel(
     }
 }
 
+/// A UDP input whose ring stayed dry for a whole tick has its buffers held by an output that
+/// does not send them (a stuck `drop` subscriber keeps up to its quota): the ring gets more
+/// buffers, so that the outputs that keep up go on getting datagrams, as on the chain path.
+fn grow_dry_ring(ring: &mut Ring, ch: &mut Channel, ci: u16, now: Instant) {
+    let Some(slot) = ch.input else { return };
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    let (Some(group), Some(since)) = (ep.bufgroup, ep.dry_since) else {
+        return;
+    };
+    if ep.multishot || now.duration_since(since) < crate::ring::TICK {
+        return;
+    }
+    ep.dry_since = None;
+    let before = ring.buf_ring_size(group);
+    let added = ring.grow_buf_ring(Class::Small, group, usize::from(before.max(2)));
+    if added > 0 {
+        debug!(
+            "channel {}: receive ring dry for a tick (an output holds its buffers): {} -> {} buffers",
+            ch.name(),
+            before,
+            ring.buf_ring_size(group)
+        );
+    }
+    post_reads(ring, ch, ci);
+}
+
 /// Begins closing an endpoint: shut the socket down and cancel what is in flight; the slot is
 /// freed when the last completion arrives.
 fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
@@ -2541,6 +2703,18 @@ fn close_ep(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
             },
             Token::daemon(OpKind::Cancel),
         );
+    }
+    if ep.multishot {
+        // Its final completion closes the buffer ring (on_recv_multi).
+        ring.push(
+            Sqe::Cancel {
+                user_data: Token::new(OpKind::RecvMulti, ci, slot, gen).encode(),
+            },
+            Token::daemon(OpKind::Cancel),
+        );
+    } else if let Some(g) = ep.bufgroup.take() {
+        // Not armed (waiting for buffers, or after its end): nothing picks from the ring.
+        ring.close_buf_ring(g);
     }
     if ep.accepting {
         ring.push(

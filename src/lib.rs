@@ -21,7 +21,8 @@
 //!   [`stats`], [`decimate`], [`shm::layout`], [`splice`] (which channels move their bytes
 //!   through a pipe, and that pipe's fill accounting).
 //! * Driver (the only `unsafe`): [`ring`] (the one io_uring ring: setup, probing, the one place
-//!   SQEs are pushed), [`pool`] (the registered buffer arena), [`shm::writer`]/[`shm::reader`]
+//!   SQEs are pushed), [`pool`] (the registered buffer arena), [`bufring`] (provided-buffer
+//!   rings that multishot UDP receives pick pool buffers from), [`shm::writer`]/[`shm::reader`]
 //!   (the mapped region).
 //! * The event loop [`daemon`] owns the ring, the pool and every [`channel::Channel`]: it turns
 //!   completions into engine calls and engine decisions into submissions.
@@ -30,6 +31,8 @@
 #![deny(unsafe_code)]
 
 pub mod backoff;
+#[allow(unsafe_code)]
+pub mod bufring;
 pub mod caps;
 pub mod channel;
 pub mod cli;

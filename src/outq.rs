@@ -115,6 +115,11 @@ impl OutQueue {
         self.over(0, 0)
     }
 
+    /// Buffers this queue may hold (its share of the pool).
+    pub fn max_buffers(&self) -> usize {
+        self.max_buffers
+    }
+
     /// Whether a blocked input may resume: both measures at or below half their limit.
     pub fn may_resume(&self) -> bool {
         self.backlog() <= self.max_bytes / 2 && self.items.len() <= self.max_buffers / 2

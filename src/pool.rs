@@ -5,13 +5,25 @@
 //! copies nothing in userspace: an input reads into a buffer, every output sends from that same
 //! buffer, and the buffer returns to the pool when its last reference is released.
 //!
-//! A buffer is in one of three states, and the state says who owns its bytes:
+//! A buffer is in one of five states, and the state says who owns its bytes:
 //!
 //! * `Free`: in the free list, nobody reads or writes it.
-//! * `Kernel`: lent to the kernel for a read; the kernel may write into it until the read's
+//! * `Kernel`: lent to the kernel for one read; the kernel may write into it until the read's
 //!   completion arrives. Userspace must not read it ([`BufferPool::bytes`] refuses).
+//! * `Provided`: published in a provided-buffer ring ([`crate::bufring`]): the kernel's, which
+//!   may pick it for any datagram of that ring's input at any moment, until a completion names
+//!   it. Userspace must not read or write it.
 //! * `Shared(n)`: holds data, immutable, referenced by `n` holders (output queues, writes in
 //!   flight). The kernel may read it (sends), nobody writes it.
+//! * `Returning`: a buffer with a home ring whose last reference was released (or that came
+//!   back in a completion without data): nobody's, waiting in the pool's returning list for the
+//!   ring driver to publish it in its ring again (`BufferPool::take_returning`).
+//!
+//! A buffer taken for a provided-buffer ring keeps that ring as its *home* until the ring is
+//! closed: its life is `Provided -> Shared(1..n) -> Returning -> Provided -> ...`, never
+//! through the free list. When the ring closes ([`BufferPool::disown`]), its buffers that are
+//! not held go to the free list, and the ones still held by outputs lose their home and go to
+//! the free list with their last release.
 //!
 //! The pool has two size classes: `Large` buffers (`buffer_size`, for stream reads) and
 //! `Small` slots (`datagram_size`, for datagram receives), so that a burst of small datagrams
@@ -32,8 +44,13 @@ pub type BufId = u16;
 enum State {
     Free,
     Kernel,
+    Provided,
     Shared(u32),
+    Returning,
 }
+
+/// `home` of a buffer that belongs to no provided-buffer ring.
+const NO_HOME: u16 = u16::MAX;
 
 /// The two buffer sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +75,10 @@ pub struct BufferPool {
     map: MmapMut,
     classes: [ClassInfo; 2],
     state: Vec<State>,
+    /// Buffer group of the provided-buffer ring each buffer belongs to, or [`NO_HOME`].
+    home: Vec<u16>,
+    /// Buffers in the `Returning` state, oldest first.
+    returning: Vec<BufId>,
 }
 
 impl BufferPool {
@@ -86,6 +107,8 @@ impl BufferPool {
             map,
             classes: [large, small],
             state: vec![State::Free; (count + small_count) as usize],
+            home: vec![NO_HOME; (count + small_count) as usize],
+            returning: Vec::new(),
         })
     }
 
@@ -184,16 +207,89 @@ impl BufferPool {
         }
     }
 
-    /// Drops a reference; the last one frees the buffer.
+    /// Drops a reference; the last one frees the buffer, or sends it back towards its home
+    /// ring.
     pub fn release(&mut self, id: BufId) {
         let s = &mut self.state[id as usize];
         match s {
+            State::Shared(1) if self.home[id as usize] != NO_HOME => {
+                *s = State::Returning;
+                self.returning.push(id);
+            }
             State::Shared(1) => {
                 *s = State::Free;
                 self.free_id(id);
             }
             State::Shared(n) => *n -= 1,
             s => panic!("release of buffer {id} in state {s:?}"),
+        }
+    }
+
+    /// Takes a free buffer of class `c` for the provided-buffer ring of buffer group `group`:
+    /// it is the kernel's once the ring driver publishes it, and keeps `group` as its home.
+    pub fn take_provided(&mut self, c: Class, group: u16) -> Option<BufId> {
+        assert_ne!(group, NO_HOME, "group {group} is reserved");
+        let id = self.classes[c as usize].free.pop()?;
+        debug_assert_eq!(self.state[id as usize], State::Free);
+        self.state[id as usize] = State::Provided;
+        self.home[id as usize] = group;
+        Some(id)
+    }
+
+    /// A completion of ring `group` named buffer `id`: the kernel is done with it and it is
+    /// the caller's, with one reference ([`BufferPool::release`] sends it home). Panics when
+    /// `id` is not a buffer of that ring in the kernel's hands: a completion that names one
+    /// would be a broken invariant, not bad input.
+    pub fn received(&mut self, id: BufId, group: u16) {
+        assert!(
+            (id as usize) < self.state.len()
+                && self.state[id as usize] == State::Provided
+                && self.home[id as usize] == group,
+            "buffer {id} is not provided in group {group}"
+        );
+        self.state[id as usize] = State::Shared(1);
+    }
+
+    /// Whether `id` is in the kernel's hands in a provided-buffer ring.
+    pub fn is_provided(&self, id: BufId) -> bool {
+        self.state.get(id as usize) == Some(&State::Provided)
+    }
+
+    /// Home ring of a buffer, if it has one.
+    pub fn home(&self, id: BufId) -> Option<u16> {
+        let h = *self.home.get(id as usize)?;
+        (h != NO_HOME).then_some(h)
+    }
+
+    /// Moves the `Returning` buffers into `out` and marks them `Provided`: the caller (the ring
+    /// driver) publishes each in its home ring before the kernel can see it.
+    pub(crate) fn take_returning(&mut self, out: &mut Vec<BufId>) {
+        for &id in &self.returning {
+            debug_assert_eq!(self.state[id as usize], State::Returning);
+            self.state[id as usize] = State::Provided;
+        }
+        out.append(&mut self.returning);
+    }
+
+    /// Whether buffers wait to go back to their rings.
+    pub fn has_returning(&self) -> bool {
+        !self.returning.is_empty()
+    }
+
+    /// The ring of `group` is gone (unregistered, no operation can pick from it any more):
+    /// its buffers that the kernel held or that were on their way back go to the free list;
+    /// those still holding data lose their home, and their last release frees them.
+    pub fn disown(&mut self, group: u16) {
+        self.returning.retain(|&id| self.home[id as usize] != group);
+        for id in 0..self.state.len() {
+            if self.home[id] != group {
+                continue;
+            }
+            self.home[id] = NO_HOME;
+            if matches!(self.state[id], State::Provided | State::Returning) {
+                self.state[id] = State::Free;
+                self.free_id(id as BufId);
+            }
         }
     }
 
@@ -243,7 +339,7 @@ impl BufferPool {
             .collect()
     }
 
-    /// Buffers not free (held by outputs or lent to the kernel).
+    /// Buffers not free (held by outputs, lent to the kernel or in a provided-buffer ring).
     pub fn in_use(&self) -> usize {
         self.state.len() - self.free_count()
     }
@@ -301,6 +397,74 @@ mod tests {
         assert_eq!(iov[2].iov_len, 2048);
         assert_eq!(iov[2].iov_base as usize - iov[0].iov_base as usize, 16384);
         assert_eq!(p.free_count(), 4);
+    }
+
+    #[test]
+    fn provided_buffers_go_home_not_to_the_free_list() {
+        let mut p = BufferPool::new(4096, 1, 2048, 4).unwrap();
+        let a = p.take_provided(Class::Small, 3).unwrap();
+        let b = p.take_provided(Class::Small, 3).unwrap();
+        assert_eq!(p.home(a), Some(3));
+        assert_eq!(p.free_of(Class::Small), (2, 4));
+        // A datagram in `a`, sent by two outputs.
+        p.received(a, 3);
+        p.retain(a);
+        assert_eq!(p.bytes(a, 0, 4).len(), 4);
+        p.release(a);
+        assert!(!p.has_returning());
+        p.release(a);
+        assert!(p.has_returning());
+        assert_eq!(p.free_of(Class::Small), (2, 4), "not to the free list");
+        let mut back = Vec::new();
+        p.take_returning(&mut back);
+        assert_eq!(back, vec![a]);
+        assert!(!p.has_returning());
+        // Provided again: the kernel's, unreadable, and receivable once more.
+        p.received(a, 3);
+        p.release(a);
+        back.clear();
+        p.take_returning(&mut back);
+        // `b` holds data when the ring closes: it is freed by its last release; `a` at once.
+        p.received(b, 3);
+        p.disown(3);
+        assert_eq!(p.free_of(Class::Small), (3, 4));
+        assert_eq!(p.home(b), None);
+        p.release(b);
+        assert_eq!(p.free_of(Class::Small), (4, 4));
+        assert!(!p.has_returning());
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn disown_drops_returning_buffers_of_that_ring_only() {
+        let mut p = BufferPool::new(4096, 1, 2048, 4).unwrap();
+        let a = p.take_provided(Class::Small, 1).unwrap();
+        let b = p.take_provided(Class::Small, 2).unwrap();
+        for (id, g) in [(a, 1), (b, 2)] {
+            p.received(id, g);
+            p.release(id);
+        }
+        p.disown(1);
+        let mut back = Vec::new();
+        p.take_returning(&mut back);
+        assert_eq!(back, vec![b]);
+        assert_eq!(p.free_of(Class::Small), (3, 4));
+    }
+
+    #[test]
+    #[should_panic(expected = "is not provided in group")]
+    fn a_completion_naming_a_buffer_of_another_ring_is_caught() {
+        let mut p = BufferPool::new(4096, 1, 2048, 2).unwrap();
+        let a = p.take_provided(Class::Small, 1).unwrap();
+        p.received(a, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not hold data")]
+    fn provided_bytes_are_not_readable() {
+        let mut p = BufferPool::new(4096, 1, 2048, 1).unwrap();
+        let a = p.take_provided(Class::Small, 0).unwrap();
+        let _ = p.bytes(a, 0, 1);
     }
 
     #[test]

@@ -1,28 +1,45 @@
-//! The one io_uring ring: setup with SQPOLL, feature probing, fixed-buffer registration, the one
-//! place submissions are pushed, and the reaping of completions.
+//! The one io_uring ring: setup with SQPOLL, feature probing, fixed-buffer registration, the
+//! provided-buffer rings of multishot UDP receives, the one place submissions are pushed, and
+//! the reaping of completions.
 //!
-//! Owns: the ring and the buffer pool (so the pool outlives every submission that points into
-//! it). Nothing else in the daemon calls into io_uring. It never interprets a completion:
+//! Owns: the ring, the buffer pool and the provided-buffer rings (so the pool and the rings'
+//! memory outlive every submission that points into them). Nothing else in the daemon calls
+//! into io_uring. It never interprets a completion:
 //! [`crate::daemon`] does, through the [`crate::token::Token`] in `user_data`.
 //!
 //! Safety argument for [`Ring::push`], the only place an SQE is handed to the kernel: every
 //! pointer an SQE carries refers either to (a) the pool arena, which is mapped for the life of
 //! the `Ring` and whose buffers the caller has put in the `Kernel` state (reads) or holds a
 //! reference to until the completion (writes), (b) storage boxed inside the `Ring` itself
-//! (the timer's timespec and the signal pipe's read buffer), allocated once and never moved or
-//! freed while the ring lives, or (c) an endpoint's boxed [`Iovecs`] (gathered writes) or
-//! [`GsoMsg`] (segmented UDP sends: msghdr, control message and iovecs), which the daemon frees
-//! only with its endpoint, once that endpoint's in-flight count is zero, and does not refill
-//! while a write of that endpoint is in flight. A splice ([`Sqe::Splice`]) carries no pointer:
-//! only two descriptors and a length. File descriptors are kept open by their owners until
-//! every operation on them has completed (the daemon counts in-flight operations per endpoint). On
+//! (the timer's timespec, the signal pipe's read buffer and the msghdr template of multishot
+//! receives), allocated once and never moved or freed while the ring lives, or (c) an
+//! endpoint's boxed [`Iovecs`] (gathered writes) or [`GsoMsg`] (segmented UDP sends: msghdr,
+//! control message and iovecs), which the daemon frees only with its endpoint, once that
+//! endpoint's in-flight count is zero, and does not refill while a write of that endpoint is in
+//! flight. A splice ([`Sqe::Splice`]) carries no pointer: only two descriptors and a length.
+//! File descriptors are kept open by their owners until every operation on them has completed
+//! (the daemon counts in-flight operations per endpoint). On
 //! drop, the ring cancels what is still in flight and waits for those completions, and if any
 //! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
+//!
+//! Provided-buffer rings ([`crate::bufring`]): a multishot RECVMSG names a buffer group, not a
+//! buffer, and the kernel picks a buffer from that group's ring for each datagram. Every buffer
+//! published in a ring is a pool buffer in the pool's `Provided` state (the kernel's); a
+//! completion hands it back ([`Ring::take_datagram`]), and once its last reference is released
+//! the pool queues it as `Returning` and [`Ring::recycle`] publishes it in its ring again, before
+//! every submit. A ring's mapping is registered for as long as it is in `bufrings`: it is
+//! unregistered ([`Ring::close_buf_ring`]) only once the multishot receive that picks from it has
+//! posted its final completion, and the io_uring fd is closed before the mappings are dropped
+//! (field order). CQ overflow: each completion of a multishot receive consumes one buffer of
+//! its ring, so the completions one receive can post before it ends with -ENOBUFS are bounded
+//! by the buffers its ring holds, and the buffers of all rings together stay within half the
+//! CQ ([`Ring::open_buf_ring`], [`Ring::grow_buf_ring`]).
 
+use crate::bufring::BufRing;
 use crate::caps::Caps;
 use crate::config::SqpollMode;
 use crate::outq::Chunk;
-use crate::pool::{BufId, BufferPool};
+use crate::pool::{BufId, BufferPool, Class};
 use crate::token::{OpKind, Token};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use std::collections::VecDeque;
@@ -93,6 +110,10 @@ pub enum Sqe {
     /// One segmented UDP send (UDP_SEGMENT): the datagrams of a [`GsoMsg`] the endpoint owns,
     /// filled with [`GsoMsg::fill`]; the kernel splits it back into those datagrams.
     SendGso { fd: RawFd, msg: MsgPtr },
+    /// Receive datagrams, one completion each, into buffers the kernel picks from the
+    /// provided-buffer ring of `group` (multishot RECVMSG, Linux 6.0+; only after
+    /// [`Ring::open_buf_ring`] gave `group`).
+    RecvMulti { fd: RawFd, group: u16 },
     /// Accept a connection (multishot where the kernel has it and the caller asks).
     Accept { fd: RawFd, multishot: bool },
     /// Wait until `fd` is writable (a non-blocking connect finished, or a splice may go on).
@@ -261,10 +282,35 @@ impl GsoMsg {
 /// Period of the daemon's timer.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// What a multishot receive's completion put into its buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datagram {
+    /// A whole datagram of `len` bytes at byte `off` of the buffer, which the caller now holds
+    /// one reference to. At least [`crate::channel::PREFIX`] bytes before `off` are free (the
+    /// kernel's header, already parsed) for a length prefix.
+    Payload { off: u32, len: u32 },
+    /// The datagram (of `len` bytes) did not fit and was cut short; its buffer has gone back.
+    Truncated { len: u32 },
+    /// A completion too short to hold the kernel's header; its buffer has gone back.
+    Malformed,
+}
+
+/// Largest provided-buffer ring of one input (its capacity; see [`Ring::grow_buf_ring`]).
+pub const MAX_BUF_RING_ENTRIES: u16 = 1024;
+
 pub struct Ring {
-    // Field order matters: the ring is dropped before the pool it points into.
+    // Field order matters: the ring is dropped before the pool and the provided-buffer rings
+    // it points into.
     uring: IoUring,
     pool: BufferPool,
+    /// Provided-buffer rings by buffer group id (`None`: a free id).
+    bufrings: Vec<Option<BufRing>>,
+    /// Scratch of `recycle` (kept for its capacity).
+    returning: Vec<BufId>,
+    /// The msghdr every multishot RECVMSG is prepared with: no name, no control data, no
+    /// iovec (the buffer comes from the ring), so a buffer holds the kernel's 16-byte
+    /// `io_uring_recvmsg_out` header and then the payload.
+    msghdr: Box<libc::msghdr>,
     tick: Box<types::Timespec>,
     sigbuf: Box<[u8; 64]>,
     overflow: VecDeque<squeue::Entry>,
@@ -300,6 +346,10 @@ pub fn memlock_limit() -> Option<u64> {
         #[allow(clippy::useless_conversion)]
         Some(u64::from(r.rlim_cur))
     }
+}
+
+fn errno(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
 }
 
 fn setup_error(e: io::Error, what: &str) -> String {
@@ -508,6 +558,10 @@ impl Ring {
         let mut ring = Ring {
             uring,
             pool,
+            bufrings: Vec::new(),
+            returning: Vec::new(),
+            // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
+            msghdr: Box::new(unsafe { std::mem::zeroed() }),
             tick: Box::new(types::Timespec::from(TICK)),
             sigbuf: Box::new([0u8; 64]),
             overflow: VecDeque::new(),
@@ -518,6 +572,23 @@ impl Ring {
         ring.register_pool(opts);
         if opts.trial_multishot && !opts.baseline && ring.caps.has_op("SOCKET") {
             ring.caps.multishot_accept = ring.trial_multishot_accept();
+        }
+        if !opts.trial_multishot {
+            // Only reporting: leave the multishot receive undecided.
+        } else if opts.baseline {
+            ring.caps.multishot_recvmsg_note = Some("baseline feature set forced".into());
+        } else if ring.caps.is_arm32_kernel() {
+            // A user-allocated provided-buffer ring oopsed a 32-bit ARM kernel with highmem
+            // (IOURING.md §5): never register one there.
+            ring.caps.multishot_recvmsg_note = Some(format!(
+                "not on a 32-bit ARM kernel ({}): its provided-buffer rings are unsafe",
+                ring.caps.machine
+            ));
+        } else {
+            match ring.trial_multishot_recvmsg() {
+                Ok(()) => ring.caps.multishot_recvmsg = true,
+                Err(why) => ring.caps.multishot_recvmsg_note = Some(why),
+            }
         }
         if ring.caps.has_op("SPLICE") {
             ring.caps.splice_eagain = ring.trial_nonblocking_splice();
@@ -610,6 +681,323 @@ impl Ring {
             std::mem::forget(l);
         }
         ok
+    }
+
+    /// Registers a provided-buffer ring on a throwaway ring mapping, submits a multishot
+    /// RECVMSG on a throwaway loopback socket and sends it one datagram: a kernel with both
+    /// (6.0+) answers with the datagram in a ring buffer and the MORE flag. Before 5.19 the
+    /// registration fails with EINVAL; 5.19 rejects the multishot flag with -EINVAL.
+    fn trial_multishot_recvmsg(&mut self) -> Result<(), String> {
+        const TRIAL_GROUP: u16 = u16::MAX - 1;
+        const TRIAL_BUF: u32 = 2048;
+        let mut br = BufRing::new(2).map_err(|e| format!("cannot map a buffer ring: {e}"))?;
+        let mut data =
+            memmap2::MmapMut::map_anon(2 * TRIAL_BUF as usize).map_err(|e| e.to_string())?;
+        for i in 0..2u16 {
+            let p = data[usize::from(i) * TRIAL_BUF as usize..].as_mut_ptr();
+            br.stage(p, TRIAL_BUF, i);
+        }
+        br.publish();
+        // SAFETY: the ring mapping `br` lives until it is unregistered below, or is leaked.
+        let reg = unsafe {
+            self.uring.submitter().register_buf_ring_with_flags(
+                br.addr(),
+                br.entries(),
+                TRIAL_GROUP,
+                0,
+            )
+        };
+        if let Err(e) = reg {
+            return Err(format!("no provided-buffer rings (Linux 5.19+): {e}"));
+        }
+        let result = self.trial_recvmsg_multi(TRIAL_GROUP);
+        match result {
+            Ok(done) => {
+                if !done {
+                    // The receive may still pick a buffer: keep both mappings forever.
+                    std::mem::forget(br);
+                    std::mem::forget(data);
+                    return Err("the trial receive did not finish".into());
+                }
+                let _ = self.uring.submitter().unregister_buf_ring(TRIAL_GROUP);
+                Ok(())
+            }
+            Err((why, done)) => {
+                if done {
+                    let _ = self.uring.submitter().unregister_buf_ring(TRIAL_GROUP);
+                } else {
+                    std::mem::forget(br);
+                    std::mem::forget(data);
+                }
+                Err(why)
+            }
+        }
+    }
+
+    /// The receive part of [`Ring::trial_multishot_recvmsg`]: Ok(whether its last completion
+    /// arrived) when the kernel delivered a datagram with MORE, else the reason and the same.
+    fn trial_recvmsg_multi(&mut self, group: u16) -> Result<bool, (String, bool)> {
+        use std::os::fd::AsRawFd;
+        let fail = |why: &str| (why.to_string(), true);
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail(&e.to_string()))?;
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail(&e.to_string()))?;
+        let to = rx.local_addr().map_err(|e| fail(&e.to_string()))?;
+        let token = Token::new(OpKind::RecvMulti, crate::token::DAEMON_CHANNEL, 2, 0);
+        let trial = token.encode();
+        let fd = rx.as_raw_fd();
+        self.push(Sqe::RecvMulti { fd, group }, token);
+        let _ = tx.send_to(b"probe", to);
+        let mut got = None;
+        let mut done = false;
+        let mut cancelled = false;
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            if self.wait(Some(Duration::from_millis(100))).is_err() {
+                break;
+            }
+            out.clear();
+            self.reap(&mut out);
+            for c in &out {
+                if c.user_data != trial {
+                    continue;
+                }
+                if got.is_none() {
+                    got = Some(if c.res < 0 {
+                        Err(errno(c.res))
+                    } else {
+                        Ok(c.more() && cqueue::buffer_select(c.flags).is_some())
+                    });
+                }
+                if !c.more() {
+                    done = true;
+                }
+            }
+            if done {
+                break;
+            }
+            if got.is_some() && !cancelled {
+                self.push(
+                    Sqe::Cancel { user_data: trial },
+                    Token::daemon(OpKind::Cancel),
+                );
+                cancelled = true;
+            }
+        }
+        // The socket must outlive the receive: `done` says its last completion arrived.
+        if !done {
+            std::mem::forget(rx);
+        }
+        match got {
+            Some(Ok(true)) => Ok(done),
+            Some(Ok(false)) => Err(("the trial receive ended at once".into(), done)),
+            Some(Err(e)) => Err((format!("no multishot RECVMSG (Linux 6.0+): {e}"), done)),
+            None => Err(("the trial receive got no datagram".into(), done)),
+        }
+    }
+
+    /// Buffers the rings may still adopt before they could flood the CQ: each completion of
+    /// a multishot receive consumes one buffer, so all homed buffers together stay within
+    /// half the CQ.
+    fn cq_budget(&self) -> usize {
+        let homed: usize = self
+            .bufrings
+            .iter()
+            .flatten()
+            .map(|r| usize::from(r.homed()))
+            .sum();
+        (self.caps.cq_entries as usize / 2).saturating_sub(homed)
+    }
+
+    /// Opens a provided-buffer ring of class `c` for one input's multishot receive: maps
+    /// room for up to `max_entries` buffers (a power of two), fills it with `initial` pool
+    /// buffers (which become `Provided`, with this ring as their home) and registers it.
+    /// Returns its buffer group, or `None` (the input then uses single-shot receives) when
+    /// the kernel lacks multishot receives, the class cannot spare two buffers (a ring takes
+    /// at most half of what is free), the CQ budget is spent, or mapping or registration
+    /// failed.
+    pub fn open_buf_ring(&mut self, c: Class, initial: u16, max_entries: u16) -> Option<u16> {
+        if !self.caps.multishot_recvmsg || self.pool.class_size(c) == 0 {
+            return None;
+        }
+        let budget = self.cq_budget();
+        let (free, _) = self.pool.free_of(c);
+        let entries = crate::bufring::entries_for(free / 2, max_entries)?;
+        let initial = usize::from(initial.min(entries)).min(budget).min(free / 2);
+        if initial < 2 {
+            return None;
+        }
+        let group = match self.bufrings.iter().position(|r| r.is_none()) {
+            Some(g) => g,
+            None => {
+                self.bufrings.push(None);
+                self.bufrings.len() - 1
+            }
+        };
+        let group16 = u16::try_from(group).ok().filter(|&g| g < u16::MAX - 1)?;
+        let br = match BufRing::new(entries) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("cannot map a provided-buffer ring of {entries} entries: {e}");
+                return None;
+            }
+        };
+        // SAFETY: `br` is stored in `self.bufrings` below and stays there, mapped, until
+        // close_buf_ring unregisters it (or the ring is dropped, io_uring fd first).
+        let reg = unsafe {
+            self.uring
+                .submitter()
+                .register_buf_ring_with_flags(br.addr(), br.entries(), group16, 0)
+        };
+        if let Err(e) = reg {
+            log::warn!("cannot register a provided-buffer ring: {e}; using single-shot receives");
+            return None;
+        }
+        self.bufrings[group] = Some(br);
+        self.adopt(c, group16, initial);
+        Some(group16)
+    }
+
+    /// Takes up to `n` free buffers of class `c` into the ring of `group` for good. Returns
+    /// how many.
+    fn adopt(&mut self, c: Class, group: u16, n: usize) -> usize {
+        let Some(br) = self
+            .bufrings
+            .get_mut(usize::from(group))
+            .and_then(|r| r.as_mut())
+        else {
+            return 0;
+        };
+        let mut added = 0;
+        while added < n && br.homed() < br.entries() {
+            let Some(id) = self.pool.take_provided(c, group) else {
+                break;
+            };
+            br.adopted();
+            br.stage(self.pool.addr(id, 0), self.pool.size_of(id), id);
+            added += 1;
+        }
+        br.publish();
+        added
+    }
+
+    /// Gives the ring of `group` up to `n` more buffers of class `c` (within its entries, half
+    /// the class's free buffers and the CQ budget): for an input whose ring stays dry because
+    /// an output holds its buffers (a stuck `drop` subscriber keeps up to its quota), so that
+    /// the outputs that keep up still get datagrams. Returns how many it got.
+    pub fn grow_buf_ring(&mut self, c: Class, group: u16, n: usize) -> usize {
+        let (free, _) = self.pool.free_of(c);
+        let n = n.min(free / 2).min(self.cq_budget());
+        self.adopt(c, group, n)
+    }
+
+    /// Buffers the ring of `group` has adopted (0 for a closed ring).
+    pub fn buf_ring_size(&self, group: u16) -> u16 {
+        self.bufrings
+            .get(usize::from(group))
+            .and_then(|r| r.as_ref())
+            .map_or(0, |r| r.homed())
+    }
+
+    /// Unregisters the ring of `group` and gives its buffers back to the pool (those still
+    /// held by outputs return with their last release). Only once no operation can pick from
+    /// it: its multishot receive has posted its final completion, or was never armed.
+    pub fn close_buf_ring(&mut self, group: u16) {
+        let Some(br) = self
+            .bufrings
+            .get_mut(usize::from(group))
+            .and_then(|r| r.take())
+        else {
+            return;
+        };
+        if let Err(e) = self.uring.submitter().unregister_buf_ring(group) {
+            // The kernel still has the ring: keep its memory mapped and its buffers
+            // `Provided` for good rather than hand the kernel memory we reuse.
+            log::warn!(
+                "cannot unregister provided-buffer ring {group}: {e}; its buffers stay lent"
+            );
+            std::mem::forget(br);
+            return;
+        }
+        self.pool.disown(group);
+        drop(br);
+    }
+
+    /// Buffers the ring of `group` offers the kernel now, after publishing the ones that came
+    /// back (0 for a closed ring).
+    pub fn buffers_provided(&mut self, group: u16) -> u16 {
+        self.recycle();
+        self.bufrings
+            .get(usize::from(group))
+            .and_then(|r| r.as_ref())
+            .map_or(0, |r| r.provided())
+    }
+
+    /// Publishes every buffer whose last reference was released back into its home ring: the
+    /// pool's `Returning` buffers become `Provided`, one tail store per ring.
+    pub fn recycle(&mut self) {
+        if !self.pool.has_returning() {
+            return;
+        }
+        let mut back = std::mem::take(&mut self.returning);
+        self.pool.take_returning(&mut back);
+        for &id in &back {
+            let g = self.pool.home(id).expect("a returning buffer has a home");
+            let addr = self.pool.addr(id, 0);
+            let len = self.pool.size_of(id);
+            self.bufrings[usize::from(g)]
+                .as_mut()
+                .expect("a returning buffer's ring is open (disown clears the others)")
+                .stage(addr, len, id);
+        }
+        for r in self.bufrings.iter_mut().flatten() {
+            r.publish();
+        }
+        back.clear();
+        self.returning = back;
+    }
+
+    /// A completion of the multishot receive on `group` named buffer `bid` with result `res`
+    /// (>= 0): takes the buffer back from the kernel and parses what the kernel wrote
+    /// (`io_uring_recvmsg_out`, then the payload).
+    pub fn take_datagram(&mut self, group: u16, bid: BufId, res: i32) -> Datagram {
+        self.pool.received(bid, group);
+        if let Some(br) = self
+            .bufrings
+            .get_mut(usize::from(group))
+            .and_then(|r| r.as_mut())
+        {
+            br.consumed();
+        }
+        let n = (res.max(0) as u32).min(self.pool.size_of(bid));
+        let bytes = self.pool.bytes(bid, 0, n);
+        let d = match types::RecvMsgOut::parse(bytes, &self.msghdr) {
+            Err(()) => Datagram::Malformed,
+            Ok(m) if m.is_payload_truncated() => Datagram::Truncated {
+                len: m.incoming_payload_len(),
+            },
+            Ok(m) => {
+                let off = m.payload_data().as_ptr() as usize - bytes.as_ptr() as usize;
+                Datagram::Payload {
+                    off: off as u32,
+                    len: m.payload_data().len() as u32,
+                }
+            }
+        };
+        if !matches!(d, Datagram::Payload { .. }) {
+            self.pool.release(bid);
+        }
+        d
+    }
+
+    /// A completion named buffer `bid` that nobody wants (its endpoint is gone): back to its
+    /// ring (or, when the ring is closed, nowhere: disown already freed it).
+    pub fn give_back(&mut self, bid: BufId) {
+        let Some(g) = self.pool.home(bid) else {
+            return;
+        };
+        if self.pool.is_provided(bid) {
+            let _ = self.take_datagram(g, bid, 0);
+        }
     }
 
     /// Submits a splice from an empty non-blocking socket into a pipe: a kernel that answers
@@ -758,6 +1146,9 @@ impl Ring {
             }
             Sqe::Writev { fd, iov, n } => opcode::Writev::new(types::Fd(fd), iov.0, n).build(),
             Sqe::SendGso { fd, msg } => opcode::SendMsg::new(types::Fd(fd), msg.0).build(),
+            Sqe::RecvMulti { fd, group } => {
+                opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msghdr as *const _, group).build()
+            }
             Sqe::Accept { fd, multishot } => {
                 if multishot && self.caps.multishot_accept {
                     opcode::AcceptMulti::new(types::Fd(fd))
@@ -816,6 +1207,7 @@ impl Ring {
 
     /// Submits what is queued and waits for at least one completion (or `timeout`).
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.recycle();
         loop {
             self.drain_overflow();
             let r = match timeout {
@@ -847,6 +1239,7 @@ impl Ring {
 
     /// Submits without waiting (SQPOLL: usually no system call at all).
     pub fn submit(&mut self) -> io::Result<()> {
+        self.recycle();
         self.drain_overflow();
         match self.uring.submit() {
             Ok(_) => Ok(()),
@@ -893,6 +1286,7 @@ impl Drop for Ring {
                 BufferPool::new(4096, 1, 0, 0).expect("a one-page pool"),
             );
             std::mem::forget(pool);
+            std::mem::forget(std::mem::take(&mut self.bufrings));
         }
     }
 }

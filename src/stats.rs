@@ -19,6 +19,9 @@ pub struct InputStats {
     /// Producer connections refused (a producer was already connected, or `allow=`).
     pub refused: u64,
     pub errors: u64,
+    /// Times a multishot receive ended and was armed again (its buffer ring ran dry, -ENOBUFS,
+    /// or the kernel ended it); 0 on the single-shot path.
+    pub rearms: u64,
 }
 
 /// Counters of one output (all its subscribers together for a listening output).
@@ -40,14 +43,15 @@ impl fmt::Display for InputStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "bytes={} datagrams={} drops={} malformed={} reconnects={} refused={} errors={}",
+            "bytes={} datagrams={} drops={} malformed={} reconnects={} refused={} errors={} rearms={}",
             self.bytes,
             self.datagrams,
             self.drops,
             self.malformed,
             self.reconnects,
             self.refused,
-            self.errors
+            self.errors,
+            self.rearms
         )
     }
 }

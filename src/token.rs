@@ -46,6 +46,9 @@ pub enum OpKind {
     SpliceIn = 9,
     /// Splice from the channel's pipe into the output link.
     SpliceOut = 10,
+    /// The multishot receive of a UDP input (endpoint = the input's slot); its buffers come
+    /// from the input's provided-buffer ring and are named in each completion's flags.
+    RecvMulti = 11,
 }
 
 impl OpKind {
@@ -61,6 +64,7 @@ impl OpKind {
             8 => OpKind::Hangup,
             9 => OpKind::SpliceIn,
             10 => OpKind::SpliceOut,
+            11 => OpKind::RecvMulti,
             _ => return None,
         })
     }
@@ -159,7 +163,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=10, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=11, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);

@@ -8,6 +8,10 @@
 //! The daemon receives datagrams into slots of `datagram_size` bytes (2 KiB by default) and drops
 //! larger ones as oversize; scenarios that send datagrams up to the UDP maximum (65507 bytes)
 //! raise it with [`JUMBO`].
+//!
+//! Where the kernel has them (6.0+, 64-bit), the `auto` runs receive by multishot RECVMSG into
+//! provided-buffer rings and the `baseline` runs by linked chains of single-shot receives:
+//! [`udp_sequence_in_order_in_bursts`] checks which path ran and that bursts arrive in order.
 
 #[macro_use]
 mod common;
@@ -26,7 +30,176 @@ in_both_feature_sets!(
     udp_ipv6,
     udp_oversize_datagrams_are_dropped,
     udp_segmented_sends_keep_boundaries,
+    udp_sequence_in_order_in_bursts,
+    udp_stuck_subscriber_does_not_stall_the_channel,
 );
+
+/// A TCP subscriber that connects and never reads holds up to its buffer quota of datagrams
+/// (`on_slow = drop`); the UDP output beside it must still get every datagram, in order. On
+/// the multishot path the stuck subscriber holds buffers of the input's ring, which then runs
+/// dry until the ring grows past the subscriber's quota.
+fn udp_stuck_subscriber_does_not_stall_the_channel(features: Features) {
+    let dir = TempDir::new("udp-stuck");
+    let udp_out = DatagramSink::bind("udp output", "127.0.0.1:0".parse().unwrap());
+    let (relay, (input, subs)) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel stuck]\ninput = udp://{input}\noutput = tcp-listen://{subs}\noutput = udp://{}\n",
+            dir.global_section(),
+            udp_out.addr
+        );
+        (conf, (input, subs))
+    });
+    // A subscriber with a tiny receive buffer that never reads.
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.set_recv_buffer_size(4096).unwrap();
+    stuck.connect(&subs.into()).unwrap();
+    let listen_url = format!("tcp-listen://{subs}");
+    wait_for(
+        "the relay to accept the subscriber",
+        TRANSFER_TIMEOUT,
+        || {
+            relay.signal(nix::sys::signal::Signal::SIGUSR1);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            relay
+                .log()
+                .lines()
+                .any(|l| l.contains(&listen_url) && l.contains("clients=1"))
+        },
+    );
+    let dgrams = datagrams(8, 12000, 2000);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_windowed(
+        &tx,
+        input,
+        &dgrams,
+        || udp_out.count(),
+        "udp beside a stuck subscriber",
+    );
+    assert_same_datagrams("udp output", &udp_out.datagrams(), &dgrams);
+    drop(stuck);
+    relay.stop();
+}
+
+/// Whether this kernel receives UDP by multishot RECVMSG under `features = auto` (what
+/// `ringrelay probe` reports).
+fn kernel_has_multishot_udp() -> bool {
+    let out = std::process::Command::new(bin())
+        .arg("probe")
+        .env_remove("RINGRELAY_FEATURES")
+        .output()
+        .expect("ringrelay probe");
+    String::from_utf8_lossy(&out.stdout).contains("udp receive       multishot RECVMSG")
+}
+
+/// The value of counter `key` in the last SIGUSR1 counters line of channel `channel`'s input.
+fn input_counter(relay: &Relay, channel: &str, key: &str) -> Option<u64> {
+    let prefix = format!("counters: channel {channel} input");
+    let log = relay.log();
+    let line = log.lines().rev().find(|l| l.contains(&prefix))?;
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))?;
+    v.parse().ok()
+}
+
+/// Waits until the SIGUSR1 counters of `channel`'s input show `key` = `want`.
+fn wait_counter(relay: &Relay, channel: &str, key: &str, want: u64) {
+    wait_for(
+        &format!("channel {channel}: {key}={want}"),
+        TRANSFER_TIMEOUT,
+        || {
+            relay.signal(nix::sys::signal::Signal::SIGUSR1);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            input_counter(relay, channel, key) == Some(want)
+        },
+    );
+}
+
+/// Bursts of back-to-back datagrams, each carrying its sequence number, fanned out to three
+/// outputs: every output gets every datagram byte for byte and strictly in sequence. The
+/// feature set is chosen by the config key (`features = baseline`), not the environment, and
+/// the start-up line must name the receive path it selects: multishot RECVMSG where the
+/// kernel has it, the linked single-shot chains under baseline. Bursts of 200 datagrams are
+/// well beyond one receive chain (16) and the 16-datagram window of the other scenarios, so
+/// reordering between chains or between ring buffers would show here.
+fn udp_sequence_in_order_in_bursts(features: Features) {
+    let dir = TempDir::new("udp-order");
+    let sinks: Vec<DatagramSink> = (0..3)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let feature_key = match features {
+        Features::Auto => "features = auto\n",
+        Features::Baseline => "features = baseline\n",
+    };
+    // Started with the environment cleared: the config key alone selects the feature set.
+    let (relay, input) = Relay::start(Features::Auto, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let mut conf = dir
+            .global_section()
+            .replace("[global]\n", &format!("[global]\n{feature_key}"));
+        conf.push_str(&format!("[channel order]\ninput = udp://{input}\n"));
+        for s in &sinks {
+            conf.push_str(&format!("output = udp://{}\n", s.addr));
+        }
+        (conf, input)
+    });
+    let multishot = features == Features::Auto && kernel_has_multishot_udp();
+    let want = format!(
+        "multishot udp receive {}",
+        if multishot { "on" } else { "off" }
+    );
+    assert!(
+        relay.log().contains(&want),
+        "the start-up line should say {want:?}:\n{}",
+        relay.log()
+    );
+
+    const BURST: usize = 200;
+    const BURSTS: usize = 25;
+    let mut dgrams = Vec::with_capacity(BURST * BURSTS);
+    for seq in 0..(BURST * BURSTS) as u64 {
+        // 8-byte sequence number, then 0..1000 bytes of a pattern seeded by it.
+        let mut d = seq.to_be_bytes().to_vec();
+        d.extend(pattern(seq, (seq as usize * 7919) % 1000));
+        dgrams.push(d);
+    }
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (b, burst) in dgrams.chunks(BURST).enumerate() {
+        for d in burst {
+            tx.send_to(d, input).unwrap();
+        }
+        let want = (b + 1) * BURST;
+        wait_for(
+            &format!("every output to get the {want} datagrams sent so far"),
+            TRANSFER_TIMEOUT,
+            || sinks.iter().all(|s| s.count() >= want),
+        );
+    }
+    for s in &sinks {
+        let got = s.datagrams();
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|d| u64::from_be_bytes(d[..8].try_into().unwrap()))
+            .collect();
+        if let Some(i) = (0..seqs.len()).find(|&i| seqs[i] != i as u64) {
+            panic!(
+                "{}: datagram {i} carries sequence number {} (out of order or lost); around it: {:?}",
+                s.name(),
+                seqs[i],
+                &seqs[i.saturating_sub(3)..(i + 4).min(seqs.len())]
+            );
+        }
+        assert_same_datagrams(s.name(), &got, &dgrams);
+    }
+    wait_counter(&relay, "order", "datagrams", dgrams.len() as u64);
+    assert_eq!(input_counter(&relay, "order", "malformed"), Some(0));
+    if !multishot {
+        assert_eq!(input_counter(&relay, "order", "rearms"), Some(0));
+    }
+    relay.stop();
+}
 
 /// One UDP input, four UDP outputs: each output gets every datagram, in order, unchanged,
 /// including one of the largest size UDP allows.
@@ -252,6 +425,57 @@ fn udp_ipv6(features: Features) {
     relay.stop();
 }
 
+/// A provided-buffer ring of only 4 slots (`datagram_count = 8`: a ring takes at most half
+/// the free slots) runs dry in every burst: the multishot receive ends with -ENOBUFS, is armed
+/// again once outputs give buffers back, and not a datagram is lost or reordered. Multishot
+/// only (the chain path has no ring); skipped where the kernel lacks it.
+#[test]
+fn udp_small_ring_runs_dry_and_rearms_in_order() {
+    if !kernel_has_multishot_udp() {
+        eprintln!("NOTE: skipping: this kernel has no multishot UDP receive");
+        return;
+    }
+    let dir = TempDir::new("udp-dry-ring");
+    let sinks: Vec<DatagramSink> = (0..2)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let (relay, input) = Relay::start(Features::Auto, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let mut conf = dir.global_section() + "datagram_count = 8\n";
+        conf.push_str(&format!("[channel dry]\ninput = udp://{input}\n"));
+        for s in &sinks {
+            conf.push_str(&format!("output = udp://{}\n", s.addr));
+        }
+        (conf, input)
+    });
+    let dgrams: Vec<Vec<u8>> = (0..4000u64)
+        .map(|seq| {
+            let mut d = seq.to_be_bytes().to_vec();
+            d.extend(pattern(seq, (seq as usize * 31) % 1500));
+            d
+        })
+        .collect();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (b, burst) in dgrams.chunks(200).enumerate() {
+        for d in burst {
+            tx.send_to(d, input).unwrap();
+        }
+        let want = (b + 1) * 200;
+        wait_for(
+            &format!("every output to get the {want} datagrams sent so far"),
+            TRANSFER_TIMEOUT,
+            || sinks.iter().all(|s| s.count() >= want),
+        );
+    }
+    for s in &sinks {
+        assert_same_datagrams(s.name(), &s.datagrams(), &dgrams);
+    }
+    wait_counter(&relay, "dry", "datagrams", dgrams.len() as u64);
+    let rearms = input_counter(&relay, "dry", "rearms").unwrap();
+    assert!(rearms > 0, "a 4-slot ring should have run dry");
+    relay.stop();
+}
+
 /// With the default 2 KiB slots, a 4000-byte datagram is oversize: it is dropped (and counted),
 /// never relayed cut short, and the datagrams around it flow on unchanged.
 fn udp_oversize_datagrams_are_dropped(features: Features) {
@@ -295,6 +519,13 @@ fn udp_oversize_datagrams_are_dropped(features: Features) {
         assert_same_datagrams(s.name(), &got[..got.len() - 1], &normal);
         assert_eq!(got.last().unwrap(), b"LAST!", "{}: last datagram", s.name());
     }
+    // Every oversize datagram was counted as malformed, on either receive path.
+    wait_counter(
+        &relay,
+        "small",
+        "malformed",
+        normal.chunks(10).count() as u64,
+    );
     relay.stop();
 }
 
