@@ -941,7 +941,12 @@ fn main() {
     // a relay carries without loss.
     let mut sweep_rows: Vec<(f64, Vec<Row>)> = Vec::new();
     if case("b3") {
-        for &rate in UDP_SWEEP_RATES {
+        // RELAY_BENCH_SWEEP=100000,200000 replaces the rates.
+        let rates: Vec<f64> = std::env::var("RELAY_BENCH_SWEEP")
+            .ok()
+            .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+            .unwrap_or_else(|| UDP_SWEEP_RATES.to_vec());
+        for &rate in &rates {
             let count = (rate * if quick { 0.5 } else { 1.0 }) as u64;
             let mut rows = Vec::new();
             for r in &udp_relays {
