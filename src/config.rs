@@ -814,7 +814,7 @@ fn parse_channel(
             let largest = if input.scheme.is_stream() || g.datagram_count == 0 {
                 g.buffer_size
             } else {
-                g.datagram_size - 4
+                g.datagram_size - crate::channel::DATAGRAM_HEADROOM
             };
             if u64::from(header_bytes.0) + frame > u64::from(largest) {
                 err(

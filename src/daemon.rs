@@ -20,7 +20,8 @@
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
 
 use crate::channel::{
-    Channel, Endpoint, Link, Role, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT, UDP_RING_START,
+    Channel, Endpoint, Link, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS,
+    UDP_RECVS_IN_FLIGHT, UDP_RING_START,
 };
 use crate::cli::RunArgs;
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
@@ -1158,7 +1159,7 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
     if ep.link != Link::Up {
         return;
     }
-    let class = if datagram && ring.pool().class_size(Class::Small) > PREFIX {
+    let class = if datagram && ring.pool().class_size(Class::Small) > DATAGRAM_HEADROOM {
         Class::Small
     } else {
         Class::Large
@@ -1247,8 +1248,8 @@ fn post_reads(ring: &mut Ring, ch: &mut Channel, ci: u16) {
             Sqe::RecvDatagram {
                 fd,
                 buf,
-                off: PREFIX,
-                len: size - PREFIX,
+                off: DATAGRAM_HEADROOM,
+                len: size - DATAGRAM_HEADROOM,
             },
             Token::new(OpKind::Recv, ci, buf, gen),
         );
@@ -1330,19 +1331,19 @@ fn on_recv(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     ep.reading.retain(|b| *b != buf);
     if res > 0 {
         let n = res as u32;
-        if n > size - PREFIX {
+        if n > size - DATAGRAM_HEADROOM {
             ring.pool_mut().abandon(buf);
             ch.stats.malformed += 1;
             if ch.stats.malformed == 1 {
                 warn!(
-                    "channel {}: datagram of {n} bytes is larger than datagram_size ({} bytes with the length prefix); counted as malformed (raise datagram_size)",
+                    "channel {}: datagram of {n} bytes is larger than datagram_size ({} bytes with 16 bytes of headroom); counted as malformed (raise datagram_size)",
                     ch.name(),
                     size
                 );
             }
         } else {
             ring.pool_mut().filled(buf);
-            deliver(ring, ch, ci_of(tok), buf, PREFIX, n, true);
+            deliver(ring, ch, ci_of(tok), buf, DATAGRAM_HEADROOM, n, true);
         }
     } else {
         ring.pool_mut().abandon(buf);
@@ -1401,7 +1402,7 @@ fn on_recv_multi(ring: &mut Ring, ch: &mut Channel, tok: Token, c: Completion) {
                 ch.stats.malformed += 1;
                 if ch.stats.malformed == 1 {
                     warn!(
-                        "channel {}: datagram of {len} bytes is larger than datagram_size ({} bytes with the kernel's 16-byte header); counted as malformed (raise datagram_size)",
+                        "channel {}: datagram of {len} bytes is larger than datagram_size ({} bytes with 16 bytes of headroom); counted as malformed (raise datagram_size)",
                         ch.name(),
                         ring.pool().size_of(b)
                     );

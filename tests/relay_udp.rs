@@ -251,7 +251,7 @@ fn udp_command_line_channel(features: Features) {
         }
         (args, input)
     });
-    // Default datagram slots: up to 2044 bytes are relayed whole.
+    // Default datagram slots: up to 2032 bytes are relayed whole.
     let dgrams = datagrams(2, 500, 2000);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     send_windowed(
