@@ -46,6 +46,11 @@ pub enum OpKind {
     SpliceIn = 9,
     /// Splice from the channel's pipe into the output link.
     SpliceOut = 10,
+    /// Tee from a fan-out channel's intake pipe into one output's pipe (`endpoint` is the
+    /// output index; the generation is the channel's fan-out generation).
+    Tee = 11,
+    /// The distribution splice of a fan-out round: intake pipe -> the last output's pipe.
+    SpliceDist = 12,
 }
 
 impl OpKind {
@@ -61,6 +66,8 @@ impl OpKind {
             8 => OpKind::Hangup,
             9 => OpKind::SpliceIn,
             10 => OpKind::SpliceOut,
+            11 => OpKind::Tee,
+            12 => OpKind::SpliceDist,
             _ => return None,
         })
     }
@@ -147,6 +154,8 @@ mod tests {
             Token::new(OpKind::Signal, 0, 0, 0),
             Token::new(OpKind::Cancel, u16::MAX, u16::MAX, GEN_MASK),
             Token::daemon(OpKind::Tick),
+            Token::new(OpKind::Tee, 3, 1, 7),
+            Token::new(OpKind::SpliceDist, 3, 2, GEN_MASK),
         ] {
             assert_eq!(Token::decode(t.encode()), Some(t));
             assert_ne!(t.encode(), 0);
@@ -159,7 +168,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=10, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=12, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);
