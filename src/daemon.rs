@@ -13,7 +13,10 @@
 //! A splicing channel ([`crate::splice`]) skips the pool: one splice moves input socket ->
 //! the channel's pipe, one moves pipe -> output link, each resubmitted as its completion comes
 //! and sized by the pipe's fill; faults, redials, FIN, shutdown and reload go through the same
-//! endpoint life as the buffer path.
+//! endpoint life as the buffer path. A fan-out channel adds a pipe per output: rounds of tees
+//! (and one distribution splice) fill them from the channel's pipe, each output splices out of
+//! its own; tees and distribution splices are counted on the channel ([`Channel::live_endpoints`]),
+//! not on an endpoint.
 //!
 //! Must never: block (every socket operation goes through the ring; the only synchronous
 //! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
