@@ -29,6 +29,7 @@ in_both_feature_sets!(
     splice_fan_out_moves_32_mib_to_3_collectors_byte_exact,
     splice_fan_out_collector_down_at_start_gets_every_byte,
     splice_fan_out_sigterm_flushes_every_pipe,
+    splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe,
 );
 
 fn splice_channel(dir: &TempDir, name: &str, input: SocketAddr, collector: SocketAddr) -> String {
@@ -452,4 +453,59 @@ fn splice_fan_out_sigterm_flushes_every_pipe(features: Features) {
         });
         assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
     }
+}
+
+/// SIGHUP with a 3-way fan-out channel gone from the file, one collector down: the channel
+/// flushes its intake pipe and every output pipe (the missing collector comes up after the
+/// reload), then closes, and all four pipes with it.
+fn splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe(features: Features) {
+    let dir = TempDir::new("tee-reload");
+    let first = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let second = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let late = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+    let addrs = [first.addr, late, second.addr];
+    let (mut relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (fan_out_channel(&dir, "gone", input, &addrs), input)
+    });
+    assert_tees(&relay);
+    let payload = pattern(53, 256 << 10);
+    let mut p = connect_tcp(input);
+    p.write_all(&payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+    let pipes_before = open_pipes(relay.pid());
+    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    std::fs::write(
+        dir.join("ringrelay.conf"),
+        format!(
+            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
+            dir.global_section()
+        ),
+    )
+    .unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", READY_TIMEOUT, || {
+        relay.log().contains("channel gone removed")
+    });
+    let third = Collector::listen(late, None);
+    for (i, c) in [&first, &third, &second].iter().enumerate() {
+        wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
+            c.total_len() >= payload.len()
+        });
+        assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
+    }
+    wait_for("the channel to close", TRANSFER_TIMEOUT, || {
+        relay.log().contains("channel gone: closed")
+    });
+    relay.assert_running("after the reload");
+    assert_eq!(
+        open_pipes(relay.pid()),
+        pipes_before - 8,
+        "both ends of the intake pipe and of the three output pipes are closed"
+    );
+    relay.stop();
 }
