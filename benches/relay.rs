@@ -24,10 +24,14 @@
 //!   ratio decimating / plain. A decimating cell counts as failed unless its regions hold the
 //!   decimated frames.
 //! * (e) TCP 1-to-1 with `buffer_size = 256KiB` next to the default 64KiB (`sqpoll = off`).
+//! * (f) TCP 1-to-3 fan-out: the source pushes 1 GiB (quick: 128 MiB) into a channel with three
+//!   `tcp://` outputs; ringrelay with `splice = on` (tee) and `splice = off` (buffers) against
+//!   the blocking relay (a thread per output). Gbit/s per output, to the last sink's last
+//!   byte; relay CPU seconds per GB of input.
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
-//! (a, b, b2, b3, d, d2, e); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
+//! (a, b, b2, b3, d, d2, e, f); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
 //! exit). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
 
@@ -125,6 +129,11 @@ enum Wiring {
         input: SocketAddr,
         output: SocketAddr,
     },
+    /// The relay listens on `input` for one producer and dials every one of `outputs`.
+    TcpFan {
+        input: SocketAddr,
+        outputs: Vec<SocketAddr>,
+    },
     /// One channel per entry: the relay binds the input and sends every datagram to each of
     /// the outputs. Channel `i` is named `ch{i}`.
     Udp {
@@ -174,6 +183,12 @@ impl Bench {
                         "\n[channel ch0]\ninput = tcp-listen://{input}\noutput = tcp://{output}\n"
                     )
                     }
+                    Wiring::TcpFan { input, outputs } => {
+                        conf += &format!("\n[channel ch0]\ninput = tcp-listen://{input}\n");
+                        for o in outputs {
+                            conf += &format!("output = tcp://{o}\n");
+                        }
+                    }
                     Wiring::Udp { channels } => {
                         for (i, (input, outputs)) in channels.iter().enumerate() {
                             conf += &format!("\n[channel ch{i}]\ninput = udp://{input}\n{extra}");
@@ -212,6 +227,10 @@ impl Bench {
                 match w {
                     Wiring::Tcp { input, output } => {
                         c.arg("tcp").arg(input.to_string()).arg(output.to_string());
+                    }
+                    Wiring::TcpFan { input, outputs } => {
+                        c.arg("tcp").arg(input.to_string());
+                        c.args(outputs.iter().map(|o| o.to_string()));
                     }
                     Wiring::Udp { channels } => {
                         let [(input, outputs)] = &channels[..] else {
@@ -305,19 +324,43 @@ struct Sample {
 
 /// Case (a): pushes `total` bytes through the relay; `Err` names what went wrong.
 fn tcp_run(b: &mut Bench, relay: &Relay, total: u64, limit: Duration) -> Result<Sample, String> {
-    let sink = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let output = sink.local_addr().unwrap();
+    tcp_fan_run(b, relay, total, 1, limit)
+}
+
+/// Cases (a) and (f): pushes `total` bytes through the relay to `fan` sinks (each gets all of
+/// them). Gbit/s is per output, from the source's connect to the last sink's last byte; CPU
+/// s/GB is per GB of input.
+fn tcp_fan_run(
+    b: &mut Bench,
+    relay: &Relay,
+    total: u64,
+    fan: usize,
+    limit: Duration,
+) -> Result<Sample, String> {
+    let sinks: Vec<TcpListener> = (0..fan)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let outputs: Vec<SocketAddr> = sinks.iter().map(|s| s.local_addr().unwrap()).collect();
     let input = free_port_tcp();
-    let w = Wiring::Tcp { input, output };
+    let w = if fan == 1 {
+        Wiring::Tcp {
+            input,
+            output: outputs[0],
+        }
+    } else {
+        Wiring::TcpFan { input, outputs }
+    };
     let child = b.spawn(relay, &w).map_err(|e| format!("spawn: {e}"))?;
     let deadline = Instant::now() + limit;
 
-    let got = Arc::new(AtomicU64::new(0));
+    let gots: Vec<Arc<AtomicU64>> = (0..fan).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let end = Arc::new(Mutex::new(None::<Instant>));
     let abort = Arc::new(AtomicBool::new(false));
-    let sink_thread = {
-        let (got, end, abort) = (Arc::clone(&got), Arc::clone(&end), Arc::clone(&abort));
-        thread::spawn(move || {
+    let mut sink_threads = Vec::new();
+    for (sink, got) in sinks.into_iter().zip(&gots) {
+        let (got, end, abort) = (Arc::clone(got), Arc::clone(&end), Arc::clone(&abort));
+        sink_threads.push(thread::spawn(move || {
             sink.set_nonblocking(true).unwrap();
             let mut s = loop {
                 match sink.accept() {
@@ -348,9 +391,13 @@ fn tcp_run(b: &mut Bench, relay: &Relay, total: u64, limit: Duration) -> Result<
                     Err(_) => break,
                 }
             }
-            *end.lock().unwrap() = Some(Instant::now());
-        })
-    };
+            let now = Instant::now();
+            let mut e = end.lock().unwrap();
+            if e.is_none_or(|t| t < now) {
+                *e = Some(now);
+            }
+        }));
+    }
 
     // The source: connect once the relay listens, then write as fast as the relay takes it.
     let connect_by = Instant::now() + Duration::from_secs(10);
@@ -365,7 +412,9 @@ fn tcp_run(b: &mut Bench, relay: &Relay, total: u64, limit: Duration) -> Result<
             Err(e) => {
                 let (_, err) = reap(child);
                 abort.store(true, Ordering::Relaxed);
-                let _ = sink_thread.join();
+                sink_threads.into_iter().for_each(|t| {
+                    let _ = t.join();
+                });
                 return Err(format!(
                     "cannot connect to the relay: {e}; relay said: {}",
                     err.trim()
@@ -394,13 +443,19 @@ fn tcp_run(b: &mut Bench, relay: &Relay, total: u64, limit: Duration) -> Result<
         }
     }
     let _ = src.shutdown(Shutdown::Write);
-    let _ = sink_thread.join();
+    sink_threads.into_iter().for_each(|t| {
+        let _ = t.join();
+    });
     drop(src);
     let (cpu, err) = reap(child);
-    let n = got.load(Ordering::Relaxed);
+    let n = gots
+        .iter()
+        .map(|g| g.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0);
     if n != total {
         return Err(format!(
-            "sink got {n} of {total} bytes{}{}",
+            "a sink got {n} of {total} bytes{}{}",
             fail.map(|f| format!(" ({f})")).unwrap_or_default(),
             if err.is_empty() {
                 String::new()
@@ -787,6 +842,8 @@ fn main() {
         (3, 2u64 << 30, 200_000u64, 50_000u64, 400_000u64, 120_000u64)
     };
     let limit = Duration::from_secs(if quick { 20 } else { 120 });
+    // Case (f) moves this much input, three times over.
+    let fan_bytes = if quick { 128u64 << 20 } else { 1u64 << 30 };
     let cases: Option<Vec<String>> = std::env::var("RELAY_BENCH_CASES")
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
@@ -878,6 +935,29 @@ fn main() {
         "CPU s/GB",
         false,
         &tcp_rows,
+    );
+
+    // (f): TCP 1-to-3 fan-out: ringrelay's tee splice path against its buffer path and the
+    // blocking relay's thread per output.
+    let mut fan_rows = Vec::new();
+    let fan_relays = relays.iter().filter(|r| match r {
+        Relay::Ringrelay { sqpoll, buffer, .. } => *sqpoll == "off" && buffer.is_none(),
+        Relay::Blocking { .. } => true,
+        Relay::Socat { .. } => false,
+    });
+    for r in fan_relays.filter(|_| case("f")) {
+        fan_rows.push(Row {
+            name: r.name(),
+            kind: kind(r),
+            result: measure(runs, || tcp_fan_run(&mut b, r, fan_bytes, 3, limit)),
+        });
+    }
+    print_table_if(
+        "(f) TCP 1-to-3 fan-out (Gbit/s per output; CPU s per GB of input)",
+        "Gbit/s/output",
+        "CPU s/GB",
+        false,
+        &fan_rows,
     );
 
     let mut udp_rows = Vec::new();

@@ -47,6 +47,8 @@ pub struct Caps {
     pub memlock: Option<u64>,
     /// Channels that splice (set by the daemon once they are activated; 0 for `probe`).
     pub splice_channels: usize,
+    /// Of those, channels that fan out with tee (set with `splice_channels`).
+    pub tee_channels: usize,
     /// A splice from a non-blocking socket with nothing to read completes with -EAGAIN (found
     /// by trial), so splices can wait in POLL_ADD rather than in an io-wq worker.
     pub splice_eagain: bool,
@@ -75,7 +77,14 @@ impl Caps {
             match (self.has_op("SPLICE"), self.splice_channels) {
                 (false, _) => "unavailable".to_string(),
                 (true, 0) => "off".to_string(),
-                (true, n) => format!("on ({n} channel{})", if n == 1 { "" } else { "s" }),
+                (true, n) => format!(
+                    "on ({n} channel{}{})",
+                    if n == 1 { "" } else { "s" },
+                    match self.tee_channels {
+                        0 => String::new(),
+                        t => format!(", {t} fan-out with tee"),
+                    }
+                ),
             },
             if self.baseline {
                 " (baseline feature set forced)"
@@ -208,11 +217,23 @@ impl fmt::Display for Caps {
             "unavailable (no IORING_OP_SPLICE): every channel uses pool buffers".to_string()
         } else {
             format!(
-                "SPLICE socket -> pipe -> socket on 1-to-1 stream channels with splice = on{}",
+                "SPLICE socket -> pipe -> socket on 1-to-1 stream channels with splice = on{}; fan-out to stream links {}",
                 if crate::splice::AUTO_SPLICES {
                     " or auto (the default)"
                 } else {
                     " (auto: off, the buffer path measured faster)"
+                },
+                if !self.has_op("TEE") {
+                    "on the buffer path (no IORING_OP_TEE)".to_string()
+                } else {
+                    format!(
+                        "splices with TEE into a pipe per output with splice = on{}",
+                        if crate::splice::AUTO_FAN_OUT_SPLICES {
+                            " or auto"
+                        } else {
+                            " (auto: buffer path, measured faster)"
+                        }
+                    )
                 }
             )
         };

@@ -223,6 +223,72 @@ pub struct SplicePipe {
     /// at a little less CPU, and an idle channel parks no kernel thread. The environment
     /// variable RINGRELAY_SPLICE_BLOCKING=1 selects blocking sockets, for comparison.
     pub nonblocking: bool,
+    /// Fan-out (two or more links): one pipe per output, filled by tee from `pipe`, and the
+    /// round state ([`crate::splice::Fanout`]). `None` for a 1-to-1 channel, whose link
+    /// splices out of `pipe` itself.
+    pub fan: Option<FanPipes>,
+}
+
+/// The output pipes of a fan-out splicing channel, indexed like the outputs.
+#[derive(Debug)]
+pub struct FanPipes {
+    pub pipes: Vec<net::Pipe>,
+    pub state: crate::splice::Fanout,
+    /// Tags the tees and distribution splices (their tokens carry no endpoint).
+    pub gen: u32,
+}
+
+impl SplicePipe {
+    /// The pipe output `out` splices from, and its fill.
+    pub fn out_pipe(&mut self, out: usize) -> (RawFd, &mut crate::splice::PipeFill) {
+        match self.fan.as_mut() {
+            Some(f) => (f.pipes[out].read.as_raw_fd(), f.state.out_mut(out)),
+            None => (self.pipe.read.as_raw_fd(), &mut self.fill),
+        }
+    }
+
+    /// Nothing in any of its pipes and nothing in flight on them.
+    pub fn drained(&self) -> bool {
+        if self
+            .fan
+            .as_ref()
+            .is_some_and(|f| f.state.failed() && f.state.ops_in_flight() == 0)
+        {
+            // A failed fan-out delivers nothing more: what its pipes hold is given up.
+            return true;
+        }
+        self.fill.is_empty()
+            && self.fill.idle()
+            && self.fan.as_ref().is_none_or(|f| f.state.is_drained())
+    }
+
+    /// Bytes in its pipes (a fan-out's intake pipe counts once per output).
+    pub fn queued(&self) -> u64 {
+        let n = self.fan.as_ref().map_or(1, |f| f.pipes.len() as u64);
+        u64::from(self.fill.fill()) * n + self.fan.as_ref().map_or(0, |f| f.state.out_fill())
+    }
+
+    /// Whether output `oi` still has bytes coming: in its pipe, or in the intake pipe.
+    pub fn pending_for(&self, oi: usize) -> bool {
+        !self.fill.is_empty()
+            || self
+                .fan
+                .as_ref()
+                .is_some_and(|f| !f.state.out(oi).is_empty() || f.state.ops_in_flight() > 0)
+    }
+
+    /// Tees and distribution splices in flight (no endpoint counts them).
+    pub fn round_ops(&self) -> usize {
+        self.fan.as_ref().map_or(0, |f| f.state.ops_in_flight())
+    }
+
+    /// Idle: the pipes may be closed.
+    pub fn idle(&self) -> bool {
+        self.fill.idle()
+            && self.fan.as_ref().is_none_or(|f| {
+                f.state.ops_in_flight() == 0 && (0..f.pipes.len()).all(|i| f.state.out(i).idle())
+            })
+    }
 }
 
 /// Everything about one channel.
@@ -446,14 +512,15 @@ impl Channel {
 
     /// Endpoints still open or closing.
     pub fn live_endpoints(&self) -> usize {
+        // A fan-out's tees and distribution splices are on its pipes, not on an endpoint: they
+        // keep the channel (and so the pipes) alive the same way.
         self.slots.iter().filter(|s| s.is_some()).count()
+            + self.splice.as_ref().map_or(0, |s| s.round_ops())
     }
 
     /// Whether every output's queue is empty and no write is in flight.
     pub fn drained(&self) -> bool {
-        self.splice
-            .as_ref()
-            .is_none_or(|s| s.fill.is_empty() && s.fill.idle())
+        self.splice.as_ref().is_none_or(|s| s.drained())
             && self.outputs.iter().all(|o| o.queue.is_empty())
             && self
                 .slots
@@ -465,7 +532,7 @@ impl Channel {
     /// Payload bytes still queued for the outputs (links and subscribers).
     pub fn queued_bytes(&self) -> u64 {
         let links: u64 = self.outputs.iter().map(|o| o.queue.backlog()).sum::<u64>()
-            + self.splice.as_ref().map_or(0, |s| u64::from(s.fill.fill()));
+            + self.splice.as_ref().map_or(0, |s| s.queued());
         let subscribers: u64 = self
             .slots
             .iter()
@@ -479,7 +546,7 @@ impl Channel {
     /// Whether link output `oi` still has bytes to send: its queue, or the pipe it drains.
     pub fn output_pending(&self, oi: usize) -> bool {
         !self.outputs[oi].queue.is_empty()
-            || self.splice.as_ref().is_some_and(|s| !s.fill.is_empty())
+            || self.splice.as_ref().is_some_and(|s| s.pending_for(oi))
     }
 
     /// Whether every block output is back under half its limit.

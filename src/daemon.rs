@@ -13,7 +13,10 @@
 //! A splicing channel ([`crate::splice`]) skips the pool: one splice moves input socket ->
 //! the channel's pipe, one moves pipe -> output link, each resubmitted as its completion comes
 //! and sized by the pipe's fill; faults, redials, FIN, shutdown and reload go through the same
-//! endpoint life as the buffer path.
+//! endpoint life as the buffer path. A fan-out channel adds a pipe per output: rounds of tees
+//! (and one distribution splice) fill them from the channel's pipe, each output splices out of
+//! its own; tees and distribution splices are counted on the channel ([`Channel::live_endpoints`]),
+//! not on an endpoint.
 //!
 //! Must never: block (every socket operation goes through the ring; the only synchronous
 //! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
@@ -266,17 +269,29 @@ impl Daemon {
     /// little for everything else. Without the cap (kernels before 5.15) the workers are
     /// bounded only by RLIMIT_NPROC.
     fn cap_workers(&mut self) {
-        let n = self
-            .channels
-            .iter()
-            .flatten()
-            .filter(|c| c.splice.is_some())
+        let splicing = || {
+            self.channels
+                .iter()
+                .flatten()
+                .filter(|c| c.splice.is_some())
+        };
+        let n = splicing().count();
+        let tee = splicing()
+            .filter(|c| c.splice.as_ref().is_some_and(|s| s.fan.is_some()))
             .count();
+        // A splice-in, a splice-out per output and, fanning out, a tee per output but one.
+        let ops: usize = splicing()
+            .map(|c| match c.splice.as_ref().and_then(|s| s.fan.as_ref()) {
+                Some(f) => 2 * f.pipes.len(),
+                None => 2,
+            })
+            .sum();
         self.ring.caps.splice_channels = n;
+        self.ring.caps.tee_channels = tee;
         if n == 0 {
             return;
         }
-        let want = 2 * n as u32 + 2;
+        let want = ops as u32 + 2;
         if want <= self.iowq_cap {
             return;
         }
@@ -303,7 +318,7 @@ impl Daemon {
             .as_mut()
             .expect("activated channel exists");
         let ci16 = ci as u16;
-        if ch.cfg.splice.splices() {
+        if ch.cfg.splice.splices_for(ch.cfg.outputs.len()) {
             let mode = ch.cfg.splice;
             if !ring.caps.has_op("SPLICE") {
                 if mode == config::SpliceMode::On {
@@ -330,13 +345,44 @@ impl Daemon {
                             ch.name(),
                             crate::units::format_size(u64::from(p.cap))
                         );
-                        ch.splice = Some(crate::channel::SplicePipe {
-                            fill: crate::splice::PipeFill::new(p.cap),
-                            pipe: p,
-                            nonblocking: ring.caps.splice_eagain
-                                && !std::env::var("RINGRELAY_SPLICE_BLOCKING")
-                                    .is_ok_and(|v| v == "1"),
-                        });
+                        let n = ch.outputs.len();
+                        let fan = if n < 2 {
+                            Ok(None)
+                        } else if !ring.caps.has_op("TEE") {
+                            Err("this kernel has no IORING_OP_TEE (Linux 5.8+)".to_string())
+                        } else {
+                            fan_pipes(want, p.cap, n).map(|pipes| {
+                                let caps: Vec<u32> = pipes.iter().map(|q| q.cap).collect();
+                                Some(crate::channel::FanPipes {
+                                    state: crate::splice::Fanout::new(p.cap, &caps),
+                                    pipes,
+                                    gen: gens.fresh(),
+                                })
+                            })
+                        };
+                        match fan {
+                            Ok(fan) => {
+                                if fan.is_some() {
+                                    debug!(
+                                        "channel {}: fan-out to {n} outputs with tee, one {} pipe each",
+                                        ch.name(),
+                                        crate::units::format_size(u64::from(p.cap))
+                                    );
+                                }
+                                ch.splice = Some(crate::channel::SplicePipe {
+                                    fill: crate::splice::PipeFill::new(p.cap),
+                                    pipe: p,
+                                    nonblocking: ring.caps.splice_eagain
+                                        && !std::env::var("RINGRELAY_SPLICE_BLOCKING")
+                                            .is_ok_and(|v| v == "1"),
+                                    fan,
+                                });
+                            }
+                            Err(e) => warn!(
+                                "channel {}: cannot fan out with tee: {e}; using the buffer path",
+                                ch.name()
+                            ),
+                        }
                     }
                     Err(e) if mode == config::SpliceMode::On => {
                         return Err(format!(
@@ -504,6 +550,8 @@ impl Daemon {
             OpKind::Hangup => on_hangup(ring, ch, tok, c.res),
             OpKind::SpliceIn => on_splice_in(ring, ch, tok, c.res),
             OpKind::SpliceOut => on_splice_out(ring, ch, tok, c.res),
+            OpKind::Tee => on_tee(ring, ch, tok, c.res),
+            OpKind::SpliceDist => on_splice_dist(ring, ch, tok, c.res),
             _ => {}
         }
     }
@@ -538,7 +586,7 @@ impl Daemon {
                 if let Some(mut ch) = self.channels[ci].take() {
                     // Nothing is in flight on the pipe: every splice is counted on an
                     // endpoint, and they are all gone.
-                    debug_assert!(ch.splice.as_ref().is_none_or(|s| s.fill.idle()));
+                    debug_assert!(ch.splice.as_ref().is_none_or(|s| s.idle()));
                     // What a drain cut short left in the links' queues (no write holds it now).
                     for o in &mut ch.outputs {
                         for b in o.queue.clear() {
@@ -1789,6 +1837,25 @@ fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     *in_flight += 1;
 }
 
+/// The output pipes of a fan-out channel: `n`, each asked for `want` bytes and each at least
+/// `p0_cap` (what the intake pipe got). A smaller one could not take every buffer of a round in
+/// one tee, so the channel does not splice then.
+fn fan_pipes(want: u32, p0_cap: u32, n: usize) -> Result<Vec<net::Pipe>, String> {
+    let mut pipes = Vec::with_capacity(n);
+    for i in 0..n {
+        let q = net::pipe(want).map_err(|e| format!("output {i}'s pipe: {e}"))?;
+        if q.cap < p0_cap {
+            return Err(format!(
+                "output {i}'s pipe holds {} and the intake pipe {} (F_SETPIPE_SZ refused: fs.pipe-user-pages-soft?)",
+                crate::units::format_size(u64::from(q.cap)),
+                crate::units::format_size(u64::from(p0_cap))
+            ));
+        }
+        pipes.push(q);
+    }
+    Ok(pipes)
+}
+
 /// Starts the splice-in of a splicing channel (input socket -> pipe) if the input is up, the
 /// pipe has room and none is in flight. Its length is the pipe's free room, never 0.
 fn splice_in(ring: &mut Ring, ch: &mut Channel, ci: u16) {
@@ -1840,16 +1907,17 @@ fn splice_out(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
     if ep.link != Link::Up || outputs[out].retry_at.is_some() {
         return;
     }
-    let Some(len) = sp.fill.next_out() else {
+    let (pipe_fd, fill) = sp.out_pipe(out);
+    let Some(len) = fill.next_out() else {
         return;
     };
-    sp.fill.start_out();
+    fill.start_out();
     ep.splicing = true;
     ep.write_ops += 1;
     ep.in_flight += 1;
     ring.push(
         Sqe::Splice {
-            fd_in: sp.pipe.read.as_raw_fd(),
+            fd_in: pipe_fd,
             fd_out: ep.raw_fd(),
             len,
         },
@@ -1885,8 +1953,12 @@ fn splice_wait(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32, out: boo
     };
     let closing = ep.link == Link::Closing;
     let fd = ep.raw_fd();
+    let oi = match ep.role {
+        Role::Link { out } => out,
+        _ => 0,
+    };
     let pipe_fd = if out {
-        sp.pipe.read.as_raw_fd()
+        sp.out_pipe(oi).0
     } else {
         sp.pipe.write.as_raw_fd()
     };
@@ -1899,7 +1971,7 @@ fn splice_wait(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32, out: boo
             Sqe::Splice {
                 fd_in: pipe_fd,
                 fd_out: fd,
-                len: sp.fill.retry_out(),
+                len: sp.out_pipe(oi).1.retry_out(),
             }
         } else {
             Sqe::Splice {
@@ -1955,7 +2027,9 @@ fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let closing = ep.link == Link::Closing;
     let peer = ep.peer.clone();
     if moved > 0 {
-        if let Some(l) = ch.outputs.first().and_then(|o| o.link) {
+        if ch.splice.as_ref().is_some_and(|s| s.fan.is_some()) {
+            distribute(ring, ch, ci);
+        } else if let Some(l) = ch.outputs.first().and_then(|o| o.link) {
             splice_out(ring, ch, ci, l);
         }
     }
@@ -1997,10 +2071,16 @@ fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
         Wait::Ended => -libc::ECANCELED,
         Wait::No => res,
     };
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        return;
+    };
+    let Role::Link { out } = ep.role else {
+        return;
+    };
     let Some(sp) = ch.splice.as_mut() else {
         return;
     };
-    let moved = sp.fill.done_out(res);
+    let moved = sp.out_pipe(out).1.done_out(res);
     let Some(ep) = ch.ep_gen(slot, tok.gen) else {
         return;
     };
@@ -2008,9 +2088,6 @@ fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     ep.write_ops -= 1;
     ep.splicing = false;
     let closing = ep.link == Link::Closing;
-    let Role::Link { out } = ep.role else {
-        return;
-    };
     let name = ch.cfg.name.clone();
     let o = &mut ch.outputs[out];
     o.stats.bytes += u64::from(moved);
@@ -2038,11 +2115,114 @@ fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
         close_ep(ring, ch, ci, slot);
     }
     ch.reap_if_idle(slot);
-    // The pipe has room again; and a link that connected while this splice was in flight on
-    // the old one can start.
+    // The pipe has room again (or, fanning out, this output's pipe may be the last one a round
+    // waited for); and a link that connected while this splice was in flight on the old one
+    // can start.
     post_reads(ring, ch, ci);
+    distribute(ring, ch, ci);
     if let Some(l) = ch.outputs[out].link {
         splice_out(ring, ch, ci, l);
+    }
+}
+
+/// Starts a distribution round of a fan-out channel if one may start
+/// ([`crate::splice::Fanout::start_round`]): a tee of the intake pipe's fill into each output's
+/// pipe but the last.
+fn distribute(ring: &mut Ring, ch: &mut Channel, ci: u16) {
+    let Some(sp) = ch.splice.as_mut() else { return };
+    let Some(fan) = sp.fan.as_mut() else { return };
+    let Some(len) = fan.state.start_round(&mut sp.fill) else {
+        return;
+    };
+    let fd_in = sp.pipe.read.as_raw_fd();
+    for (i, q) in fan.pipes[..fan.pipes.len() - 1].iter().enumerate() {
+        ring.push(
+            Sqe::Tee {
+                fd_in,
+                fd_out: q.write.as_raw_fd(),
+                len,
+            },
+            Token::new(OpKind::Tee, ci, i as u16, fan.gen),
+        );
+    }
+}
+
+/// The fan-out state of channel `ch` if `tok` (a tee or distribution splice) belongs to it.
+fn fan_of(
+    ch: &mut Channel,
+    tok: Token,
+) -> Option<(&mut crate::splice::PipeFill, &mut crate::channel::FanPipes)> {
+    let sp = ch.splice.as_mut()?;
+    let fan = sp.fan.as_mut().filter(|f| f.gen == tok.gen)?;
+    Some((&mut sp.fill, fan))
+}
+
+/// A fan-out's tee or distribution splice did not move exactly its round's length: the output
+/// pipes no longer hold what they should, so the channel stops at once, like a fault that
+/// cannot be retried (nothing more is delivered from its pipes).
+fn fail_fanout(ring: &mut Ring, ch: &mut Channel, ci: u16, why: &str, first: bool) {
+    if first {
+        ch.stats.errors += 1;
+        error!(
+            "channel {}: fan-out invariant broken ({why}); closing the channel",
+            ch.name()
+        );
+    }
+    ch.draining = true;
+    ch.drain_deadline = None;
+    close_all(ring, ch, ci);
+}
+
+/// A tee into output `tok.ep`'s pipe completed: that output may start sending, and once every
+/// tee of the round is in, the distribution splice moves the round's bytes into the last pipe.
+fn on_tee(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let ci = tok.chan;
+    let Some((_, fan)) = fan_of(ch, tok) else {
+        debug!("stale tee completion {tok:?}");
+        return;
+    };
+    let first = !fan.state.failed();
+    match fan.state.done_tee(tok.ep as usize, res) {
+        Ok(next) => {
+            if let Some(len) = next {
+                let sp = ch.splice.as_ref().expect("fan-out channel splices");
+                let fan = sp.fan.as_ref().expect("fan-out");
+                let last = fan.pipes.len() - 1;
+                ring.push(
+                    Sqe::Splice {
+                        fd_in: sp.pipe.read.as_raw_fd(),
+                        fd_out: fan.pipes[last].write.as_raw_fd(),
+                        len,
+                    },
+                    Token::new(OpKind::SpliceDist, ci, last as u16, fan.gen),
+                );
+            }
+            if let Some(l) = ch.outputs[tok.ep as usize].link {
+                splice_out(ring, ch, ci, l);
+            }
+        }
+        Err(why) => fail_fanout(ring, ch, ci, &why, first),
+    }
+}
+
+/// The distribution splice of a round completed: the round is over, the intake pipe has room
+/// again and the last output may send.
+fn on_splice_dist(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
+    let ci = tok.chan;
+    let Some((p0, fan)) = fan_of(ch, tok) else {
+        debug!("stale distribution splice completion {tok:?}");
+        return;
+    };
+    let first = !fan.state.failed();
+    match fan.state.done_final(p0, res) {
+        Ok(_) => {
+            post_reads(ring, ch, ci);
+            if let Some(l) = ch.outputs[tok.ep as usize].link {
+                splice_out(ring, ch, ci, l);
+            }
+            distribute(ring, ch, ci);
+        }
+        Err(why) => fail_fanout(ring, ch, ci, &why, first),
     }
 }
 

@@ -136,6 +136,14 @@ pub enum Sqe {
         fd_out: RawFd,
         len: u32,
     },
+    /// Duplicate `len` bytes from the head of pipe `fd_in` into pipe `fd_out` without
+    /// consuming them (IORING_OP_TEE, SPLICE_F_NONBLOCK: the caller sized it so that it never
+    /// has to wait, and a wait would be a broken invariant it wants reported, not hidden).
+    Tee {
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+    },
 }
 
 /// Most chunks one gathered write sends.
@@ -1175,6 +1183,11 @@ impl Ring {
             Sqe::Splice { fd_in, fd_out, len } => {
                 opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
                     .flags(libc::SPLICE_F_MOVE)
+                    .build()
+            }
+            Sqe::Tee { fd_in, fd_out, len } => {
+                opcode::Tee::new(types::Fd(fd_in), types::Fd(fd_out), len)
+                    .flags(libc::SPLICE_F_NONBLOCK)
                     .build()
             }
         };

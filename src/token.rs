@@ -46,9 +46,14 @@ pub enum OpKind {
     SpliceIn = 9,
     /// Splice from the channel's pipe into the output link.
     SpliceOut = 10,
+    /// Tee from a fan-out channel's intake pipe into one output's pipe (`endpoint` is the
+    /// output index; the generation is the channel's fan-out generation).
+    Tee = 11,
+    /// The distribution splice of a fan-out round: intake pipe -> the last output's pipe.
+    SpliceDist = 12,
     /// The multishot receive of a UDP input (endpoint = the input's slot); its buffers come
     /// from the input's provided-buffer ring and are named in each completion's flags.
-    RecvMulti = 11,
+    RecvMulti = 13,
 }
 
 impl OpKind {
@@ -64,7 +69,9 @@ impl OpKind {
             8 => OpKind::Hangup,
             9 => OpKind::SpliceIn,
             10 => OpKind::SpliceOut,
-            11 => OpKind::RecvMulti,
+            11 => OpKind::Tee,
+            12 => OpKind::SpliceDist,
+            13 => OpKind::RecvMulti,
             _ => return None,
         })
     }
@@ -151,6 +158,8 @@ mod tests {
             Token::new(OpKind::Signal, 0, 0, 0),
             Token::new(OpKind::Cancel, u16::MAX, u16::MAX, GEN_MASK),
             Token::daemon(OpKind::Tick),
+            Token::new(OpKind::Tee, 3, 1, 7),
+            Token::new(OpKind::SpliceDist, 3, 2, GEN_MASK),
         ] {
             assert_eq!(Token::decode(t.encode()), Some(t));
             assert_ne!(t.encode(), 0);
@@ -163,7 +172,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=11, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=13, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);

@@ -26,6 +26,10 @@ in_both_feature_sets!(
     splice_sigterm_flushes_the_pipe,
     splice_reload_removing_the_channel_flushes_and_closes_its_pipe,
     splice_half_closing_collector_with_on_fin_keep,
+    splice_fan_out_moves_32_mib_to_3_collectors_byte_exact,
+    splice_fan_out_collector_down_at_start_gets_every_byte,
+    splice_fan_out_sigterm_flushes_every_pipe,
+    splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe,
 );
 
 fn splice_channel(dir: &TempDir, name: &str, input: SocketAddr, collector: SocketAddr) -> String {
@@ -321,5 +325,187 @@ fn splice_half_closing_collector_with_on_fin_keep(features: Features) {
         "redialed a half-closing collector"
     );
     assert_same_bytes("collector", &collector.concatenated(), &payload);
+    relay.stop();
+}
+
+/// A channel from a tcp-listen input to three `tcp://` collectors, spliced with tee.
+fn fan_out_channel(
+    dir: &TempDir,
+    name: &str,
+    input: SocketAddr,
+    collectors: &[SocketAddr],
+) -> String {
+    let mut c = format!(
+        "{}[channel {name}]\ninput = tcp-listen://{input}\n",
+        dir.global_section()
+    );
+    for a in collectors {
+        c.push_str(&format!("output = tcp://{a}\n"));
+    }
+    c.push_str("splice = on\n");
+    c
+}
+
+fn assert_tees(relay: &Relay) {
+    let log = relay.log();
+    assert!(
+        log.contains("splice on (1 channel, 1 fan-out with tee)"),
+        "the channel does not fan out with tee; stderr:\n{log}"
+    );
+}
+
+/// 32 MiB from one producer to three collectors through tee: each gets the stream byte for
+/// byte.
+fn splice_fan_out_moves_32_mib_to_3_collectors_byte_exact(features: Features) {
+    let dir = TempDir::new("tee-bulk");
+    let collectors: Vec<Collector> = (0..3)
+        .map(|_| Collector::listen("127.0.0.1:0".parse().unwrap(), None))
+        .collect();
+    let addrs: Vec<SocketAddr> = collectors.iter().map(|c| c.addr).collect();
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (fan_out_channel(&dir, "tee", input, &addrs), input)
+    });
+    assert_tees(&relay);
+    let payload = Arc::new(pattern(50, 32 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 1 << 20);
+    wait_for("every collector to get 32 MiB", TRANSFER_TIMEOUT, || {
+        collectors.iter().all(|c| c.total_len() >= payload.len())
+    });
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    std::thread::sleep(Duration::from_millis(200));
+    for (i, c) in collectors.iter().enumerate() {
+        assert_eq!(c.connections().len(), 1, "collector {i}");
+        assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
+    }
+    relay.stop();
+}
+
+/// The second of three collectors is down for a second: its pipe keeps its bytes, the rounds
+/// wait for it (the producer is pushed back), and once it is up all three get every byte.
+fn splice_fan_out_collector_down_at_start_gets_every_byte(features: Features) {
+    let dir = TempDir::new("tee-late");
+    let first = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let third = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let late = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+    let addrs = [first.addr, late, third.addr];
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (fan_out_channel(&dir, "late", input, &addrs), input)
+    });
+    assert_tees(&relay);
+    let payload = Arc::new(pattern(51, 8 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        first.total_len() < payload.len(),
+        "the collectors that were up got everything while one was down: no push-back"
+    );
+    let second = Collector::listen(late, None);
+    let all = [&first, &second, &third];
+    wait_for(
+        "every collector to get the whole stream",
+        TRANSFER_TIMEOUT,
+        || all.iter().all(|c| c.total_len() >= payload.len()),
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    for (i, c) in all.iter().enumerate() {
+        assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
+    }
+    relay.stop();
+}
+
+/// Three collectors, the last one down; SIGTERM after the producer left: the relay flushes the
+/// intake pipe and every output pipe, redialing the missing collector within its
+/// shutdown_timeout, and exits 0 with every collector holding every byte.
+fn splice_fan_out_sigterm_flushes_every_pipe(features: Features) {
+    let dir = TempDir::new("tee-sigterm");
+    let first = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let second = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let late = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+    let addrs = [first.addr, second.addr, late];
+    let (mut relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (fan_out_channel(&dir, "flush", input, &addrs), input)
+    });
+    assert_tees(&relay);
+    // Less than one pipe holds (1 MiB): the producer is never pushed back.
+    let payload = pattern(52, 512 << 10);
+    let mut p = connect_tcp(input);
+    p.write_all(&payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+    relay.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    let third = Collector::listen(late, None);
+    let status = relay.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; stderr:\n{}",
+        relay.log()
+    );
+    for (i, c) in [&first, &second, &third].iter().enumerate() {
+        wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
+            c.total_len() >= payload.len()
+        });
+        assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
+    }
+}
+
+/// SIGHUP with a 3-way fan-out channel gone from the file, one collector down: the channel
+/// flushes its intake pipe and every output pipe (the missing collector comes up after the
+/// reload), then closes, and all four pipes with it.
+fn splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe(features: Features) {
+    let dir = TempDir::new("tee-reload");
+    let first = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let second = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let late = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+    let addrs = [first.addr, late, second.addr];
+    let (mut relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (fan_out_channel(&dir, "gone", input, &addrs), input)
+    });
+    assert_tees(&relay);
+    let payload = pattern(53, 256 << 10);
+    let mut p = connect_tcp(input);
+    p.write_all(&payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+    let pipes_before = open_pipes(relay.pid());
+    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    std::fs::write(
+        dir.join("ringrelay.conf"),
+        format!(
+            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
+            dir.global_section()
+        ),
+    )
+    .unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", READY_TIMEOUT, || {
+        relay.log().contains("channel gone removed")
+    });
+    let third = Collector::listen(late, None);
+    for (i, c) in [&first, &third, &second].iter().enumerate() {
+        wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
+            c.total_len() >= payload.len()
+        });
+        assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
+    }
+    wait_for("the channel to close", TRANSFER_TIMEOUT, || {
+        relay.log().contains("channel gone: closed")
+    });
+    relay.assert_running("after the reload");
+    assert_eq!(
+        open_pipes(relay.pid()),
+        pipes_before - 8,
+        "both ends of the intake pipe and of the three output pipes are closed"
+    );
     relay.stop();
 }
