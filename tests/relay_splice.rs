@@ -255,21 +255,7 @@ fn splice_reload_removing_the_channel_flushes_and_closes_its_pipe(features: Feat
         relay.log().contains("closed the stream")
     });
     let pipes_before = open_pipes(relay.pid());
-    // The file now holds another channel only (a file needs one).
-    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
-    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
-    std::fs::write(
-        dir.join("ringrelay.conf"),
-        format!(
-            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
-            dir.global_section()
-        ),
-    )
-    .unwrap();
-    relay.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for("the reload", READY_TIMEOUT, || {
-        relay.log().contains("channel gone removed")
-    });
+    remove_channel_gone(&dir, &relay);
     let collector = Collector::listen(caddr, None);
     wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
         collector.total_len() >= payload.len()
@@ -477,20 +463,7 @@ fn splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe(feat
         relay.log().contains("closed the stream")
     });
     let pipes_before = open_pipes(relay.pid());
-    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
-    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
-    std::fs::write(
-        dir.join("ringrelay.conf"),
-        format!(
-            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
-            dir.global_section()
-        ),
-    )
-    .unwrap();
-    relay.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for("the reload", READY_TIMEOUT, || {
-        relay.log().contains("channel gone removed")
-    });
+    remove_channel_gone(&dir, &relay);
     let third = Collector::listen(late, None);
     for (i, c) in [&first, &third, &second].iter().enumerate() {
         wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
@@ -508,4 +481,23 @@ fn splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe(feat
         "both ends of the intake pipe and of the three output pipes are closed"
     );
     relay.stop();
+}
+
+/// Reloads with a file that holds another channel only (a file needs one), so that channel
+/// `gone` is removed, and waits until the relay says so.
+fn remove_channel_gone(dir: &TempDir, relay: &Relay) {
+    let other = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let sink = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    std::fs::write(
+        dir.join("ringrelay.conf"),
+        format!(
+            "{}[channel other]\ninput = udp://{other}\noutput = udp://{sink}\n",
+            dir.global_section()
+        ),
+    )
+    .unwrap();
+    relay.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", READY_TIMEOUT, || {
+        relay.log().contains("channel gone removed")
+    });
 }
