@@ -203,22 +203,11 @@ fn splice_sigterm_flushes_the_pipe(features: Features) {
     assert_splices(&relay);
     // Less than the pipe holds (1 MiB), so the producer is never pushed back.
     let payload = pattern(45, 512 << 10);
-    let mut p = connect_tcp(input);
-    p.write_all(&payload).unwrap();
-    drop(p);
-    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
-        relay.log().contains("closed the stream")
-    });
+    produce_and_close(&relay, input, &payload);
     relay.terminate();
     std::thread::sleep(Duration::from_millis(300));
     let collector = Collector::listen(caddr, None);
-    let status = relay.wait_exit(EXIT_TIMEOUT);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit after SIGTERM; stderr:\n{}",
-        relay.log()
-    );
+    assert_exit_0(&mut relay);
     wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
         collector.total_len() >= payload.len()
     });
@@ -248,12 +237,7 @@ fn splice_reload_removing_the_channel_flushes_and_closes_its_pipe(features: Feat
     });
     assert_splices(&relay);
     let payload = pattern(46, 256 << 10);
-    let mut p = connect_tcp(input);
-    p.write_all(&payload).unwrap();
-    drop(p);
-    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
-        relay.log().contains("closed the stream")
-    });
+    produce_and_close(&relay, input, &payload);
     let pipes_before = open_pipes(relay.pid());
     remove_channel_gone(&dir, &relay);
     let collector = Collector::listen(caddr, None);
@@ -417,22 +401,11 @@ fn splice_fan_out_sigterm_flushes_every_pipe(features: Features) {
     assert_tees(&relay);
     // Less than one pipe holds (1 MiB): the producer is never pushed back.
     let payload = pattern(52, 512 << 10);
-    let mut p = connect_tcp(input);
-    p.write_all(&payload).unwrap();
-    drop(p);
-    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
-        relay.log().contains("closed the stream")
-    });
+    produce_and_close(&relay, input, &payload);
     relay.terminate();
     std::thread::sleep(Duration::from_millis(300));
     let third = Collector::listen(late, None);
-    let status = relay.wait_exit(EXIT_TIMEOUT);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit after SIGTERM; stderr:\n{}",
-        relay.log()
-    );
+    assert_exit_0(&mut relay);
     for (i, c) in [&first, &second, &third].iter().enumerate() {
         wait_for("the flushed bytes", TRANSFER_TIMEOUT, || {
             c.total_len() >= payload.len()
@@ -456,12 +429,7 @@ fn splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe(feat
     });
     assert_tees(&relay);
     let payload = pattern(53, 256 << 10);
-    let mut p = connect_tcp(input);
-    p.write_all(&payload).unwrap();
-    drop(p);
-    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
-        relay.log().contains("closed the stream")
-    });
+    produce_and_close(&relay, input, &payload);
     let pipes_before = open_pipes(relay.pid());
     remove_channel_gone(&dir, &relay);
     let third = Collector::listen(late, None);
@@ -500,4 +468,26 @@ fn remove_channel_gone(dir: &TempDir, relay: &Relay) {
     wait_for("the reload", READY_TIMEOUT, || {
         relay.log().contains("channel gone removed")
     });
+}
+
+/// One producer connects to `input`, sends `payload` and closes; returns once the relay logged
+/// that the producer went.
+fn produce_and_close(relay: &Relay, input: SocketAddr, payload: &[u8]) {
+    let mut p = connect_tcp(input);
+    p.write_all(payload).unwrap();
+    drop(p);
+    wait_for("the relay to see the producer go", TRANSFER_TIMEOUT, || {
+        relay.log().contains("closed the stream")
+    });
+}
+
+/// The relay, sent SIGTERM, exits with status 0.
+fn assert_exit_0(relay: &mut Relay) {
+    let status = relay.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; stderr:\n{}",
+        relay.log()
+    );
 }
