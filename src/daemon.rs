@@ -1998,20 +1998,36 @@ fn splice_wait(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32, out: boo
     Wait::Handled
 }
 
+/// The result a splice completion stands for, or `None` when there is nothing more to do: a
+/// stale completion (dropped untouched), or one [`splice_wait`] handled (a wait in POLL_ADD
+/// armed, or over and the splice submitted again). The wait of a closing endpoint that ended
+/// reads as -ECANCELED: the splice is over, having moved nothing.
+fn splice_result(
+    ring: &mut Ring,
+    ch: &mut Channel,
+    tok: Token,
+    res: i32,
+    out: bool,
+) -> Option<i32> {
+    if ch.ep_gen(tok.ep, tok.gen).is_none() {
+        // Cannot happen (a slot lives until its last completion): drop it untouched.
+        debug!("stale splice completion {tok:?}");
+        return None;
+    }
+    match splice_wait(ring, ch, tok, res, out) {
+        Wait::Handled => None,
+        Wait::Ended => Some(-libc::ECANCELED),
+        Wait::No => Some(res),
+    }
+}
+
 /// A splice-in completed. Whatever it moved is in the pipe and counts, even when the input
 /// is closing; a FIN (0) or an error ends this producer exactly as on the buffer path, and the
 /// pipe's bytes still go out.
 fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
-    if ch.ep_gen(slot, tok.gen).is_none() {
-        // Cannot happen (a slot lives until its last completion): drop it untouched.
-        debug!("stale splice completion {tok:?}");
+    let Some(res) = splice_result(ring, ch, tok, res, false) else {
         return;
-    }
-    let res = match splice_wait(ring, ch, tok, res, false) {
-        Wait::Handled => return,
-        Wait::Ended => -libc::ECANCELED,
-        Wait::No => res,
     };
     let Some(sp) = ch.splice.as_mut() else {
         return;
@@ -2061,15 +2077,8 @@ fn on_splice_in(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
 /// connection.
 fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
-    if ch.ep_gen(slot, tok.gen).is_none() {
-        // Cannot happen (a slot lives until its last completion): drop it untouched.
-        debug!("stale splice completion {tok:?}");
+    let Some(res) = splice_result(ring, ch, tok, res, true) else {
         return;
-    }
-    let res = match splice_wait(ring, ch, tok, res, true) {
-        Wait::Handled => return,
-        Wait::Ended => -libc::ECANCELED,
-        Wait::No => res,
     };
     let Some(ep) = ch.ep_gen(slot, tok.gen) else {
         return;
