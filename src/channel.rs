@@ -358,7 +358,30 @@ impl Channel {
         let mut pending_input_listener = None;
         match cfg.input.scheme {
             Scheme::Udp => {
-                let (fd, _) = net::udp_input(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
+                let (fd, _, rcv) =
+                    net::udp_input(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
+                if rcv.short() {
+                    let remedy = if rcv.asked > net::RCVBUF_MAX {
+                        "Linux grants no more".to_string()
+                    } else {
+                        format!(
+                            "Raise net.core.rmem_max (sysctl -w net.core.rmem_max={}) or run with CAP_NET_ADMIN",
+                            rcv.asked
+                        )
+                    };
+                    let msg = format!(
+                        "channel {name}: input {}: receive buffer is {} of the {} asked for; \
+                         bursts beyond it are dropped in the kernel. {remedy}",
+                        cfg.input.url(),
+                        crate::units::format_size(rcv.got as u64),
+                        crate::units::format_size(rcv.asked as u64),
+                    );
+                    if cfg.input.opts.rcvbuf.is_some() {
+                        log::warn!("{msg}");
+                    } else {
+                        log::info!("{msg}");
+                    }
+                }
                 pending_input = Some(fd);
             }
             Scheme::TcpListen => {

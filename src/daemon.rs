@@ -2688,7 +2688,7 @@ fn connected(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16, result: std:
 
 fn dial_input(ring: &mut Ring, gens: &mut Generations, ch: &mut Channel, ci: u16, now: Instant) {
     ch.input_retry_at = None;
-    match net::dial(&ch.cfg.input, None) {
+    match net::dial(&ch.cfg.input) {
         Ok(d) => {
             let link = if d.in_progress {
                 Link::Connecting
@@ -2727,9 +2727,7 @@ fn dial_output(
     let o = &mut ch.outputs[oi];
     o.retry_at = None;
     let res = match o.scheme() {
-        Scheme::Tcp | Scheme::Unix => {
-            net::dial(&o.cfg.endpoint, o.cfg.endpoint.opts.sndbuf).map(|d| (d.fd, d.in_progress))
-        }
+        Scheme::Tcp | Scheme::Unix => net::dial(&o.cfg.endpoint).map(|d| (d.fd, d.in_progress)),
         Scheme::Udp => net::udp_output(&o.cfg.endpoint).map(|fd| (fd, false)),
         Scheme::File => match o.file.as_mut() {
             Some(f) => net::open_append(&f.path).map(|fd| {

@@ -13,8 +13,41 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-/// Default receive buffer asked for on UDP inputs (the kernel caps it at net.core.rmem_max).
+/// Default receive buffer asked for on UDP inputs. A privileged daemon gets it whatever
+/// net.core.rmem_max says (SO_RCVBUFFORCE); otherwise the kernel caps it at rmem_max.
 pub const DEFAULT_UDP_RCVBUF: usize = 4 << 20;
+
+/// The largest receive buffer Linux grants (INT_MAX / 2).
+pub const RCVBUF_MAX: usize = (i32::MAX / 2) as usize;
+
+/// The receive buffer a socket ended up with, next to what was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RcvBuf {
+    pub asked: usize,
+    /// What the kernel grants, in the units of `asked` (getsockopt reports twice that: the
+    /// kernel doubles the value to cover its bookkeeping).
+    pub got: usize,
+}
+
+impl RcvBuf {
+    pub fn short(&self) -> bool {
+        self.got < self.asked
+    }
+}
+
+/// Asks for an `asked`-byte receive buffer: SO_RCVBUF, then, when net.core.rmem_max capped
+/// it, SO_RCVBUFFORCE (which needs CAP_NET_ADMIN and is refused without it).
+/// The kernel takes an int and doubles it, so it grants at most `RCVBUF_MAX`.
+pub fn set_rcvbuf(s: &Socket, asked: usize) -> RcvBuf {
+    let got = |s: &Socket| s.recv_buffer_size().map(|n| n / 2).unwrap_or(0);
+    let ask = asked.min(RCVBUF_MAX);
+    let _ = s.set_recv_buffer_size(ask);
+    if got(s) < ask {
+        // Refused without CAP_NET_ADMIN; what the socket has then is what `got` reports.
+        let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::RcvBufForce, &ask);
+    }
+    RcvBuf { asked, got: got(s) }
+}
 
 /// Resolves HOST:PORT to one address (IP literals never touch the resolver).
 pub fn resolve(ep: &Endpoint) -> io::Result<SocketAddr> {
@@ -72,7 +105,7 @@ fn iface_ipv4(name: &str) -> io::Result<Ipv4Addr> {
 }
 
 /// Binds a UDP input, joining its multicast group if it has one.
-pub fn udp_input(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
+pub fn udp_input(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr, RcvBuf)> {
     let addr = resolve(ep)?;
     let s = Socket::new(
         Domain::for_address(addr),
@@ -84,7 +117,7 @@ pub fn udp_input(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
         .rcvbuf
         .map(|n| n as usize)
         .unwrap_or(DEFAULT_UDP_RCVBUF);
-    let _ = s.set_recv_buffer_size(rcv);
+    let rcvbuf = set_rcvbuf(&s, rcv);
     if let Some(group) = ep.opts.group {
         // Several listeners of one group on one host need the port shared.
         s.set_reuse_address(true)?;
@@ -121,7 +154,7 @@ pub fn udp_input(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
         s.bind(&SockAddr::from(addr))?;
     }
     let local = s.local_addr()?.as_socket().unwrap_or(addr);
-    Ok((into_fd(s), local))
+    Ok((into_fd(s), local, rcvbuf))
 }
 
 /// Binds and listens on TCP.
@@ -131,6 +164,10 @@ pub fn tcp_listen(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    if let Some(n) = ep.opts.rcvbuf {
+        // Before listen, so that accepted sockets inherit it and the window scale fits it.
+        set_rcvbuf(&s, n as usize);
     }
     s.bind(&SockAddr::from(addr))?;
     s.listen(1024)?;
@@ -161,6 +198,9 @@ pub fn unix_listen(ep: &Endpoint) -> io::Result<OwnedFd> {
         }
     }
     let s = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+    if let Some(n) = ep.opts.rcvbuf {
+        set_rcvbuf(&s, n as usize);
+    }
     s.bind(&SockAddr::unix(path)?)?;
     s.listen(1024)?;
     Ok(into_fd(s))
@@ -173,8 +213,9 @@ pub struct Dialing {
     pub in_progress: bool,
 }
 
-/// Starts a non-blocking connect to a TCP or Unix endpoint.
-pub fn dial(ep: &Endpoint, sndbuf: Option<u64>) -> io::Result<Dialing> {
+/// Starts a non-blocking connect to a TCP or Unix endpoint, with the endpoint's `sndbuf=` and
+/// `rcvbuf=` (each only where the URL allows it).
+pub fn dial(ep: &Endpoint) -> io::Result<Dialing> {
     let (s, addr) = match &ep.target {
         Target::Inet { .. } => {
             let a = resolve(ep)?;
@@ -187,8 +228,11 @@ pub fn dial(ep: &Endpoint, sndbuf: Option<u64>) -> io::Result<Dialing> {
             SockAddr::unix(p)?,
         ),
     };
-    if let Some(n) = sndbuf {
+    if let Some(n) = ep.opts.sndbuf {
         let _ = s.set_send_buffer_size(n as usize);
+    }
+    if let Some(n) = ep.opts.rcvbuf {
+        set_rcvbuf(&s, n as usize);
     }
     s.set_nonblocking(true)?;
     let in_progress = match s.connect(&addr) {
@@ -364,4 +408,33 @@ pub fn pipe(size: u32) -> io::Result<Pipe> {
         cap: cap.max(1) as u32,
         shrunk,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp() -> Socket {
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap()
+    }
+
+    #[test]
+    fn a_small_receive_buffer_is_granted() {
+        // 64 KiB is below every rmem_max Linux ships with.
+        let r = set_rcvbuf(&udp(), 64 << 10);
+        assert!(!r.short(), "{r:?}");
+        assert!(r.got >= 64 << 10, "{r:?}");
+    }
+
+    #[test]
+    fn an_impossible_receive_buffer_is_reported_short() {
+        // Larger than the kernel's int can hold: clamped, never wrapped to a negative value.
+        let r = set_rcvbuf(&udp(), usize::MAX);
+        assert!(r.short(), "{r:?}");
+        assert!(r.got <= RCVBUF_MAX, "{r:?}");
+        assert!(
+            r.got >= 2048,
+            "a wrapped value would leave the minimum buffer: {r:?}"
+        );
+    }
 }

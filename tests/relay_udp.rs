@@ -32,7 +32,108 @@ in_both_feature_sets!(
     udp_segmented_sends_keep_boundaries,
     udp_sequence_in_order_in_bursts,
     udp_stuck_subscriber_does_not_stall_the_channel,
+    udp_receive_buffers_asked_and_granted,
 );
+
+/// Without CAP_NET_ADMIN the kernel caps `rcvbuf=` at net.core.rmem_max: the relay starts,
+/// and its warning names the sysctl that would grant the size asked for. Needs `capsh` (to drop
+/// the capability) and an rmem_max below 64 MiB; otherwise says so and checks nothing.
+#[test]
+fn udp_receive_buffer_capped_by_rmem_max_names_the_sysctl() {
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let capsh = ["/usr/sbin/capsh", "/sbin/capsh"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let (Some(capsh), true) = (capsh, rmem_max > 0 && rmem_max < 64 << 20) else {
+        eprintln!("NOTE: skipping: needs capsh and net.core.rmem_max below 64 MiB");
+        return;
+    };
+    let dir = TempDir::new("udp-rmem-max");
+    let conf = dir.join("ringrelay.conf");
+    let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "{}[channel capped]\ninput = udp://{input} rcvbuf=64MiB\noutput = udp://{}\n",
+            dir.global_section(),
+            out.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let script = format!("exec timeout -s TERM 2 {} run -c {}", bin(), conf.display());
+    let o = output_within(
+        std::process::Command::new(capsh).args(["--drop=cap_net_admin", "--", "-c", &script]),
+        "ringrelay run without CAP_NET_ADMIN",
+        std::time::Duration::from_secs(10),
+    );
+    let log = String::from_utf8_lossy(&o.stderr);
+    let w = log
+        .lines()
+        .find(|l| l.contains("receive buffer is"))
+        .unwrap_or_else(|| panic!("no receive-buffer warning; stderr:\n{log}"));
+    for want in [
+        "WARN",
+        "channel capped",
+        "of the 64MiB asked for",
+        "sysctl -w net.core.rmem_max=67108864",
+    ] {
+        assert!(w.contains(want), "warning lacks '{want}': {w}");
+    }
+    assert!(
+        log.contains("ready"),
+        "the relay did not start; stderr:\n{log}"
+    );
+}
+
+/// `rcvbuf=` on a UDP input: a size the kernel grants starts quietly; one it cannot grant (more
+/// than its int holds) starts with one warning that names the channel, the URL and what it got,
+/// and the channel relays all the same. (The rmem_max remedy of the message needs a process
+/// without CAP_NET_ADMIN to show: the unit tests of net.rs cover the size arithmetic.)
+fn udp_receive_buffers_asked_and_granted(features: Features) {
+    let dir = TempDir::new("udp-rcvbuf");
+    let sinks: Vec<DatagramSink> = (0..2)
+        .map(|i| DatagramSink::bind(&format!("udp output {i}"), "127.0.0.1:0".parse().unwrap()))
+        .collect();
+    let (relay, (fine, huge)) = Relay::start(features, &dir, || {
+        let fine = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let huge = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel granted]\ninput = udp://{fine} rcvbuf=64KiB\noutput = udp://{}\n\n\
+             [channel toobig]\ninput = udp://{huge} rcvbuf=4GiB\noutput = udp://{}\n",
+            dir.global_section(),
+            sinks[0].addr,
+            sinks[1].addr
+        );
+        (conf, (fine, huge))
+    });
+    let log = relay.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("receive buffer is"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, for the 4GiB input:\n{log}");
+    let w = warnings[0];
+    for want in [
+        "WARN",
+        "channel toobig",
+        &format!("udp://{huge}"),
+        "of the 4GiB asked for",
+        "Linux grants no more",
+    ] {
+        assert!(w.contains(want), "warning lacks '{want}': {w}");
+    }
+    let dgrams = datagrams(5, 200, 1400);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (to, sink) in [(fine, &sinks[0]), (huge, &sinks[1])] {
+        send_windowed(&tx, to, &dgrams, || sink.count(), sink.name());
+        assert_same_datagrams(sink.name(), &sink.datagrams(), &dgrams);
+    }
+    relay.stop();
+}
 
 /// A TCP subscriber that connects and never reads holds up to its buffer quota of datagrams
 /// (`on_slow = drop`); the UDP output beside it must still get every datagram, in order. On
