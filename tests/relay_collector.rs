@@ -76,45 +76,11 @@ fn collector_going_away_is_redialed(features: Features) {
     let payload = Arc::new(pattern(21, 32 << 20));
     let producer = connect_tcp(input);
     let writer = write_in_thread(producer, payload.clone(), 64 * 1024);
-    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
-        !first.connections().is_empty()
-    });
-
-    // Mid-stream: after the first MiB, the collector stops listening and half-closes.
-    let conn1 = first.connections()[0].clone();
-    conn1.wait_len(1 << 20, TRANSFER_TIMEOUT);
-    first.stop_listening();
-    let raw = first_connection_socket(&first);
-    raw.shutdown(Shutdown::Write).expect("half-close");
-    drop(raw);
-    // Keep reading until the relay closes its end: then every byte it wrote there is read.
-    let end = conn1.wait_end(TRANSFER_TIMEOUT);
-    assert!(
-        end.is_some(),
-        "the relay never closed its connection after the collector's FIN (it read {} of {} bytes on it)",
-        conn1.len(),
-        payload.len()
-    );
-    assert!(
-        conn1.len() < payload.len(),
-        "the whole stream went to the first connection: nothing left to test the redial with"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-
-    let second = Collector::listen(collector_addr, None);
-    wait_for(
-        "the two connections to carry the whole stream",
-        TRANSFER_TIMEOUT,
-        || conn1.len() + second.total_len() >= payload.len(),
-    );
+    // Mid-stream: after the first MiB, the collector goes away for a second.
+    let conn1 = first.leave_mid_stream(1 << 20, payload.len());
+    let second = Collector::come_back(&conn1, collector_addr, payload.len());
     join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
-    let mut got = conn1.data();
-    got.extend_from_slice(&second.concatenated());
-    assert_same_bytes(
-        "first connection followed by the redialed one",
-        &got,
-        &payload,
-    );
+    assert_redialed_stream(&conn1, &second, &payload);
     relay.stop();
 }
 

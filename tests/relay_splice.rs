@@ -28,6 +28,7 @@ in_both_feature_sets!(
     splice_half_closing_collector_with_on_fin_keep,
     splice_fan_out_moves_32_mib_to_3_collectors_byte_exact,
     splice_fan_out_collector_down_at_start_gets_every_byte,
+    splice_fan_out_collector_going_away_is_redialed,
     splice_fan_out_sigterm_flushes_every_pipe,
     splice_fan_out_reload_removing_the_channel_flushes_and_closes_every_pipe,
 );
@@ -116,40 +117,10 @@ fn splice_collector_going_away_is_redialed(features: Features) {
     assert_splices(&relay);
     let payload = Arc::new(pattern(42, 32 << 20));
     let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
-    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
-        !first.connections().is_empty()
-    });
-    let conn1 = first.connections()[0].clone();
-    conn1.wait_len(1 << 20, TRANSFER_TIMEOUT);
-    first.stop_listening();
-    let raw = first.connections()[0].tcp_handle().expect("tcp");
-    raw.shutdown(Shutdown::Write).expect("half-close");
-    drop(raw);
-    let end = conn1.wait_end(TRANSFER_TIMEOUT);
-    assert!(
-        end.is_some(),
-        "the relay never closed its connection after the collector's FIN ({} bytes on it)",
-        conn1.len()
-    );
-    assert!(
-        conn1.len() < payload.len(),
-        "the whole stream went to the first connection: nothing left to test the redial with"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let second = Collector::listen(caddr, None);
-    wait_for(
-        "the two connections to carry the whole stream",
-        TRANSFER_TIMEOUT,
-        || conn1.len() + second.total_len() >= payload.len(),
-    );
+    let conn1 = first.leave_mid_stream(1 << 20, payload.len());
+    let second = Collector::come_back(&conn1, caddr, payload.len());
     join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
-    let mut got = conn1.data();
-    got.extend_from_slice(&second.concatenated());
-    assert_same_bytes(
-        "first connection followed by the redialed one",
-        &got,
-        &payload,
-    );
+    assert_redialed_stream(&conn1, &second, &payload);
     relay.stop();
 }
 
@@ -381,6 +352,43 @@ fn splice_fan_out_collector_down_at_start_gets_every_byte(features: Features) {
     join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
     for (i, c) in all.iter().enumerate() {
         assert_same_bytes(&format!("collector {i}"), &c.concatenated(), &payload);
+    }
+    relay.stop();
+}
+
+/// The middle one of three collectors goes away mid-stream and comes back: the bytes in its
+/// pipe go to the redialed connection, the rounds wait for it meanwhile, and the other two keep
+/// their one connection and get the stream byte for byte.
+fn splice_fan_out_collector_going_away_is_redialed(features: Features) {
+    let dir = TempDir::new("tee-redial");
+    let first = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let mut middle = Collector::listen("127.0.0.1:0".parse().unwrap(), Some(64 * 1024));
+    let third = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let maddr = middle.addr;
+    let addrs = [first.addr, maddr, third.addr];
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        (fan_out_channel(&dir, "teeredial", input, &addrs), input)
+    });
+    assert_tees(&relay);
+    let payload = Arc::new(pattern(53, 32 << 20));
+    let writer = write_in_thread(connect_tcp(input), payload.clone(), 64 * 1024);
+    let gone = middle.leave_mid_stream(1 << 20, payload.len());
+    let back = Collector::come_back(&gone, maddr, payload.len());
+    wait_for(
+        "the other collectors to get the whole stream",
+        TRANSFER_TIMEOUT,
+        || {
+            [&first, &third]
+                .iter()
+                .all(|c| c.total_len() >= payload.len())
+        },
+    );
+    join_with_timeout(writer, TRANSFER_TIMEOUT, "the producer").expect("produce");
+    assert_redialed_stream(&gone, &back, &payload);
+    for (name, c) in [("first", &first), ("third", &third)] {
+        assert_eq!(c.connections().len(), 1, "{name} collector was reconnected");
+        assert_same_bytes(&format!("{name} collector"), &c.concatenated(), &payload);
     }
     relay.stop();
 }

@@ -623,6 +623,14 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 }
 
 /// Asserts `got == want` byte for byte, reporting lengths, checksums and the first difference.
+/// The stream on the connection that went away followed by the redialed collector's is
+/// exactly `want`: nothing lost, nothing twice.
+pub fn assert_redialed_stream(gone: &StreamSink, back: &Collector, want: &[u8]) {
+    let mut got = gone.data();
+    got.extend_from_slice(&back.concatenated());
+    assert_same_bytes("first connection followed by the redialed one", &got, want);
+}
+
 pub fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
     if got == want {
         return;
@@ -1061,6 +1069,46 @@ impl Collector {
             v.extend_from_slice(&c.data());
         }
         v
+    }
+
+    /// The collector goes away mid-stream: once its first connection holds `after` bytes it
+    /// stops listening and half-closes that connection, reading on until the relay closes its
+    /// end (so every byte the relay wrote there is seen). Returns that connection; the relay
+    /// must not have handed it the whole `total`, or there is no redial left to test.
+    pub fn leave_mid_stream(&mut self, after: usize, total: usize) -> Arc<StreamSink> {
+        wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+            !self.connections().is_empty()
+        });
+        let conn = self.connections()[0].clone();
+        conn.wait_len(after, TRANSFER_TIMEOUT);
+        self.stop_listening();
+        let raw = conn.tcp_handle().expect("a tcp connection");
+        raw.shutdown(std::net::Shutdown::Write).expect("half-close");
+        drop(raw);
+        let end = conn.wait_end(TRANSFER_TIMEOUT);
+        assert!(
+            end.is_some(),
+            "the relay never closed its connection after the collector's FIN (it read {} of {total} bytes on it)",
+            conn.len()
+        );
+        assert!(
+            conn.len() < total,
+            "the whole stream went to the first connection: nothing left to test the redial with"
+        );
+        conn
+    }
+
+    /// After [`Collector::leave_mid_stream`]: a second away, then back on the same port. Waits
+    /// until the old connection and the new collector carry `total` bytes between them.
+    pub fn come_back(gone: &Arc<StreamSink>, addr: SocketAddr, total: usize) -> Collector {
+        thread::sleep(Duration::from_secs(1));
+        let back = Collector::listen(addr, None);
+        wait_for(
+            "the two connections to carry the whole stream",
+            TRANSFER_TIMEOUT,
+            || gone.len() + back.total_len() >= total,
+        );
+        back
     }
 
     /// Closes the listening socket (accepted connections stay open).
