@@ -53,6 +53,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 const WARMUP_SEQ: u64 = u64::MAX;
 const DATAGRAM: usize = 1024;
 const RCVBUF: usize = 4 << 20;
+
+/// The receive buffer of every relay's UDP input: `RELAY_BENCH_RCVBUF` (a size such as
+/// `16MiB`), or RCVBUF. Each relay asks for the same with the same privileges (SO_RCVBUF,
+/// then SO_RCVBUFFORCE), so none has a larger one than another.
+fn input_rcvbuf() -> usize {
+    std::env::var("RELAY_BENCH_RCVBUF")
+        .ok()
+        .and_then(|v| ringrelay::units::parse_size(&v).ok())
+        .map_or(RCVBUF, |n| n as usize)
+}
 /// Input rate of the paced UDP case, datagrams per second.
 const UDP_PACED_RATE: f64 = 25_000.0;
 /// Input rates of case (b3), datagrams/s.
@@ -191,7 +201,10 @@ impl Bench {
                     }
                     Wiring::Udp { channels } => {
                         for (i, (input, outputs)) in channels.iter().enumerate() {
-                            conf += &format!("\n[channel ch{i}]\ninput = udp://{input}\n{extra}");
+                            conf += &format!(
+                                "\n[channel ch{i}]\ninput = udp://{input} rcvbuf={}\n{extra}",
+                                input_rcvbuf()
+                            );
                             let opts = std::env::var("RELAY_BENCH_UDP_OUTPUT").unwrap_or_default();
                             for o in outputs {
                                 conf += &format!("output = udp://{o} {opts}\n");
@@ -499,6 +512,68 @@ struct UdpLoad {
     pace: Option<f64>,
 }
 
+/// Datagrams received RECV_BATCH at a time with one `recvmmsg`: the bench's sinks share the
+/// two cores with the relay under test, so each costs it as little CPU as it can.
+struct RecvBatch {
+    bufs: Vec<[u8; RECV_SLOT]>,
+    iov: Vec<nix::libc::iovec>,
+    hdrs: Vec<nix::libc::mmsghdr>,
+}
+
+const RECV_BATCH: usize = 64;
+const RECV_SLOT: usize = 2048;
+
+impl RecvBatch {
+    fn new() -> Box<Self> {
+        let mut b = Box::new(RecvBatch {
+            bufs: vec![[0u8; RECV_SLOT]; RECV_BATCH],
+            iov: Vec::with_capacity(RECV_BATCH),
+            hdrs: Vec::with_capacity(RECV_BATCH),
+        });
+        for i in 0..RECV_BATCH {
+            let base = b.bufs[i].as_mut_ptr().cast();
+            b.iov.push(nix::libc::iovec {
+                iov_base: base,
+                iov_len: RECV_SLOT,
+            });
+        }
+        for i in 0..RECV_BATCH {
+            // SAFETY: an all-zero mmsghdr is a valid empty header; its iovec points into
+            // `bufs`, which lives (unmoved, on the heap) as long as `self`.
+            let mut h: nix::libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = &mut b.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            b.hdrs.push(h);
+        }
+        b
+    }
+
+    /// Waits (up to the socket's read timeout) for one datagram, then takes what else is
+    /// queued, up to RECV_BATCH; returns how many arrived.
+    fn recv(&mut self, s: &UdpSocket) -> usize {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `hdrs` holds RECV_BATCH headers whose buffers are ours and RECV_SLOT long.
+        let n = unsafe {
+            nix::libc::recvmmsg(
+                s.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                RECV_BATCH as u32,
+                nix::libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        n.max(0) as usize
+    }
+
+    /// The first `n` datagrams of the last `recv`.
+    fn datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> {
+        self.hdrs[..n]
+            .iter()
+            .zip(&self.bufs)
+            .map(|(h, b)| &b[..(h.msg_len as usize).min(RECV_SLOT)])
+    }
+}
+
 /// Cases (b) and (d): `load` through the relay. Delivered/s counts every output.
 fn udp_run(b: &mut Bench, relay: &Relay, load: UdpLoad, limit: Duration) -> Result<Sample, String> {
     let n_rx = load.channels * load.outs;
@@ -532,26 +607,27 @@ fn udp_run(b: &mut Bench, relay: &Relay, load: UdpLoad, limit: Duration) -> Resu
     for (i, s) in socks.into_iter().enumerate() {
         let (done, warm, last) = (Arc::clone(&done), Arc::clone(&warm), Arc::clone(&last));
         rx.push(thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
+            let mut batch = RecvBatch::new();
             let mut n = 0u64;
             let mut seen_warm = false;
             while !done.load(Ordering::Relaxed) {
-                match s.recv(&mut buf) {
-                    Ok(k) if k >= 8 => {
-                        if u64::from_be_bytes(buf[..8].try_into().unwrap()) == WARMUP_SEQ {
-                            if !seen_warm {
-                                seen_warm = true;
-                                warm.fetch_or(1 << i, Ordering::Relaxed);
-                            }
-                        } else {
-                            n += 1;
-                            if n % 64 == 0 {
-                                *last.lock().unwrap() = Instant::now();
-                            }
-                        }
+                let got = batch.recv(&s);
+                let before = n;
+                for d in batch.datagrams(got) {
+                    if d.len() < 8 {
+                        continue;
                     }
-                    Ok(_) => {}
-                    Err(_) => {}
+                    if u64::from_be_bytes(d[..8].try_into().unwrap()) == WARMUP_SEQ {
+                        if !seen_warm {
+                            seen_warm = true;
+                            warm.fetch_or(1 << i, Ordering::Relaxed);
+                        }
+                    } else {
+                        n += 1;
+                    }
+                }
+                if n / 64 != before / 64 {
+                    *last.lock().unwrap() = Instant::now();
                 }
             }
             n
@@ -1263,7 +1339,7 @@ mod blocking {
 
     fn udp(buf: usize, input: SocketAddr, outputs: &[SocketAddr]) -> io::Result<()> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        let _ = s.set_recv_buffer_size(RCVBUF);
+        ringrelay::net::set_rcvbuf(&s, input_rcvbuf());
         s.bind(&input.into())?;
         let s: UdpSocket = s.into();
         let mut txs: Vec<SyncSender<Arc<[u8]>>> = Vec::new();
