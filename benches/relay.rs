@@ -32,7 +32,8 @@
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
 //! (a, b, b2, b3, d, d2, e, f); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
-//! exit). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
+//! exit). `RELAY_BENCH_TCP_OUTPUT` / `RELAY_BENCH_UDP_OUTPUT` add URL options to ringrelay's
+//! tcp / udp outputs (`zerocopy=on`, `gso=off`). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
 
 use std::io::{self, Read, Write};
@@ -189,14 +190,16 @@ impl Bench {
                 let extra = if *decimate { DECIMATE_KEYS } else { "" };
                 match w {
                     Wiring::Tcp { input, output } => {
+                        let opts = std::env::var("RELAY_BENCH_TCP_OUTPUT").unwrap_or_default();
                         conf += &format!(
-                        "\n[channel ch0]\ninput = tcp-listen://{input}\noutput = tcp://{output}\n"
+                        "\n[channel ch0]\ninput = tcp-listen://{input}\noutput = tcp://{output} {opts}\n"
                     )
                     }
                     Wiring::TcpFan { input, outputs } => {
+                        let opts = std::env::var("RELAY_BENCH_TCP_OUTPUT").unwrap_or_default();
                         conf += &format!("\n[channel ch0]\ninput = tcp-listen://{input}\n");
                         for o in outputs {
-                            conf += &format!("output = tcp://{o}\n");
+                            conf += &format!("output = tcp://{o} {opts}\n");
                         }
                     }
                     Wiring::Udp { channels } => {

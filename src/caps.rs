@@ -52,6 +52,11 @@ pub struct Caps {
     /// A splice from a non-blocking socket with nothing to read completes with -EAGAIN (found
     /// by trial), so splices can wait in POLL_ADD rather than in an io-wq worker.
     pub splice_eagain: bool,
+    /// Zero-copy sends (IORING_OP_SEND_ZC, 6.0+): the kernel has them and the baseline set is
+    /// not forced.
+    pub send_zc: bool,
+    /// Outputs that ask for zero-copy sends (`zerocopy=on`; set by the daemon).
+    pub zerocopy_outputs: usize,
 }
 
 impl Caps {
@@ -67,7 +72,7 @@ impl Caps {
     /// One line for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}, multishot udp receive {}, splice {}{}",
+            "io_uring on {} {}: sqpoll {}, registered buffers {}, multishot accept {}, multishot udp receive {}, splice {}, zero-copy send {}{}",
             self.kernel,
             self.machine,
             on_off(self.sqpoll),
@@ -85,6 +90,11 @@ impl Caps {
                         t => format!(", {t} fan-out with tee"),
                     }
                 ),
+            },
+            match (self.send_zc, self.zerocopy_outputs) {
+                (false, _) => "unavailable".to_string(),
+                (true, 0) => "off".to_string(),
+                (true, n) => format!("on ({n} output{})", if n == 1 { "" } else { "s" }),
             },
             if self.baseline {
                 " (baseline feature set forced)"
@@ -238,6 +248,17 @@ impl fmt::Display for Caps {
             )
         };
         writeln!(f, "  stream splice     {splice}")?;
+        writeln!(
+            f,
+            "  zero-copy send    {}",
+            if self.send_zc {
+                "SEND_ZC from pool buffers on tcp outputs with zerocopy=on (chunks of 16KiB and more)"
+            } else if self.baseline {
+                "off (baseline feature set forced)"
+            } else {
+                "unavailable (no IORING_OP_SEND_ZC, Linux 6.0+): sends copy"
+            }
+        )?;
         if self.has_op("SPLICE") {
             writeln!(
                 f,

@@ -187,6 +187,9 @@ pub struct Output {
     /// Runs of equal-sized datagrams leave in one segmented send (udp outputs; cleared for
     /// good when the kernel or the route refuses segmentation).
     pub gso: bool,
+    /// Stream chunks of at least [`crate::zerocopy::MIN_BYTES`] leave by zero-copy send
+    /// (`zerocopy=on` where the kernel has it; cleared for good when the socket refuses).
+    pub zerocopy: bool,
 }
 
 impl Output {
@@ -448,6 +451,7 @@ impl Channel {
                 stats: OutputStats::default(),
                 connected_once: false,
                 gso: oc.endpoint.scheme == Scheme::Udp && oc.endpoint.opts.gso != Some(false),
+                zerocopy: oc.endpoint.opts.zerocopy == Some(true),
             });
         }
         Ok(Channel {

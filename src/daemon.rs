@@ -249,6 +249,7 @@ impl Daemon {
             let ci = d.channels.len();
             d.channels.push(Some(ch));
             d.activate(ci)?;
+            d.settle_zerocopy(ci);
         }
         d.cap_workers();
         info!("{}", d.ring.caps.summary());
@@ -262,6 +263,35 @@ impl Daemon {
 
     pub fn caps(&self) -> &crate::caps::Caps {
         &self.ring.caps
+    }
+
+    /// `zerocopy=on` outputs of channel `ci` where this kernel (or the baseline set) has no
+    /// zero-copy send, or whose channel splices (its bytes never enter the pool), send by copy;
+    /// the first case is worth a warning. Counts the outputs that keep it for the start-up line.
+    fn settle_zerocopy(&mut self, ci: usize) {
+        let send_zc = self.ring.caps.send_zc;
+        let Some(Some(ch)) = self.channels.get_mut(ci) else {
+            return;
+        };
+        let splices = ch.splice.is_some();
+        let name = ch.cfg.name.clone();
+        for o in ch.outputs.iter_mut().filter(|o| o.zerocopy) {
+            if !send_zc {
+                warn!(
+                    "channel {name}: output {}: zerocopy=on, but this kernel has no zero-copy send (Linux 6.0+; or features = baseline): sending by copy",
+                    o.url()
+                );
+                o.zerocopy = false;
+            } else if splices {
+                o.zerocopy = false;
+            }
+        }
+        self.ring.caps.zerocopy_outputs = self
+            .channels
+            .iter()
+            .flatten()
+            .map(|c| c.outputs.iter().filter(|o| o.zerocopy).count())
+            .sum();
     }
 
     /// Records how many channels splice and keeps the io-wq cap above what their blocking
@@ -541,6 +571,7 @@ impl Daemon {
             OpKind::Recv => on_recv(ring, ch, tok, c.res),
             OpKind::RecvMulti => on_recv_multi(ring, ch, tok, c),
             OpKind::Send => on_write(ring, ch, tok, c.res),
+            OpKind::SendZc => on_send_zc(ring, ch, tok, c),
             OpKind::Accept => {
                 let count = class_count(&self.cfg, &ch.cfg);
                 let n = self.cfg.channels.len();
@@ -630,6 +661,7 @@ impl Daemon {
                 match self.activate(ci) {
                     Ok(()) => {
                         self.cap_workers();
+                        self.settle_zerocopy(ci);
                         info!("channel {}: started", cfg.name)
                     }
                     Err(e) => {
@@ -1708,6 +1740,7 @@ fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         retry_at,
         cfg,
         gso: gso_on,
+        zerocopy,
         ..
     } = &mut outputs[out];
     if ep.queue.is_none() && retry_at.is_some() {
@@ -1773,6 +1806,21 @@ fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         }
     }
     let fd = ep_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    if *zerocopy && !datagram && file.is_none() && front.len >= crate::zerocopy::MIN_BYTES {
+        // One chunk, sent from the pool buffer itself; the record keeps the buffer for the
+        // kernel until the send's notification, the `writing` reference until its result.
+        if let Some(idx) = ring.zc_begin(*gen, front.buf) {
+            ring.pool_mut().retain(front.buf);
+            writing.push(front.buf);
+            ring.push(
+                Sqe::SendZc { fd, chunk: front },
+                Token::new(OpKind::SendZc, ci, slot, idx),
+            );
+            *write_ops = 1;
+            *in_flight += 1;
+            return;
+        }
+    }
     let tok = Token::new(OpKind::Send, ci, slot, *gen);
     if datagram && *gso_on {
         let (run, seg) = outq::segment_run(q.peek(GSO_SEGMENTS), GSO_SEGMENTS, GSO_BYTES);
@@ -2259,6 +2307,61 @@ fn rotate_file(f: &crate::channel::FileOut) -> std::io::Result<OwnedFd> {
     net::open_append(&f.path)
 }
 
+/// A completion of a zero-copy send: its result (then handled as any send's, with MORE when a
+/// notification follows), or its notification (the kernel let go of the buffer). The
+/// endpoint's in-flight count covers the notification still owed, so the slot is not reused
+/// before it arrives; the buffer is found through the ring's record, never the endpoint.
+fn on_send_zc(ring: &mut Ring, ch: &mut Channel, tok: Token, c: Completion) {
+    let idx = tok.gen;
+    let Some(rec) = ring.zc_record(idx) else {
+        debug!("zero-copy completion without a record: {tok:?}");
+        return;
+    };
+    let slot = tok.ep;
+    if io_uring::cqueue::notif(c.flags) {
+        ring.zc_end(idx);
+        if let Some(ep) = ch.ep_gen(slot, rec.gen) {
+            ep.in_flight -= 1;
+            ch.reap_if_idle(slot);
+        }
+        return;
+    }
+    if c.more() {
+        if let Some(ep) = ch.ep_gen(slot, rec.gen) {
+            ep.in_flight += 1;
+        }
+    } else {
+        ring.zc_end(idx);
+    }
+    let send = Token::new(OpKind::Send, tok.chan, slot, rec.gen);
+    let out = ch.ep_gen(slot, rec.gen).and_then(|e| match e.role {
+        Role::Subscriber { out } | Role::Link { out } => Some(out),
+        _ => None,
+    });
+    if let (Some(out), true) = (out, c.res > 0) {
+        ch.outputs[out].stats.zerocopy += 1;
+    }
+    if c.res == -libc::EOPNOTSUPP {
+        // This socket takes no zero-copy sends (a kernel built without them for this path):
+        // by copy from now on. Nothing was sent; the chunk stays queued.
+        if let Some(o) = out {
+            let o = &mut ch.outputs[o];
+            if o.zerocopy {
+                o.zerocopy = false;
+                info!(
+                    "channel {}: output {}: zero-copy sends refused ({}); sending by copy",
+                    ch.cfg.name,
+                    o.url(),
+                    errno_str(c.res)
+                );
+            }
+        }
+        on_write(ring, ch, send, -libc::EAGAIN);
+        return;
+    }
+    on_write(ring, ch, send, c.res);
+}
+
 fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
     let ci = tok.chan;
     let slot = tok.ep;
@@ -2357,6 +2460,14 @@ fn on_write(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
         if ch.blocked && ch.may_unblock() {
             ch.blocked = false;
             post_reads(ring, ch, ci);
+        }
+        return;
+    }
+    if res == -libc::EAGAIN {
+        // Nothing was sent (the buffer path's sockets block, so only a refused zero-copy send
+        // reports this): the chunk stays queued and goes again.
+        if idle {
+            kick(ring, ch, ci, slot);
         }
         return;
     }

@@ -60,3 +60,4 @@ pub mod tail;
 pub mod token;
 pub mod units;
 pub mod url;
+pub mod zerocopy;

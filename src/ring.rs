@@ -41,6 +41,7 @@ use crate::config::SqpollMode;
 use crate::outq::Chunk;
 use crate::pool::{BufId, BufferPool, Class};
 use crate::token::{OpKind, Token};
+use crate::zerocopy::{ZcRecord, ZcTable};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use std::collections::VecDeque;
 use std::io;
@@ -107,6 +108,9 @@ pub enum Sqe {
     },
     /// Gathered write of several chunks described by `iov`, an array owned by the endpoint.
     Writev { fd: RawFd, iov: IovArray, n: u32 },
+    /// Zero-copy send of one chunk on a TCP socket (Linux 6.0+). The chunk's buffer must be
+    /// held by a record of [`Ring::zc_begin`], ended by the send's notification.
+    SendZc { fd: RawFd, chunk: Chunk },
     /// One segmented UDP send (UDP_SEGMENT): the datagrams of a [`GsoMsg`] the endpoint owns,
     /// filled with [`GsoMsg::fill`]; the kernel splits it back into those datagrams.
     SendGso { fd: RawFd, msg: MsgPtr },
@@ -325,6 +329,8 @@ pub struct Ring {
     /// Scratch of `push_chain` (kept for its capacity).
     chain: Vec<squeue::Entry>,
     in_flight: usize,
+    /// Zero-copy sends whose buffer the kernel may still read.
+    zc: ZcTable,
     pub caps: Caps,
 }
 
@@ -575,9 +581,11 @@ impl Ring {
             overflow: VecDeque::new(),
             chain: Vec::new(),
             in_flight: 0,
+            zc: ZcTable::default(),
             caps,
         };
         ring.register_pool(opts);
+        ring.caps.send_zc = !opts.baseline && ring.caps.has_op("SEND_ZC");
         if opts.trial_multishot && !opts.baseline && ring.caps.has_op("SOCKET") {
             ring.caps.multishot_accept = ring.trial_multishot_accept();
         }
@@ -1082,6 +1090,28 @@ impl Ring {
         self.uring.submitter().register_iowq_max_workers(&mut max)
     }
 
+    /// Begins a zero-copy send of `buf` for an endpoint of generation `gen`: the pool keeps a
+    /// reference for the kernel until [`Ring::zc_end`]. Returns the record's index (the tag's
+    /// generation field), or None when no record is free (send by copy then).
+    pub fn zc_begin(&mut self, gen: u32, buf: BufId) -> Option<u32> {
+        let idx = self.zc.begin(gen, buf)?;
+        self.pool.retain(buf);
+        Some(idx)
+    }
+
+    /// The record of zero-copy send `idx`.
+    pub fn zc_record(&self, idx: u32) -> Option<ZcRecord> {
+        self.zc.get(idx)
+    }
+
+    /// The kernel is done with zero-copy send `idx` (its notification, or a first completion
+    /// that says none follows): the buffer's reference goes back to the pool, once.
+    pub fn zc_end(&mut self, idx: u32) {
+        if let Some(r) = self.zc.end(idx) {
+            self.pool.release(r.buf);
+        }
+    }
+
     /// Submissions whose completion has not arrived yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -1153,6 +1183,12 @@ impl Ring {
                 }
             }
             Sqe::Writev { fd, iov, n } => opcode::Writev::new(types::Fd(fd), iov.0, n).build(),
+            Sqe::SendZc { fd, chunk } => {
+                let ptr = self.pool.addr(chunk.buf, chunk.off);
+                opcode::SendZc::new(types::Fd(fd), ptr, chunk.len)
+                    .buf_index(registered.then_some(chunk.buf))
+                    .build()
+            }
             Sqe::SendGso { fd, msg } => opcode::SendMsg::new(types::Fd(fd), msg.0).build(),
             Sqe::RecvMulti { fd, group } => {
                 opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msghdr as *const _, group).build()

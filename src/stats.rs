@@ -37,6 +37,8 @@ pub struct OutputStats {
     pub reconnects: u64,
     /// Faults (send errors, refused subscribers, failed connects).
     pub errors: u64,
+    /// Sends that left by zero-copy send (`zerocopy=on`): shown only when some did.
+    pub zerocopy: u64,
 }
 
 impl fmt::Display for InputStats {
@@ -62,7 +64,11 @@ impl fmt::Display for OutputStats {
             f,
             "bytes={} datagrams={} drops={} disconnects={} reconnects={} errors={}",
             self.bytes, self.datagrams, self.drops, self.disconnects, self.reconnects, self.errors
-        )
+        )?;
+        if self.zerocopy > 0 {
+            write!(f, " zerocopy={}", self.zerocopy)?;
+        }
+        Ok(())
     }
 }
 
@@ -103,5 +109,11 @@ mod tests {
             ..Default::default()
         };
         assert!(s.to_string().starts_with("bytes=5 "));
+        assert!(!s.to_string().contains("zerocopy"));
+        let z = OutputStats {
+            zerocopy: 3,
+            ..Default::default()
+        };
+        assert!(z.to_string().ends_with(" errors=0 zerocopy=3"));
     }
 }

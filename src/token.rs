@@ -54,6 +54,10 @@ pub enum OpKind {
     /// The multishot receive of a UDP input (endpoint = the input's slot); its buffers come
     /// from the input's provided-buffer ring and are named in each completion's flags.
     RecvMulti = 13,
+    /// A zero-copy send (IORING_OP_SEND_ZC). Its generation field holds the index of the
+    /// ring's record of the send (`zerocopy::ZcTable`), which holds the endpoint's generation
+    /// and the buffer: the send's notification must find the buffer after the endpoint is gone.
+    SendZc = 14,
 }
 
 impl OpKind {
@@ -72,6 +76,7 @@ impl OpKind {
             11 => OpKind::Tee,
             12 => OpKind::SpliceDist,
             13 => OpKind::RecvMulti,
+            14 => OpKind::SendZc,
             _ => return None,
         })
     }

@@ -192,6 +192,9 @@ pub struct Options {
     /// UDP segmentation offload for udp outputs: runs of equal-sized datagrams leave in one
     /// send (default on; `gso=off` sends one datagram per send).
     pub gso: Option<bool>,
+    /// Zero-copy sends (IORING_OP_SEND_ZC) on tcp and tcp-listen outputs: the kernel sends
+    /// from the pool buffer itself and says when it is done with it (default off).
+    pub zerocopy: Option<bool>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -307,6 +310,13 @@ impl Endpoint {
                         _ => return Err(bad(format!("'{v}' is not one of on, off"))),
                     })
                 }
+                "zerocopy" => {
+                    opts.zerocopy = Some(match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad(format!("'{v}' is not one of on, off"))),
+                    })
+                }
                 "on_fin" => {
                     opts.on_fin = Some(match v {
                         "redial" => OnFin::Redial,
@@ -367,17 +377,25 @@ impl Endpoint {
                 allowed.extend(["ttl", "iface", "sndbuf", "on_slow", "max_backlog", "gso"])
             }
             (Role::Output, Scheme::TcpListen | Scheme::UnixListen) => {
-                allowed.extend(["max_clients", "allow", "max_backlog", "on_slow", "sndbuf"])
+                allowed.extend(["max_clients", "allow", "max_backlog", "on_slow", "sndbuf"]);
+                if sc == Scheme::TcpListen {
+                    allowed.push("zerocopy");
+                }
             }
             (Role::Output, Scheme::File) => {
                 allowed.extend(["rotate", "keep", "max_backlog", "on_slow"])
             }
-            (Role::Output, _) => allowed.extend(["max_backlog", "on_slow", "on_fin", "sndbuf"]),
+            (Role::Output, _) => {
+                allowed.extend(["max_backlog", "on_slow", "on_fin", "sndbuf"]);
+                if sc == Scheme::Tcp {
+                    allowed.push("zerocopy");
+                }
+            }
         }
         if sc == Scheme::UnixListen {
             allowed.retain(|k| *k != "allow");
         }
-        let set: [(&str, bool); 13] = [
+        let set: [(&str, bool); 14] = [
             ("group", o.group.is_some()),
             ("iface", o.iface.is_some()),
             ("rcvbuf", o.rcvbuf.is_some()),
@@ -391,6 +409,7 @@ impl Endpoint {
             ("keep", o.keep.is_some()),
             ("ttl", o.ttl.is_some()),
             ("gso", o.gso.is_some()),
+            ("zerocopy", o.zerocopy.is_some()),
         ];
         for (k, present) in set {
             if present && !allowed.contains(&k) {
@@ -483,6 +502,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(g) = o.gso {
             write!(f, " gso={}", if g { "on" } else { "off" })?;
+        }
+        if let Some(z) = o.zerocopy {
+            write!(f, " zerocopy={}", if z { "on" } else { "off" })?;
         }
         Ok(())
     }
@@ -579,6 +601,20 @@ mod tests {
         assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Input).is_err());
         assert!(Endpoint::parse_for("tcp://h:1 on_fin=maybe", Role::Output).is_err());
         assert!(Endpoint::parse_for("unix:///x on_fin=keep", Role::Output).is_ok());
+        // Zero-copy sends are for TCP outputs only.
+        for ok in ["tcp://h:1 zerocopy=on", "tcp-listen://h:1 zerocopy=off"] {
+            assert!(Endpoint::parse_for(ok, Role::Output).is_ok(), "{ok}");
+        }
+        for bad in [
+            "unix:///x zerocopy=on",
+            "unix-listen:///x zerocopy=on",
+            "udp://h:1 zerocopy=on",
+            "file:///x zerocopy=on",
+            "tcp://h:1 zerocopy=maybe",
+        ] {
+            assert!(Endpoint::parse_for(bad, Role::Output).is_err(), "{bad}");
+        }
+        assert!(Endpoint::parse_for("tcp-listen://h:1 zerocopy=on", Role::Input).is_err());
     }
 
     #[test]
@@ -599,6 +635,7 @@ mod tests {
             "udp://[::1]:7000 ttl=4",
             "file:///tmp/x.raw rotate=65536 keep=3",
             "tcp://127.0.0.1:7000 on_slow=block on_fin=keep",
+            "tcp://127.0.0.1:7000 zerocopy=on",
         ] {
             let e = Endpoint::parse(s).unwrap();
             assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);

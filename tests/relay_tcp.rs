@@ -24,7 +24,125 @@ in_both_feature_sets!(
     sigterm_flushes_a_file_output,
     tcp_ipv6,
     unix_sockets,
+    zerocopy_subscribers_and_collector_get_every_byte,
+    zerocopy_slow_subscriber_is_disconnected,
 );
+
+/// The start-up line says whether zero-copy sends are on: with the baseline set they are not
+/// (and the relay warns for each output that asked), otherwise on for `n` outputs.
+fn assert_zerocopy(relay: &Relay, features: Features, n: usize) {
+    let log = relay.log();
+    let want = match features {
+        Features::Baseline => "zero-copy send unavailable".to_string(),
+        _ => format!(
+            "zero-copy send on ({n} output{})",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    assert!(log.contains(&want), "start-up line lacks '{want}':\n{log}");
+    if features == Features::Baseline {
+        assert_eq!(
+            log.matches("zerocopy=on, but").count(),
+            n,
+            "one warning per zerocopy=on output:\n{log}"
+        );
+    }
+}
+
+/// `zerocopy=on` on a subscriber output and a collector: 32 MiB leave by IORING_OP_SEND_ZC from
+/// the pool buffers themselves, each buffer held until the kernel's notification; both
+/// subscribers and the collector get every byte, and SIGTERM still exits 0 (no notification
+/// left owed).
+fn zerocopy_subscribers_and_collector_get_every_byte(features: Features) {
+    let dir = TempDir::new("tcp-zerocopy");
+    let collector = Collector::listen("127.0.0.1:0".parse().unwrap(), None);
+    let caddr = collector.addr;
+    let (relay, ch) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}[channel zc]\ninput = tcp-listen://{input}\noutput = tcp-listen://{subs} zerocopy=on max_backlog=8MiB\noutput = tcp://{caddr} zerocopy=on\n",
+            dir.global_section()
+        );
+        (conf, StreamChannel { input, subs })
+    });
+    assert_zerocopy(&relay, features, 2);
+    let subs: Vec<StreamSink> = (0..2)
+        .map(|i| StreamSink::tcp(&format!("subscriber {i}"), ch.subs))
+        .collect();
+    wait_for("the relay to dial the collector", TRANSFER_TIMEOUT, || {
+        !collector.connections().is_empty()
+    });
+    let mut producer = connect_tcp(ch.input);
+    let refs: Vec<&StreamSink> = subs.iter().collect();
+    let pings = ping_stream(&mut producer, &refs);
+    let payload = pattern(12, 32 << 20);
+    for s in &subs {
+        s.reserve(payload.len() + (1 << 20));
+    }
+    // A 1 MiB window: a zero-copy send carries one chunk, so a subscriber drains more slowly
+    // than by gathered copy, and a window near its 64-buffer quota would disconnect it.
+    write_windowed(
+        &mut producer,
+        &payload,
+        1 << 20,
+        || min_after_pings(&refs),
+        "zero-copy fan-out",
+    );
+    for s in &subs {
+        expect_after_pings(s, &payload, TRANSFER_TIMEOUT);
+    }
+    wait_for("the collector to get the stream", TRANSFER_TIMEOUT, || {
+        collector.total_len() >= pings + payload.len()
+    });
+    let got = collector.concatenated();
+    assert!(
+        got[..pings].iter().all(|&b| b == PING),
+        "collector starts with the pings"
+    );
+    assert_same_bytes("collector", &got[pings..], &payload);
+    // The counters say the bytes left by zero-copy send (and by copy under the baseline set).
+    let urls = [
+        format!("tcp-listen://{}", ch.subs),
+        format!("tcp://{caddr}"),
+    ];
+    let zc_lines = || {
+        let log = relay.log();
+        urls.iter()
+            .filter(|u| {
+                log.lines()
+                    .any(|l| l.contains(&format!("output {u} ")) && l.contains(" zerocopy="))
+            })
+            .count()
+    };
+    if features == Features::Auto {
+        wait_for("counters with zero-copy sends", TRANSFER_TIMEOUT, || {
+            relay.signal(nix::sys::signal::Signal::SIGUSR1);
+            std::thread::sleep(Duration::from_millis(50));
+            zc_lines() == urls.len()
+        });
+    } else {
+        relay.signal(nix::sys::signal::Signal::SIGUSR1);
+        wait_for("counters", TRANSFER_TIMEOUT, || {
+            relay.log().contains("counters: channel zc output")
+        });
+        assert_eq!(
+            zc_lines(),
+            0,
+            "zero-copy sends under the baseline set:\n{}",
+            relay.log()
+        );
+    }
+    drop(producer);
+    relay.stop();
+}
+
+/// A subscriber that stops reading on a `zerocopy=on` output is disconnected while zero-copy
+/// sends to it may still be owed their notifications; the fast ones get every byte, and the
+/// relay then exits 0 on SIGTERM.
+fn zerocopy_slow_subscriber_is_disconnected(features: Features) {
+    slow_subscriber_is_disconnected(features, " zerocopy=on");
+}
 
 /// A channel with a `tcp-listen` input and the addresses the test needs.
 struct StreamChannel {
@@ -103,16 +221,23 @@ fn tcp_producer_to_three_subscribers_and_a_file(features: Features) {
 /// buffer the rest, and the stalled subscriber, once it reads again, would get every byte and
 /// no end of stream: both are failures here.
 fn tcp_slow_subscriber_is_disconnected(features: Features) {
+    slow_subscriber_is_disconnected(features, "");
+}
+
+fn slow_subscriber_is_disconnected(features: Features, opts: &str) {
     let dir = TempDir::new("tcp-slow");
     let (relay, ch) = Relay::start(features, &dir, || {
         let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}[channel slow]\ninput = tcp-listen://{input}\noutput = tcp-listen://{subs} max_backlog=256KiB on_slow=disconnect\n",
+            "{}[channel slow]\ninput = tcp-listen://{input}\noutput = tcp-listen://{subs} max_backlog=256KiB on_slow=disconnect{opts}\n",
             dir.global_section()
         );
         (conf, StreamChannel { input, subs })
     });
+    if !opts.is_empty() {
+        assert_zerocopy(&relay, features, 1);
+    }
     let fast: Vec<StreamSink> = (0..2)
         .map(|i| StreamSink::tcp(&format!("fast subscriber {i}"), ch.subs))
         .collect();
