@@ -3,8 +3,8 @@
 //! (The relay throughput of a decimating channel next to a plain one belongs to the relay bench
 //! once the daemon feeds `Publisher`.)
 
-use ringrelay::decimate::Decimator;
-use ringrelay::sample::{DecimateSpec, SampleType};
+use ringrelay::config::sample::{DecimateSpec, SampleType};
+use ringrelay::engine::decimate::Decimator;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

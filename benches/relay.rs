@@ -61,7 +61,7 @@ const RCVBUF: usize = 4 << 20;
 fn input_rcvbuf() -> usize {
     std::env::var("RELAY_BENCH_RCVBUF")
         .ok()
-        .and_then(|v| ringrelay::units::parse_size(&v).ok())
+        .and_then(|v| ringrelay::config::units::parse_size(&v).ok())
         .map_or(RCVBUF, |n| n as usize)
 }
 /// Input rate of the paced UDP case, datagrams per second.
@@ -1342,7 +1342,7 @@ mod blocking {
 
     fn udp(buf: usize, input: SocketAddr, outputs: &[SocketAddr]) -> io::Result<()> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        ringrelay::net::set_rcvbuf(&s, input_rcvbuf());
+        ringrelay::driver::net::set_rcvbuf(&s, input_rcvbuf());
         s.bind(&input.into())?;
         let s: UdpSocket = s.into();
         let mut txs: Vec<SyncSender<Arc<[u8]>>> = Vec::new();

@@ -30,34 +30,9 @@
 //!   [`demo`], [`tail`] and [`stat`].
 #![deny(unsafe_code)]
 
-pub mod backoff;
-#[allow(unsafe_code)]
-pub mod bufring;
-pub mod caps;
-pub mod channel;
 pub mod cli;
 pub mod config;
-pub mod daemon;
-#[allow(unsafe_code)]
-pub mod daemonize;
-pub mod decimate;
-pub mod demo;
-pub mod gen;
-pub mod logging;
-pub mod net;
-pub mod outq;
-#[allow(unsafe_code)]
-pub mod pool;
-pub mod probe;
-#[allow(unsafe_code)]
-pub mod ring;
-pub mod sample;
+pub mod driver;
+pub mod engine;
+pub mod ops;
 pub mod shm;
-pub mod splice;
-pub mod stat;
-pub mod stats;
-pub mod tail;
-pub mod token;
-pub mod units;
-pub mod url;
-pub mod zerocopy;

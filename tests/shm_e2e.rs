@@ -22,8 +22,8 @@
 mod common;
 
 use common::*;
-use ringrelay::gen::{synth, Signal, NOMINAL_RATE};
-use ringrelay::sample::SampleType;
+use ringrelay::cli::gen::{synth, Signal, NOMINAL_RATE};
+use ringrelay::config::sample::SampleType;
 use ringrelay::shm::{Reader, WriterState};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 //! contiguous). The negative control, a reader with the post-copy lap check switched off, must
 //! be caught accepting corrupt frames by the same checks: otherwise the test has no teeth.
 
-use ringrelay::sample::{DecimateSpec, SampleConfig, SampleType};
+use ringrelay::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use ringrelay::shm::{Publisher, Reader, ShmOptions, WriterState};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

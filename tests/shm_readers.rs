@@ -6,7 +6,7 @@
 mod common;
 
 use common::{build_c_example, ShmDir};
-use ringrelay::sample::{DecimateSpec, SampleConfig, SampleType};
+use ringrelay::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use ringrelay::shm::{Publisher, Reader, ShmOptions, StatRow, StatsWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;

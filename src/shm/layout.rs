@@ -238,11 +238,11 @@ pub struct RegionInfo {
     pub capacity: u64,
     pub frame_bytes: u32,
     pub max_batch: u32,
-    pub value_type: crate::decimate::ValueType,
+    pub value_type: crate::engine::decimate::ValueType,
     pub channels: u32,
     pub values_per_channel: u32,
     pub mode: u16,
-    /// 1 + index into [`crate::sample::SampleType::ALL`]; informational.
+    /// 1 + index into [`crate::config::sample::SampleType::ALL`]; informational.
     pub input_sample: u16,
     pub factor: u32,
     /// Input frames per second, 0.0 when unknown.
@@ -412,7 +412,7 @@ pub fn validate_common(b: &[u8], file_len: u64, magic: [u8; 8]) -> Result<(), La
 /// `b` is at least the first [`IDENTITY_BYTES`] of the file.
 pub fn validate_region(b: &[u8], file_len: u64) -> Result<RegionInfo, LayoutError> {
     validate_common(b, file_len, MAGIC_REGION)?;
-    use crate::decimate::ValueType;
+    use crate::engine::decimate::ValueType;
     let value_type = ValueType::from_code(get_u16(b, OFF_VALUE_TYPE))
         .ok_or(LayoutError::Inconsistent("unknown value type"))?;
     if get_u16(b, OFF_VALUE_BYTES) as usize != value_type.width() {
@@ -581,7 +581,7 @@ pub fn overwritten_prefix(pos: u64, n: u64, intent_after: u64, capacity: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decimate::ValueType;
+    use crate::engine::decimate::ValueType;
     use proptest::prelude::*;
 
     pub(crate) fn sample_info() -> RegionInfo {

@@ -27,7 +27,7 @@ pub use stats::{StatRow, StatsWriter, STATS_FILE, STAT_COLUMNS};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{DecimateSpec, SampleConfig, SampleType};
+    use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
 

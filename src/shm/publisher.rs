@@ -20,8 +20,8 @@
 
 use super::layout::{self, Anchor, RegionInfo, Status};
 use super::writer::{monotonic_ns, realtime_ns, RegionWriter};
-use crate::decimate::Decimator;
-use crate::sample::{DecimateMode, SampleConfig, SampleType};
+use crate::config::sample::{DecimateMode, SampleConfig, SampleType};
+use crate::engine::decimate::Decimator;
 use std::io;
 use std::path::PathBuf;
 
@@ -136,7 +136,7 @@ impl Publisher {
                 fir_taps: if cfg.decimate.mode == DecimateMode::Fir {
                     cfg.decimate
                         .fir_taps
-                        .unwrap_or_else(|| crate::decimate::default_fir_taps(shape.factor))
+                        .unwrap_or_else(|| crate::engine::decimate::default_fir_taps(shape.factor))
                 } else {
                     0
                 },

@@ -2,9 +2,9 @@
 //! `file://`, each followed by space-separated `key=value` options.
 //!
 //! Owns: the syntax of an endpoint and the validation of its options for the role it plays
-//! (input or output). It never resolves names or touches a socket: that is [`crate::net`].
+//! (input or output). It never resolves names or touches a socket: that is [`crate::driver::net`].
 
-use crate::units::parse_size;
+use crate::config::units::parse_size;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -8,9 +8,9 @@
 //! each output that queues it takes a reference (the SAME buffer, no copy); the input drops its
 //! own reference; each output keeps one write in flight and resubmits short writes; the buffer
 //! returns to the pool with the last reference. Decisions about slow outputs are the queue's
-//! ([`crate::outq`]); this module acts on them.
+//! ([`crate::engine::outq`]); this module acts on them.
 //!
-//! A splicing channel ([`crate::splice`]) skips the pool: one splice moves input socket ->
+//! A splicing channel ([`crate::engine::splice`]) skips the pool: one splice moves input socket ->
 //! the channel's pipe, one moves pipe -> output link, each resubmitted as its completion comes
 //! and sized by the pipe's fill; faults, redials, FIN, shutdown and reload go through the same
 //! endpoint life as the buffer path. A fan-out channel adds a pipe per output: rounds of tees
@@ -22,21 +22,22 @@
 //! calls are socket setup, connect starts, file rotation and shutdown), let one endpoint's
 //! fault reach another, or free an endpoint while the kernel still holds an operation of it.
 
-use crate::channel::{
-    Channel, Endpoint, Link, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS,
-    UDP_RECVS_IN_FLIGHT, UDP_RING_START,
-};
 use crate::cli::RunArgs;
+use crate::config::url::{OnFin, OnSlow, Scheme};
 use crate::config::{self, Config, FeatureSet, Framing, LogDest};
-use crate::outq::{self, Chunk, Offer, OutQueue};
-use crate::pool::Class;
-use crate::ring::{
+use crate::driver::net;
+use crate::driver::pool::Class;
+use crate::driver::ring::{
     Completion, Datagram, Ring, RingOptions, Sqe, GSO_BYTES, GSO_SEGMENTS, IOV_MAX,
     MAX_BUF_RING_ENTRIES,
 };
-use crate::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
-use crate::url::{OnFin, OnSlow, Scheme};
-use crate::{daemonize, logging, net};
+use crate::engine::channel::{
+    Channel, Endpoint, Link, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS,
+    UDP_RECVS_IN_FLIGHT, UDP_RING_START,
+};
+use crate::engine::outq::{self, Chunk, Offer, OutQueue};
+use crate::engine::token::{Generations, OpKind, Token, DAEMON_CHANNEL};
+use crate::ops::{daemonize, logging};
 use log::{debug, error, info, warn};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -261,7 +262,7 @@ impl Daemon {
         Ok(d)
     }
 
-    pub fn caps(&self) -> &crate::caps::Caps {
+    pub fn caps(&self) -> &crate::engine::caps::Caps {
         &self.ring.caps
     }
 
@@ -366,14 +367,14 @@ impl Daemon {
                             warn!(
                                 "channel {}: the kernel refused a {} pipe (EPERM: fs.pipe-max-size or fs.pipe-user-pages-soft reached); splicing through {} (slower)",
                                 ch.name(),
-                                crate::units::format_size(u64::from(want)),
-                                crate::units::format_size(u64::from(p.cap))
+                                crate::config::units::format_size(u64::from(want)),
+                                crate::config::units::format_size(u64::from(p.cap))
                             );
                         }
                         debug!(
                             "channel {}: splicing through a {} pipe",
                             ch.name(),
-                            crate::units::format_size(u64::from(p.cap))
+                            crate::config::units::format_size(u64::from(p.cap))
                         );
                         let n = ch.outputs.len();
                         let fan = if n < 2 {
@@ -383,8 +384,8 @@ impl Daemon {
                         } else {
                             fan_pipes(want, p.cap, n).map(|pipes| {
                                 let caps: Vec<u32> = pipes.iter().map(|q| q.cap).collect();
-                                Some(crate::channel::FanPipes {
-                                    state: crate::splice::Fanout::new(p.cap, &caps),
+                                Some(crate::engine::channel::FanPipes {
+                                    state: crate::engine::splice::Fanout::new(p.cap, &caps),
                                     pipes,
                                     gen: gens.fresh(),
                                 })
@@ -396,11 +397,11 @@ impl Daemon {
                                     debug!(
                                         "channel {}: fan-out to {n} outputs with tee, one {} pipe each",
                                         ch.name(),
-                                        crate::units::format_size(u64::from(p.cap))
+                                        crate::config::units::format_size(u64::from(p.cap))
                                     );
                                 }
-                                ch.splice = Some(crate::channel::SplicePipe {
-                                    fill: crate::splice::PipeFill::new(p.cap),
+                                ch.splice = Some(crate::engine::channel::SplicePipe {
+                                    fill: crate::engine::splice::PipeFill::new(p.cap),
                                     pipe: p,
                                     nonblocking: ring.caps.splice_eagain
                                         && !std::env::var("RINGRELAY_SPLICE_BLOCKING")
@@ -454,7 +455,8 @@ impl Daemon {
                     .map(|o| o.queue.max_buffers())
                     .min()
                     .unwrap_or(usize::MAX);
-                let initial = crate::bufring::entries_for(quota, UDP_RING_START).unwrap_or(0);
+                let initial =
+                    crate::driver::bufring::entries_for(quota, UDP_RING_START).unwrap_or(0);
                 ep.bufgroup = ring.open_buf_ring(Class::Small, initial, MAX_BUF_RING_ENTRIES);
                 if let Some(g) = ep.bufgroup {
                     debug!(
@@ -1096,7 +1098,7 @@ impl Global2 {
     }
 }
 
-fn output_backlog(ch: &Channel, o: &crate::channel::Output) -> (u64, u64) {
+fn output_backlog(ch: &Channel, o: &crate::engine::channel::Output) -> (u64, u64) {
     if o.is_link() {
         (o.queue.backlog(), 0)
     } else {
@@ -1111,7 +1113,7 @@ fn output_backlog(ch: &Channel, o: &crate::channel::Output) -> (u64, u64) {
     }
 }
 
-fn output_state(ch: &Channel, o: &crate::channel::Output) -> &'static str {
+fn output_state(ch: &Channel, o: &crate::engine::channel::Output) -> &'static str {
     if o.faulted {
         return "faulted";
     }
@@ -1731,7 +1733,7 @@ fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         Role::Subscriber { out } | Role::Link { out } => out,
         _ => return,
     };
-    let crate::channel::Output {
+    let crate::engine::channel::Output {
         queue: out_queue,
         file,
         stats,
@@ -1806,7 +1808,7 @@ fn kick(ring: &mut Ring, ch: &mut Channel, ci: u16, slot: u16) {
         }
     }
     let fd = ep_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-    if *zerocopy && !datagram && file.is_none() && front.len >= crate::zerocopy::MIN_BYTES {
+    if *zerocopy && !datagram && file.is_none() && front.len >= crate::engine::zerocopy::MIN_BYTES {
         // One chunk, sent from the pool buffer itself; the record keeps the buffer for the
         // kernel until the send's notification, the `writing` reference until its result.
         if let Some(idx) = ring.zc_begin(*gen, front.buf) {
@@ -1895,8 +1897,8 @@ fn fan_pipes(want: u32, p0_cap: u32, n: usize) -> Result<Vec<net::Pipe>, String>
         if q.cap < p0_cap {
             return Err(format!(
                 "output {i}'s pipe holds {} and the intake pipe {} (F_SETPIPE_SZ refused: fs.pipe-user-pages-soft?)",
-                crate::units::format_size(u64::from(q.cap)),
-                crate::units::format_size(u64::from(p0_cap))
+                crate::config::units::format_size(u64::from(q.cap)),
+                crate::config::units::format_size(u64::from(p0_cap))
             ));
         }
         pipes.push(q);
@@ -2183,7 +2185,7 @@ fn on_splice_out(ring: &mut Ring, ch: &mut Channel, tok: Token, res: i32) {
 }
 
 /// Starts a distribution round of a fan-out channel if one may start
-/// ([`crate::splice::Fanout::start_round`]): a tee of the intake pipe's fill into each output's
+/// ([`crate::engine::splice::Fanout::start_round`]): a tee of the intake pipe's fill into each output's
 /// pipe but the last.
 fn distribute(ring: &mut Ring, ch: &mut Channel, ci: u16) {
     let Some(sp) = ch.splice.as_mut() else { return };
@@ -2208,7 +2210,10 @@ fn distribute(ring: &mut Ring, ch: &mut Channel, ci: u16) {
 fn fan_of(
     ch: &mut Channel,
     tok: Token,
-) -> Option<(&mut crate::splice::PipeFill, &mut crate::channel::FanPipes)> {
+) -> Option<(
+    &mut crate::engine::splice::PipeFill,
+    &mut crate::engine::channel::FanPipes,
+)> {
     let sp = ch.splice.as_mut()?;
     let fan = sp.fan.as_mut().filter(|f| f.gen == tok.gen)?;
     Some((&mut sp.fill, fan))
@@ -2293,7 +2298,7 @@ fn splice_socket(ch: &Channel, fd: RawFd) {
 }
 
 /// NAME -> NAME.1 -> NAME.2 ... (keeping `keep`), then a fresh NAME.
-fn rotate_file(f: &crate::channel::FileOut) -> std::io::Result<OwnedFd> {
+fn rotate_file(f: &crate::engine::channel::FileOut) -> std::io::Result<OwnedFd> {
     let name = |k: u32| {
         let mut p = f.path.clone().into_os_string();
         p.push(format!(".{k}"));
@@ -2684,7 +2689,7 @@ fn accepted(
                 net::set_sndbuf(fd.as_raw_fd(), n);
             }
             let mut ep = Endpoint::new(gens.fresh(), Role::Subscriber { out }, fd, Link::Up);
-            let quota = crate::channel::buffer_quota(buffer_count, channels, o.cfg.on_slow);
+            let quota = crate::engine::channel::buffer_quota(buffer_count, channels, o.cfg.on_slow);
             ep.queue = Some(OutQueue::new(o.cfg.on_slow, o.cfg.max_backlog, quota));
             ep.peer = peer.clone();
             o.stats.reconnects += 1;
@@ -2961,7 +2966,7 @@ fn grow_dry_ring(ring: &mut Ring, ch: &mut Channel, ci: u16, now: Instant) {
     let (Some(group), Some(since)) = (ep.bufgroup, ep.dry_since) else {
         return;
     };
-    if ep.multishot || now.duration_since(since) < crate::ring::TICK {
+    if ep.multishot || now.duration_since(since) < crate::driver::ring::TICK {
         return;
     }
     ep.dry_since = None;

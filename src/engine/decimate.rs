@@ -36,7 +36,7 @@
 //! `m·D`) whose instant the output frame stands for: the first input for `every`, the window
 //! centre `(D−1)/2` for `mean`/`minmax`, and the filter centre for `fir`.
 
-use crate::sample::{DecimateMode, DecimateSpec, SampleConfig, SampleType};
+use crate::config::sample::{DecimateMode, DecimateSpec, SampleConfig, SampleType};
 
 /// A value type stored in a shared-memory region (always little-endian there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

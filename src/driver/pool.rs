@@ -10,7 +10,7 @@
 //! * `Free`: in the free list, nobody reads or writes it.
 //! * `Kernel`: lent to the kernel for one read; the kernel may write into it until the read's
 //!   completion arrives. Userspace must not read it ([`BufferPool::bytes`] refuses).
-//! * `Provided`: published in a provided-buffer ring ([`crate::bufring`]): the kernel's, which
+//! * `Provided`: published in a provided-buffer ring ([`crate::driver::bufring`]): the kernel's, which
 //!   may pick it for any datagram of that ring's input at any moment, until a completion names
 //!   it. Userspace must not read or write it.
 //! * `Shared(n)`: holds data, immutable, referenced by `n` holders (output queues, writes in
@@ -30,7 +30,7 @@
 //! does not pin a 64 KiB buffer per datagram. Both live in the one arena and are registered
 //! together; a [`BufId`] names either.
 //!
-//! The arena is never moved or unmapped while the ring lives ([`crate::ring::Ring`] owns the
+//! The arena is never moved or unmapped while the ring lives ([`crate::driver::ring::Ring`] owns the
 //! pool and outlives every submission), which is what makes handing its addresses to the
 //! kernel sound.
 

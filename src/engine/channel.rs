@@ -2,9 +2,9 @@
 //! keeps a completion from outliving what it was for.
 //!
 //! Owns: the state of every endpoint of one channel (a slab of slots indexed by the `endpoint`
-//! field of a [`crate::token::Token`]), each output's queue and counters, and the binding of
+//! field of a [`crate::engine::token::Token`]), each output's queue and counters, and the binding of
 //! its sockets and files at start, and for a splicing channel its pipe ([`SplicePipe`]). It
-//! submits nothing: the event loop in [`crate::daemon`]
+//! submits nothing: the event loop in [`crate::driver::daemon`]
 //! drives it through the ring.
 //!
 //! Endpoint life: `Connecting` (non-blocking connect, waiting for POLLOUT) -> `Up` ->
@@ -12,19 +12,19 @@
 //! A slot is reused only once its in-flight count is zero, and each new occupant takes a fresh
 //! generation, so a late completion can never be mistaken for the new occupant's.
 
-use crate::backoff::Backoff;
+use crate::config::url::{Scheme, Target};
 use crate::config::{ChannelConfig, Framing, OutputConfig};
-use crate::net;
-use crate::outq::OutQueue;
-use crate::pool::BufId;
-use crate::stats::{InputStats, OutputStats};
-use crate::url::{Scheme, Target};
+use crate::driver::net;
+use crate::driver::pool::BufId;
+use crate::engine::backoff::Backoff;
+use crate::engine::outq::OutQueue;
+use crate::engine::stats::{InputStats, OutputStats};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// Receives of one linked chain on a UDP input without multishot receive (older kernels,
-/// 32-bit ARM, `features = baseline`; see [`crate::ring::Ring::open_buf_ring`]). Receives pending side by side on one socket
+/// 32-bit ARM, `features = baseline`; see [`crate::driver::ring::Ring::open_buf_ring`]). Receives pending side by side on one socket
 /// complete out of the order in which they took the datagrams (32 unlinked reordered about one
 /// burst in seven on loopback), and the relay promises datagrams in order: the receives run as
 /// a chain (IOSQE_IO_LINK), one after another in the kernel, and the next chain starts when
@@ -46,7 +46,7 @@ pub const STREAM_READ_BUFFERS: usize = 16;
 /// datagram per send, and `drop` outputs lost what exceeded their quota; 64 instead of 32
 /// (with segmented sends) measured fewer re-arms and input drops on the bench's paced sweep
 /// (150 000/s: 32% against 41%). The ring grows when it stays dry for a tick
-/// ([`crate::ring::Ring::grow_buf_ring`]).
+/// ([`crate::driver::ring::Ring::grow_buf_ring`]).
 pub const UDP_RING_START: u16 = 64;
 
 /// Bytes kept free in front of every datagram for the u32be length prefix.
@@ -92,7 +92,7 @@ pub struct Endpoint {
     /// Buffers lent to the kernel for receives on this endpoint (single-shot receives).
     pub reading: Vec<BufId>,
     /// A UDP input that receives by multishot RECVMSG: the buffer group of its
-    /// provided-buffer ring (see [`crate::ring::Ring::open_buf_ring`]). Closed only after
+    /// provided-buffer ring (see [`crate::driver::ring::Ring::open_buf_ring`]). Closed only after
     /// the receive's final completion.
     pub bufgroup: Option<u16>,
     /// Its multishot receive is armed (its final completion has not arrived).
@@ -104,9 +104,9 @@ pub struct Endpoint {
     /// Write submissions in flight (one gathered write, or a chain of datagram sends).
     pub write_ops: u32,
     /// The iovec array of this endpoint's gathered writes.
-    pub iov: crate::ring::Iovecs,
+    pub iov: crate::driver::ring::Iovecs,
     /// The message of this endpoint's segmented UDP sends (made on first use).
-    pub gso: Option<crate::ring::GsoMsg>,
+    pub gso: Option<crate::driver::ring::GsoMsg>,
     /// Datagrams carried by the segmented send in flight (0: none is).
     pub gso_batch: u32,
     /// A splice (in for the input, out for the link) of this endpoint is in flight.
@@ -139,7 +139,7 @@ impl Endpoint {
             dry_since: None,
             writing: Vec::new(),
             write_ops: 0,
-            iov: crate::ring::Iovecs::default(),
+            iov: crate::driver::ring::Iovecs::default(),
             gso: None,
             gso_batch: 0,
             splicing: false,
@@ -187,7 +187,7 @@ pub struct Output {
     /// Runs of equal-sized datagrams leave in one segmented send (udp outputs; cleared for
     /// good when the kernel or the route refuses segmentation).
     pub gso: bool,
-    /// Stream chunks of at least [`crate::zerocopy::MIN_BYTES`] leave by zero-copy send
+    /// Stream chunks of at least [`crate::engine::zerocopy::MIN_BYTES`] leave by zero-copy send
     /// (`zerocopy=on` where the kernel has it; cleared for good when the socket refuses).
     pub zerocopy: bool,
 }
@@ -220,14 +220,14 @@ impl Output {
 #[derive(Debug)]
 pub struct SplicePipe {
     pub pipe: net::Pipe,
-    pub fill: crate::splice::PipeFill,
+    pub fill: crate::engine::splice::PipeFill,
     /// Its sockets are made non-blocking and a splice that finds one not ready waits in a
     /// POLL_ADD instead of holding an io-wq worker: as fast as blocking splices in the bench,
     /// at a little less CPU, and an idle channel parks no kernel thread. The environment
     /// variable RINGRELAY_SPLICE_BLOCKING=1 selects blocking sockets, for comparison.
     pub nonblocking: bool,
     /// Fan-out (two or more links): one pipe per output, filled by tee from `pipe`, and the
-    /// round state ([`crate::splice::Fanout`]). `None` for a 1-to-1 channel, whose link
+    /// round state ([`crate::engine::splice::Fanout`]). `None` for a 1-to-1 channel, whose link
     /// splices out of `pipe` itself.
     pub fan: Option<FanPipes>,
 }
@@ -236,14 +236,14 @@ pub struct SplicePipe {
 #[derive(Debug)]
 pub struct FanPipes {
     pub pipes: Vec<net::Pipe>,
-    pub state: crate::splice::Fanout,
+    pub state: crate::engine::splice::Fanout,
     /// Tags the tees and distribution splices (their tokens carry no endpoint).
     pub gen: u32,
 }
 
 impl SplicePipe {
     /// The pipe output `out` splices from, and its fill.
-    pub fn out_pipe(&mut self, out: usize) -> (RawFd, &mut crate::splice::PipeFill) {
+    pub fn out_pipe(&mut self, out: usize) -> (RawFd, &mut crate::engine::splice::PipeFill) {
         match self.fan.as_mut() {
             Some(f) => (f.pipes[out].read.as_raw_fd(), f.state.out_mut(out)),
             None => (self.pipe.read.as_raw_fd(), &mut self.fill),
@@ -337,10 +337,14 @@ pub struct Channel {
 /// datagram socket buffers in the kernel), which is what `block` asks for. A `drop` or
 /// `disconnect` output gets a quarter of the pool shared among the channels (at least 4), so
 /// that a stuck subscriber cannot starve the outputs that keep up.
-pub fn buffer_quota(buffer_count: u32, channels: usize, policy: crate::url::OnSlow) -> usize {
+pub fn buffer_quota(
+    buffer_count: u32,
+    channels: usize,
+    policy: crate::config::url::OnSlow,
+) -> usize {
     let n = buffer_count as usize;
     match policy {
-        crate::url::OnSlow::Block => n - (n / 8).max(4).min(n - 1),
+        crate::config::url::OnSlow::Block => n - (n / 8).max(4).min(n - 1),
         _ => (n / 4 / channels.max(1)).max(4),
     }
 }
@@ -376,8 +380,8 @@ impl Channel {
                         "channel {name}: input {}: receive buffer is {} of the {} asked for; \
                          bursts beyond it are dropped in the kernel. {remedy}",
                         cfg.input.url(),
-                        crate::units::format_size(rcv.got as u64),
-                        crate::units::format_size(rcv.asked as u64),
+                        crate::config::units::format_size(rcv.got as u64),
+                        crate::config::units::format_size(rcv.asked as u64),
                     );
                     if cfg.input.opts.rcvbuf.is_some() {
                         log::warn!("{msg}");
@@ -582,7 +586,7 @@ impl Channel {
             && self.slots.iter().flatten().all(|e| {
                 e.queue
                     .as_ref()
-                    .is_none_or(|q| q.policy != crate::url::OnSlow::Block || q.may_resume())
+                    .is_none_or(|q| q.policy != crate::config::url::OnSlow::Block || q.may_resume())
             })
     }
 }

@@ -5,7 +5,7 @@
 //! Owns: the ring, the buffer pool and the provided-buffer rings (so the pool and the rings'
 //! memory outlive every submission that points into them). Nothing else in the daemon calls
 //! into io_uring. It never interprets a completion:
-//! [`crate::daemon`] does, through the [`crate::token::Token`] in `user_data`.
+//! [`crate::driver::daemon`] does, through the [`crate::engine::token::Token`] in `user_data`.
 //!
 //! Safety argument for [`Ring::push`], the only place an SQE is handed to the kernel: every
 //! pointer an SQE carries refers either to (a) the pool arena, which is mapped for the life of
@@ -22,7 +22,7 @@
 //! drop, the ring cancels what is still in flight and waits for those completions, and if any
 //! fail to arrive it leaks the pool rather than unmap memory the kernel could still write.
 //!
-//! Provided-buffer rings ([`crate::bufring`]): a multishot RECVMSG names a buffer group, not a
+//! Provided-buffer rings ([`crate::driver::bufring`]): a multishot RECVMSG names a buffer group, not a
 //! buffer, and the kernel picks a buffer from that group's ring for each datagram. Every buffer
 //! published in a ring is a pool buffer in the pool's `Provided` state (the kernel's); a
 //! completion hands it back ([`Ring::take_datagram`]), and once its last reference is released
@@ -35,13 +35,13 @@
 //! by the buffers its ring holds, and the buffers of all rings together stay within half the
 //! CQ ([`Ring::open_buf_ring`], [`Ring::grow_buf_ring`]).
 
-use crate::bufring::BufRing;
-use crate::caps::Caps;
 use crate::config::SqpollMode;
-use crate::outq::Chunk;
-use crate::pool::{BufId, BufferPool, Class};
-use crate::token::{OpKind, Token};
-use crate::zerocopy::{ZcRecord, ZcTable};
+use crate::driver::bufring::BufRing;
+use crate::driver::pool::{BufId, BufferPool, Class};
+use crate::engine::caps::Caps;
+use crate::engine::outq::Chunk;
+use crate::engine::token::{OpKind, Token};
+use crate::engine::zerocopy::{ZcRecord, ZcTable};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use std::collections::VecDeque;
 use std::io;
@@ -298,7 +298,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Datagram {
     /// A whole datagram of `len` bytes at byte `off` of the buffer, which the caller now holds
-    /// one reference to. At least [`crate::channel::PREFIX`] bytes before `off` are free (the
+    /// one reference to. At least [`crate::engine::channel::PREFIX`] bytes before `off` are free (the
     /// kernel's header, already parsed) for a length prefix.
     Payload { off: u32, len: u32 },
     /// The datagram (of `len` bytes) did not fit and was cut short; its buffer has gone back.
@@ -383,7 +383,7 @@ fn setup_error(e: io::Error, what: &str) -> String {
              charge rings to RLIMIT_MEMLOCK (now {}); raise it with `ulimit -l` or \
              LimitMEMLOCK= in the systemd unit, or lower ring_entries",
             memlock_limit()
-                .map(crate::units::format_size)
+                .map(crate::config::units::format_size)
                 .unwrap_or_else(|| "unlimited".into())
         ),
         _ => format!("{what}: {e}"),
@@ -625,14 +625,14 @@ impl Ring {
                 let limit = self
                     .caps
                     .memlock
-                    .map(crate::units::format_size)
+                    .map(crate::config::units::format_size)
                     .unwrap_or_else(|| "unlimited".into());
                 self.caps.registered_note = Some(match e.raw_os_error() {
                     Some(libc::ENOMEM) | Some(libc::EPERM) => format!(
                         "registering {} of buffers exceeds RLIMIT_MEMLOCK ({limit}); raise it \
                          (`ulimit -l`, LimitMEMLOCK= in the unit, or CAP_IPC_LOCK) or shrink \
                          buffer_count/buffer_size",
-                        crate::units::format_size(need)
+                        crate::config::units::format_size(need)
                     ),
                     _ => format!("registering buffers failed: {e}"),
                 });
@@ -651,7 +651,7 @@ impl Ring {
             return false;
         };
         use std::os::fd::AsRawFd;
-        let trial = Token::new(OpKind::Accept, crate::token::DAEMON_CHANNEL, 1, 0).encode();
+        let trial = Token::new(OpKind::Accept, crate::engine::token::DAEMON_CHANNEL, 1, 0).encode();
         self.push_entry(
             opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
                 .flags(libc::SOCK_CLOEXEC)
@@ -758,7 +758,12 @@ impl Ring {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail(&e.to_string()))?;
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail(&e.to_string()))?;
         let to = rx.local_addr().map_err(|e| fail(&e.to_string()))?;
-        let token = Token::new(OpKind::RecvMulti, crate::token::DAEMON_CHANNEL, 2, 0);
+        let token = Token::new(
+            OpKind::RecvMulti,
+            crate::engine::token::DAEMON_CHANNEL,
+            2,
+            0,
+        );
         let trial = token.encode();
         let fd = rx.as_raw_fd();
         self.push(Sqe::RecvMulti { fd, group }, token);
@@ -837,7 +842,7 @@ impl Ring {
         }
         let budget = self.cq_budget();
         let (free, _) = self.pool.free_of(c);
-        let entries = crate::bufring::entries_for(free / 2, max_entries)?;
+        let entries = crate::driver::bufring::entries_for(free / 2, max_entries)?;
         let initial = usize::from(initial.min(entries)).min(budget).min(free / 2);
         if initial < 2 {
             return None;
@@ -1032,7 +1037,8 @@ impl Ring {
         if a.set_nonblocking(true).is_err() {
             return false;
         }
-        let trial = Token::new(OpKind::SpliceIn, crate::token::DAEMON_CHANNEL, 2, 0).encode();
+        let trial =
+            Token::new(OpKind::SpliceIn, crate::engine::token::DAEMON_CHANNEL, 2, 0).encode();
         self.push_entry(
             opcode::Splice::new(
                 types::Fd(a.as_raw_fd()),

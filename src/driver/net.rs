@@ -6,7 +6,7 @@
 //! internally); only a connect in progress is non-blocking, and it is switched back once it
 //! completes.
 
-use crate::url::{Endpoint, Target};
+use crate::config::url::{Endpoint, Target};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};

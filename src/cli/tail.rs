@@ -11,7 +11,7 @@
 //! after `--duration` if given. A missing or invalid region is an error (exit 1).
 
 use crate::cli::TailArgs;
-use crate::decimate::ValueType;
+use crate::engine::decimate::ValueType;
 use crate::shm::layout::RegionInfo;
 use crate::shm::{Reader, ShmError, WriterState};
 use std::io::{self, Write};
@@ -58,7 +58,11 @@ pub fn run(a: &TailArgs) -> i32 {
             return 1;
         }
     };
-    let duration = match a.duration.as_deref().map(crate::units::parse_duration) {
+    let duration = match a
+        .duration
+        .as_deref()
+        .map(crate::config::units::parse_duration)
+    {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {

@@ -5,7 +5,7 @@
 //! Owns: the eligibility rule ([`ineligible_reason`]), the mode ([`SpliceMode`]) and the
 //! [`PipeFill`] state machine that says how many bytes the next splice-in (socket -> pipe) and
 //! splice-out (pipe -> socket) may move. It never touches a descriptor or the ring: the event
-//! loop in [`crate::daemon`] submits `IORING_OP_SPLICE` through [`crate::ring`] and reports
+//! loop in [`crate::driver::daemon`] submits `IORING_OP_SPLICE` through [`crate::driver::ring`] and reports
 //! each completion here.
 //!
 //! Why a fill counter: a splice of an empty pipe into a socket blocks its io-wq worker until
@@ -22,8 +22,8 @@
 //! output (which consumes it). Any other result is a broken invariant: the channel fails,
 //! never delivers wrong bytes.
 
+use crate::config::url::{OnSlow, Scheme};
 use crate::config::ChannelConfig;
-use crate::url::{OnSlow, Scheme};
 
 /// `splice = auto | on | off`, in `[global]` and per `[channel]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

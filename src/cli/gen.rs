@@ -45,8 +45,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::GenArgs;
-use crate::sample::SampleType;
-use crate::units::{parse_duration, parse_size};
+use crate::config::sample::SampleType;
+use crate::config::units::{parse_duration, parse_size};
 
 /// The waveform rate used for synthesis when frames are sent as fast as possible.
 pub const NOMINAL_RATE: f64 = 48000.0;

@@ -4,6 +4,12 @@
 //! `stat`) and the mapping from a command's outcome to the process exit code. It holds no logic
 //! of its own: each command lives in the module named after it.
 
+pub mod demo;
+pub mod gen;
+pub mod probe;
+pub mod stat;
+pub mod tail;
+
 use argh::FromArgs;
 
 /// ringrelay: relay many data channels on one io_uring ring, with decimation into shared memory.
@@ -168,17 +174,17 @@ pub struct StatArgs {
 
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> i32 {
-    if let Ok(spec) = std::env::var(crate::demo::SINK_ENV) {
-        return crate::demo::sink_main(&spec);
+    if let Ok(spec) = std::env::var(crate::cli::demo::SINK_ENV) {
+        return crate::cli::demo::sink_main(&spec);
     }
     let cli: Cli = argh::from_env();
     match cli.cmd {
-        Command::Run(a) => crate::daemon::run_command(a),
+        Command::Run(a) => crate::driver::daemon::run_command(a),
         Command::Check(a) => crate::config::check_command(&a.config),
-        Command::Gen(a) => crate::gen::run(&a),
-        Command::Probe(a) => crate::probe::run(a.baseline),
-        Command::Demo(a) => crate::demo::run(&a),
-        Command::Tail(a) => crate::tail::run(&a),
-        Command::Stat(a) => crate::stat::run(&a),
+        Command::Gen(a) => crate::cli::gen::run(&a),
+        Command::Probe(a) => crate::cli::probe::run(a.baseline),
+        Command::Demo(a) => crate::cli::demo::run(&a),
+        Command::Tail(a) => crate::cli::tail::run(&a),
+        Command::Stat(a) => crate::cli::stat::run(&a),
     }
 }

@@ -13,7 +13,7 @@
 //! Foreground line format, one line per record:
 //! `ringrelay[1234]: INFO channel seismo: input up`.
 //! Syslog messages are RFC 3164: `<PRI>Mmm dd hh:mm:ss ringrelay[1234]: channel seismo: ...`;
-//! the pid is read at each message, so a logger installed before [`crate::daemonize::detach`]
+//! the pid is read at each message, so a logger installed before [`crate::ops::daemonize::detach`]
 //! reports the daemon's pid, not the parent's.
 
 use std::io::Write;

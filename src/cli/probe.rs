@@ -1,10 +1,10 @@
 //! `ringrelay probe`: what this kernel's io_uring offers and which paths the daemon would use.
 //!
 //! Owns: nothing but the report. It builds a ring exactly as `run` would with the default
-//! configuration (same probing, same fallbacks), prints [`crate::caps::Caps`], and exits.
+//! configuration (same probing, same fallbacks), prints [`crate::engine::caps::Caps`], and exits.
 
 use crate::config::{FeatureSet, Global};
-use crate::ring::{available_cpus, Ring, RingOptions};
+use crate::driver::ring::{available_cpus, Ring, RingOptions};
 
 pub fn run(baseline: bool) -> i32 {
     let g = Global::default();
@@ -31,11 +31,11 @@ pub fn run(baseline: bool) -> i32 {
                 + u64::from(g.datagram_size) * u64::from(g.datagram_count);
             println!(
                 "default pool      {} ({} x {} + {} x {})",
-                crate::units::format_size(pool),
+                crate::config::units::format_size(pool),
                 g.buffer_count,
-                crate::units::format_size(u64::from(g.buffer_size)),
+                crate::config::units::format_size(u64::from(g.buffer_size)),
                 g.datagram_count,
-                crate::units::format_size(u64::from(g.datagram_size))
+                crate::config::units::format_size(u64::from(g.datagram_size))
             );
             0
         }

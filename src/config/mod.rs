@@ -13,10 +13,14 @@
 //! output = tcp-listen://0.0.0.0:6000 max_clients=64
 //! ```
 
-use crate::sample::{DecimateSpec, SampleConfig, SampleType};
-pub use crate::splice::SpliceMode;
-use crate::units::{format_duration, format_size, parse_duration, parse_size};
-use crate::url::{Endpoint, OnSlow, Role, Scheme, Target};
+pub mod sample;
+pub mod units;
+pub mod url;
+
+use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
+use crate::config::units::{format_duration, format_size, parse_duration, parse_size};
+use crate::config::url::{Endpoint, OnSlow, Role, Scheme, Target};
+pub use crate::engine::splice::SpliceMode;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,7 +106,7 @@ impl Default for Global {
             datagram_count: 2048,
             features: FeatureSet::Auto,
             splice: SpliceMode::Auto,
-            pipe_size: crate::splice::DEFAULT_PIPE_SIZE,
+            pipe_size: crate::engine::splice::DEFAULT_PIPE_SIZE,
             log: LogDest::Stderr,
             log_level: log::LevelFilter::Info,
             log_facility: "daemon".into(),
@@ -814,7 +818,7 @@ fn parse_channel(
             let largest = if input.scheme.is_stream() || g.datagram_count == 0 {
                 g.buffer_size
             } else {
-                g.datagram_size - crate::channel::DATAGRAM_HEADROOM
+                g.datagram_size - crate::engine::channel::DATAGRAM_HEADROOM
             };
             if u64::from(header_bytes.0) + frame > u64::from(largest) {
                 err(
@@ -900,7 +904,7 @@ fn parse_channel(
         samples,
         splice: SpliceMode::Off,
     };
-    let why_not = crate::splice::ineligible_reason(&c);
+    let why_not = crate::engine::splice::ineligible_reason(&c);
     c.splice = match (splice, why_not) {
         (Some((SpliceMode::On, line)), Some(why)) => {
             err(line, "splice", format!("splice = on, but {why}"));

@@ -2,8 +2,8 @@
 //! receive picks its buffers from, and the index arithmetic of publishing buffers in it.
 //!
 //! Owns: one ring's mapping and its tail. It never decides which buffers go in (the ring
-//! driver [`crate::ring`] takes them from the pool, whose `Provided` state records that the
-//! kernel owns them) and never registers itself: [`crate::ring::Ring`] registers the mapping
+//! driver [`crate::driver::ring`] takes them from the pool, whose `Provided` state records that the
+//! kernel owns them) and never registers itself: [`crate::driver::ring::Ring`] registers the mapping
 //! and unregisters it only after the last operation that could pick from it has completed.
 //!
 //! Layout (shared with the kernel): `entries` slots of 16 bytes (`struct io_uring_buf`:

@@ -13,7 +13,7 @@
 //! picked free at start, and the files go to a temporary directory that is removed at exit.
 
 use crate::cli::DemoArgs;
-use crate::daemon::Daemon;
+use crate::driver::daemon::Daemon;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,7 +82,11 @@ impl Drop for Children {
 }
 
 pub fn run(a: &DemoArgs) -> i32 {
-    let duration = match a.duration.as_deref().map(crate::units::parse_duration) {
+    let duration = match a
+        .duration
+        .as_deref()
+        .map(crate::config::units::parse_duration)
+    {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
@@ -141,8 +145,11 @@ fn run_in(a: &DemoArgs, duration: Option<Duration>, dir: &std::path::Path) -> i3
             return 1;
         }
     };
-    let _ = crate::logging::init(&crate::logging::LogTarget::Stderr, cfg.global.log_level);
-    let channels = match crate::daemon::bind_all(&cfg, 1) {
+    let _ = crate::ops::logging::init(
+        &crate::ops::logging::LogTarget::Stderr,
+        cfg.global.log_level,
+    );
+    let channels = match crate::driver::daemon::bind_all(&cfg, 1) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringrelay demo: {e}");
@@ -236,7 +243,7 @@ fn run_in(a: &DemoArgs, duration: Option<Duration>, dir: &std::path::Path) -> i3
         "{:>6}  {:<8} {:>12} {:>12} {:>14} {:>10}",
         "time", "channel", "in Mbit/s", "in dgram/s", "out Mbit/s", "drops"
     );
-    let mut rates: Vec<(crate::stats::Rate, crate::stats::Rate, u64)> = Vec::new();
+    let mut rates: Vec<(crate::engine::stats::Rate, crate::engine::stats::Rate, u64)> = Vec::new();
     d.stop_at = duration.map(|t| Instant::now() + t);
     d.monitor = Some(Box::new(move |chans, t| {
         if rates.len() < chans.len() {

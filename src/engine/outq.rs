@@ -10,7 +10,7 @@
 //! small datagrams pins a whole pool buffer per datagram; without the buffer limit one stuck
 //! subscriber could empty the pool for every other output and channel.
 
-use crate::url::OnSlow;
+use crate::config::url::OnSlow;
 use std::collections::VecDeque;
 
 /// A range of a pool buffer.
