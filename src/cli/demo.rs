@@ -13,7 +13,7 @@
 //! picked free at start, and the files go to a temporary directory that is removed at exit.
 
 use crate::cli::DemoArgs;
-use crate::driver::daemon::Daemon;
+use crate::driver::event_loop::Daemon;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -149,7 +149,7 @@ fn run_in(a: &DemoArgs, duration: Option<Duration>, dir: &std::path::Path) -> i3
         &crate::ops::logging::LogTarget::Stderr,
         cfg.global.log_level,
     );
-    let channels = match crate::driver::daemon::bind_all(&cfg, 1) {
+    let channels = match crate::driver::event_loop::bind_all(&cfg) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringrelay demo: {e}");

@@ -179,7 +179,7 @@ pub fn main() -> i32 {
     }
     let cli: Cli = argh::from_env();
     match cli.cmd {
-        Command::Run(a) => crate::driver::daemon::run_command(a),
+        Command::Run(a) => crate::driver::event_loop::run_command(a),
         Command::Check(a) => crate::config::check_command(&a.config),
         Command::Gen(a) => crate::cli::gen::run(&a),
         Command::Probe(a) => crate::cli::probe::run(a.baseline),

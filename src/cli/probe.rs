@@ -4,7 +4,9 @@
 //! configuration (same probing, same fallbacks), prints [`crate::engine::caps::Caps`], and exits.
 
 use crate::config::{FeatureSet, Global};
-use crate::driver::ring::{available_cpus, Ring, RingOptions};
+use crate::driver::ring::{Ring, RingOptions};
+use crate::driver::setup::available_cpus;
+use crate::engine::buffers::BufferPool;
 
 pub fn run(baseline: bool) -> i32 {
     let g = Global::default();
@@ -17,13 +19,15 @@ pub fn run(baseline: bool) -> i32 {
         sqpoll_idle_ms: g.sqpoll_idle_ms,
         sqpoll_cpu: g.sqpoll_cpu,
         baseline,
-        buffer_size: g.buffer_size,
-        buffer_count: g.buffer_count,
-        datagram_size: g.datagram_size,
-        datagram_count: g.datagram_count,
         trial_multishot: true,
     };
-    match Ring::new(&opts) {
+    let pool = BufferPool::new(
+        g.buffer_size,
+        g.buffer_count,
+        g.datagram_size,
+        g.datagram_count,
+    );
+    match Ring::new(&opts, &pool) {
         Ok(ring) => {
             print!("{}", ring.caps);
             println!("cpus available    {}", available_cpus());

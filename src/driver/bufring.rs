@@ -1,10 +1,10 @@
 //! Provided-buffer rings (IORING_REGISTER_PBUF_RING, Linux 5.19+): the memory a multishot
 //! receive picks its buffers from, and the index arithmetic of publishing buffers in it.
 //!
-//! Owns: one ring's mapping and its tail. It never decides which buffers go in (the ring
-//! driver [`crate::driver::ring`] takes them from the pool, whose `Provided` state records that the
-//! kernel owns them) and never registers itself: [`crate::driver::ring::Ring`] registers the mapping
-//! and unregisters it only after the last operation that could pick from it has completed.
+//! Owns: one ring's mapping and its tail. It never decides which buffers go in (the engine's
+//! books do, [`crate::engine::rings`], and the pool's `Provided` state records that the
+//! kernel owns them) and never registers itself: [`crate::driver::ring::Ring`] registers the
+//! mapping and unregisters it only when the engine says no operation can pick from it.
 //!
 //! Layout (shared with the kernel): `entries` slots of 16 bytes (`struct io_uring_buf`:
 //! addr u64, len u32, bid u16, resv u16), where the `resv` field of slot 0 is the ring's tail
@@ -34,18 +34,6 @@ pub fn slot(index: u16, entries: u16) -> usize {
     usize::from(index & (entries - 1))
 }
 
-/// The ring size for `buffers` buffers: the largest power of two not above it, at most
-/// `max` (itself a power of two), or `None` below 2 (a ring of one buffer would end the
-/// multishot receive on every datagram).
-pub fn entries_for(buffers: usize, max: u16) -> Option<u16> {
-    debug_assert!(max.is_power_of_two());
-    let n = buffers.min(usize::from(max));
-    if n < 2 {
-        return None;
-    }
-    Some(1u16 << (usize::BITS - 1 - n.leading_zeros()))
-}
-
 /// One provided-buffer ring's memory and the buffers published in it.
 pub struct BufRing {
     map: MmapMut,
@@ -54,11 +42,6 @@ pub struct BufRing {
     tail: u16,
     /// Slots written since the last [`BufRing::publish`].
     staged: u16,
-    /// Buffers published and not yet handed back by a completion.
-    provided: u16,
-    /// Buffers that have this ring as their home (published, held by outputs, or on their way
-    /// back): at most `entries`.
-    homed: u16,
 }
 
 impl BufRing {
@@ -73,8 +56,6 @@ impl BufRing {
             entries,
             tail: 0,
             staged: 0,
-            provided: 0,
-            homed: 0,
         })
     }
 
@@ -87,27 +68,13 @@ impl BufRing {
         self.map.as_ptr() as u64
     }
 
-    /// Buffers the kernel may pick (published and not handed back).
-    pub fn provided(&self) -> u16 {
-        self.provided
-    }
-
-    /// Buffers whose home this ring is.
-    pub fn homed(&self) -> u16 {
-        self.homed
-    }
-
-    /// A buffer taken from the pool now has this ring as its home (stage it next).
-    pub fn adopted(&mut self) {
-        assert!(self.homed < self.entries, "more homed buffers than entries");
-        self.homed += 1;
-    }
-
     /// Writes one buffer into the next free slot; the kernel sees it after
     /// [`BufRing::publish`]. Panics when the ring would hold more than `entries` buffers.
     pub fn stage(&mut self, addr: *mut u8, len: u32, bid: u16) {
+        // The engine's books keep the buffers in the kernel's hands within `entries`
+        // (engine::rings); what is staged at once cannot exceed them either.
         assert!(
-            self.provided + self.staged < self.entries,
+            self.staged < self.entries,
             "provided-buffer ring of {} entries overfilled",
             self.entries
         );
@@ -132,7 +99,6 @@ impl BufRing {
             return;
         }
         self.tail = self.tail.wrapping_add(self.staged);
-        self.provided += self.staged;
         self.staged = 0;
         let base = self.map.as_mut_ptr().cast::<BufRingEntry>();
         // SAFETY: the tail is the u16 `resv` field of slot 0, inside the mapping and 2-byte
@@ -142,12 +108,6 @@ impl BufRing {
             let tail = BufRingEntry::tail(base).cast_mut();
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
         }
-    }
-
-    /// A completion handed back one buffer of this ring.
-    pub fn consumed(&mut self) {
-        debug_assert!(self.provided > 0);
-        self.provided = self.provided.saturating_sub(1);
     }
 }
 
@@ -167,13 +127,6 @@ mod tests {
 
     #[test]
     fn ring_sizes_are_powers_of_two() {
-        assert_eq!(entries_for(0, 128), None);
-        assert_eq!(entries_for(1, 128), None);
-        assert_eq!(entries_for(2, 128), Some(2));
-        assert_eq!(entries_for(3, 128), Some(2));
-        assert_eq!(entries_for(100, 128), Some(64));
-        assert_eq!(entries_for(128, 128), Some(128));
-        assert_eq!(entries_for(5000, 128), Some(128));
         assert!(BufRing::new(12).is_err());
         assert!(BufRing::new(0).is_err());
     }
@@ -204,14 +157,10 @@ mod tests {
             r.publish();
             assert_eq!(r.tail, before.wrapping_add(3));
             assert_eq!(tail(&r), r.tail, "round {round}");
-            assert_eq!(r.provided(), 3);
             for k in 0..3u16 {
                 let idx = before.wrapping_add(k);
                 let b = bid.wrapping_sub(3 - k);
                 assert_eq!(read(&r, slot(idx, 4)), (b, 100 + u32::from(b % 7)));
-            }
-            for _ in 0..3 {
-                r.consumed();
             }
         }
     }

@@ -363,6 +363,15 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Flushes a file to its device (errors are the next write's to report).
+#[allow(unsafe_code)]
+pub fn fsync(fd: RawFd) {
+    // SAFETY: the descriptor is open (its owner asked for this call) and is only borrowed for
+    // the duration of the call.
+    let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::unistd::fsync(f);
+}
+
 /// Releases an OwnedFd into a raw descriptor (for handing to a child process, etc.).
 pub fn into_raw(fd: OwnedFd) -> RawFd {
     fd.into_raw_fd()

@@ -3,28 +3,27 @@
 //!
 //! Owns: the state of every endpoint of one channel (a slab of slots indexed by the `endpoint`
 //! field of a [`crate::engine::token::Token`]), each output's queue and counters, and the binding of
-//! its sockets and files at start, and for a splicing channel its pipe ([`SplicePipe`]). It
-//! submits nothing: the event loop in [`crate::driver::daemon`]
-//! drives it through the ring.
+//! for a splicing channel its pipe ([`SplicePipe`]). It submits nothing and opens nothing:
+//! the handlers of [`super`] drive it, and the descriptors it names were opened by
+//! [`super::io::Sys`].
 //!
 //! Endpoint life: `Connecting` (non-blocking connect, waiting for POLLOUT) -> `Up` ->
 //! `Closing` (shut down, operations cancelled, waiting for their completions) -> slot freed.
 //! A slot is reused only once its in-flight count is zero, and each new occupant takes a fresh
 //! generation, so a late completion can never be mistaken for the new occupant's.
 
+use super::backoff::Backoff;
+use super::buffers::BufId;
+use super::io::{Bound, Fd, Pipe, Publish, Sys};
+use super::outq::OutQueue;
+use super::stats::{InputStats, OutputStats};
 use crate::config::url::{Scheme, Target};
 use crate::config::{ChannelConfig, Framing, OutputConfig};
-use crate::driver::net;
-use crate::driver::pool::BufId;
-use crate::engine::backoff::Backoff;
-use crate::engine::outq::OutQueue;
-use crate::engine::stats::{InputStats, OutputStats};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// Receives of one linked chain on a UDP input without multishot receive (older kernels,
-/// 32-bit ARM, `features = baseline`; see [`crate::driver::ring::Ring::open_buf_ring`]). Receives pending side by side on one socket
+/// 32-bit ARM, `features = baseline`; see [`super::rings::Rings::open`]). Receives pending side by side on one socket
 /// complete out of the order in which they took the datagrams (32 unlinked reordered about one
 /// burst in seven on loopback), and the relay promises datagrams in order: the receives run as
 /// a chain (IOSQE_IO_LINK), one after another in the kernel, and the next chain starts when
@@ -46,7 +45,7 @@ pub const STREAM_READ_BUFFERS: usize = 16;
 /// datagram per send, and `drop` outputs lost what exceeded their quota; 64 instead of 32
 /// (with segmented sends) measured fewer re-arms and input drops on the bench's paced sweep
 /// (150 000/s: 32% against 41%). The ring grows when it stays dry for a tick
-/// ([`crate::driver::ring::Ring::grow_buf_ring`]).
+/// ([`super::rings::Rings::grow`]).
 pub const UDP_RING_START: u16 = 64;
 
 /// Bytes kept free in front of every datagram for the u32be length prefix.
@@ -81,18 +80,19 @@ pub enum Link {
 }
 
 /// One open descriptor of a channel and what is in flight on it.
+/// An endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
     pub gen: u32,
     pub role: Role,
-    pub fd: Option<OwnedFd>,
+    pub fd: Fd,
     pub link: Link,
     /// Submissions whose final completion has not arrived.
     pub in_flight: u32,
     /// Buffers lent to the kernel for receives on this endpoint (single-shot receives).
     pub reading: Vec<BufId>,
     /// A UDP input that receives by multishot RECVMSG: the buffer group of its
-    /// provided-buffer ring (see [`crate::driver::ring::Ring::open_buf_ring`]). Closed only after
+    /// provided-buffer ring (see [`super::rings::Rings::open`]). Closed only after
     /// the receive's final completion.
     pub bufgroup: Option<u16>,
     /// Its multishot receive is armed (its final completion has not arrived).
@@ -103,10 +103,6 @@ pub struct Endpoint {
     pub writing: Vec<BufId>,
     /// Write submissions in flight (one gathered write, or a chain of datagram sends).
     pub write_ops: u32,
-    /// The iovec array of this endpoint's gathered writes.
-    pub iov: crate::driver::ring::Iovecs,
-    /// The message of this endpoint's segmented UDP sends (made on first use).
-    pub gso: Option<crate::driver::ring::GsoMsg>,
     /// Datagrams carried by the segmented send in flight (0: none is).
     pub gso_batch: u32,
     /// A splice (in for the input, out for the link) of this endpoint is in flight.
@@ -126,11 +122,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(gen: u32, role: Role, fd: OwnedFd, link: Link) -> Endpoint {
+    pub fn new(gen: u32, role: Role, fd: Fd, link: Link) -> Endpoint {
         Endpoint {
             gen,
             role,
-            fd: Some(fd),
+            fd,
             link,
             in_flight: 0,
             reading: Vec::with_capacity(UDP_RECVS_IN_FLIGHT),
@@ -139,8 +135,6 @@ impl Endpoint {
             dry_since: None,
             writing: Vec::new(),
             write_ops: 0,
-            iov: crate::driver::ring::Iovecs::default(),
-            gso: None,
             gso_batch: 0,
             splicing: false,
             splice_poll: false,
@@ -152,8 +146,8 @@ impl Endpoint {
         }
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)
+    pub fn raw_fd(&self) -> Fd {
+        self.fd
     }
 }
 
@@ -219,15 +213,15 @@ impl Output {
 /// splice.
 #[derive(Debug)]
 pub struct SplicePipe {
-    pub pipe: net::Pipe,
-    pub fill: crate::engine::splice::PipeFill,
+    pub pipe: Pipe,
+    pub fill: super::splice::PipeFill,
     /// Its sockets are made non-blocking and a splice that finds one not ready waits in a
     /// POLL_ADD instead of holding an io-wq worker: as fast as blocking splices in the bench,
     /// at a little less CPU, and an idle channel parks no kernel thread. The environment
     /// variable RINGRELAY_SPLICE_BLOCKING=1 selects blocking sockets, for comparison.
     pub nonblocking: bool,
     /// Fan-out (two or more links): one pipe per output, filled by tee from `pipe`, and the
-    /// round state ([`crate::engine::splice::Fanout`]). `None` for a 1-to-1 channel, whose link
+    /// round state ([`super::splice::Fanout`]). `None` for a 1-to-1 channel, whose link
     /// splices out of `pipe` itself.
     pub fan: Option<FanPipes>,
 }
@@ -235,19 +229,28 @@ pub struct SplicePipe {
 /// The output pipes of a fan-out splicing channel, indexed like the outputs.
 #[derive(Debug)]
 pub struct FanPipes {
-    pub pipes: Vec<net::Pipe>,
-    pub state: crate::engine::splice::Fanout,
+    pub pipes: Vec<Pipe>,
+    pub state: super::splice::Fanout,
     /// Tags the tees and distribution splices (their tokens carry no endpoint).
     pub gen: u32,
 }
 
 impl SplicePipe {
     /// The pipe output `out` splices from, and its fill.
-    pub fn out_pipe(&mut self, out: usize) -> (RawFd, &mut crate::engine::splice::PipeFill) {
+    pub fn out_pipe(&mut self, out: usize) -> (Fd, &mut super::splice::PipeFill) {
         match self.fan.as_mut() {
-            Some(f) => (f.pipes[out].read.as_raw_fd(), f.state.out_mut(out)),
-            None => (self.pipe.read.as_raw_fd(), &mut self.fill),
+            Some(f) => (f.pipes[out].read, f.state.out_mut(out)),
+            None => (self.pipe.read, &mut self.fill),
         }
+    }
+
+    /// Every descriptor of its pipes.
+    pub fn fds(&self) -> impl Iterator<Item = Fd> + '_ {
+        [self.pipe.read, self.pipe.write].into_iter().chain(
+            self.fan
+                .iter()
+                .flat_map(|f| f.pipes.iter().flat_map(|p| [p.read, p.write])),
+        )
     }
 
     /// Nothing in any of its pipes and nothing in flight on them.
@@ -306,8 +309,8 @@ pub struct Channel {
     pub input_retry_at: Option<Instant>,
     pub input_faulted: bool,
     /// An input fd bound at start, waiting to be activated.
-    pub pending_input: Option<OwnedFd>,
-    pub pending_input_listener: Option<OwnedFd>,
+    pub pending_input: Option<Fd>,
+    pub pending_input_listener: Option<Fd>,
     pub outputs: Vec<Output>,
     /// A `block` output is over its limit: the input is not read.
     pub blocked: bool,
@@ -318,11 +321,11 @@ pub struct Channel {
     /// whole daemon shuts down, which keeps its own deadline).
     pub drain_deadline: Option<Instant>,
     pub stats: InputStats,
-    pub publisher: Option<crate::shm::Publisher>,
+    pub publisher: Option<Box<dyn Publish>>,
     /// The pipe, when this channel splices instead of reading into the pool.
     pub splice: Option<SplicePipe>,
     /// Per-output pending fds bound at start (listeners, udp sockets, files).
-    pub pending_out: Vec<Option<OwnedFd>>,
+    pub pending_out: Vec<Option<Fd>>,
     /// Scratch lists of one delivery (outputs to kick, to disconnect), kept so that the hot
     /// path allocates nothing.
     pub to_kick: Vec<u16>,
@@ -350,94 +353,29 @@ pub fn buffer_quota(
 }
 
 impl Channel {
-    /// Binds the input and every listening output, creates UDP outputs and opens files: all
-    /// the work that can fail on a bad address, before any ring exists. Errors name the
-    /// channel and URL.
-    pub fn bind(
+    /// A channel of `cfg` over what [`Sys::bind`] opened for it, not yet running.
+    pub fn new(
         cfg: &ChannelConfig,
+        bound: Bound,
         buffer_count: u32,
         channels: usize,
         seed: u64,
-    ) -> Result<Channel, String> {
-        let name = &cfg.name;
-        let fail = |url: String, e: std::io::Error| format!("channel {name}: {url}: {e}");
-        let mut pending_input = None;
-        let mut pending_input_listener = None;
-        match cfg.input.scheme {
-            Scheme::Udp => {
-                let (fd, _, rcv) =
-                    net::udp_input(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
-                if rcv.short() {
-                    let remedy = if rcv.asked > net::RCVBUF_MAX {
-                        "Linux grants no more".to_string()
-                    } else {
-                        format!(
-                            "Raise net.core.rmem_max (sysctl -w net.core.rmem_max={}) or run with CAP_NET_ADMIN",
-                            rcv.asked
-                        )
-                    };
-                    let msg = format!(
-                        "channel {name}: input {}: receive buffer is {} of the {} asked for; \
-                         bursts beyond it are dropped in the kernel. {remedy}",
-                        cfg.input.url(),
-                        crate::config::units::format_size(rcv.got as u64),
-                        crate::config::units::format_size(rcv.asked as u64),
-                    );
-                    if cfg.input.opts.rcvbuf.is_some() {
-                        log::warn!("{msg}");
-                    } else {
-                        log::info!("{msg}");
-                    }
-                }
-                pending_input = Some(fd);
-            }
-            Scheme::TcpListen => {
-                let (fd, _) = net::tcp_listen(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
-                pending_input_listener = Some(fd);
-            }
-            Scheme::UnixListen => {
-                let fd = net::unix_listen(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
-                pending_input_listener = Some(fd);
-            }
-            Scheme::Tcp | Scheme::Unix => {
-                // Dialed once the loop runs; an unresolvable name is an error now.
-                if let Target::Inet { .. } = cfg.input.target {
-                    net::resolve(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
-                }
-            }
-            Scheme::File => unreachable!("rejected by the config parser"),
-        }
+    ) -> Channel {
         let mut outputs = Vec::new();
         let mut pending_out = Vec::new();
         for (i, oc) in cfg.outputs.iter().enumerate() {
             let ep = &oc.endpoint;
-            let mut file = None;
-            let fd = match ep.scheme {
-                Scheme::TcpListen => Some(net::tcp_listen(ep).map_err(|e| fail(ep.url(), e))?.0),
-                Scheme::UnixListen => Some(net::unix_listen(ep).map_err(|e| fail(ep.url(), e))?),
-                Scheme::Udp => Some(net::udp_output(ep).map_err(|e| fail(ep.url(), e))?),
-                Scheme::File => {
-                    let Target::Path(p) = &ep.target else {
-                        unreachable!()
-                    };
-                    let fd = net::open_append(p).map_err(|e| fail(ep.url(), e))?;
-                    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                    file = Some(FileOut {
-                        path: p.clone(),
-                        size,
-                        rotate: ep.opts.rotate,
-                        keep: ep.opts.keep.unwrap_or(10),
-                    });
-                    Some(fd)
-                }
-                Scheme::Tcp | Scheme::Unix => {
-                    if let Target::Inet { .. } = ep.target {
-                        net::resolve(ep).map_err(|e| fail(ep.url(), e))?;
-                    }
-                    None
-                }
+            let opened = bound.outputs.get(i).copied().flatten();
+            let file = match (&ep.target, ep.scheme) {
+                (Target::Path(p), Scheme::File) => Some(FileOut {
+                    path: p.clone(),
+                    size: opened.map_or(0, |(_, size)| size),
+                    rotate: ep.opts.rotate,
+                    keep: ep.opts.keep.unwrap_or(10),
+                }),
+                _ => None,
             };
-            pending_out.push(fd);
+            pending_out.push(opened.map(|(fd, _)| fd));
             outputs.push(Output {
                 cfg: oc.clone(),
                 queue: OutQueue::new(
@@ -458,7 +396,7 @@ impl Channel {
                 zerocopy: oc.endpoint.opts.zerocopy == Some(true),
             });
         }
-        Ok(Channel {
+        Channel {
             cfg: cfg.clone(),
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -467,8 +405,8 @@ impl Channel {
             input_backoff: Backoff::new(seed),
             input_retry_at: None,
             input_faulted: false,
-            pending_input,
-            pending_input_listener,
+            pending_input: bound.input,
+            pending_input_listener: bound.input_listener,
             outputs,
             blocked: false,
             draining: false,
@@ -480,7 +418,7 @@ impl Channel {
             publisher: None,
             splice: None,
             pending_out,
-        })
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -528,17 +466,33 @@ impl Channel {
             .map(|i| i as u16)
     }
 
-    /// Frees a closing endpoint's slot once nothing is in flight on it. Returns whether it
-    /// was freed (its descriptor is closed by the drop).
-    pub fn reap_if_idle(&mut self, slot: u16) -> bool {
+    /// Frees a closing endpoint's slot once nothing is in flight on it, and closes its
+    /// descriptor. Returns whether it was freed.
+    pub fn reap_if_idle(&mut self, slot: u16, sys: &mut dyn Sys) -> bool {
         let idle = self
             .ep(slot)
             .is_some_and(|e| e.link == Link::Closing && e.in_flight == 0);
         if idle {
-            self.slots[slot as usize] = None;
+            if let Some(ep) = self.slots[slot as usize].take() {
+                sys.close(ep.fd);
+            }
             self.free_slots.push(slot);
         }
         idle
+    }
+
+    /// Descriptors bound at start that were never activated (a channel that failed to start).
+    pub fn close_pending(&mut self, sys: &mut dyn Sys) {
+        let pending = self.pending_input.take().into_iter();
+        let pending = pending.chain(self.pending_input_listener.take());
+        let outs: Vec<Fd> = self
+            .pending_out
+            .iter_mut()
+            .filter_map(|f| f.take())
+            .collect();
+        for fd in pending.chain(outs) {
+            sys.close(fd);
+        }
     }
 
     /// Endpoints still open or closing.

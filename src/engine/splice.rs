@@ -5,7 +5,7 @@
 //! Owns: the eligibility rule ([`ineligible_reason`]), the mode ([`SpliceMode`]) and the
 //! [`PipeFill`] state machine that says how many bytes the next splice-in (socket -> pipe) and
 //! splice-out (pipe -> socket) may move. It never touches a descriptor or the ring: the event
-//! loop in [`crate::driver::daemon`] submits `IORING_OP_SPLICE` through [`crate::driver::ring`] and reports
+//! engine ([`super::splicing`]) asks for `IORING_OP_SPLICE` through the ring and is told
 //! each completion here.
 //!
 //! Why a fill counter: a splice of an empty pipe into a socket blocks its io-wq worker until

@@ -58,6 +58,11 @@ pub enum OpKind {
     /// ring's record of the send (`zerocopy::ZcTable`), which holds the endpoint's generation
     /// and the buffer: the send's notification must find the buffer after the endpoint is gone.
     SendZc = 14,
+    /// One datagram send of a datagram output. Its `endpoint` field is the pool buffer it
+    /// sends from, and the endpoint is found by generation: sends on one socket may complete
+    /// out of order (one queued behind a full send buffer is overtaken), so each completion
+    /// must release its own buffer, not the oldest one.
+    SendDatagram = 15,
 }
 
 impl OpKind {
@@ -77,6 +82,7 @@ impl OpKind {
             12 => OpKind::SpliceDist,
             13 => OpKind::RecvMulti,
             14 => OpKind::SendZc,
+            15 => OpKind::SendDatagram,
             _ => return None,
         })
     }

@@ -11,7 +11,7 @@
 //! endpoint: the tag of a zero-copy send carries the index of its record here in place of the
 //! generation (see `token`), and the record holds the generation and the buffer.
 
-use crate::driver::pool::BufId;
+use super::buffers::BufId;
 
 /// Smaller stream chunks are sent by copy: below about 10 KiB the page pinning and the
 /// notification cost more than the copy saves (the kernel's MSG_ZEROCOPY notes).

@@ -1,5 +1,7 @@
-//! The buffer pool: one anonymous memory arena cut into equal buffers, registered with the
-//! ring as fixed buffers, allocated once at start.
+//! The buffer pool's accounting: which buffer of the arena is free, lent to the kernel,
+//! provided in a ring, shared by outputs or on its way home, and how many holders it has.
+//! The bytes themselves live in the driver's arena ([`crate::driver::arena`]), reached
+//! through [`super::io::Memory`]; this module never touches them.
 //!
 //! Owns: every byte of relayed data and who may touch it. The hot path allocates nothing and
 //! copies nothing in userspace: an input reads into a buffer, every output sends from that same
@@ -30,18 +32,16 @@
 //! does not pin a 64 KiB buffer per datagram. Both live in the one arena and are registered
 //! together; a [`BufId`] names either.
 //!
-//! The arena is never moved or unmapped while the ring lives ([`crate::driver::ring::Ring`] owns the
-//! pool and outlives every submission), which is what makes handing its addresses to the
-//! kernel sound.
+//! The books of provided-buffer rings are in [`super::rings`].
 
-use memmap2::MmapMut;
-use std::io;
+use super::io::Memory;
 
 /// Index of a buffer in the pool (also its fixed-buffer index in the ring).
 pub type BufId = u16;
 
+/// Who owns a buffer's bytes (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub enum State {
     Free,
     Kernel,
     Provided,
@@ -71,8 +71,8 @@ struct ClassInfo {
     free: Vec<BufId>,
 }
 
+#[derive(Debug)]
 pub struct BufferPool {
-    map: MmapMut,
     classes: [ClassInfo; 2],
     state: Vec<State>,
     /// Buffer group of the provided-buffer ring each buffer belongs to, or [`NO_HOME`].
@@ -82,13 +82,11 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    /// Maps `count` buffers of `size` bytes and `small_count` slots of `small_size` bytes.
+    /// Books `count` buffers of `size` bytes and `small_count` slots of `small_size` bytes.
     /// Together at most 65535.
-    pub fn new(size: u32, count: u32, small_size: u32, small_count: u32) -> io::Result<BufferPool> {
+    pub fn new(size: u32, count: u32, small_size: u32, small_count: u32) -> BufferPool {
         assert!(count >= 1 && count + small_count <= u32::from(u16::MAX));
         let large_bytes = size as usize * count as usize;
-        let total = large_bytes + small_size as usize * small_count as usize;
-        let map = MmapMut::map_anon(total)?;
         let large = ClassInfo {
             base: 0,
             size,
@@ -103,13 +101,12 @@ impl BufferPool {
             count: small_count as u16,
             free: (count as u16..(count + small_count) as u16).rev().collect(),
         };
-        Ok(BufferPool {
-            map,
+        BufferPool {
             classes: [large, small],
             state: vec![State::Free; (count + small_count) as usize],
             home: vec![NO_HOME; (count + small_count) as usize],
             returning: Vec::new(),
-        })
+        }
     }
 
     fn class_of(&self, id: BufId) -> &ClassInfo {
@@ -250,6 +247,11 @@ impl BufferPool {
         self.state[id as usize] = State::Shared(1);
     }
 
+    /// The state of buffer `id`.
+    pub fn state(&self, id: BufId) -> State {
+        self.state[id as usize]
+    }
+
     /// Whether `id` is in the kernel's hands in a provided-buffer ring.
     pub fn is_provided(&self, id: BufId) -> bool {
         self.state.get(id as usize) == Some(&State::Provided)
@@ -263,7 +265,7 @@ impl BufferPool {
 
     /// Moves the `Returning` buffers into `out` and marks them `Provided`: the caller (the ring
     /// driver) publishes each in its home ring before the kernel can see it.
-    pub(crate) fn take_returning(&mut self, out: &mut Vec<BufId>) {
+    pub fn take_returning(&mut self, out: &mut Vec<BufId>) {
         for &id in &self.returning {
             debug_assert_eq!(self.state[id as usize], State::Returning);
             self.state[id as usize] = State::Provided;
@@ -293,55 +295,93 @@ impl BufferPool {
         }
     }
 
-    /// Reads data bytes of a buffer that holds data.
-    pub fn bytes(&self, id: BufId, off: u32, len: u32) -> &[u8] {
+    /// Checks that `len` bytes at `off` of `id` hold data anyone may read.
+    pub fn check_readable(&self, id: BufId, off: u32, len: u32) {
         assert!(
             matches!(self.state[id as usize], State::Shared(_)),
             "buffer {id} does not hold data"
         );
         assert!(off as u64 + len as u64 <= u64::from(self.size_of(id)));
-        let start = self.start(id) + off as usize;
-        &self.map[start..start + len as usize]
+    }
+
+    /// Reads data bytes of a buffer that holds data.
+    pub fn bytes<'m>(&self, mem: &'m dyn Memory, id: BufId, off: u32, len: u32) -> &'m [u8] {
+        self.check_readable(id, off, len);
+        mem.bytes(id, off, len)
     }
 
     /// Writes into a buffer the caller holds the only reference to (the framing prefix in
     /// front of a datagram, before the buffer is shared with any output).
-    pub fn write_prefix(&mut self, id: BufId, off: u32, data: &[u8]) {
+    pub fn write_prefix(&self, mem: &mut dyn Memory, id: BufId, off: u32, data: &[u8]) {
         assert_eq!(
             self.state[id as usize],
             State::Shared(1),
             "buffer {id} must be held once to be written"
         );
         assert!(off as usize + data.len() <= self.size_of(id) as usize);
-        let start = self.start(id) + off as usize;
-        self.map[start..start + data.len()].copy_from_slice(data);
+        mem.write(id, off, data);
     }
 
-    /// Address of byte `off` of buffer `id`, for the ring driver only.
-    pub(crate) fn addr(&mut self, id: BufId, off: u32) -> *mut u8 {
-        assert!(off <= self.size_of(id) && (id as usize) < self.state.len());
-        let start = self.start(id) + off as usize;
-        // In bounds: id < count and off <= the buffer's size.
-        self.map[start..].as_mut_ptr()
+    /// Byte offset of buffer `id` in the arena (the driver's address arithmetic).
+    pub fn offset_of(&self, id: BufId) -> usize {
+        self.start(id)
     }
 
-    /// One iovec per buffer, for registration as fixed buffers.
-    pub(crate) fn iovecs(&mut self) -> Vec<libc::iovec> {
-        (0..self.state.len() as u16)
-            .map(|id| {
-                let start = self.start(id);
-                let len = self.size_of(id) as usize;
-                libc::iovec {
-                    iov_base: self.map[start..].as_mut_ptr().cast(),
-                    iov_len: len,
-                }
-            })
-            .collect()
+    /// The arena's layout, per class: its first buffer, its byte offset and its buffers' size.
+    pub fn classes(&self) -> [(BufId, usize, u32); 2] {
+        [0, 1].map(|c| {
+            let ci = &self.classes[c];
+            (ci.first, ci.base, ci.size)
+        })
+    }
+
+    /// Bytes of the whole arena.
+    pub fn arena_bytes(&self) -> usize {
+        let s = &self.classes[1];
+        s.base + usize::from(s.count) * s.size as usize
+    }
+
+    /// Whether every buffer is free: nothing lent, provided, held or returning.
+    pub fn is_whole(&self) -> bool {
+        self.free_count() == self.state.len()
     }
 
     /// Buffers not free (held by outputs, lent to the kernel or in a provided-buffer ring).
     pub fn in_use(&self) -> usize {
         self.state.len() - self.free_count()
+    }
+}
+
+/// An arena in a plain vector: the [`Memory`] of tests and of the simulation.
+#[derive(Debug)]
+pub struct VecMemory {
+    bytes: Vec<u8>,
+    offsets: Vec<(usize, u32)>,
+}
+
+impl VecMemory {
+    /// An arena laid out like `pool`.
+    pub fn new(pool: &BufferPool) -> VecMemory {
+        VecMemory {
+            bytes: vec![0; pool.arena_bytes()],
+            offsets: (0..pool.count() as u16)
+                .map(|id| (pool.offset_of(id), pool.size_of(id)))
+                .collect(),
+        }
+    }
+}
+
+impl Memory for VecMemory {
+    fn bytes(&self, buf: BufId, off: u32, len: u32) -> &[u8] {
+        let (base, size) = self.offsets[usize::from(buf)];
+        assert!(off + len <= size);
+        &self.bytes[base + off as usize..base + (off + len) as usize]
+    }
+
+    fn write(&mut self, buf: BufId, off: u32, data: &[u8]) {
+        let (base, size) = self.offsets[usize::from(buf)];
+        assert!(off as usize + data.len() <= size as usize);
+        self.bytes[base + off as usize..base + off as usize + data.len()].copy_from_slice(data);
     }
 }
 
@@ -351,14 +391,15 @@ mod tests {
 
     #[test]
     fn lifecycle() {
-        let mut p = BufferPool::new(4096, 3, 0, 0).unwrap();
+        let mut p = BufferPool::new(4096, 3, 0, 0);
+        let mut m = VecMemory::new(&p);
         let a = p.take().unwrap();
         let b = p.take().unwrap();
         let c = p.take().unwrap();
         assert!(p.take().is_none());
         p.filled(a);
-        p.write_prefix(a, 0, &[1, 2, 3, 4]);
-        assert_eq!(p.bytes(a, 0, 4), &[1, 2, 3, 4]);
+        p.write_prefix(&mut m, a, 0, &[1, 2, 3, 4]);
+        assert_eq!(p.bytes(&m, a, 0, 4), &[1, 2, 3, 4]);
         p.retain(a);
         p.release(a);
         assert_eq!(p.free_count(), 0);
@@ -373,7 +414,8 @@ mod tests {
 
     #[test]
     fn classes_are_disjoint() {
-        let mut p = BufferPool::new(8192, 2, 2048, 3).unwrap();
+        let mut p = BufferPool::new(8192, 2, 2048, 3);
+        let mut m = VecMemory::new(&p);
         let big = p.take().unwrap();
         let small: Vec<BufId> = (0..3)
             .map(|_| p.take_class(Class::Small).unwrap())
@@ -383,25 +425,25 @@ mod tests {
         for &s in &small {
             assert_eq!(p.size_of(s), 2048);
             p.filled(s);
-            p.write_prefix(s, 0, &s.to_be_bytes());
+            p.write_prefix(&mut m, s, 0, &s.to_be_bytes());
         }
         p.filled(big);
-        p.write_prefix(big, 0, &[9, 9]);
+        p.write_prefix(&mut m, big, 0, &[9, 9]);
         for &s in &small {
-            assert_eq!(p.bytes(s, 0, 2), &s.to_be_bytes());
+            assert_eq!(p.bytes(&m, s, 0, 2), &s.to_be_bytes());
             p.release(s);
         }
-        assert_eq!(p.bytes(big, 0, 2), &[9, 9]);
-        let iov = p.iovecs();
-        assert_eq!(iov.len(), 5);
-        assert_eq!(iov[2].iov_len, 2048);
-        assert_eq!(iov[2].iov_base as usize - iov[0].iov_base as usize, 16384);
+        assert_eq!(p.bytes(&m, big, 0, 2), &[9, 9]);
+        assert_eq!(p.count(), 5);
+        assert_eq!(p.size_of(2), 2048);
+        assert_eq!(p.offset_of(2) - p.offset_of(0), 16384);
         assert_eq!(p.free_count(), 4);
     }
 
     #[test]
     fn provided_buffers_go_home_not_to_the_free_list() {
-        let mut p = BufferPool::new(4096, 1, 2048, 4).unwrap();
+        let mut p = BufferPool::new(4096, 1, 2048, 4);
+        let m = VecMemory::new(&p);
         let a = p.take_provided(Class::Small, 3).unwrap();
         let b = p.take_provided(Class::Small, 3).unwrap();
         assert_eq!(p.home(a), Some(3));
@@ -409,7 +451,7 @@ mod tests {
         // A datagram in `a`, sent by two outputs.
         p.received(a, 3);
         p.retain(a);
-        assert_eq!(p.bytes(a, 0, 4).len(), 4);
+        assert_eq!(p.bytes(&m, a, 0, 4).len(), 4);
         p.release(a);
         assert!(!p.has_returning());
         p.release(a);
@@ -437,7 +479,7 @@ mod tests {
 
     #[test]
     fn disown_drops_returning_buffers_of_that_ring_only() {
-        let mut p = BufferPool::new(4096, 1, 2048, 4).unwrap();
+        let mut p = BufferPool::new(4096, 1, 2048, 4);
         let a = p.take_provided(Class::Small, 1).unwrap();
         let b = p.take_provided(Class::Small, 2).unwrap();
         for (id, g) in [(a, 1), (b, 2)] {
@@ -454,7 +496,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "is not provided in group")]
     fn a_completion_naming_a_buffer_of_another_ring_is_caught() {
-        let mut p = BufferPool::new(4096, 1, 2048, 2).unwrap();
+        let mut p = BufferPool::new(4096, 1, 2048, 2);
         let a = p.take_provided(Class::Small, 1).unwrap();
         p.received(a, 2);
     }
@@ -462,23 +504,25 @@ mod tests {
     #[test]
     #[should_panic(expected = "does not hold data")]
     fn provided_bytes_are_not_readable() {
-        let mut p = BufferPool::new(4096, 1, 2048, 1).unwrap();
+        let mut p = BufferPool::new(4096, 1, 2048, 1);
+        let m = VecMemory::new(&p);
         let a = p.take_provided(Class::Small, 0).unwrap();
-        let _ = p.bytes(a, 0, 1);
+        let _ = p.bytes(&m, a, 0, 1);
     }
 
     #[test]
     #[should_panic(expected = "does not hold data")]
     fn kernel_owned_bytes_are_not_readable() {
-        let mut p = BufferPool::new(4096, 1, 0, 0).unwrap();
+        let mut p = BufferPool::new(4096, 1, 0, 0);
+        let m = VecMemory::new(&p);
         let a = p.take().unwrap();
-        let _ = p.bytes(a, 0, 1);
+        let _ = p.bytes(&m, a, 0, 1);
     }
 
     #[test]
     #[should_panic(expected = "release of buffer")]
     fn double_release_is_caught() {
-        let mut p = BufferPool::new(4096, 1, 0, 0).unwrap();
+        let mut p = BufferPool::new(4096, 1, 0, 0);
         let a = p.take().unwrap();
         p.filled(a);
         p.release(a);

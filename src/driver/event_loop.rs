@@ -1,0 +1,472 @@
+//! The loop: the one ring's completions fed to the engine, the engine's operations submitted to
+//! the ring, and what only the process can do: the timer, signals, reading the configuration
+//! file at SIGHUP, the counters region and the demo's monitor.
+//!
+//! Owns: the start-up of a running relay (the ring built over the engine's pool, the engine
+//! started over the bound channels), and the order of each turn: wait, reap, hand every
+//! completion to the engine (daemon-level ones, the timer and the signal pipe, are handled
+//! here), let the engine finish the batch, submit what it asked for.
+//!
+//! Must never: decide anything about a channel (that is the engine's), or block anywhere but in
+//! the ring's wait.
+
+use super::ring::{Ring, RingOptions};
+use super::sys::{bind_channel, Kernel};
+use crate::cli::RunArgs;
+use crate::config::{self, Config, FeatureSet, LogDest};
+use crate::engine::buffers::BufferPool;
+use crate::engine::channel::Channel;
+use crate::engine::io::{Bound, Completion, Effects};
+use crate::engine::token::{OpKind, Token, DAEMON_CHANNEL};
+use crate::engine::{Engine, Io};
+use crate::ops::daemonize;
+use crate::ops::logging;
+use crate::ops::signals::Signals;
+use crate::shm::{ShmOptions, StatsWriter};
+use log::{error, info, warn};
+use std::time::{Duration, Instant};
+
+/// A hook the demo uses to show live throughput; called about once a second.
+pub type Monitor = Box<dyn FnMut(&[Option<Channel>], f64)>;
+
+pub struct Daemon {
+    // Field order: the engine (which names descriptors and holds publishers) goes before the
+    // ring, and the ring before anything else it may point into.
+    engine: Engine,
+    ring: Ring,
+    fx: Effects,
+    cq: Vec<Completion>,
+    signals: Signals,
+    config_path: Option<String>,
+    shm_opts: ShmOptions,
+    stats_writer: Option<StatsWriter>,
+    started: Instant,
+    last_stats_pub: Instant,
+    last_monitor: Instant,
+    /// Stop by itself at this instant (demo `--duration`).
+    pub stop_at: Option<Instant>,
+    pub monitor: Option<Monitor>,
+}
+
+/// Reads the feature-set override from the environment.
+pub fn baseline_forced(cfg: &Config) -> bool {
+    cfg.global.features == FeatureSet::Baseline
+        || std::env::var("RINGRELAY_FEATURES").is_ok_and(|v| v == "baseline")
+}
+
+fn shm_options(cfg: &Config) -> Result<ShmOptions, String> {
+    let group = match &cfg.global.shm_group {
+        Some(g) => Some(crate::ops::daemonize::lookup_group(g)?.as_raw()),
+        None => None,
+    };
+    Ok(ShmOptions {
+        dir: cfg.global.shm_dir.clone(),
+        mode: cfg.global.shm_mode,
+        group,
+    })
+}
+
+/// A seed for this process's backoff jitter.
+pub fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Binds every channel of `cfg`: the part of start-up that can fail on addresses.
+pub fn bind_all(cfg: &Config) -> Result<Vec<Bound>, String> {
+    cfg.channels.iter().map(bind_channel).collect()
+}
+
+/// Runs `$body` with an [`Io`] over the daemon's ring, then submits what the engine asked for.
+macro_rules! with_io {
+    ($d:expr, |$engine:ident, $io:ident| $body:expr) => {{
+        let d = &mut *$d;
+        let (arena, ring_sys) = d.ring.split();
+        let mut kernel = Kernel {
+            ring: ring_sys,
+            shm: &d.shm_opts,
+        };
+        let $engine = &mut d.engine;
+        let $io = &mut Io {
+            now: Instant::now(),
+            fx: &mut d.fx,
+            sys: &mut kernel,
+            mem: arena,
+        };
+        let r = $body;
+        d.ring.submit_effects(&mut d.fx);
+        r
+    }};
+}
+
+impl Daemon {
+    /// Creates the ring and the shared-memory regions, and starts the bound channels.
+    pub fn start(
+        cfg: Config,
+        bound: Vec<Bound>,
+        config_path: Option<String>,
+    ) -> Result<Daemon, String> {
+        let g = &cfg.global;
+        let pool = BufferPool::new(
+            g.buffer_size,
+            g.buffer_count,
+            g.datagram_size,
+            g.datagram_count,
+        );
+        let ring = Ring::new(
+            &RingOptions {
+                entries: g.ring_entries,
+                sqpoll: g.sqpoll,
+                sqpoll_idle_ms: g.sqpoll_idle_ms,
+                sqpoll_cpu: g.sqpoll_cpu,
+                baseline: baseline_forced(&cfg),
+                trial_multishot: true,
+            },
+            &pool,
+        )?;
+        if let Some(n) = &ring.caps.sqpoll_note {
+            if g.sqpoll == config::SqpollMode::Auto && n.starts_with("sqpoll = auto") {
+                info!("SQPOLL off: {n}");
+            } else {
+                warn!("SQPOLL off: {n}");
+            }
+        }
+        if let Some(n) = &ring.caps.registered_note {
+            warn!("buffers not registered: {n}");
+        }
+        let mut caps = ring.caps.clone();
+        // Blocking splice sockets instead of POLL_ADD waits, for comparison.
+        if std::env::var("RINGRELAY_SPLICE_BLOCKING").is_ok_and(|v| v == "1") {
+            caps.splice_eagain = false;
+        }
+        let shm_opts = shm_options(&cfg)?;
+        let now = Instant::now();
+        let any_shm = cfg
+            .channels
+            .iter()
+            .any(|c| c.samples.as_ref().is_some_and(|s| s.shm));
+        let mut d = Daemon {
+            engine: Engine::new(cfg, caps, pool, seed(), now),
+            ring,
+            fx: Effects::default(),
+            cq: Vec::new(),
+            signals: Signals::install()?,
+            config_path,
+            shm_opts,
+            stats_writer: None,
+            started: now,
+            last_stats_pub: now,
+            last_monitor: now,
+            stop_at: None,
+            monitor: None,
+        };
+        d.cq.reserve(d.engine.config().global.ring_entries as usize * 4);
+        if any_shm {
+            match StatsWriter::create(&d.shm_opts) {
+                Ok(w) => d.stats_writer = Some(w),
+                Err(e) => warn!(
+                    "cannot create the stats region in {}: {e}",
+                    d.shm_opts.dir.display()
+                ),
+            }
+        }
+        with_io!(&mut d, |engine, io| engine.start(bound, io))?;
+        info!("{}", d.engine.caps().summary());
+        d.ring.push_tick();
+        d.ring.push_signal_read(d.signals.fd());
+        d.ring.submit().map_err(|e| format!("submit: {e}"))?;
+        Ok(d)
+    }
+
+    /// The kernel's features and the paths chosen, as the start-up line reports them.
+    pub fn caps(&self) -> &crate::engine::caps::Caps {
+        self.engine.caps()
+    }
+
+    /// Runs until SIGTERM/SIGINT (or `stop_at`) and every output is flushed or the
+    /// shutdown timeout passed. Returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        loop {
+            if let Err(e) = self.ring.wait(None) {
+                error!("io_uring wait failed: {e}; exiting so that a supervisor restarts us");
+                return 1;
+            }
+            let mut cq = std::mem::take(&mut self.cq);
+            cq.clear();
+            self.ring.reap(&mut cq);
+            for c in &cq {
+                self.dispatch(*c);
+            }
+            self.cq = cq;
+            with_io!(self, |engine, io| engine.after_batch(io));
+            if self.engine.done() {
+                break;
+            }
+            if let Err(e) = self.ring.submit() {
+                error!("io_uring submit failed: {e}");
+                return 1;
+            }
+        }
+        self.finish();
+        0
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        match Token::decode(c.user_data) {
+            Some(t) if t.chan == DAEMON_CHANNEL && t.kind == OpKind::Signal => {
+                self.on_signal(c.res)
+            }
+            Some(t) if t.chan == DAEMON_CHANNEL && t.kind == OpKind::Tick => self.on_tick(),
+            Some(_) => with_io!(self, |engine, io| engine.complete(c, io)),
+            None => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        self.engine
+            .log_counters(log::Level::Info, self.ring.in_flight());
+        with_io!(self, |engine, io| engine.finish(io.sys));
+        if let Some(w) = self.stats_writer.take() {
+            w.close();
+        }
+        info!("stopped");
+    }
+
+    fn on_signal(&mut self, res: i32) {
+        let s = self.signals.take();
+        if s.term {
+            with_io!(self, |engine, io| engine.terminate(io));
+        }
+        if s.hup {
+            self.reload();
+        }
+        if s.usr1 {
+            self.engine
+                .log_counters(log::Level::Info, self.ring.in_flight());
+        }
+        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+            error!(
+                "signal pipe read failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
+        }
+        self.ring.push_signal_read(self.signals.fd());
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.stop_at.is_some_and(|t| now >= t) {
+            self.stop_at = None;
+            with_io!(self, |engine, io| engine.terminate(io));
+        }
+        let in_flight = self.ring.in_flight();
+        with_io!(self, |engine, io| engine.tick(io, in_flight));
+        if now.duration_since(self.last_stats_pub) >= Duration::from_secs(1) {
+            self.last_stats_pub = now;
+            if let Some(w) = self.stats_writer.as_mut() {
+                w.publish(&self.engine.stat_rows());
+            }
+        }
+        if now.duration_since(self.last_monitor) >= Duration::from_secs(1) {
+            self.last_monitor = now;
+            let t = now.duration_since(self.started).as_secs_f64();
+            if let Some(m) = self.monitor.as_mut() {
+                m(self.engine.channels(), t);
+            }
+        }
+        if self.engine.ticking() {
+            self.ring.push_tick();
+        }
+    }
+
+    /// SIGHUP: re-read the file; an invalid file changes nothing. The logging target changes
+    /// here; the engine plans the rest.
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            warn!("reload: running without a config file (--input/--output): nothing to reload");
+            return;
+        };
+        if self.engine.stopping() {
+            return;
+        }
+        let new = match config::load(&path) {
+            Ok(c) => c,
+            Err(errs) => {
+                for e in &errs {
+                    error!("reload: {e}");
+                }
+                error!(
+                    "reload: {path} has {} error(s); the running configuration stays",
+                    errs.len()
+                );
+                return;
+            }
+        };
+        let old_g = &self.engine.config().global;
+        let g = &new.global;
+        if g.log != old_g.log
+            || g.log_facility != old_g.log_facility
+            || g.syslog_socket != old_g.syslog_socket
+        {
+            let target = match g.log {
+                LogDest::Syslog => logging::LogTarget::Syslog {
+                    facility: g.log_facility.clone(),
+                    socket: g.syslog_socket.clone(),
+                },
+                LogDest::Stderr => logging::LogTarget::Stderr,
+            };
+            if let Err(e) = logging::init(&target, g.log_level) {
+                error!("reload: {e}; logging stays where it was");
+            }
+        }
+        if g.log_level != old_g.log_level {
+            logging::set_level(g.log_level);
+        }
+        with_io!(self, |engine, io| engine.reload(new, &path, io));
+    }
+}
+
+/// Reports a start-up failure once: to the log, and to the waiting parent when detached.
+fn fail_start(readiness: daemonize::Readiness, e: &str) {
+    if readiness.is_detached() {
+        error!("{e}");
+    }
+    readiness.failed(e);
+}
+
+/// `ringrelay run`.
+pub fn run_command(a: RunArgs) -> i32 {
+    let (cfg, path) = match (&a.config, &a.input) {
+        (Some(_), Some(_)) => {
+            eprintln!("ringrelay: run takes either -c FILE or --input/--output, not both");
+            return 2;
+        }
+        (Some(p), None) => (config::load(p), Some(p.clone())),
+        (None, Some(i)) => (config::from_cli(i, &a.output), None),
+        (None, None) => {
+            eprintln!("ringrelay: run needs -c FILE or --input URL --output URL");
+            return 2;
+        }
+    };
+    let mut cfg = match cfg {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            return 1;
+        }
+    };
+    if let Some(l) = &a.log_level {
+        match logging::parse_level(l) {
+            Ok(l) => cfg.global.log_level = l,
+            Err(e) => {
+                eprintln!("ringrelay: --log-level: {e}");
+                return 2;
+            }
+        }
+    }
+    let asked_syslog = a.syslog || cfg.global.log == LogDest::Syslog;
+    let syslog_target = logging::LogTarget::Syslog {
+        facility: cfg.global.log_facility.clone(),
+        socket: cfg.global.syslog_socket.clone(),
+    };
+    let mut target = if asked_syslog {
+        syslog_target.clone()
+    } else {
+        logging::LogTarget::Stderr
+    };
+    if let Err(e) = logging::init(&target, cfg.global.log_level) {
+        eprintln!("ringrelay: {e}");
+        return 1;
+    }
+    if a.daemon && !asked_syslog {
+        // A detached daemon's stderr is /dev/null: log to syslog if there is one.
+        match logging::init(&syslog_target, cfg.global.log_level) {
+            Ok(()) => {
+                eprintln!("ringrelay: --daemon: logging to syslog (stderr closes once detached)");
+                target = syslog_target;
+            }
+            Err(e) => {
+                let _ = logging::init(&target, cfg.global.log_level);
+                eprintln!("ringrelay: --daemon without syslog ({e}): the log is discarded once detached; set log = syslog");
+            }
+        }
+    }
+    let use_syslog = matches!(target, logging::LogTarget::Syslog { .. });
+    if let Err(e) =
+        daemonize::check_require_user(cfg.global.require_user, cfg.global.user.as_deref())
+    {
+        eprintln!("ringrelay: {e}");
+        return 1;
+    }
+    let pidpath = a
+        .pidfile
+        .clone()
+        .map(std::path::PathBuf::from)
+        .or_else(|| cfg.global.pidfile.clone());
+    let mut pidfile = match pidpath.as_ref().map(daemonize::Pidfile::acquire) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("ringrelay: {e}");
+            return 1;
+        }
+        None => None,
+    };
+    let channels = match bind_all(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            if use_syslog {
+                eprintln!("ringrelay: {e}");
+            }
+            return 1;
+        }
+    };
+    let readiness = if a.daemon {
+        match daemonize::detach() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("ringrelay: {e}");
+                return 1;
+            }
+        }
+    } else {
+        daemonize::Readiness::foreground()
+    };
+    if a.daemon {
+        // The pid in syslog lines is the daemon's, not the parent's.
+        let _ = logging::init(&target, cfg.global.log_level);
+    }
+    if let Some(p) = pidfile.as_mut() {
+        if let Err(e) = p.write_pid() {
+            readiness.failed(&e);
+            return 1;
+        }
+    }
+    let n = cfg.channels.len();
+    let user = cfg.global.user.clone();
+    let group = cfg.global.group.clone();
+    let mut d = match Daemon::start(cfg, channels, path) {
+        Ok(d) => d,
+        Err(e) => {
+            fail_start(readiness, &e);
+            return 1;
+        }
+    };
+    if user.is_some() || group.is_some() {
+        if let Err(e) = daemonize::drop_privileges(user.as_deref(), group.as_deref()) {
+            fail_start(readiness, &e);
+            return 1;
+        }
+    }
+    info!("ready: {n} channels");
+    readiness.ready();
+    let code = d.run();
+    drop(d);
+    drop(pidfile);
+    code
+}

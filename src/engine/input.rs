@@ -1,0 +1,539 @@
+//! Reading a channel's input: keeping receives in flight (a multishot receive over a
+//! provided-buffer ring, linked chains of single receives, or one scattered stream read), and
+//! offering what arrives to every output.
+//!
+//! Owns: read planning (how many buffers a read takes when the pool runs low), the handling of
+//! every receive completion (EOF, errors, truncated datagrams, stale generations), and
+//! [`deliver`]: one filled buffer offered to every output's queue by reference (the SAME
+//! buffer, no copy), with the slow-output decisions of [`super::outq`] acted on.
+//!
+//! Must never: keep a buffer the kernel may still write (a buffer is `Kernel` from the read's
+//! submission to its completion), or deliver a datagram out of order.
+
+use super::buffers::Class;
+use super::channel::Link;
+use super::channel::{
+    Channel, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
+};
+use super::io::{Completion, Op};
+use super::links::close_ep;
+use super::output::kick;
+use super::outq::{Chunk, Offer};
+use super::rings::Datagram;
+use super::splicing::splice_in;
+use super::token::{OpKind, Token};
+use super::{errno_str, Cx};
+use crate::config::url::{OnSlow, Scheme};
+use crate::config::Framing;
+use log::{debug, info, warn};
+use std::time::Instant;
+
+/// Keeps the input's receives in flight: several for datagrams, one for a stream.
+pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
+    if ch.draining {
+        return;
+    }
+    if ch.splice.is_some() {
+        splice_in(cx, ch, ci);
+        return;
+    }
+    let datagram = ch.input_is_datagram();
+    if ch.blocked && !datagram {
+        return;
+    }
+    if datagram && ch.input_retry_at.is_some() {
+        return;
+    }
+    let Some(slot) = ch.input else { return };
+    let Some(ep) = ch.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+        return;
+    };
+    if ep.link != Link::Up {
+        return;
+    }
+    let class = if datagram && cx.pool.class_size(Class::Small) > DATAGRAM_HEADROOM {
+        Class::Small
+    } else {
+        Class::Large
+    };
+    let size = cx.pool.class_size(class);
+    if !datagram {
+        // One read in flight, scattered over up to STREAM_READ_BUFFERS buffers while the pool
+        // has plenty free: a quarter of the system calls per byte of one-buffer reads, and
+        // every buffer still travels to the outputs on its own.
+        if !ep.reading.is_empty() {
+            return;
+        }
+        let (free, total) = cx.pool.free_of(Class::Large);
+        let n = if free > total / 2 {
+            STREAM_READ_BUFFERS
+        } else {
+            1
+        };
+        let fd = ep.raw_fd();
+        for _ in 0..n {
+            let Some(buf) = cx.pool.take_class(Class::Large) else {
+                break;
+            };
+            ep.reading.push(buf);
+        }
+        let (first, count) = match ep.reading.first() {
+            Some(&b) => (b, ep.reading.len()),
+            None => return,
+        };
+        let sqe = if count == 1 {
+            Op::ReadStream {
+                fd,
+                buf: first,
+                off: 0,
+                len: size,
+            }
+        } else {
+            let chunks = ep.reading.iter().map(|&buf| Chunk {
+                buf,
+                off: 0,
+                len: size,
+            });
+            Op::ReadvStream {
+                fd,
+                bufs: cx.span(chunks),
+            }
+        };
+        ep.in_flight += 1;
+        cx.push(sqe, Token::new(OpKind::Recv, ci, first, ep.gen));
+        return;
+    }
+    if let Some(group) = ep.bufgroup {
+        // One multishot receive for the input's life, re-armed when it ends (on_recv_multi),
+        // once its ring has a buffer to offer again (all of them may be queued at outputs).
+        if ep.multishot {
+            return;
+        }
+        if cx.rings.provided(cx.pool, cx.sys, group) == 0 {
+            let now = cx.now;
+            ep.dry_since.get_or_insert(now);
+        } else {
+            ep.dry_since = None;
+            ep.multishot = true;
+            ep.in_flight += 1;
+            let fd = ep.raw_fd();
+            cx.push(
+                Op::RecvMulti { fd, group },
+                Token::new(OpKind::RecvMulti, ci, slot, ep.gen),
+            );
+        }
+        return;
+    }
+    // Datagrams: one linked chain of receives at a time. Receives pending side by side on
+    // one socket complete out of the order in which they took the datagrams; a chain runs
+    // them one after another in the kernel, so completions come in datagram order, without a
+    // round trip through this loop per datagram. The next chain starts when this one is done.
+    if !ep.reading.is_empty() {
+        return;
+    }
+    let fd = ep.raw_fd();
+    let gen = ep.gen;
+    let mut ops = [(Op::PollIn { fd }, Token::daemon(OpKind::Cancel)); UDP_RECVS_IN_FLIGHT];
+    let mut n = 0;
+    while n < UDP_RECVS_IN_FLIGHT {
+        let Some(buf) = cx.pool.take_class(class) else {
+            break;
+        };
+        ops[n] = (
+            Op::RecvDatagram {
+                fd,
+                buf,
+                off: DATAGRAM_HEADROOM,
+                len: size - DATAGRAM_HEADROOM,
+            },
+            Token::new(OpKind::Recv, ci, buf, gen),
+        );
+        ep.reading.push(buf);
+        n += 1;
+    }
+    if n == 0 {
+        return;
+    }
+    // The driver submits a chain whole, never cut at a full submission queue.
+    cx.chain(&ops[..n]);
+    ep.in_flight += n as u32;
+}
+
+/// A receive completed. For receives the token's endpoint field is the buffer index; the
+/// endpoint is found by generation.
+pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
+    let buf = tok.ep;
+    let Some(slot) = ch.slot_of_gen(tok.gen) else {
+        // Cannot happen (slots outlive their operations); give the buffer back regardless.
+        cx.pool.abandon(buf);
+        return;
+    };
+    let datagram = ch.input_is_datagram();
+    let ep = ch.ep_mut(slot).expect("slot found above");
+    ep.in_flight -= 1;
+    let closing = ep.link == Link::Closing;
+    let peer = ep.peer.clone();
+    let size = cx.pool.size_of(buf);
+    if !datagram {
+        // The stream's one read: its buffers are all of `reading`, in order; the bytes fill
+        // them front to back.
+        let mut bufs = std::mem::take(&mut ep.reading);
+        let mut left = res.max(0) as u32;
+        for &b in &bufs {
+            let n = left.min(size);
+            left -= n;
+            if n > 0 {
+                cx.pool.filled(b);
+                deliver(cx, ch, ci_of(tok), b, 0, n, false);
+            } else {
+                cx.pool.abandon(b);
+            }
+        }
+        bufs.clear();
+        if let Some(ep) = ch.ep_mut(slot) {
+            if ep.reading.is_empty() {
+                ep.reading = bufs;
+            }
+        }
+        if res <= 0 && !closing {
+            // End of stream or an error: this producer is gone.
+            if res == 0 {
+                info!("channel {}: producer {} closed the stream", ch.name(), peer);
+            } else {
+                ch.stats.errors += 1;
+                warn!(
+                    "channel {}: input read failed: {}",
+                    ch.name(),
+                    errno_str(res)
+                );
+            }
+            close_ep(cx, ch, ci_of(tok), slot);
+            if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+                let d = ch.input_backoff.next_delay();
+                ch.input_retry_at = Some(cx.now + d);
+            }
+        }
+        ch.reap_if_idle(slot, cx.sys);
+        return;
+    }
+    ep.reading.retain(|b| *b != buf);
+    if res > 0 {
+        let n = res as u32;
+        if n > size - DATAGRAM_HEADROOM {
+            cx.pool.abandon(buf);
+            ch.stats.malformed += 1;
+            if ch.stats.malformed == 1 {
+                warn!(
+                    "channel {}: datagram of {n} bytes is larger than datagram_size ({} bytes with 16 bytes of headroom); counted as malformed (raise datagram_size)",
+                    ch.name(),
+                    size
+                );
+            }
+        } else {
+            cx.pool.filled(buf);
+            deliver(cx, ch, ci_of(tok), buf, DATAGRAM_HEADROOM, n, true);
+        }
+    } else {
+        cx.pool.abandon(buf);
+        if res == -libc::ECANCELED {
+            // The rest of a receive chain after a failed (or cancelled) receive.
+        } else if res == 0 && !closing {
+            ch.stats.malformed += 1;
+        } else if !closing {
+            ch.stats.errors += 1;
+            warn!(
+                "channel {}: input read failed: {}",
+                ch.name(),
+                errno_str(res)
+            );
+            // A UDP socket error (rare): retry after a backoff.
+            let d = ch.input_backoff.next_delay();
+            ch.input_retry_at = Some(cx.now + d);
+        }
+    }
+    ch.reap_if_idle(slot, cx.sys);
+}
+
+/// A completion of a UDP input's multishot receive: one datagram in a buffer the kernel
+/// picked from the input's ring (named in the flags), or the end of the receive (no MORE
+/// flag: the ring ran dry with -ENOBUFS, a cancel, an error), after which it is re-armed by
+/// post_reads once the ring has buffers again. A completion for an endpoint that is gone
+/// (generation mismatch) still gives its buffer back.
+pub(crate) fn on_recv_multi(cx: &mut Cx, ch: &mut Channel, tok: Token, c: Completion) {
+    let (ci, slot) = (tok.chan, tok.ep);
+    let bid = c.buffer();
+    let more = c.more();
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        if let Some(b) = bid {
+            cx.rings.give_back(cx.pool, cx.mem, b);
+        }
+        return;
+    };
+    let group = ep.bufgroup.expect("a multishot receive has a buffer ring");
+    let closing = ep.link == Link::Closing;
+    if !more {
+        ep.in_flight -= 1;
+        ep.multishot = false;
+    }
+    if let Some(b) = bid {
+        match cx.rings.take_datagram(cx.pool, cx.mem, group, b, c.res) {
+            Datagram::Payload { off, len } if !closing => {
+                if len == 0 {
+                    cx.pool.release(b);
+                    ch.stats.malformed += 1;
+                } else {
+                    deliver(cx, ch, ci, b, off, len, true);
+                }
+            }
+            Datagram::Payload { .. } => cx.pool.release(b),
+            Datagram::Truncated { len } => {
+                ch.stats.malformed += 1;
+                if ch.stats.malformed == 1 {
+                    warn!(
+                        "channel {}: datagram of {len} bytes is larger than datagram_size ({} bytes with 16 bytes of headroom); counted as malformed (raise datagram_size)",
+                        ch.name(),
+                        cx.pool.size_of(b)
+                    );
+                }
+            }
+            Datagram::Malformed => ch.stats.malformed += 1,
+        }
+    }
+    if more {
+        return;
+    }
+    if closing {
+        // The last completion: nothing can pick from the ring any more.
+        cx.rings.close(cx.pool, cx.sys, group);
+        if let Some(ep) = ch.ep_mut(slot) {
+            ep.bufgroup = None;
+        }
+        ch.reap_if_idle(slot, cx.sys);
+        return;
+    }
+    ch.stats.rearms += 1;
+    if c.res < 0 && c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
+        ch.stats.errors += 1;
+        warn!(
+            "channel {}: input read failed: {}",
+            ch.name(),
+            errno_str(c.res)
+        );
+        // A UDP socket error (rare): retry after a backoff.
+        let d = ch.input_backoff.next_delay();
+        ch.input_retry_at = Some(cx.now + d);
+    }
+    // Re-armed right away when buffers are back (they are recycled first), else by the
+    // post_reads after the batch that releases one.
+    post_reads(cx, ch, ci);
+}
+
+pub(crate) fn ci_of(tok: Token) -> u16 {
+    tok.chan
+}
+
+/// Offers a filled buffer to every output: `len` bytes at `off`. A datagram keeps
+/// [`PREFIX`] free bytes before `off` for the framing length prefix.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn deliver(
+    cx: &mut Cx,
+    ch: &mut Channel,
+    ci: u16,
+    buf: u16,
+    off: u32,
+    len: u32,
+    datagram: bool,
+) {
+    ch.stats.bytes += u64::from(len);
+    if datagram {
+        ch.stats.datagrams += 1;
+    }
+    if let Some(p) = ch.publisher.as_mut() {
+        let data = cx.pool.bytes(cx.mem, buf, off, len);
+        if datagram {
+            p.feed_datagram(data);
+        } else {
+            p.feed_stream(data);
+        }
+    }
+    if datagram && ch.blocked {
+        // A block output is full: a datagram input cannot push back, so it drops here.
+        ch.stats.drops += 1;
+        cx.pool.release(buf);
+        return;
+    }
+    let framed = datagram && ch.framing() == Framing::U32Be;
+    if framed {
+        cx.pool
+            .write_prefix(cx.mem, buf, off - PREFIX, &len.to_be_bytes());
+    }
+    let plain = Chunk { buf, off, len };
+    let stream_chunk = if framed {
+        Chunk {
+            buf,
+            off: off - PREFIX,
+            len: len + PREFIX,
+        }
+    } else {
+        plain
+    };
+    let Channel {
+        outputs,
+        slots,
+        blocked,
+        to_kick,
+        to_disconnect,
+        batch_kicks,
+        ..
+    } = ch;
+    to_kick.clear();
+    to_disconnect.clear();
+    for o in outputs.iter_mut() {
+        let chunk = if o.is_datagram() { plain } else { stream_chunk };
+        if o.is_link() {
+            let up = o
+                .link
+                .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
+                .is_some_and(|e| e.link == Link::Up);
+            if !up && o.cfg.on_slow != OnSlow::Block {
+                o.stats.drops += 1;
+                continue;
+            }
+            match o.queue.offer(chunk) {
+                Offer::Queued => cx.pool.retain(buf),
+                Offer::QueuedBlocking => {
+                    cx.pool.retain(buf);
+                    if !*blocked {
+                        debug!(
+                            "blocked by {}: {} chunks, {} bytes queued; pool {} free",
+                            o.cfg.endpoint.url(),
+                            o.queue.len(),
+                            o.queue.backlog(),
+                            cx.pool.free_count()
+                        );
+                    }
+                    *blocked = true;
+                }
+                Offer::Dropped => o.stats.drops += 1,
+                Offer::Disconnect => {
+                    // A pushed output that chose `disconnect`: drop its backlog and redial.
+                    o.stats.drops += 1;
+                    o.stats.disconnects += 1;
+                    if let Some(s) = o.link {
+                        to_disconnect.push(s);
+                    }
+                }
+            }
+            if let Some(s) = o.link {
+                if o.is_datagram() {
+                    if !batch_kicks.contains(&s) {
+                        batch_kicks.push(s);
+                    }
+                } else {
+                    to_kick.push(s);
+                }
+            }
+        } else {
+            for &s in &o.subscribers {
+                let Some(ep) = slots.get_mut(s as usize).and_then(|e| e.as_mut()) else {
+                    continue;
+                };
+                if ep.link != Link::Up {
+                    continue;
+                }
+                let q = ep.queue.as_mut().expect("subscribers have queues");
+                match q.offer(chunk) {
+                    Offer::Queued => {
+                        cx.pool.retain(buf);
+                        to_kick.push(s);
+                    }
+                    Offer::QueuedBlocking => {
+                        cx.pool.retain(buf);
+                        *blocked = true;
+                        to_kick.push(s);
+                    }
+                    Offer::Dropped => o.stats.drops += 1,
+                    Offer::Disconnect => {
+                        o.stats.disconnects += 1;
+                        to_disconnect.push(s);
+                    }
+                }
+            }
+        }
+    }
+    cx.pool.release(buf);
+    let mut disconnect = std::mem::take(&mut ch.to_disconnect);
+    let mut kicks = std::mem::take(&mut ch.to_kick);
+    for &s in &disconnect {
+        if let Some(ep) = ch.ep(s) {
+            match ep.role {
+                Role::Subscriber { out } => info!(
+                    "channel {}: subscriber {} of {} is too slow ({}): disconnected",
+                    ch.name(),
+                    ep.peer,
+                    ch.outputs[out].url(),
+                    ep.queue.as_ref().map_or_else(
+                        || format!("backlog over {} bytes", ch.outputs[out].cfg.max_backlog),
+                        |q| q.limit_hit()
+                    )
+                ),
+                Role::Link { out } => {
+                    warn!(
+                        "channel {}: output {} is too slow: backlog dropped, reconnecting",
+                        ch.name(),
+                        ch.outputs[out].url()
+                    );
+                    for b in ch.outputs[out].queue.clear() {
+                        cx.pool.release(b);
+                    }
+                    ch.outputs[out].retry_at = Some(cx.now);
+                    if let Some(ep) = ch.ep_mut(s) {
+                        ep.detached = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        close_ep(cx, ch, ci, s);
+    }
+    for &s in &kicks {
+        kick(cx, ch, ci, s);
+    }
+    disconnect.clear();
+    kicks.clear();
+    ch.to_disconnect = disconnect;
+    ch.to_kick = kicks;
+}
+
+/// A UDP input whose ring stayed dry for a whole tick has its buffers held by an output that
+/// does not send them (a stuck `drop` subscriber keeps up to its quota): the ring gets more
+/// buffers, so that the outputs that keep up go on getting datagrams, as on the chain path.
+pub(crate) fn grow_dry_ring(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
+    let Some(slot) = ch.input else { return };
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    let (Some(group), Some(since)) = (ep.bufgroup, ep.dry_since) else {
+        return;
+    };
+    if ep.multishot || now.duration_since(since) < super::TICK {
+        return;
+    }
+    ep.dry_since = None;
+    let before = cx.rings.size(group);
+    let added = cx.rings.grow(
+        cx.pool,
+        cx.sys,
+        cx.caps.cq_entries,
+        Class::Small,
+        group,
+        usize::from(before.max(2)),
+    );
+    if added > 0 {
+        debug!(
+            "channel {}: receive ring dry for a tick (an output holds its buffers): {} -> {} buffers",
+            ch.name(),
+            before,
+            cx.rings.size(group)
+        );
+    }
+    post_reads(cx, ch, ci);
+}
