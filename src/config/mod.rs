@@ -2,7 +2,8 @@
 //!
 //! Owns: every key's name, default and range, and the `ringrelay check` command. Errors are
 //! values that carry FILE, LINE and the key; one pass reports all of them. Pure apart from
-//! reading the file: no sockets, no ring.
+//! reading the file: no sockets, no ring, and nothing from the engine, the driver or the
+//! commands (they depend on this module, never the other way round).
 //!
 //! ```text
 //! [global]
@@ -14,13 +15,14 @@
 //! ```
 
 pub mod sample;
+pub mod splice;
 pub mod units;
 pub mod url;
 
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
+pub use crate::config::splice::SpliceMode;
 use crate::config::units::{format_duration, format_size, parse_duration, parse_size};
 use crate::config::url::{Endpoint, OnSlow, Role, Scheme, Target};
-pub use crate::engine::splice::SpliceMode;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -106,7 +108,7 @@ impl Default for Global {
             datagram_count: 2048,
             features: FeatureSet::Auto,
             splice: SpliceMode::Auto,
-            pipe_size: crate::engine::splice::DEFAULT_PIPE_SIZE,
+            pipe_size: crate::config::splice::DEFAULT_PIPE_SIZE,
             log: LogDest::Stderr,
             log_level: log::LevelFilter::Info,
             log_facility: "daemon".into(),
@@ -197,6 +199,12 @@ impl fmt::Display for ConfigError {
         }
     }
 }
+
+/// Bytes of a datagram slot in front of the payload, on every receive path: a multishot
+/// receive's kernel header (16 bytes, io_uring_recvmsg_out) whose last 4 bytes then take the
+/// length prefix; the chain path leaves the same room, so that the largest datagram relayed
+/// whole is `datagram_size - DATAGRAM_HEADROOM` whichever path this kernel gets.
+pub const DATAGRAM_HEADROOM: u32 = 16;
 
 /// Default `max_backlog` per output.
 pub const DEFAULT_MAX_BACKLOG: u64 = 8 << 20;
@@ -818,7 +826,7 @@ fn parse_channel(
             let largest = if input.scheme.is_stream() || g.datagram_count == 0 {
                 g.buffer_size
             } else {
-                g.datagram_size - crate::engine::channel::DATAGRAM_HEADROOM
+                g.datagram_size - DATAGRAM_HEADROOM
             };
             if u64::from(header_bytes.0) + frame > u64::from(largest) {
                 err(
@@ -904,7 +912,7 @@ fn parse_channel(
         samples,
         splice: SpliceMode::Off,
     };
-    let why_not = crate::engine::splice::ineligible_reason(&c);
+    let why_not = crate::config::splice::ineligible_reason(&c);
     c.splice = match (splice, why_not) {
         (Some((SpliceMode::On, line)), Some(why)) => {
             err(line, "splice", format!("splice = on, but {why}"));

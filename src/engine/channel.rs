@@ -13,6 +13,7 @@
 //! generation, so a late completion can never be mistaken for the new occupant's.
 
 use crate::config::url::{Scheme, Target};
+pub use crate::config::DATAGRAM_HEADROOM;
 use crate::config::{ChannelConfig, Framing, OutputConfig};
 use crate::driver::net;
 use crate::driver::pool::BufId;
@@ -51,12 +52,6 @@ pub const UDP_RING_START: u16 = 64;
 
 /// Bytes kept free in front of every datagram for the u32be length prefix.
 pub const PREFIX: u32 = 4;
-
-/// Bytes of a datagram slot in front of the payload, on every receive path: a multishot
-/// receive's kernel header (16 bytes, io_uring_recvmsg_out) whose last 4 bytes then take the
-/// length prefix; the chain path leaves the same room, so that the largest datagram relayed
-/// whole is `datagram_size - DATAGRAM_HEADROOM` whichever path this kernel gets.
-pub const DATAGRAM_HEADROOM: u32 = 16;
 
 /// What an endpoint is to its channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
