@@ -2,7 +2,8 @@
 //! `file://`, each followed by space-separated `key=value` options.
 //!
 //! Owns: the syntax of an endpoint and the validation of its options for the role it plays
-//! (input or output). It never resolves names or touches a socket: that is [`crate::driver::net`].
+//! (input or output). It never resolves names or touches a socket: the driver does that
+//! (`src/driver/net.rs`).
 
 use crate::config::units::parse_size;
 use std::fmt;

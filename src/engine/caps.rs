@@ -228,7 +228,7 @@ impl fmt::Display for Caps {
         } else {
             format!(
                 "SPLICE socket -> pipe -> socket on 1-to-1 stream channels with splice = on{}; fan-out to stream links {}",
-                if crate::engine::splice::AUTO_SPLICES {
+                if crate::config::splice::AUTO_SPLICES {
                     " or auto (the default)"
                 } else {
                     " (auto: off, the buffer path measured faster)"
@@ -238,7 +238,7 @@ impl fmt::Display for Caps {
                 } else {
                     format!(
                         "splices with TEE into a pipe per output with splice = on{}",
-                        if crate::engine::splice::AUTO_FAN_OUT_SPLICES {
+                        if crate::config::splice::AUTO_FAN_OUT_SPLICES {
                             " or auto"
                         } else {
                             " (auto: buffer path, measured faster)"

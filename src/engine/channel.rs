@@ -18,6 +18,7 @@ use super::io::{Bound, Fd, Pipe, Publish, Sys};
 use super::outq::OutQueue;
 use super::stats::{InputStats, OutputStats};
 use crate::config::url::{Scheme, Target};
+pub use crate::config::DATAGRAM_HEADROOM;
 use crate::config::{ChannelConfig, Framing, OutputConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -50,12 +51,6 @@ pub const UDP_RING_START: u16 = 64;
 
 /// Bytes kept free in front of every datagram for the u32be length prefix.
 pub const PREFIX: u32 = 4;
-
-/// Bytes of a datagram slot in front of the payload, on every receive path: a multishot
-/// receive's kernel header (16 bytes, io_uring_recvmsg_out) whose last 4 bytes then take the
-/// length prefix; the chain path leaves the same room, so that the largest datagram relayed
-/// whole is `datagram_size - DATAGRAM_HEADROOM` whichever path this kernel gets.
-pub const DATAGRAM_HEADROOM: u32 = 16;
 
 /// What an endpoint is to its channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,331 @@
+//! The `[channel NAME]` section: its keys ([`CHANNEL_KEYS`]), the validated [`ChannelConfig`]
+//! and its outputs, and the checks that span keys (sample and decimate go together, a header
+//! and one frame fit the largest datagram relayed, framing only on datagram inputs,
+//! `splice = on` only where the channel is eligible) or channels (no two endpoints bind the
+//! same address or write the same file).
+
+use crate::config::global::{Global, DATAGRAM_HEADROOM};
+use crate::config::parse::RawChannel;
+use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
+use crate::config::splice::{ineligible_reason, SpliceMode};
+use crate::config::units::format_size;
+use crate::config::url::{Endpoint, OnSlow, Role, Scheme, Target};
+use crate::config::values::{parse_bool, parse_u32_in};
+
+/// How datagrams are written to stream outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Datagram payloads back to back.
+    None,
+    /// Each datagram prefixed with its length as a big-endian u32.
+    U32Be,
+}
+
+/// One output of a channel, with its effective slow-output policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputConfig {
+    pub endpoint: Endpoint,
+    pub on_slow: OnSlow,
+    pub max_backlog: u64,
+    pub line: usize,
+}
+
+/// One `[channel NAME]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub line: usize,
+    pub input: Endpoint,
+    pub input_line: usize,
+    pub outputs: Vec<OutputConfig>,
+    pub framing: Framing,
+    pub samples: Option<SampleConfig>,
+    /// The channel's effective splice mode: its own `splice` key, or `[global]`'s when that
+    /// is `on` or `off` and the channel is eligible, and `off` for an ineligible channel that
+    /// did not ask for it.
+    pub splice: SpliceMode,
+}
+
+/// Default `max_backlog` per output.
+pub const DEFAULT_MAX_BACKLOG: u64 = 8 << 20;
+/// Default decimated frames kept in a region.
+pub const DEFAULT_SHM_FRAMES: u64 = 65536;
+/// Smallest `shm_frames` accepted.
+pub const MIN_SHM_FRAMES: u64 = 64;
+
+/// Every key a `[channel NAME]` section may set (`output` may repeat).
+pub(super) const CHANNEL_KEYS: &[&str] = &[
+    "input",
+    "output",
+    "framing",
+    "sample",
+    "interleave",
+    "header_bytes",
+    "sample_rate",
+    "decimate",
+    "shm",
+    "shm_frames",
+    "splice",
+];
+
+/// Validates one channel section against the effective `[global]`; `None` after reporting
+/// its errors through `err`.
+pub(super) fn parse_channel(
+    rc: &RawChannel,
+    g: &Global,
+    err: &mut dyn FnMut(usize, &str, String),
+) -> Option<ChannelConfig> {
+    let mut ok = true;
+    let mut input: Option<Endpoint> = None;
+    let mut input_line = rc.line;
+    let mut outputs = Vec::new();
+    let mut framing = Framing::None;
+    let mut sample: Option<(SampleType, usize)> = None;
+    let mut interleave: (u32, usize) = (1, 0);
+    let mut header_bytes: (u32, usize) = (0, 0);
+    let mut sample_rate: Option<f64> = None;
+    let mut decimate: Option<(DecimateSpec, usize)> = None;
+    let mut shm: Option<(bool, usize)> = None;
+    let mut shm_frames: (u64, usize) = (DEFAULT_SHM_FRAMES, 0);
+    let mut sample_lines: Vec<(&str, usize)> = Vec::new();
+    let mut splice: Option<(SpliceMode, usize)> = None;
+    for (k, v, line) in &rc.keys {
+        let line = *line;
+        let r: Result<(), String> = (|| {
+            match k.as_str() {
+                "input" => {
+                    input = Some(Endpoint::parse_for(v, Role::Input)?);
+                    input_line = line;
+                }
+                "output" => {
+                    let mut ep = Endpoint::parse_for(v, Role::Output)?;
+                    let on_slow = ep
+                        .opts
+                        .on_slow
+                        .take()
+                        .unwrap_or_else(|| ep.default_on_slow());
+                    let max_backlog = ep.opts.max_backlog.take().unwrap_or(DEFAULT_MAX_BACKLOG);
+                    if max_backlog < u64::from(g.buffer_size) {
+                        return Err(format!(
+                            "max_backlog {} is smaller than one buffer ({})",
+                            format_size(max_backlog),
+                            format_size(u64::from(g.buffer_size))
+                        ));
+                    }
+                    outputs.push(OutputConfig {
+                        endpoint: ep,
+                        on_slow,
+                        max_backlog,
+                        line,
+                    });
+                }
+                "framing" => {
+                    framing = match v.as_str() {
+                        "none" => Framing::None,
+                        "u32be" => Framing::U32Be,
+                        _ => return Err(format!("'{v}' is not one of none, u32be")),
+                    }
+                }
+                "sample" => {
+                    sample = Some((SampleType::parse(v)?, line));
+                }
+                "interleave" => {
+                    interleave = (parse_u32_in(v, 1, 1024)?, line);
+                    sample_lines.push(("interleave", line));
+                }
+                "header_bytes" => {
+                    header_bytes = (parse_u32_in(v, 0, 65507)?, line);
+                    sample_lines.push(("header_bytes", line));
+                }
+                "sample_rate" => {
+                    let r: f64 = v
+                        .parse()
+                        .ok()
+                        .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r < 1e12)
+                        .ok_or_else(|| format!("'{v}' is not a positive rate in Hz"))?;
+                    sample_rate = Some(r);
+                    sample_lines.push(("sample_rate", line));
+                }
+                "decimate" => decimate = Some((DecimateSpec::parse(v)?, line)),
+                "splice" => splice = Some((SpliceMode::parse(v)?, line)),
+                "shm" => shm = Some((parse_bool(v)?, line)),
+                "shm_frames" => {
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| format!("'{v}' is not a whole number of frames"))?;
+                    if n < MIN_SHM_FRAMES {
+                        return Err(format!("shm_frames must be at least {MIN_SHM_FRAMES}"));
+                    }
+                    if n > 1 << 28 {
+                        return Err("shm_frames must be at most 268435456".into());
+                    }
+                    shm_frames = (n, line);
+                    sample_lines.push(("shm_frames", line));
+                }
+                _ => unreachable!("key list checked before"),
+            }
+            Ok(())
+        })();
+        if let Err(m) = r {
+            err(line, k, m);
+            ok = false;
+        }
+    }
+    let Some(input) = input else {
+        if ok {
+            err(
+                rc.line,
+                "input",
+                format!("channel '{}' has no input", rc.name),
+            );
+        }
+        return None;
+    };
+    // Sample and decimation keys hang together.
+    let samples = match (&sample, &decimate) {
+        (Some((st, _)), Some((spec, dline))) => {
+            let want_shm = shm.map(|s| s.0).unwrap_or(true);
+            if header_bytes.0 > 0 && input.scheme.is_stream() {
+                err(
+                    header_bytes.1,
+                    "header_bytes",
+                    "only datagram (udp) inputs have per-datagram headers".into(),
+                );
+                ok = false;
+            }
+            let frame = st.width() as u64 * u64::from(interleave.0);
+            let largest = if input.scheme.is_stream() || g.datagram_count == 0 {
+                g.buffer_size
+            } else {
+                g.datagram_size - DATAGRAM_HEADROOM
+            };
+            if u64::from(header_bytes.0) + frame > u64::from(largest) {
+                err(
+                    header_bytes.1.max(*dline),
+                    "header_bytes",
+                    format!(
+                        "header_bytes {} plus one frame ({frame} bytes) exceeds the largest datagram relayed ({largest} bytes)",
+                        header_bytes.0
+                    ),
+                );
+                ok = false;
+            }
+            Some(SampleConfig {
+                sample: *st,
+                interleave: interleave.0,
+                header_bytes: header_bytes.0,
+                sample_rate,
+                decimate: spec.clone(),
+                shm: want_shm,
+                shm_frames: shm_frames.0,
+            })
+        }
+        (None, Some((_, dline))) => {
+            err(*dline, "decimate", "decimate needs sample = TYPE".into());
+            ok = false;
+            None
+        }
+        (Some((_, sline)), None) => {
+            err(
+                *sline,
+                "sample",
+                "sample is set but decimate is not (e.g. decimate = mean:10)".into(),
+            );
+            ok = false;
+            None
+        }
+        (None, None) => {
+            for (k, l) in &sample_lines {
+                err(*l, k, "only meaningful with sample and decimate".into());
+                ok = false;
+            }
+            if let Some((true, l)) = shm {
+                err(l, "shm", "shm = on needs sample and decimate".into());
+                ok = false;
+            }
+            None
+        }
+    };
+    let publishes = samples.as_ref().is_some_and(|s| s.shm);
+    if outputs.is_empty() && !publishes {
+        err(
+            rc.line,
+            "output",
+            format!(
+                "channel '{}' has no output (and publishes nothing to shm)",
+                rc.name
+            ),
+        );
+        ok = false;
+    }
+    if framing == Framing::U32Be && input.scheme.is_stream() {
+        let line = rc
+            .keys
+            .iter()
+            .find(|(k, _, _)| k == "framing")
+            .map(|x| x.2)
+            .unwrap_or(rc.line);
+        err(
+            line,
+            "framing",
+            "framing applies to datagram (udp) inputs only: a stream has no boundaries to keep"
+                .into(),
+        );
+        ok = false;
+    }
+    let mut c = ChannelConfig {
+        name: rc.name.clone(),
+        line: rc.line,
+        input,
+        input_line,
+        outputs,
+        framing,
+        samples,
+        splice: SpliceMode::Off,
+    };
+    let why_not = ineligible_reason(&c);
+    c.splice = match (splice, why_not) {
+        (Some((SpliceMode::On, line)), Some(why)) => {
+            err(line, "splice", format!("splice = on, but {why}"));
+            ok = false;
+            SpliceMode::Off
+        }
+        (Some((m, _)), None) => m,
+        (None, None) => g.splice,
+        (_, Some(_)) => SpliceMode::Off,
+    };
+    ok.then_some(c)
+}
+
+/// Two endpoints that would bind the same address or write the same file.
+pub(super) fn check_conflicts(chans: &[ChannelConfig], err: &mut dyn FnMut(usize, &str, String)) {
+    let mut seen: Vec<(String, usize, String)> = Vec::new();
+    for c in chans {
+        let mut eps: Vec<(&Endpoint, usize, &str)> = vec![(&c.input, c.input_line, "input")];
+        eps.extend(c.outputs.iter().map(|o| (&o.endpoint, o.line, "output")));
+        for (ep, line, key) in eps {
+            let claim = match (&ep.scheme, &ep.target, key) {
+                (Scheme::TcpListen, Target::Inet { host, port }, _) if *port != 0 => {
+                    Some(format!("tcp {host}:{port}"))
+                }
+                (Scheme::Udp, Target::Inet { host, port }, "input") if *port != 0 => {
+                    Some(format!("udp {host}:{port}"))
+                }
+                (Scheme::UnixListen, Target::Path(p), _) => Some(format!("unix {}", p.display())),
+                (Scheme::File, Target::Path(p), _) => Some(format!("file {}", p.display())),
+                _ => None,
+            };
+            if let Some(claim) = claim {
+                if let Some((_, l, ch)) = seen.iter().find(|(s, _, _)| *s == claim) {
+                    err(
+                        line,
+                        key,
+                        format!("{} is already used by channel '{ch}' at line {l}", ep.url()),
+                    );
+                } else {
+                    seen.push((claim, line, c.name.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Stateful decimation of a channel's samples: `every:N`, `mean:N`, `minmax:N`, `fir:N[:taps]`,
+//! each sub-channel on its own, cascaded for multi-level specs such as `minmax:10,100,1000`.
+//!
+//! Owns: turning the raw bytes of a channel (whole datagrams, or the next bytes of a stream) into
+//! encoded output frames, one byte vector per cascade level, in the little-endian value type the
+//! shared-memory region stores ([`ValueType`]). Carries partial frames (streams) and partial
+//! decimation windows (both) across calls, so packetisation never changes the result.
+//!
+//! Must never: do I/O, read a clock, allocate per sample, or use `unsafe`. It is the pure engine
+//! behind [`crate::shm::Publisher`] and is tested against straightforward references
+//! (`tests.rs`).
+//!
+//! # Numbers
+//!
+//! * Samples are decoded to `f64` (exact for every input type), decimated in `f64`, and encoded
+//!   once per output value. `every` and `minmax` therefore reproduce input values bit for bit
+//!   (big-endian inputs are stored little-endian). `minmax` uses IEEE `min`/`max` (a NaN sample
+//!   is ignored unless the whole window is NaN).
+//! * `mean:N`: the window sum is accumulated in `f64` in arrival order, divided by N, and rounded
+//!   to the nearest `f32` (ties to even). Cascaded levels average the previous level's `f64`
+//!   means (not the rounded `f32` values), so level k equals the mean of `factor_k` inputs up to
+//!   `f64` rounding.
+//! * `fir:N[:taps]`: linear-phase low-pass, Blackman-windowed sinc, cutoff (−6 dB) at the output
+//!   Nyquist frequency `0.5/N` cycles per input sample, taps normalised to unit DC gain. Default
+//!   taps `min(20·N + 1, 4095)` (odd). Stop band: at least 74 dB down from `0.5/N + 3/taps`
+//!   upward (checked by a test), so with the default taps every frequency that aliases into the
+//!   lower 70 % of the output band is attenuated by 74 dB or more. Only kept outputs are computed
+//!   (the polyphase saving: `taps` multiply-adds per output frame, one history store per dropped input).
+//!   Output `m` is `Σ h[k]·x[m·N + N − 1 − k]` with `x[<0] = 0` (the filter starts from silence).
+//!   Cascaded FIR levels run one such filter per stage on the previous stage's `f64` output, each
+//!   designed for that stage's ratio (explicit taps apply to every stage).
+//!
+//! # Windows and time
+//!
+//! Output frame `m` of a level with total factor D covers input frames `[m·D, (m+1)·D)`; `every`
+//! keeps input frame `m·D`. [`Decimator::time_offset`] gives the input-frame index (relative to
+//! `m·D`) whose instant the output frame stands for: the first input for `every`, the window
+//! centre `(D−1)/2` for `mean`/`minmax`, and the filter centre for `fir`.
+//!
+//! # Files
+//!
+//! This file holds the [`Decimator`] itself: building the cascade from a spec, taking whole
+//! datagrams or stream bytes, and the per-sample-type fast paths of level 0. `value` is the
+//! stored value types and level shapes, `fir` the low-pass design, `stage` one cascade level's
+//! windowing state, and `tests` the reference implementations the decimator is checked
+//! against.
+
+mod fir;
+mod stage;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+pub use fir::{default_fir_taps, fir_design};
+pub use value::{LevelShape, ValueType};
+
+use crate::config::sample::{DecimateMode, DecimateSpec, SampleConfig, SampleType};
+use stage::Stage;
+
+/// Counters a decimator keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecimatorCounters {
+    /// Whole input frames consumed.
+    pub frames_in: u64,
+    /// Datagrams shorter than `header_bytes` or whose payload is not whole frames.
+    pub malformed_datagrams: u64,
+    /// Output frames produced, per level.
+    pub frames_out: Vec<u64>,
+}
+
+/// The decimator of one channel: all cascade levels, with carry-over state.
+#[derive(Clone, Debug)]
+pub struct Decimator {
+    sample: SampleType,
+    width: usize,
+    frame_bytes: usize,
+    header_bytes: usize,
+    mode: DecimateMode,
+    carry: Vec<u8>,
+    stages: Vec<Stage>,
+    shapes: Vec<LevelShape>,
+    time_offsets: Vec<f64>,
+    counters: DecimatorCounters,
+    frame: Vec<f64>,
+    scratch: Vec<f64>,
+}
+
+impl Decimator {
+    /// Builds the decimator of a validated channel config.
+    pub fn new(cfg: &SampleConfig) -> Result<Decimator, String> {
+        Decimator::with_spec(cfg.sample, cfg.interleave, cfg.header_bytes, &cfg.decimate)
+    }
+
+    pub fn with_spec(
+        sample: SampleType,
+        interleave: u32,
+        header_bytes: u32,
+        spec: &DecimateSpec,
+    ) -> Result<Decimator, String> {
+        if interleave == 0 || interleave > 4096 {
+            return Err(format!("interleave {interleave} out of range 1..=4096"));
+        }
+        if spec.factors.is_empty() || spec.factors.len() > 8 {
+            return Err("decimate needs 1 to 8 factors".into());
+        }
+        let channels = interleave as usize;
+        let mut stages = Vec::new();
+        let mut shapes = Vec::new();
+        let mut time_offsets = Vec::new();
+        let mut prev = 1u32;
+        // Input-frame offset (relative to the window start) that the previous level's frame 0
+        // stands for, for the cascaded FIR group delay.
+        let mut prev_off = 0.0f64;
+        for &f in &spec.factors {
+            if f == 0 || f % prev != 0 || f < prev {
+                return Err(format!(
+                    "cascaded factors must increase and each divide the next ({prev} then {f})"
+                ));
+            }
+            let ratio = f / prev;
+            let stage = Stage::new(spec.mode, ratio, channels, spec.fir_taps);
+            let off = match (&stage, spec.mode) {
+                (_, DecimateMode::Every) => 0.0,
+                (_, DecimateMode::Mean | DecimateMode::MinMax) => (f as f64 - 1.0) / 2.0,
+                (Stage::Fir { taps, .. }, _) => {
+                    // y[m] = Σ h[k] x'[m·r + r − 1 − k]; x'[i] stands for input frame
+                    // i·prev + prev_off. Centre tap k = (T−1)/2.
+                    let t = taps.len() as f64;
+                    let centre = ratio as f64 - 1.0 - (t - 1.0) / 2.0;
+                    centre * prev as f64 + prev_off
+                }
+                _ => 0.0,
+            };
+            prev_off = off;
+            time_offsets.push(off);
+            shapes.push(LevelShape {
+                factor: f,
+                value_type: match spec.mode {
+                    DecimateMode::Every | DecimateMode::MinMax => ValueType::of_input(sample),
+                    DecimateMode::Mean | DecimateMode::Fir => ValueType::F32,
+                },
+                channels: interleave,
+                values_per_channel: if spec.mode == DecimateMode::MinMax {
+                    2
+                } else {
+                    1
+                },
+            });
+            stages.push(stage);
+            prev = f;
+        }
+        let levels = stages.len();
+        Ok(Decimator {
+            sample,
+            width: sample.width(),
+            frame_bytes: sample.width() * channels,
+            header_bytes: header_bytes as usize,
+            mode: spec.mode,
+            carry: Vec::new(),
+            stages,
+            shapes,
+            time_offsets,
+            counters: DecimatorCounters {
+                frames_out: vec![0; levels],
+                ..Default::default()
+            },
+            frame: Vec::with_capacity(2 * channels),
+            scratch: Vec::with_capacity(2 * channels),
+        })
+    }
+
+    /// Output shape of each level.
+    pub fn levels(&self) -> &[LevelShape] {
+        &self.shapes
+    }
+
+    /// For level `l`, the input-frame offset from `m·factor` that output frame `m` stands for
+    /// (window centre, filter centre, or 0 for `every`). Negative for a FIR filling from silence.
+    pub fn time_offset(&self, level: usize) -> f64 {
+        self.time_offsets[level]
+    }
+
+    pub fn counters(&self) -> &DecimatorCounters {
+        &self.counters
+    }
+
+    /// Input frame size in bytes.
+    pub fn input_frame_bytes(&self) -> usize {
+        self.frame_bytes
+    }
+
+    /// Feeds one whole datagram (including its `header_bytes`). Appends encoded output frames of
+    /// level `l` to `out[l]` (`out.len()` must equal the number of levels). A datagram shorter
+    /// than the header or with a partial trailing frame is counted malformed; its whole frames
+    /// are still used and the tail is ignored.
+    pub fn feed_datagram(&mut self, datagram: &[u8], out: &mut [Vec<u8>]) {
+        if datagram.len() < self.header_bytes {
+            self.counters.malformed_datagrams += 1;
+            return;
+        }
+        let payload = &datagram[self.header_bytes..];
+        let whole = payload.len() - payload.len() % self.frame_bytes;
+        if whole != payload.len() {
+            self.counters.malformed_datagrams += 1;
+        }
+        self.feed_frames(&payload[..whole], out);
+    }
+
+    /// Feeds the next bytes of a stream; a partial trailing frame is kept for the next call.
+    pub fn feed_stream(&mut self, mut bytes: &[u8], out: &mut [Vec<u8>]) {
+        if !self.carry.is_empty() {
+            let need = self.frame_bytes - self.carry.len();
+            let take = need.min(bytes.len());
+            self.carry.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.carry.len() < self.frame_bytes {
+                return;
+            }
+            let carry = std::mem::take(&mut self.carry);
+            self.feed_frames(&carry, out);
+            self.carry = carry;
+            self.carry.clear();
+        }
+        let whole = bytes.len() - bytes.len() % self.frame_bytes;
+        self.feed_frames(&bytes[..whole], out);
+        self.carry.extend_from_slice(&bytes[whole..]);
+    }
+
+    /// Bytes of a partial frame held from the last `feed_stream`.
+    pub fn carried_bytes(&self) -> usize {
+        self.carry.len()
+    }
+
+    fn feed_frames(&mut self, bytes: &[u8], out: &mut [Vec<u8>]) {
+        debug_assert_eq!(bytes.len() % self.frame_bytes, 0);
+        debug_assert_eq!(out.len(), self.stages.len());
+        if self.mode == DecimateMode::Every {
+            return self.feed_every(bytes, out);
+        }
+        if matches!(self.mode, DecimateMode::Mean | DecimateMode::MinMax) {
+            // Level 0 straight from the raw bytes, one loop per sample type (the decode
+            // inlined, no per-frame vector): the same arithmetic in the same order as
+            // `Stage::push`, so the results are identical.
+            use SampleType as S;
+            return match self.sample {
+                S::U8 => self.level0(bytes, out, |b: [u8; 1]| b[0] as f64),
+                S::I8 => self.level0(bytes, out, |b: [u8; 1]| b[0] as i8 as f64),
+                S::U16Le => self.level0(bytes, out, |b| u16::from_le_bytes(b) as f64),
+                S::I16Le => self.level0(bytes, out, |b| i16::from_le_bytes(b) as f64),
+                S::I16Be => self.level0(bytes, out, |b| i16::from_be_bytes(b) as f64),
+                S::U32Le => self.level0(bytes, out, |b| u32::from_le_bytes(b) as f64),
+                S::I32Le => self.level0(bytes, out, |b| i32::from_le_bytes(b) as f64),
+                S::I32Be => self.level0(bytes, out, |b| i32::from_be_bytes(b) as f64),
+                S::F32Le => self.level0(bytes, out, |b| f32::from_le_bytes(b) as f64),
+                S::F32Be => self.level0(bytes, out, |b| f32::from_be_bytes(b) as f64),
+                S::F64Le => self.level0(bytes, out, f64::from_le_bytes),
+            };
+        }
+        let minmax = self.mode == DecimateMode::MinMax;
+        for raw in bytes.chunks_exact(self.frame_bytes) {
+            self.counters.frames_in += 1;
+            let mut input = std::mem::take(&mut self.frame);
+            input.clear();
+            for s in raw.chunks_exact(self.width) {
+                let v = self.sample.decode(s);
+                input.push(v);
+                if minmax {
+                    input.push(v);
+                }
+            }
+            for (level, stage) in self.stages.iter_mut().enumerate() {
+                if !stage.push(&input, &mut self.scratch) {
+                    break;
+                }
+                let vt = self.shapes[level].value_type;
+                for v in &self.scratch {
+                    vt.encode(*v, &mut out[level]);
+                }
+                self.counters.frames_out[level] += 1;
+                // This level's output is the next level's input.
+                std::mem::swap(&mut input, &mut self.scratch);
+            }
+            self.frame = input;
+        }
+    }
+
+    /// `mean` and `minmax` level 0 on whole frames of `W`-byte samples decoded by `dec`; each
+    /// output frame then cascades through the higher levels.
+    fn level0<const W: usize>(
+        &mut self,
+        bytes: &[u8],
+        out: &mut [Vec<u8>],
+        dec: impl Fn([u8; W]) -> f64,
+    ) {
+        debug_assert_eq!(self.width, W);
+        let dec = &dec;
+        for raw in bytes.chunks_exact(self.frame_bytes) {
+            self.counters.frames_in += 1;
+            let emitted = match &mut self.stages[0] {
+                Stage::MinMax { ratio, count, acc } => {
+                    if *count == 0 {
+                        for (a, v) in acc.chunks_exact_mut(2).zip(samples::<W>(raw, dec)) {
+                            a[0] = v;
+                            a[1] = v;
+                        }
+                    } else {
+                        for (a, v) in acc.chunks_exact_mut(2).zip(samples::<W>(raw, dec)) {
+                            a[0] = a[0].min(v);
+                            a[1] = a[1].max(v);
+                        }
+                    }
+                    *count += 1;
+                    if *count < *ratio {
+                        false
+                    } else {
+                        *count = 0;
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(acc);
+                        true
+                    }
+                }
+                Stage::Mean { ratio, count, sums } => {
+                    for (s, v) in sums.iter_mut().zip(samples::<W>(raw, dec)) {
+                        *s += v;
+                    }
+                    *count += 1;
+                    if *count < *ratio {
+                        false
+                    } else {
+                        *count = 0;
+                        self.scratch.clear();
+                        let r = *ratio as f64;
+                        for s in sums.iter_mut() {
+                            self.scratch.push(*s / r);
+                            *s = 0.0;
+                        }
+                        true
+                    }
+                }
+                _ => unreachable!("level0 serves mean and minmax only"),
+            };
+            if emitted {
+                self.cascade(out);
+            }
+        }
+    }
+}
+
+/// The samples of one raw frame, decoded.
+#[inline(always)]
+fn samples<'a, const W: usize>(
+    raw: &'a [u8],
+    dec: &'a impl Fn([u8; W]) -> f64,
+) -> impl Iterator<Item = f64> + 'a {
+    raw.chunks_exact(W)
+        .map(move |s| dec(s.try_into().expect("W-byte chunk")))
+}
+
+impl Decimator {
+    /// Encodes level 0's new output frame (in `scratch`) and feeds it up the cascade.
+    fn cascade(&mut self, out: &mut [Vec<u8>]) {
+        let mut input = std::mem::take(&mut self.frame);
+        for (level, o) in out.iter_mut().enumerate().take(self.stages.len()) {
+            if level > 0 && !self.stages[level].push(&input, &mut self.scratch) {
+                break;
+            }
+            let vt = self.shapes[level].value_type;
+            for v in &self.scratch {
+                vt.encode(*v, o);
+            }
+            self.counters.frames_out[level] += 1;
+            std::mem::swap(&mut input, &mut self.scratch);
+        }
+        self.frame = input;
+    }
+
+    /// `every`: kept frames are copied as raw samples (byte-swapped to little-endian where the
+    /// input is big-endian), so values are reproduced bit for bit, NaN payloads included.
+    fn feed_every(&mut self, bytes: &[u8], out: &mut [Vec<u8>]) {
+        let swap = matches!(
+            self.sample,
+            SampleType::I16Be | SampleType::I32Be | SampleType::F32Be
+        );
+        for raw in bytes.chunks_exact(self.frame_bytes) {
+            self.counters.frames_in += 1;
+            for (level, stage) in self.stages.iter_mut().enumerate() {
+                let Stage::Every { ratio, count } = stage else {
+                    unreachable!("every mode has only every stages")
+                };
+                let keep = *count == 0;
+                *count += 1;
+                if *count == *ratio {
+                    *count = 0;
+                }
+                if !keep {
+                    break;
+                }
+                let o = &mut out[level];
+                if swap {
+                    for s in raw.chunks_exact(self.width) {
+                        o.extend(s.iter().rev());
+                    }
+                } else {
+                    o.extend_from_slice(raw);
+                }
+                self.counters.frames_out[level] += 1;
+            }
+        }
+    }
+}
