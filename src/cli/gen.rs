@@ -1,10 +1,11 @@
 //! `ringrelay gen`: a test-signal generator that sends synthesized samples over UDP, TCP or a
 //! Unix socket, paced at a frame rate or as fast as possible.
 //!
-//! Owns: the signal vocabulary (`sine:HZ`, `square:HZ`, `ramp`, `counter`, `noise`), the pure
-//! sample synthesis that tests and the demo use to compute the bytes they expect
-//! ([`synth`] / [`Synth::fill`]), and the small blocking sender behind the `gen` command. It is a
-//! client tool: it uses plain blocking std sockets and never touches the daemon's ring.
+//! Owns: its arguments ([`GenArgs`]), the signal vocabulary (`sine:HZ`, `square:HZ`, `ramp`,
+//! `counter`, `noise`), the pure sample synthesis that tests and the demo use to compute the
+//! bytes they expect ([`synth`] / [`Synth::fill`]), and the small blocking sender behind the
+//! `gen` command. It is a client tool: it uses plain blocking std sockets and never touches the
+//! daemon's ring.
 //!
 //! # What each signal sends
 //!
@@ -44,9 +45,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::GenArgs;
 use crate::config::sample::SampleType;
 use crate::config::units::{parse_duration, parse_size};
+use argh::FromArgs;
+
+/// Send a test signal over UDP, TCP or a Unix socket.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "gen")]
+pub struct GenArgs {
+    /// destination URL (udp://, tcp://, unix://, tcp-listen://)
+    #[argh(positional)]
+    pub url: String,
+    /// sample format (u8 i8 u16le i16le i16be u32le i32le i32be f32le f32be f64le)
+    #[argh(option, default = "String::from(\"i16le\")")]
+    pub format: String,
+    /// frames per second, or `max` for as fast as possible
+    #[argh(option, default = "String::from(\"48000\")")]
+    pub rate: String,
+    /// signal: sine:HZ, square:HZ, ramp, counter, noise
+    #[argh(option, default = "String::from(\"sine:440\")")]
+    pub signal: String,
+    /// interleaved sub-channels per frame
+    #[argh(option, default = "1")]
+    pub interleave: u32,
+    /// how long to send (e.g. 10s); without it, until killed or --bytes/--frames is reached
+    #[argh(option)]
+    pub duration: Option<String>,
+    /// payload bytes per packet or write (rounded down to whole frames)
+    #[argh(option)]
+    pub packet_bytes: Option<String>,
+    /// stop after this many frames
+    #[argh(option)]
+    pub frames: Option<u64>,
+    /// stop after this many bytes (a size such as 1GiB; rounded down to whole frames)
+    #[argh(option)]
+    pub bytes: Option<String>,
+    /// bytes of header before each datagram's samples (a big-endian packet counter, zero-padded)
+    #[argh(option, default = "0")]
+    pub header_bytes: u32,
+    /// amplitude as a fraction of full scale (0..1)
+    #[argh(option, default = "0.5")]
+    pub amplitude: f64,
+    /// seed for the noise signal
+    #[argh(option, default = "1")]
+    pub seed: u64,
+    /// print what was sent when done
+    #[argh(switch)]
+    pub verbose: bool,
+}
 
 /// The waveform rate used for synthesis when frames are sent as fast as possible.
 pub const NOMINAL_RATE: f64 = 48000.0;
