@@ -1,7 +1,8 @@
 //! `ringrelay demo`: the relay on a built-in loopback configuration, fed by the built-in
 //! generator, with live per-channel throughput.
 //!
-//! Owns: the demo's configuration and its helper processes. Two channels:
+//! Owns: its arguments ([`DemoArgs`]), the demo's configuration and its helper processes. Two
+//! channels:
 //!
 //! * `sine`: a 2-channel i16 sine at 48 kHz over UDP, relayed to a subscriber, a UDP
 //!   destination and a file, and decimated (`minmax:48,480`) into shared memory, where
@@ -12,11 +13,23 @@
 //! binary that read and discard (see [`sink_main`]). Everything listens on 127.0.0.1 ports
 //! picked free at start, and the files go to a temporary directory that is removed at exit.
 
-use crate::cli::DemoArgs;
 use crate::driver::event_loop::Daemon;
+use argh::FromArgs;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Run the relay on a built-in loopback configuration fed by the built-in generator.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "demo")]
+pub struct DemoArgs {
+    /// stop after this long (e.g. 10s); default: until Ctrl-C
+    #[argh(option)]
+    pub duration: Option<String>,
+    /// sqpoll mode for the demo ring: on, off or auto
+    #[argh(option, default = "String::from(\"auto\")")]
+    pub sqpoll: String,
+}
 
 /// Environment variable that turns this binary into a demo consumer.
 pub const SINK_ENV: &str = "RINGRELAY_DEMO_SINK";

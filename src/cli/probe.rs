@@ -1,16 +1,27 @@
 //! `ringrelay probe`: what this kernel's io_uring offers and which paths the daemon would use.
 //!
-//! Owns: nothing but the report. It builds a ring exactly as `run` would with the default
-//! configuration (same probing, same fallbacks), prints [`crate::engine::caps::Caps`], and exits.
+//! Owns: its arguments ([`ProbeArgs`]) and the report, nothing else. It builds a ring exactly
+//! as `run` would with the default configuration (same probing, same fallbacks), prints
+//! [`crate::engine::caps::Caps`], and exits.
 
 use crate::config::{FeatureSet, Global};
 use crate::driver::ring::{Ring, RingOptions};
 use crate::driver::setup::available_cpus;
 use crate::engine::buffers::BufferPool;
+use argh::FromArgs;
 
-pub fn run(baseline: bool) -> i32 {
+/// Print which io_uring features this kernel has and which paths the daemon will use.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "probe")]
+pub struct ProbeArgs {
+    /// force the Linux 5.10 baseline feature set
+    #[argh(switch)]
+    pub baseline: bool,
+}
+
+pub fn run(a: &ProbeArgs) -> i32 {
     let g = Global::default();
-    let baseline = baseline
+    let baseline = a.baseline
         || g.features == FeatureSet::Baseline
         || std::env::var("RINGRELAY_FEATURES").is_ok_and(|v| v == "baseline");
     let opts = RingOptions {

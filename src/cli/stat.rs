@@ -1,12 +1,25 @@
 //! `ringrelay stat`: print the daemon's per-channel and per-output counters from
 //! `<shm_dir>/ringrelay.stats` as a table or as JSON.
 //!
-//! Owns: the rendering only; the file format is [`crate::shm::stats`]. A plain reader: never
-//! writes the file and never signals the daemon. Missing or invalid file: error, exit 1.
+//! Owns: its arguments ([`StatArgs`]) and the rendering; the file format is
+//! [`crate::shm::stats`]. A plain reader: never writes the file and never signals the daemon.
+//! Missing or invalid file: error, exit 1.
 
-use crate::cli::StatArgs;
 use crate::shm::{StatsReader, StatsSnapshot, STATS_FILE};
+use argh::FromArgs;
 use std::path::Path;
+
+/// Show the daemon's per-channel and per-output counters.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stat")]
+pub struct StatArgs {
+    /// directory of the regions
+    #[argh(option, default = "String::from(\"/dev/shm/ringrelay\")")]
+    pub shm_dir: String,
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
+}
 
 pub fn run(a: &StatArgs) -> i32 {
     let path = Path::new(&a.shm_dir).join(STATS_FILE);

@@ -1,8 +1,9 @@
 //! `ringrelay tail CHANNEL`: print a channel's decimated frames from shared memory.
 //!
-//! Owns: choosing the region file (`<shm_dir>/<channel>`, `<channel>.<factor>` for `--level N`,
-//! or a path), and the text, csv and json renderings. A plain reader: it uses only
-//! [`crate::shm::Reader`], never writes to the region, and never talks to the daemon.
+//! Owns: its arguments ([`TailArgs`]), choosing the region file (`<shm_dir>/<channel>`,
+//! `<channel>.<factor>` for `--level N`, or a path), and the text, csv and json renderings. A
+//! plain reader: it uses only [`crate::shm::Reader`], never writes to the region, and never
+//! talks to the daemon.
 //! Must never: print a frame the reader did not validate, or mix loss notes into stdout
 //! (they go to stderr so csv/json stay machine-readable).
 //!
@@ -10,13 +11,40 @@
 //! With `--follow` it keeps printing new frames, re-attaches when the daemon restarts, and stops
 //! after `--duration` if given. A missing or invalid region is an error (exit 1).
 
-use crate::cli::TailArgs;
 use crate::engine::decimate::ValueType;
 use crate::shm::layout::RegionInfo;
 use crate::shm::{Reader, ShmError, WriterState};
+use argh::FromArgs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Print decimated frames of a channel from shared memory.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tail")]
+pub struct TailArgs {
+    /// channel name (or a path to a region file)
+    #[argh(positional)]
+    pub channel: String,
+    /// directory of the regions
+    #[argh(option, default = "String::from(\"/dev/shm/ringrelay\")")]
+    pub shm_dir: String,
+    /// keep printing new frames
+    #[argh(switch, short = 'f')]
+    pub follow: bool,
+    /// print only the last N frames held now
+    #[argh(option)]
+    pub last: Option<u64>,
+    /// text, csv or json
+    #[argh(option, default = "String::from(\"text\")")]
+    pub format: String,
+    /// cascade level (0 is the first factor)
+    #[argh(option, default = "0")]
+    pub level: u32,
+    /// with --follow, stop after this long (e.g. 5s)
+    #[argh(option)]
+    pub duration: Option<String>,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {

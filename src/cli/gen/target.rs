@@ -1,0 +1,231 @@
+//! Destinations of `ringrelay gen`: the URL vocabulary ([`Target`]), opening a plain blocking
+//! std socket to it, and writing one packet whole.
+//!
+//! Owns: waiting for the one consumer of a `tcp-listen://` destination, which UDP send errors
+//! count as a lost datagram (as on a network) and which end the run, and waking blocked calls
+//! to look at the stop flag and the deadline.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where `gen` sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `udp://HOST:PORT`: one datagram per packet.
+    Udp(String),
+    /// `tcp://HOST:PORT`: connect and write.
+    Tcp(String),
+    /// `tcp-listen://HOST:PORT`: accept one consumer and write to it.
+    TcpListen(String),
+    /// `unix:///path`: connect to a stream socket and write.
+    Unix(String),
+}
+
+impl Target {
+    /// Parses a destination URL; query-like options after a space are not accepted here.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("'{url}' is not a URL (e.g. udp://127.0.0.1:5000)"))?;
+        let need_host = |r: &str| -> Result<String, String> {
+            if r.is_empty() || !r.contains(':') {
+                Err(format!("'{url}' needs HOST:PORT"))
+            } else {
+                Ok(r.to_string())
+            }
+        };
+        match scheme {
+            "udp" => Ok(Target::Udp(need_host(rest)?)),
+            "tcp" => Ok(Target::Tcp(need_host(rest)?)),
+            "tcp-listen" => Ok(Target::TcpListen(need_host(rest)?)),
+            "unix" if rest.starts_with('/') => Ok(Target::Unix(rest.to_string())),
+            "unix" => Err(format!("'{url}' needs an absolute path (unix:///path)")),
+            _ => Err(format!(
+                "unknown scheme '{scheme}' in '{url}' (one of: udp tcp tcp-listen unix)"
+            )),
+        }
+    }
+
+    pub(super) fn is_stream(&self) -> bool {
+        !matches!(self, Target::Udp(_))
+    }
+}
+
+fn resolve(hostport: &str) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = hostport.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no address"));
+    }
+    Ok(addrs)
+}
+
+/// The open destination.
+pub(super) enum Conn {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// How often blocked calls wake up to look at the stop flag and the deadline.
+pub(super) const POLL: Duration = Duration::from_millis(50);
+
+pub(super) fn open(
+    target: &Target,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+) -> io::Result<Conn> {
+    match target {
+        Target::Udp(hp) => {
+            let addrs = resolve(hp)?;
+            let mut last = None;
+            for a in addrs {
+                let bind: SocketAddr = if a.is_ipv4() {
+                    "0.0.0.0:0".parse().unwrap()
+                } else {
+                    "[::]:0".parse().unwrap()
+                };
+                match UdpSocket::bind(bind).and_then(|s| s.connect(a).map(|_| s)) {
+                    Ok(s) => return Ok(Conn::Udp(s)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap())
+        }
+        Target::Tcp(hp) => {
+            let s = TcpStream::connect(resolve(hp)?.as_slice())?;
+            s.set_nodelay(true)?;
+            s.set_write_timeout(Some(POLL))?;
+            Ok(Conn::Tcp(s))
+        }
+        Target::TcpListen(hp) => {
+            let l = TcpListener::bind(resolve(hp)?.as_slice())?;
+            eprintln!("ringrelay gen: listening on {}", l.local_addr()?);
+            l.set_nonblocking(true)?;
+            loop {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false)?;
+                        s.set_nodelay(true)?;
+                        s.set_write_timeout(Some(POLL))?;
+                        return Ok(Conn::Tcp(s));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if stop.load(Ordering::Relaxed)
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            return Err(io::Error::new(
+                                io::ErrorKind::Interrupted,
+                                "stopped before a consumer connected",
+                            ));
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Target::Unix(path) => {
+            let s = UnixStream::connect(path)?;
+            s.set_write_timeout(Some(POLL))?;
+            Ok(Conn::Unix(s))
+        }
+    }
+}
+
+/// Why a send loop ended early.
+pub(super) enum Halt {
+    Stopped,
+    Failed(io::Error),
+}
+
+impl Conn {
+    /// Sends one packet; a stream write blocks (waking up to look at `stop` and `deadline`)
+    /// until all of it is written. Returns `Halt::Stopped` when told to stop midway.
+    pub(super) fn send(
+        &mut self,
+        buf: &[u8],
+        stop: &AtomicBool,
+        deadline: Option<Instant>,
+    ) -> Result<(), Halt> {
+        let w: &mut dyn Write = match self {
+            Conn::Udp(s) => loop {
+                match s.send(buf) {
+                    Ok(_) => return Ok(()),
+                    // Nobody listens yet (ICMP port unreachable) or the queue is full: UDP
+                    // loses the datagram, exactly as it would on a network.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionRefused | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        return Ok(())
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        std::thread::yield_now();
+                        if stop.load(Ordering::Relaxed) {
+                            return Err(Halt::Stopped);
+                        }
+                    }
+                    Err(e) => return Err(Halt::Failed(e)),
+                }
+            },
+            Conn::Tcp(s) => s,
+            Conn::Unix(s) => s,
+        };
+        let mut off = 0;
+        while off < buf.len() {
+            match w.write(&buf[off..]) {
+                Ok(0) => return Err(Halt::Failed(io::ErrorKind::WriteZero.into())),
+                Ok(n) => off += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        return Err(Halt::Stopped);
+                    }
+                }
+                Err(e) => return Err(Halt::Failed(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            Target::parse("udp://127.0.0.1:5000").unwrap(),
+            Target::Udp("127.0.0.1:5000".into())
+        );
+        assert_eq!(
+            Target::parse("tcp://[::1]:7000").unwrap(),
+            Target::Tcp("[::1]:7000".into())
+        );
+        assert_eq!(
+            Target::parse("tcp-listen://127.0.0.1:0").unwrap(),
+            Target::TcpListen("127.0.0.1:0".into())
+        );
+        assert_eq!(
+            Target::parse("unix:///tmp/x.sock").unwrap(),
+            Target::Unix("/tmp/x.sock".into())
+        );
+        assert!(Target::parse("unix://rel").is_err());
+        assert!(Target::parse("sctp://1.2.3.4:5").is_err());
+        assert!(Target::parse("udp://nohost").is_err());
+        assert!(Target::parse("127.0.0.1:5").is_err());
+    }
+}
