@@ -499,14 +499,18 @@ impl Channel {
     }
 
     /// Whether every output's queue is empty and no write is in flight.
+    ///
+    /// An input whose receive is still in flight is not drained either: a closing input's
+    /// read may race its cancel and complete with bytes the producer's kernel already
+    /// acknowledged, and those must reach the outputs before they are closed.
     pub fn drained(&self) -> bool {
         self.splice.as_ref().is_none_or(|s| s.drained())
             && self.outputs.iter().all(|o| o.queue.is_empty())
-            && self
-                .slots
-                .iter()
-                .flatten()
-                .all(|e| e.write_ops == 0 && e.queue.as_ref().is_none_or(|q| q.is_empty()))
+            && self.slots.iter().flatten().all(|e| {
+                e.write_ops == 0
+                    && e.queue.as_ref().is_none_or(|q| q.is_empty())
+                    && !(e.role == Role::Input && e.in_flight > 0)
+            })
     }
 
     /// Payload bytes still queued for the outputs (links and subscribers).

@@ -38,6 +38,12 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         return;
     }
     let datagram = ch.input_is_datagram();
+    // A `block` output's queue also shrinks without a write: its subscriber leaves, or a
+    // link is dropped as too slow. Whatever emptied it, the channel reads again once every
+    // `block` queue is back under half its limit.
+    if ch.blocked && ch.may_unblock() {
+        ch.blocked = false;
+    }
     if ch.blocked && !datagram {
         return;
     }
