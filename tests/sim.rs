@@ -1,0 +1,856 @@
+//! The deterministic simulation: the real engine (`ringrelay::engine::Engine`) driven by a
+//! simulated kernel (`sim/kernel.rs`) and simulated peers, all chosen by one seed, with the
+//! invariants checked after every step and at the end.
+//!
+//! `SIM_SEEDS=N` runs seeds 1..=N (2,000 by default); `SIM_SEED=S` replays seed S alone and
+//! prints its trace. A failing seed prints the one line that replays it.
+//!
+//! What a run does: a random configuration of one to three channels (UDP, listened and dialed
+//! TCP inputs; subscribers with every `on_slow`, collectors that refuse, accept, go away and
+//! come back, UDP destinations that refuse, files that fail; zero-copy and segmented sends;
+//! multishot or chained receives), a chaos phase in which the kernel completes operations in
+//! any allowed order with short reads and writes, errors, cancellation races and delayed
+//! completions while peers join, leave, reset, reconnect and a reload happens, then a calm
+//! phase in which peers behave and every channel without a stuck `block` output must drain,
+//! then SIGTERM, after which everything must close.
+//!
+//! Invariants (after every step): every buffer an operation still holds is held in the
+//! engine's books (lent for a read, referenced at least once per write holding it, a provided
+//! buffer is `Provided`); no descriptor is closed while an operation on it is in flight; no
+//! buffer ring closes under its armed receive; every byte an output receives is what the
+//! kernel put in that buffer, in stream order. At the end: `block` outputs received exactly
+//! the input's bytes or records; every chunk or datagram a `drop` output did not receive is
+//! counted as a drop; the pool is whole, nothing is in flight, every descriptor is closed.
+//!
+//! Planted bugs it catches (take each out again after trying):
+//! 1. in `engine::output::kick`, end the zero-copy record at the send's first completion
+//!    (`on_send_zc`: call `cx.zc_end(idx)` when `c.more()`);
+//! 2. in `engine::input::on_recv`, find the endpoint through `ch.input` instead of the
+//!    completion's generation (`slot_of_gen`);
+//! 3. in `engine::input::deliver`, count `Offer::Dropped` on a link twice;
+//! 4. in `engine::input::on_recv_multi`, forget to re-arm after -ENOBUFS (no `post_reads`);
+//! 5. in `engine::channel::Channel::reap_if_idle`, free a slot with operations in flight.
+
+mod sim {
+    pub mod kernel;
+    pub mod rng;
+}
+
+use ringrelay::config::{parse_str, Config};
+use ringrelay::engine::buffers::{BufferPool, State, VecMemory};
+use ringrelay::engine::caps::Caps;
+use ringrelay::engine::io::Effects;
+use ringrelay::engine::{Engine, Io};
+use sim::kernel::{Faults, Kernel, Obj, Pos, Who};
+use sim::rng::Rng;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InKind {
+    Udp,
+    Listen,
+    Dial,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutKind {
+    Subscribers,
+    Collector,
+    UdpDest,
+    File,
+}
+
+#[derive(Clone, Debug)]
+struct OutSpec {
+    kind: OutKind,
+    policy: &'static str,
+    zerocopy: bool,
+}
+
+#[derive(Clone, Debug)]
+struct ChanSpec {
+    input: InKind,
+    outputs: Vec<OutSpec>,
+}
+
+/// A channel's producer or UDP sender.
+#[derive(Debug, Default)]
+struct Source {
+    conn: Option<usize>,
+    next: u64,
+    total: u64,
+}
+
+struct World {
+    rng: Rng,
+    spec: Vec<ChanSpec>,
+    cfg_text: String,
+    kernel: Kernel,
+    sources: Vec<Source>,
+    /// Subscriber connections per (channel, output), in order.
+    subs: Vec<Vec<Vec<usize>>>,
+    /// Collectors: up (accepting dials), and their connections in order.
+    collectors: Vec<Vec<(bool, Vec<usize>)>>,
+    /// Outputs with a subscriber that never reads.
+    stuck_block: Vec<bool>,
+    calm: bool,
+}
+
+fn policy(rng: &mut Rng, kind: OutKind) -> &'static str {
+    match kind {
+        OutKind::Subscribers => rng.pick(&["drop", "disconnect", "block"]),
+        OutKind::Collector => rng.pick(&["block", "block", "drop", "disconnect"]),
+        OutKind::UdpDest => "drop",
+        OutKind::File => "block",
+    }
+}
+
+impl World {
+    fn new(seed: u64) -> (World, Config, Caps, BufferPool) {
+        let mut rng = Rng::new(seed);
+        let nchan = rng.range(1, 3);
+        let large = rng.pick(&[4096u32, 16384]);
+        let count = rng.range(12, 40) as u32;
+        let dcount = rng.range(24, 96) as u32;
+        let mut text = format!(
+            "[global]\nbuffer_size = {large}\nbuffer_count = {count}\ndatagram_size = 512\n\
+             datagram_count = {dcount}\nshutdown_timeout = 30s\nstats_interval = 3600s\nsplice = off\n"
+        );
+        let mut spec = Vec::new();
+        for c in 0..nchan {
+            let input = rng.pick(&[InKind::Udp, InKind::Listen, InKind::Dial]);
+            let n = rng.range(1, 3);
+            let mut outputs = Vec::new();
+            for _ in 0..n {
+                let kind = rng.pick(&[
+                    OutKind::Subscribers,
+                    OutKind::Collector,
+                    OutKind::UdpDest,
+                    OutKind::File,
+                ]);
+                let policy = policy(&mut rng, kind);
+                let zerocopy = kind == OutKind::Collector && rng.chance(400);
+                outputs.push(OutSpec {
+                    kind,
+                    policy,
+                    zerocopy,
+                });
+            }
+            text += &format!("[channel c{c}]\n");
+            text += &match input {
+                InKind::Udp => format!("input = udp://127.0.0.1:{}\n", 5000 + c),
+                InKind::Listen => format!("input = tcp-listen://127.0.0.1:{}\n", 5000 + c),
+                InKind::Dial => format!("input = tcp://127.0.0.1:{}\n", 5000 + c),
+            };
+            let stream_out = outputs.iter().any(|o| {
+                matches!(
+                    o.kind,
+                    OutKind::Subscribers | OutKind::Collector | OutKind::File
+                )
+            });
+            if input == InKind::Udp && stream_out {
+                text += "framing = u32be\n";
+            }
+            for (o, os) in outputs.iter().enumerate() {
+                let port = 6000 + c * 10 + o;
+                let backlog = rng.pick(&["16KiB", "64KiB", "1MiB"]);
+                text += &match os.kind {
+                    OutKind::Subscribers => format!(
+                        "output = tcp-listen://127.0.0.1:{port} on_slow={} max_backlog={backlog} max_clients=3\n",
+                        os.policy
+                    ),
+                    OutKind::Collector => format!(
+                        "output = tcp://127.0.0.1:{port} on_slow={} max_backlog={backlog}{}\n",
+                        os.policy,
+                        if os.zerocopy { " zerocopy=on" } else { "" }
+                    ),
+                    OutKind::UdpDest => format!("output = udp://127.0.0.1:{port}\n"),
+                    OutKind::File => format!("output = file:///nonexistent/sim-c{c}-o{o}.raw\n"),
+                };
+            }
+            spec.push(ChanSpec { input, outputs });
+        }
+        let cfg = parse_str("sim.conf", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+        let caps = Caps {
+            multishot_recvmsg: rng.chance(500),
+            multishot_accept: true,
+            send_zc: rng.chance(700),
+            cq_entries: 4096,
+            ops: vec![("SPLICE", false), ("TEE", false), ("SEND_ZC", true)],
+            ..Caps::default()
+        };
+        let g = &cfg.global;
+        let pool = BufferPool::new(
+            g.buffer_size,
+            g.buffer_count,
+            g.datagram_size,
+            g.datagram_count,
+        );
+        let sizes = (0..pool.count() as u16).map(|i| pool.size_of(i)).collect();
+        let faults = Faults {
+            short_io: rng.range(0, 600) as u32,
+            error: rng.range(0, 40) as u32,
+            cancel_race: rng.range(0, 500) as u32,
+        };
+        let kernel = Kernel::new(rng.next(), faults, sizes);
+        let sources = spec
+            .iter()
+            .map(|s| Source {
+                total: if s.input == InKind::Udp {
+                    rng.range(50, 400) as u64
+                } else {
+                    rng.range(20_000, 300_000) as u64
+                },
+                ..Source::default()
+            })
+            .collect();
+        let subs = spec
+            .iter()
+            .map(|s| vec![Vec::new(); s.outputs.len()])
+            .collect();
+        let collectors = spec
+            .iter()
+            .map(|s| vec![(false, Vec::new()); s.outputs.len()])
+            .collect();
+        let stuck_block = vec![false; spec.len()];
+        (
+            World {
+                rng,
+                spec,
+                cfg_text: text,
+                kernel,
+                sources,
+                subs,
+                collectors,
+                stuck_block,
+                calm: false,
+            },
+            cfg,
+            caps,
+            pool,
+        )
+    }
+
+    /// One action of a peer, chosen by the seed.
+    fn peer_step(&mut self) {
+        let c = self.rng.below(self.spec.len());
+        let spec = self.spec[c].clone();
+        match self.rng.below(4) {
+            0 | 1 => self.source_step(c, spec.input),
+            _ => {
+                let o = self.rng.below(spec.outputs.len());
+                match spec.outputs[o].kind {
+                    OutKind::Subscribers => self.subscriber_step(c, o, spec.outputs[o].policy),
+                    OutKind::Collector => self.collector_step(c, o),
+                    OutKind::UdpDest => {
+                        if !self.calm && self.rng.chance(100) {
+                            let r = self.kernel.refusing.entry((c, o)).or_default();
+                            *r = !*r;
+                        }
+                    }
+                    OutKind::File => {}
+                }
+            }
+        }
+    }
+
+    fn source_step(&mut self, c: usize, input: InKind) {
+        let s = &mut self.sources[c];
+        if input == InKind::Udp {
+            let q = self.kernel.udp_in.entry(c).or_default();
+            let burst = self.rng.range(1, 8);
+            for _ in 0..burst {
+                if s.next >= s.total || q.len() >= 64 {
+                    break;
+                }
+                let len = if !self.calm && self.rng.chance(20) {
+                    600
+                } else {
+                    self.rng.range(8, 496) as u32
+                };
+                q.push_back((s.next, len));
+                s.next += 1;
+            }
+            return;
+        }
+        match s.conn {
+            None => {
+                if s.next >= s.total && self.calm {
+                    return;
+                }
+                if input == InKind::Listen {
+                    if let Some(l) = self.kernel.listener(Who::Input(c)) {
+                        let ci = self.kernel.conn(Who::Input(c), 0);
+                        self.kernel.backlog.entry(l).or_default().push_back(ci);
+                        self.sources[c].conn = Some(ci);
+                    }
+                } else {
+                    // Answer the relay's dial, if one waits.
+                    let pending = (0..self.kernel.conns.len()).rev().find(|&i| {
+                        let k = &self.kernel.conns[i];
+                        k.who == Some(Who::Input(c)) && k.accepted.is_none() && !k.closed
+                    });
+                    if let Some(ci) = pending {
+                        let ok = self.calm || !self.rng.chance(300);
+                        self.kernel.conns[ci].accepted = Some(ok);
+                        if ok {
+                            self.sources[c].conn = Some(ci);
+                        }
+                    }
+                }
+            }
+            Some(ci) => {
+                let k = &mut self.kernel.conns[ci];
+                if k.closed || k.shut {
+                    // The relay closed it (a reload or a fault): connect again later.
+                    s.conn = None;
+                    return;
+                }
+                if !self.calm && self.rng.chance(30) {
+                    // The producer goes away: a FIN, or a reset that loses what it sent.
+                    if self.rng.chance(500) {
+                        k.rx_eof = true;
+                    } else {
+                        k.rx_reset = true;
+                    }
+                    s.conn = None;
+                    return;
+                }
+                let n = self.rng.range(1, 20_000) as u64;
+                let room = 65_536usize.saturating_sub(k.rx.len()) as u64;
+                let n = n.min(room).min(s.total - s.next);
+                k.rx.extend(s.next..s.next + n);
+                s.next += n;
+                if s.next >= s.total && self.calm {
+                    k.rx_eof = true;
+                }
+            }
+        }
+    }
+
+    fn subscriber_step(&mut self, c: usize, o: usize, policy: &str) {
+        let conns = self.subs[c][o].clone();
+        let live: Vec<usize> = conns
+            .iter()
+            .copied()
+            .filter(|&ci| !self.kernel.conns[ci].closed && !self.kernel.conns[ci].gone)
+            .collect();
+        if live.len() < 3 && self.rng.chance(300) {
+            if let Some(l) = self.kernel.listener(Who::Output(c, o)) {
+                let ci = self.kernel.conn(Who::Output(c, o), 65_536);
+                // A subscriber that never reads, now and then (not on a `block` output while
+                // calm: it would stall its channel for good, which is what `block` means).
+                let stuck = self.rng.chance(80) && (policy != "block" || !self.calm);
+                if stuck && policy == "block" {
+                    self.stuck_block[c] = true;
+                }
+                self.kernel.conns[ci].stuck = stuck;
+                self.kernel.backlog.entry(l).or_default().push_back(ci);
+                self.subs[c][o].push(ci);
+            }
+            return;
+        }
+        if live.is_empty() {
+            return;
+        }
+        let ci = live[self.rng.below(live.len())];
+        let k = &mut self.kernel.conns[ci];
+        if !self.calm && self.rng.chance(60) {
+            if self.rng.chance(300) {
+                k.half_closed = true;
+            } else {
+                k.gone = true;
+            }
+            return;
+        }
+        if !k.stuck {
+            k.room = (k.room + self.rng.range(1, 65_536)).min(262_144);
+        }
+    }
+
+    fn collector_step(&mut self, c: usize, o: usize) {
+        let (up, conns) = &mut self.collectors[c][o];
+        if !self.calm && self.rng.chance(100) {
+            *up = !*up;
+            if !*up {
+                if let Some(&ci) = conns.last() {
+                    let k = &mut self.kernel.conns[ci];
+                    if self.rng.chance(200) {
+                        k.half_closed = true;
+                    } else {
+                        k.gone = true;
+                    }
+                }
+            }
+        }
+        if self.calm {
+            *up = true;
+        }
+        let up = *up;
+        // Answer the relay's dials.
+        for ci in 0..self.kernel.conns.len() {
+            let k = &mut self.kernel.conns[ci];
+            if k.who == Some(Who::Output(c, o)) && k.accepted.is_none() && !k.closed {
+                k.accepted = Some(up);
+                if up {
+                    k.room = 65_536;
+                    self.collectors[c][o].1.push(ci);
+                }
+            }
+        }
+        if let Some(&ci) = self.collectors[c][o].1.last() {
+            let k = &mut self.kernel.conns[ci];
+            if !k.gone {
+                k.room = (k.room + self.rng.range(1, 65_536)).min(262_144);
+            }
+        }
+    }
+}
+
+/// A failure: the seed, what broke, and the trace.
+struct Failure {
+    seed: u64,
+    what: String,
+    trace: Vec<String>,
+}
+
+fn io<'a>(now: Instant, fx: &'a mut Effects, k: &'a mut Kernel, m: &'a mut VecMemory) -> Io<'a> {
+    Io {
+        now,
+        fx,
+        sys: k,
+        mem: m,
+    }
+}
+
+/// Runs one seed.
+fn run(seed: u64) -> Result<(), Failure> {
+    let (mut w, cfg, caps, pool) = World::new(seed);
+    if std::env::var("SIM_SEED").is_ok() {
+        w.kernel.trace_len = 1_000_000;
+    }
+    let mut mem = VecMemory::new(&pool);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut fx = Effects::default();
+    let mut engine = Engine::new(cfg.clone(), caps, pool, seed, now);
+    let fail = |w: &World, what: String| Failure {
+        seed,
+        what: format!("{what}\nconfig:\n{}", w.cfg_text),
+        trace: w.kernel.trace.iter().cloned().collect(),
+    };
+    let bound: Vec<_> = cfg
+        .channels
+        .iter()
+        .map(|c| ringrelay::engine::io::Sys::bind(&mut w.kernel, c).unwrap())
+        .collect();
+    if let Err(e) = engine.start(bound, &mut io(now, &mut fx, &mut w.kernel, &mut mem)) {
+        return Err(fail(&w, format!("start: {e}")));
+    }
+    w.kernel.submit(&mut fx);
+    let chaos = w.rng.range(300, 3000);
+    let reload_at = if w.rng.chance(400) {
+        Some(w.rng.below(chaos))
+    } else {
+        None
+    };
+    let mut step = 0usize;
+    let mut calm_since = None;
+    let mut term_at = None;
+    loop {
+        step += 1;
+        if step == chaos {
+            w.calm = true;
+            w.kernel.faults.error = 0;
+            calm_since = Some(step);
+        }
+        if Some(step) == reload_at {
+            let new = parse_str("sim.conf", &w.cfg_text).expect("same config");
+            engine.reload(
+                new,
+                "sim.conf",
+                &mut io(now, &mut fx, &mut w.kernel, &mut mem),
+            );
+            w.kernel.submit(&mut fx);
+        }
+        match w.rng.below(10) {
+            0..=2 => {
+                w.kernel.execute_one(&mut mem);
+            }
+            3..=5 => {
+                let n = w.rng.range(1, 8);
+                let mut any = false;
+                for _ in 0..n {
+                    let Some(c) = w.kernel.pick_cqe() else { break };
+                    any = true;
+                    engine.complete(c, &mut io(now, &mut fx, &mut w.kernel, &mut mem));
+                    w.kernel.submit(&mut fx);
+                }
+                if any {
+                    engine.after_batch(&mut io(now, &mut fx, &mut w.kernel, &mut mem));
+                    w.kernel.submit(&mut fx);
+                }
+            }
+            6 => {
+                w.kernel.notify_one();
+            }
+            7 | 8 => w.peer_step(),
+            _ => {
+                now += Duration::from_millis(100);
+                let inflight = w.kernel.pending.len();
+                engine.tick(&mut io(now, &mut fx, &mut w.kernel, &mut mem), inflight);
+                // The timer is a completion too: the driver ends its batch as any other.
+                engine.after_batch(&mut io(now, &mut fx, &mut w.kernel, &mut mem));
+                w.kernel.submit(&mut fx);
+            }
+        }
+        check_step(&w, &engine).map_err(|e| fail(&w, format!("step {step}: {e}")))?;
+        if let Some(v) = w.kernel.violations.first() {
+            return Err(fail(&w, format!("step {step}: {v}")));
+        }
+        if let (Some(since), None) = (calm_since, term_at) {
+            if quiet(&w, &engine) {
+                term_at = Some(step);
+                engine.terminate(&mut io(now, &mut fx, &mut w.kernel, &mut mem));
+                w.kernel.submit(&mut fx);
+            } else if step - since > 60_000 {
+                return Err(fail(
+                    &w,
+                    format!(
+                        "liveness: channels did not drain within 60000 steps of calm:\n{}",
+                        drain_report(&w, &engine)
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = term_at {
+            if engine.done() {
+                break;
+            }
+            if step - t > 80_000 {
+                return Err(fail(
+                    &w,
+                    format!(
+                        "liveness: no clean stop within 80000 steps of SIGTERM:\n{}",
+                        drain_report(&w, &engine)
+                    ),
+                ));
+            }
+        }
+    }
+    // Cancels are fire-and-forget for the engine (the driver's ring waits for them): let the
+    // kernel finish them.
+    while w.kernel.execute_one(&mut mem) {}
+    while w.kernel.pick_cqe().is_some() {}
+    let counters = final_counters(&engine);
+    engine.finish(&mut w.kernel);
+    check_end(&w, &engine, &counters).map_err(|e| fail(&w, e))
+}
+
+/// Every buffer an operation holds is held in the engine's books.
+fn check_step(w: &World, engine: &Engine) -> Result<(), String> {
+    let pool = engine.pool();
+    let mut writes = std::collections::BTreeMap::new();
+    for (buf, kind, op) in w.kernel.held_buffers() {
+        match (kind, pool.state(buf)) {
+            ("read", State::Kernel) => {}
+            ("write", State::Shared(_)) => *writes.entry(buf).or_insert(0u32) += 1,
+            (k, s) => {
+                return Err(format!(
+                    "buffer {buf} held by {k} op #{op} is {s:?} in the pool"
+                ))
+            }
+        }
+    }
+    for (buf, n) in writes {
+        if let State::Shared(refs) = pool.state(buf) {
+            if refs < n {
+                return Err(format!(
+                    "buffer {buf} held by {n} writes in flight has only {refs} references"
+                ));
+            }
+        }
+    }
+    for (g, bufs) in &w.kernel.groups {
+        for &b in bufs {
+            if pool.state(b) != State::Provided {
+                return Err(format!(
+                    "buffer {b} in ring {g} is {:?} in the pool",
+                    pool.state(b)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn quiet(w: &World, engine: &Engine) -> bool {
+    for (c, s) in w.sources.iter().enumerate() {
+        if w.stuck_block[c] {
+            continue;
+        }
+        if s.next < s.total {
+            return false;
+        }
+        if w.kernel.udp_in.get(&c).is_some_and(|q| !q.is_empty()) {
+            return false;
+        }
+        if let Some(ci) = s.conn {
+            if !w.kernel.conns[ci].rx.is_empty() {
+                return false;
+            }
+        }
+        let Some(Some(ch)) = engine.channels().get(c) else {
+            return false;
+        };
+        // Drained, but for what waits for a subscriber that never reads (its queue is kept
+        // while under its limit: nothing more arrives to push it over).
+        if ch.outputs.iter().any(|o| !o.queue.is_empty()) {
+            return false;
+        }
+        let busy = ch.slots.iter().flatten().any(|e| {
+            let pending = e.write_ops > 0 || e.queue.as_ref().is_some_and(|q| !q.is_empty());
+            pending && !stuck_fd(w, e.fd)
+        });
+        if busy {
+            return false;
+        }
+    }
+    w.kernel.cq.is_empty()
+}
+
+/// Whether `fd` is a connection to a subscriber that never reads.
+fn stuck_fd(w: &World, fd: i32) -> bool {
+    match w.kernel.objs.get(&fd) {
+        Some(Obj::Stream(ci)) => w.kernel.conns[*ci].stuck,
+        _ => false,
+    }
+}
+
+fn drain_report(w: &World, engine: &Engine) -> String {
+    let mut s = String::new();
+    for (c, src) in w.sources.iter().enumerate() {
+        s += &format!(
+            "c{c}: sent {}/{} stuck_block={} ",
+            src.next, src.total, w.stuck_block[c]
+        );
+        if let Some(Some(ch)) = engine.channels().get(c) {
+            s += &format!(
+                "drained={} queued={} blocked={}\n",
+                ch.drained(),
+                ch.queued_bytes(),
+                ch.blocked
+            );
+        } else {
+            s += "gone\n";
+        }
+    }
+    for (c, ch) in engine.channels().iter().enumerate() {
+        let Some(ch) = ch else { continue };
+        for (i, e) in ch.slots.iter().enumerate() {
+            if let Some(e) = e {
+                s += &format!(
+                    "  c{c} slot {i}: {:?} {:?} in_flight={} write_ops={} fd={}\n",
+                    e.role, e.link, e.in_flight, e.write_ops, e.fd
+                );
+            }
+        }
+    }
+    s += &format!("pending ops: {}\n", w.kernel.pending.len());
+    for p in w.kernel.pending.iter().take(20) {
+        s += &format!(
+            "  #{} {:?} executed={} owed={}\n",
+            p.id, p.op, p.executed, p.owed
+        );
+    }
+    s
+}
+
+/// An output's drops, datagrams sent and disconnects.
+type OutCounters = (u64, u64, u64);
+
+/// Per channel: input datagrams delivered, input drops, and each output's counters.
+struct Counters {
+    chans: Vec<(u64, u64, Vec<OutCounters>)>,
+}
+
+fn final_counters(engine: &Engine) -> Counters {
+    Counters {
+        chans: engine
+            .channels()
+            .iter()
+            .map(|c| match c {
+                Some(ch) => (
+                    ch.stats.datagrams,
+                    ch.stats.drops,
+                    ch.outputs
+                        .iter()
+                        .map(|o| (o.stats.drops, o.stats.datagrams, o.stats.disconnects))
+                        .collect(),
+                ),
+                None => (0, 0, Vec::new()),
+            })
+            .collect(),
+    }
+}
+
+/// The records (datagram sequence numbers) whole in `pos`, a framed stream.
+fn records(pos: &[Pos]) -> Vec<u64> {
+    let mut seqs: Vec<u64> = pos.iter().map(|p| p >> 20).collect();
+    seqs.dedup();
+    seqs
+}
+
+fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), String> {
+    if !engine.pool().is_whole() {
+        return Err(format!(
+            "the pool is not whole at the end: {} of {} in use",
+            engine.pool().in_use(),
+            engine.pool().count()
+        ));
+    }
+    if !w.kernel.pending.is_empty() || !w.kernel.cq.is_empty() {
+        return Err(format!(
+            "{} operations still in flight at the end (first: {:?})",
+            w.kernel.pending.len(),
+            w.kernel.pending.first().map(|p| p.op)
+        ));
+    }
+    if let Some((fd, o)) = w.kernel.objs.iter().find(|(_, o)| !matches!(o, Obj::Pipe)) {
+        return Err(format!("fd {fd} ({o:?}) still open at the end"));
+    }
+    if engine.zerocopy_in_flight() != 0 {
+        return Err("zero-copy records left at the end".into());
+    }
+    for (c, spec) in w.spec.iter().enumerate() {
+        if w.stuck_block[c] {
+            continue;
+        }
+        let (datagrams, in_drops, outs) = &counters.chans[c];
+        let offered = datagrams - in_drops;
+        for (o, os) in spec.outputs.iter().enumerate() {
+            let (drops, sent, _disc) = outs[o];
+            let received: Vec<Pos> = match os.kind {
+                OutKind::Collector => w.collectors[c][o]
+                    .1
+                    .iter()
+                    .flat_map(|&ci| w.kernel.conns[ci].received.iter().copied())
+                    .collect(),
+                OutKind::UdpDest | OutKind::File => w
+                    .kernel
+                    .sinks
+                    .get(&(c, o))
+                    .map(|d| d.iter().flatten().copied().collect())
+                    .unwrap_or_default(),
+                OutKind::Subscribers => continue,
+            };
+            if spec.input == InKind::Udp {
+                let recs = records(&received);
+                let got = if os.kind == OutKind::UdpDest {
+                    w.kernel.sinks.get(&(c, o)).map_or(0, |d| d.len() as u64)
+                } else {
+                    recs.len() as u64
+                };
+                if os.policy == "block" && (got != offered || drops != 0) {
+                    return Err(format!(
+                        "c{c} output {o} (block): {got} records of {offered} delivered, {drops} drops"
+                    ));
+                }
+                if os.policy == "drop" && got + drops != offered {
+                    return Err(format!(
+                        "c{c} output {o} ({:?} drop): {got} received + {drops} drops != {offered} delivered (sent {sent})",
+                        os.kind
+                    ));
+                }
+            } else {
+                let chunks = stream_chunks(w, c);
+                let set: BTreeSet<u64> = received.iter().copied().collect();
+                let missing = chunks
+                    .iter()
+                    .filter(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)))
+                    .count() as u64;
+                let all: u64 = chunks.iter().map(|c| c.1).sum();
+                if os.policy == "block" && (missing != 0 || received.len() as u64 != all) {
+                    let first = chunks
+                        .iter()
+                        .find(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)));
+                    return Err(format!(
+                        "c{c} output {o} (block): received {} of {all} bytes, {missing} chunks missing, the first {first:?}",
+                        received.len()
+                    ));
+                }
+                if os.policy == "drop" && missing != drops {
+                    return Err(format!(
+                        "c{c} output {o} ({:?} drop): {missing} chunks missing, {drops} drops counted",
+                        os.kind
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The chunks (start position, bytes) a stream channel's input read, one per buffer filled.
+fn stream_chunks(w: &World, c: usize) -> Vec<(u64, u64)> {
+    w.kernel
+        .chunks
+        .iter()
+        .filter(|(ch, _, _)| *ch == c)
+        .map(|&(_, s, n)| (s, n))
+        .collect()
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("SIM_SEED") {
+        return vec![s.parse().expect("SIM_SEED is a number")];
+    }
+    let n: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    (1..=n).collect()
+}
+
+#[test]
+fn simulation() {
+    let seeds = seeds();
+    let single = seeds.len() == 1;
+    let mut failures = Vec::new();
+    for &seed in &seeds {
+        match std::panic::catch_unwind(|| run(seed)) {
+            Ok(Ok(())) => {}
+            Ok(Err(f)) => failures.push(f),
+            Err(p) => {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(Failure {
+                    seed,
+                    what: format!("panic: {what}"),
+                    trace: Vec::new(),
+                });
+            }
+        }
+        if failures.len() >= 3 {
+            break;
+        }
+    }
+    for f in &failures {
+        if single {
+            for t in &f.trace {
+                eprintln!("  {t}");
+            }
+        }
+        eprintln!("seed {}: {}", f.seed, f.what);
+        eprintln!(
+            "replay: SIM_SEED={} cargo test --release --test sim",
+            f.seed
+        );
+    }
+    assert!(failures.is_empty(), "{} failing seed(s)", failures.len());
+    eprintln!("simulation: {} seeds passed", seeds.len());
+}
