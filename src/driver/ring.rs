@@ -13,7 +13,7 @@
 //! state (reads) or holds a reference to until the completion (writes; see
 //! [`crate::engine::buffers`]), (b) storage boxed inside the `Ring` itself (the timer's
 //! timespec, the signal pipe's read buffer and the msghdr template of multishot receives),
-//! allocated once and never moved or freed while the ring lives, or (c) an [`OpMem`] (iovecs,
+//! allocated once and never moved or freed while the ring lives, or (c) an `OpMem` (iovecs,
 //! and a msghdr with its UDP_SEGMENT control message) taken for that one submission and kept,
 //! boxed and unmoved, in `held` until the submission's final completion is reaped. A splice or
 //! tee carries no pointer: only two descriptors and a length. Descriptors are kept open until

@@ -2,9 +2,9 @@
 //! ticks and signals and answers with operations to submit.
 //!
 //! Owns: the channels ([`channel`]) with their endpoints, output queues and the slow-output
-//! policy ([`outq`]), read and write planning ([`input`], [`output`]), accept and dial policy
-//! and endpoint life ([`links`]), the splice and tee data path ([`splicing`], [`splice`]),
-//! reload planning ([`reload`]), zero-copy records ([`zerocopy`]), the buffer pool's accounting
+//! policy ([`outq`]), read and write planning (`input`, `output`), accept and dial policy
+//! and endpoint life (`links`), the splice and tee data path (`splicing`, [`splice`]),
+//! reload planning (`reload`), zero-copy records ([`zerocopy`]), the buffer pool's accounting
 //! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]) and decimation
 //! ([`decimate`]).
 //!

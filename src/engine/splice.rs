@@ -4,8 +4,8 @@
 //!
 //! Owns: the fan-out rounds ([`Fanout`]) and the
 //! [`PipeFill`] state machine that says how many bytes the next splice-in (socket -> pipe) and
-//! splice-out (pipe -> socket) may move. It never touches a descriptor or the ring: the event
-//! engine ([`super::splicing`]) asks for `IORING_OP_SPLICE` through the ring and is told
+//! splice-out (pipe -> socket) may move. It never touches a descriptor or the ring: the splice
+//! data path (`engine::splicing`) asks for `IORING_OP_SPLICE` through the ring and is told
 //! each completion here.
 //!
 //! Why a fill counter: a splice of an empty pipe into a socket blocks its io-wq worker until

@@ -1,7 +1,7 @@
 //! Counters per channel and per output, and how they are shown.
 //!
 //! Owns: the names of the counters users see in logs (`SIGUSR1`, `stats_interval`) and in
-//! `ringrelay stat`. Pure: plain integers, bumped by the event loop.
+//! `ringrelay stat`. Pure: plain integers, bumped by the engine's handlers.
 
 use std::fmt;
 

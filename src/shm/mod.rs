@@ -8,7 +8,8 @@
 //! * [`layout`]: pure offsets, header encoding and validation, lap arithmetic (no unsafe).
 //! * [`writer`]: file creation and the publishing half of the protocol (unsafe, small).
 //! * [`reader`]: [`Reader`] and [`StatsReader`], the reading half (unsafe, small).
-//! * [`publisher`]: [`Publisher`], what the daemon loop calls per channel.
+//! * [`publisher`]: [`Publisher`], what the engine feeds per channel (as its
+//!   [`crate::engine::io::Publish`], implemented in [`crate::driver::sys`]).
 //! * [`stats`]: [`StatsWriter`], the daemon-wide counters for `ringrelay stat`.
 //!
 //! Must never: let a reader slow or block the writer, or let anything in a file make a reader

@@ -1,8 +1,9 @@
 //! One channel's shared-memory output: the decimator feeding one region per cascade level.
 //!
-//! Owns: [`Publisher`] (what the daemon loop calls per received datagram or stream segment and
-//! on its ~100 ms tick), the region file names (`<dir>/<channel>` for level 0,
-//! `<dir>/<channel>.<factor>` for the others), heartbeats and time anchors.
+//! Owns: [`Publisher`] (what the engine calls, through [`crate::engine::io::Publish`], per
+//! received datagram or stream segment and on its ~100 ms tick), the region file names
+//! (`<dir>/<channel>` for level 0, `<dir>/<channel>.<factor>` for the others), heartbeats and
+//! time anchors.
 //! Must never: block, allocate per sample, or fail after creation (a publisher that exists
 //! always accepts input; problems surface at `create`). No `unsafe` here: the mapping is behind
 //! [`super::writer::RegionWriter`].
