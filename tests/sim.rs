@@ -757,10 +757,15 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                         "c{c} output {o} (block): {got} records of {offered} delivered, {drops} drops"
                     ));
                 }
-                if os.policy == "drop" && got + drops != offered {
+                // A `disconnect` link drops its backlog as it redials, and counts it whole;
+                // a chunk a write still carried may reach the old connection all the same.
+                let exact = os.policy == "drop";
+                if os.policy != "block"
+                    && (got + drops < offered || (exact && got + drops != offered))
+                {
                     return Err(format!(
-                        "c{c} output {o} ({:?} drop): {got} received + {drops} drops != {offered} delivered (sent {sent})",
-                        os.kind
+                        "c{c} output {o} ({:?} {}): {got} received + {drops} drops != {offered} delivered (sent {sent})",
+                        os.kind, os.policy
                     ));
                 }
             } else {
@@ -780,10 +785,11 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                         received.len()
                     ));
                 }
-                if os.policy == "drop" && missing != drops {
+                let exact = os.policy == "drop";
+                if os.policy != "block" && (missing > drops || (exact && missing != drops)) {
                     return Err(format!(
-                        "c{c} output {o} ({:?} drop): {missing} chunks missing, {drops} drops counted",
-                        os.kind
+                        "c{c} output {o} ({:?} {}): {missing} chunks missing, {drops} drops counted",
+                        os.kind, os.policy
                     ));
                 }
             }

@@ -489,10 +489,14 @@ pub(crate) fn deliver(
                         ch.name(),
                         ch.outputs[out].url()
                     );
-                    for b in ch.outputs[out].queue.clear() {
+                    // Every chunk of the backlog is a drop (a chunk a write still carries may
+                    // yet reach the old connection: counted all the same, never lost uncounted).
+                    let o = &mut ch.outputs[out];
+                    for b in o.queue.clear() {
+                        o.stats.drops += 1;
                         cx.pool.release(b);
                     }
-                    ch.outputs[out].retry_at = Some(cx.now);
+                    o.retry_at = Some(cx.now);
                     if let Some(ep) = ch.ep_mut(s) {
                         ep.detached = true;
                     }
