@@ -222,6 +222,12 @@ impl Rig {
         self.io(|e, io| e.after_batch(io));
     }
 
+    /// Reloads with the configuration in `text`.
+    pub fn reload(&mut self, text: &str) {
+        let cfg = config(text);
+        self.io(|e, io| e.reload(cfg, "test.conf", io));
+    }
+
     /// Takes everything submitted so far (the driver's part).
     pub fn take(&mut self) -> Effects {
         std::mem::take(&mut self.fx)
