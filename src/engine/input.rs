@@ -547,3 +547,144 @@ pub(crate) fn grow_dry_ring(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant
     }
     post_reads(cx, ch, ci);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::buffers::{BufId, Class, State};
+    use crate::engine::channel::STREAM_READ_BUFFERS;
+    use crate::engine::io::Op;
+    use crate::engine::outq::Chunk;
+    use crate::engine::testkit::Rig;
+    use crate::engine::token::OpKind;
+
+    /// A stream channel over a pool of `count` 4 KiB buffers.
+    fn conf(count: u32) -> String {
+        format!(
+            "[global]\nbuffer_size = 4KiB\nbuffer_count = {count}\ndatagram_count = 0\n\
+             [channel s]\ninput = tcp-listen://127.0.0.1:5000\n\
+             output = tcp-listen://127.0.0.1:6000\n"
+        )
+    }
+
+    /// Accepts a producer while only `free` of the pool's `count` buffers are free; returns
+    /// the rig, the producer's descriptor and the reads submitted for it.
+    fn accept_with_free(count: u32, free: usize) -> (Rig, i32, Vec<Op>) {
+        let mut rig = Rig::new(&conf(count));
+        for _ in free..count as usize {
+            rig.engine.pool.take().expect("a free buffer");
+        }
+        assert_eq!(
+            rig.engine.pool.free_of(Class::Large),
+            (free, count as usize)
+        );
+        let tok = rig.accept_token(rig.fd(0, rig.chan(0).input_listener));
+        rig.take();
+        let fd = rig.accept_from(tok, None);
+        assert_eq!(rig.fd(0, rig.chan(0).input), fd, "producer accepted");
+        let reads = rig.subs_of(OpKind::Recv).iter().map(|s| s.op).collect();
+        (rig, fd, reads)
+    }
+
+    /// The buffers the producer's read holds.
+    fn reading(rig: &Rig) -> Vec<BufId> {
+        rig.chan(0)
+            .ep(rig.chan(0).input.unwrap())
+            .unwrap()
+            .reading
+            .clone()
+    }
+
+    #[test]
+    fn stream_read_scatters_while_more_than_half_the_pool_is_free() {
+        for free in [32, 17] {
+            let (rig, fd, reads) = accept_with_free(32, free);
+            let [Op::ReadvStream { fd: rfd, bufs }] = reads[..] else {
+                panic!("{free} free: one scattered read expected, got {reads:?}");
+            };
+            assert_eq!(rfd, fd);
+            let chunks = rig.fx.span(bufs);
+            assert_eq!(chunks.len(), STREAM_READ_BUFFERS, "{free} free");
+            let held = reading(&rig);
+            assert_eq!(held.len(), STREAM_READ_BUFFERS);
+            for (c, &b) in chunks.iter().zip(&held) {
+                assert_eq!(
+                    *c,
+                    Chunk {
+                        buf: b,
+                        off: 0,
+                        len: 4096
+                    }
+                );
+                assert_eq!(rig.engine.pool.state(b), State::Kernel);
+            }
+            // The read's token names its first buffer.
+            assert_eq!(rig.subs_of(OpKind::Recv)[0].token.ep, held[0]);
+            assert_eq!(
+                rig.engine.pool.free_of(Class::Large).0,
+                free - STREAM_READ_BUFFERS
+            );
+        }
+    }
+
+    #[test]
+    fn stream_read_takes_one_buffer_at_half_the_pool_or_less() {
+        for free in [16, 15, 1] {
+            let (rig, fd, reads) = accept_with_free(32, free);
+            let held = reading(&rig);
+            assert_eq!(held.len(), 1, "{free} free");
+            assert_eq!(
+                reads,
+                [Op::ReadStream {
+                    fd,
+                    buf: held[0],
+                    off: 0,
+                    len: 4096
+                }],
+                "{free} free"
+            );
+            assert_eq!(rig.engine.pool.state(held[0]), State::Kernel);
+            assert_eq!(rig.engine.pool.free_of(Class::Large).0, free - 1);
+        }
+    }
+
+    #[test]
+    fn stream_read_waits_for_a_buffer_when_none_is_free() {
+        let (mut rig, fd, reads) = accept_with_free(32, 0);
+        assert_eq!(reads, []);
+        assert!(reading(&rig).is_empty());
+        assert_eq!(
+            rig.chan(0)
+                .ep(rig.chan(0).input.unwrap())
+                .unwrap()
+                .in_flight,
+            0
+        );
+        // A buffer comes back: the next batch reads into it, and only it.
+        let b = 7;
+        rig.engine.pool.abandon(b);
+        rig.take();
+        rig.after_batch();
+        let reads: Vec<Op> = rig.subs_of(OpKind::Recv).iter().map(|s| s.op).collect();
+        assert_eq!(
+            reads,
+            [Op::ReadStream {
+                fd,
+                buf: b,
+                off: 0,
+                len: 4096
+            }]
+        );
+    }
+
+    #[test]
+    fn stream_read_scatters_over_every_free_buffer_of_a_small_pool() {
+        // 5 of 8 free is more than half: the read asks for STREAM_READ_BUFFERS and gets all 5,
+        // leaving the pool empty until it completes.
+        let (rig, _, reads) = accept_with_free(8, 5);
+        let [Op::ReadvStream { bufs, .. }] = reads[..] else {
+            panic!("one scattered read expected, got {reads:?}");
+        };
+        assert_eq!(bufs.n, 5);
+        assert_eq!(rig.engine.pool.free_of(Class::Large), (0, 8));
+    }
+}

@@ -580,3 +580,119 @@ pub(crate) fn close_all(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         close_ep(cx, ch, ci, s);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::channel::Role;
+    use crate::engine::io::Op;
+    use crate::engine::testkit::Rig;
+    use crate::engine::token::OpKind;
+    use std::net::IpAddr;
+
+    const CONF: &str = "[global]\nbuffer_size = 4KiB\nbuffer_count = 32\ndatagram_count = 0\n\
+        [channel a]\ninput = tcp-listen://127.0.0.1:5000 allow=10.0.0.0/8\n\
+        output = tcp-listen://127.0.0.1:6000 max_clients=2 allow=192.168.0.0/16\n";
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// Completes the accept armed on listener `fd` with a peer at `from`; returns the accepted
+    /// descriptor. What the engine submitted before is taken first.
+    fn connect(rig: &mut Rig, fd: i32, from: Option<IpAddr>) -> i32 {
+        let tok = rig.accept_token(fd);
+        rig.take();
+        rig.accept_from(tok, from)
+    }
+
+    #[test]
+    fn producers_outside_allow_and_second_producers_are_refused() {
+        let mut rig = Rig::new(CONF);
+        let l = rig.fd(0, rig.chan(0).input_listener);
+
+        let outside = connect(&mut rig, l, ip("172.16.0.1"));
+        assert_eq!(rig.sys.closes, [outside]);
+        assert_eq!(rig.chan(0).stats.refused, 1);
+        assert_eq!(rig.chan(0).input, None);
+        // Nothing is read; the accept is armed again.
+        let ops: Vec<Op> = rig.fx.subs.iter().map(|s| s.op).collect();
+        assert_eq!(ops, [Op::Accept { fd: l }]);
+
+        // A peer without an address (a Unix socket) is not in any allow= range.
+        let unnamed = connect(&mut rig, l, None);
+        assert_eq!(rig.sys.closes, [outside, unnamed]);
+        assert_eq!(rig.chan(0).stats.refused, 2);
+
+        let first = connect(&mut rig, l, ip("10.1.2.3"));
+        assert_eq!(rig.fd(0, rig.chan(0).input), first);
+        assert_eq!(rig.chan(0).stats.refused, 2);
+        assert_eq!(rig.sys.closes, [outside, unnamed]);
+        assert!(rig
+            .subs_of(OpKind::Recv)
+            .iter()
+            .all(|s| matches!(s.op, Op::ReadvStream { fd, .. } if fd == first)));
+        assert_eq!(rig.subs_of(OpKind::Recv).len(), 1);
+
+        // Allowed, but one producer is already connected.
+        let second = connect(&mut rig, l, ip("10.9.9.9"));
+        assert_eq!(rig.sys.closes, [outside, unnamed, second]);
+        assert_eq!(rig.chan(0).stats.refused, 3);
+        assert_eq!(rig.fd(0, rig.chan(0).input), first);
+        assert!(rig.subs_of(OpKind::Recv).is_empty());
+        // Refused sockets are closed, never shut down (nothing was in flight on them).
+        assert_eq!(rig.sys.shutdowns, []);
+    }
+
+    #[test]
+    fn subscribers_refused_at_max_clients_and_outside_allow() {
+        let mut rig = Rig::new(CONF);
+        let l = rig.fd(0, rig.chan(0).outputs[0].listener);
+        let subscriber_fds = |rig: &Rig| -> Vec<i32> {
+            let ch = rig.chan(0);
+            let subs = &ch.outputs[0].subscribers;
+            subs.iter().map(|&s| rig.fd(0, Some(s))).collect()
+        };
+
+        // Below max_clients=2: accepted, with a queue and a hang-up watch.
+        let s1 = connect(&mut rig, l, ip("192.168.1.1"));
+        let s2 = connect(&mut rig, l, ip("192.168.1.2"));
+        assert_eq!(subscriber_fds(&rig), [s1, s2]);
+        let slot2 = *rig.chan(0).outputs[0].subscribers.last().unwrap();
+        let ep = rig.chan(0).ep(slot2).unwrap();
+        assert_eq!(ep.role, Role::Subscriber { out: 0 });
+        assert!(ep.queue.is_some());
+        assert_eq!(rig.subs_of(OpKind::Hangup)[0].op, Op::PollHangup { fd: s2 });
+        assert_eq!(rig.chan(0).outputs[0].stats.reconnects, 2);
+        assert_eq!(rig.sys.closes, []);
+
+        // At exactly max_clients: refused.
+        let s3 = connect(&mut rig, l, ip("192.168.1.3"));
+        assert_eq!(rig.sys.closes, [s3]);
+        assert_eq!(subscriber_fds(&rig), [s1, s2]);
+        assert_eq!(rig.chan(0).outputs[0].stats.errors, 1);
+        assert!(rig.subs_of(OpKind::Hangup).is_empty());
+
+        // Outside allow=: refused, counted on the output (not as a refused producer).
+        let outside = connect(&mut rig, l, ip("10.0.0.1"));
+        assert_eq!(rig.sys.closes, [s3, outside]);
+        assert_eq!(rig.chan(0).outputs[0].stats.errors, 2);
+        assert_eq!(rig.chan(0).stats.refused, 0);
+        assert_eq!(rig.chan(0).outputs[0].stats.reconnects, 2);
+        assert_eq!(rig.sys.shutdowns, []);
+    }
+
+    #[test]
+    fn output_allow_admits_exactly_its_range() {
+        // 192.168.0.0/16: the first address past it is refused while the output has no
+        // subscriber at all; its last address is admitted.
+        let mut rig = Rig::new(CONF);
+        let l = rig.fd(0, rig.chan(0).outputs[0].listener);
+        let outside = connect(&mut rig, l, ip("192.169.0.1"));
+        assert_eq!(rig.sys.closes, [outside]);
+        assert!(rig.chan(0).outputs[0].subscribers.is_empty());
+        let inside = connect(&mut rig, l, ip("192.168.255.255"));
+        assert_eq!(rig.sys.closes, [outside]);
+        let s = rig.chan(0).outputs[0].subscribers[0];
+        assert_eq!(rig.fd(0, Some(s)), inside);
+    }
+}

@@ -37,6 +37,8 @@ pub mod splice;
 mod splicing;
 mod start;
 pub mod stats;
+#[cfg(test)]
+mod testkit;
 pub mod token;
 pub mod zerocopy;
 

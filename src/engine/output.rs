@@ -468,3 +468,139 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::buffers::{BufId, Class, State};
+    use crate::engine::channel::Link;
+    use crate::engine::io::Op;
+    use crate::engine::outq::Chunk;
+    use crate::engine::testkit::{FakeSys, Rig};
+    use crate::engine::token::{OpKind, Token};
+
+    /// A producer's stream pushed to one collector that keeps everything (`block`).
+    const CONF: &str = "[global]\nbuffer_size = 4KiB\nbuffer_count = 32\ndatagram_count = 0\n\
+        [channel s]\ninput = tcp-listen://127.0.0.1:5000\n\
+        output = tcp://127.0.0.1:7000 on_slow=block\n";
+
+    fn chunk(buf: BufId, off: u32, len: u32) -> Chunk {
+        Chunk { buf, off, len }
+    }
+
+    /// The one send submitted since the last take: its token and its chunks.
+    fn the_send(rig: &Rig, link_fd: i32) -> (Token, Vec<Chunk>) {
+        let sends = rig.subs_of(OpKind::Send);
+        assert_eq!(sends.len(), 1, "one write in flight: {sends:?}");
+        let chunks = match sends[0].op {
+            Op::Writev { fd, chunks } if fd == link_fd => rig.fx.span(chunks).to_vec(),
+            Op::Write {
+                fd,
+                chunk,
+                socket: true,
+            } if fd == link_fd => vec![chunk],
+            op => panic!("unexpected write {op:?}"),
+        };
+        (sends[0].token, chunks)
+    }
+
+    #[test]
+    fn gathered_write_holds_a_reference_per_chunk_and_short_writes_release_only_what_left() {
+        // The collector's connect stays in progress, so the stream queues up behind it.
+        let mut sys = FakeSys::new();
+        sys.dial_in_progress = true;
+        let mut rig = Rig::with_sys(CONF, sys);
+        let connect = rig.token_of(|s| s.token.kind == OpKind::Connect);
+        let link_fd = rig.fd(0, rig.chan(0).outputs[0].link);
+        let accept = rig.accept_token(rig.fd(0, rig.chan(0).input_listener));
+        rig.take();
+        rig.accept_from(accept, None);
+        let read = rig.subs_of(OpKind::Recv)[0].token;
+        let Op::ReadvStream { bufs, .. } = rig.subs_of(OpKind::Recv)[0].op else {
+            panic!("a scattered read");
+        };
+        let b: Vec<BufId> = rig.fx.span(bufs).iter().map(|c| c.buf).collect();
+        rig.take();
+
+        // Three full buffers and 100 bytes: four chunks queued, one reference each (the
+        // queue's); the read's twelve unused buffers go back.
+        rig.complete(read, 3 * 4096 + 100);
+        let pool = &rig.engine.pool;
+        for &x in &b[..4] {
+            assert_eq!(pool.state(x), State::Shared(1));
+        }
+        for &x in &b[4..] {
+            assert_eq!(pool.state(x), State::Free);
+        }
+        assert_eq!(pool.free_of(Class::Large).0, 28);
+        assert_eq!(rig.chan(0).outputs[0].queue.len(), 4);
+        assert!(rig.subs_of(OpKind::Send).is_empty(), "link not up yet");
+        rig.take();
+
+        // Connected: one gathered write of all four, each chunk holding one more reference.
+        rig.complete(connect, 4);
+        assert_eq!(
+            rig.chan(0)
+                .ep(rig.chan(0).outputs[0].link.unwrap())
+                .unwrap()
+                .link,
+            Link::Up
+        );
+        let (send, chunks) = the_send(&rig, link_fd);
+        assert!(matches!(rig.subs_of(OpKind::Send)[0].op, Op::Writev { .. }));
+        assert_eq!(
+            chunks,
+            [
+                chunk(b[0], 0, 4096),
+                chunk(b[1], 0, 4096),
+                chunk(b[2], 0, 4096),
+                chunk(b[3], 0, 100)
+            ]
+        );
+        for &x in &b[..4] {
+            assert_eq!(rig.engine.pool.state(x), State::Shared(2));
+        }
+        rig.take();
+
+        // A short write, 50 bytes into the second chunk: only the first buffer is done; the
+        // rest goes again at once, from byte 50 of the second chunk.
+        rig.complete(send, 4096 + 50);
+        let q = &rig.chan(0).outputs[0].queue;
+        assert_eq!(q.backlog(), 3 * 4096 + 100 - (4096 + 50));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.front(), Some(chunk(b[1], 50, 4046)));
+        assert_eq!(rig.engine.pool.state(b[0]), State::Free);
+        for &x in &b[1..4] {
+            assert_eq!(rig.engine.pool.state(x), State::Shared(2));
+        }
+        assert_eq!(rig.engine.pool.free_of(Class::Large).0, 29);
+        assert_eq!(rig.chan(0).outputs[0].stats.bytes, 4096 + 50);
+        let (send, chunks) = the_send(&rig, link_fd);
+        assert_eq!(
+            chunks,
+            [
+                chunk(b[1], 50, 4046),
+                chunk(b[2], 0, 4096),
+                chunk(b[3], 0, 100)
+            ]
+        );
+        rig.take();
+
+        // A write that ends exactly on a chunk boundary releases both chunks it finished; the
+        // one chunk left goes as a single write.
+        rig.complete(send, 4046 + 4096);
+        assert_eq!(rig.engine.pool.state(b[1]), State::Free);
+        assert_eq!(rig.engine.pool.state(b[2]), State::Free);
+        assert_eq!(rig.engine.pool.state(b[3]), State::Shared(2));
+        assert_eq!(rig.chan(0).outputs[0].queue.backlog(), 100);
+        let (send, chunks) = the_send(&rig, link_fd);
+        assert!(matches!(rig.subs_of(OpKind::Send)[0].op, Op::Write { .. }));
+        assert_eq!(chunks, [chunk(b[3], 0, 100)]);
+        rig.take();
+
+        rig.complete(send, 100);
+        assert!(rig.chan(0).outputs[0].queue.is_empty());
+        assert!(rig.subs_of(OpKind::Send).is_empty());
+        assert_eq!(rig.engine.pool.free_of(Class::Large), (32, 32));
+        assert_eq!(rig.chan(0).outputs[0].stats.bytes, 3 * 4096 + 100);
+    }
+}

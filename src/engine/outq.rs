@@ -382,6 +382,125 @@ mod tests {
     }
 
     #[test]
+    fn byte_limit_edge_per_policy() {
+        for (policy, over) in [
+            (OnSlow::Drop, Offer::Dropped),
+            (OnSlow::Disconnect, Offer::Disconnect),
+            (OnSlow::Block, Offer::QueuedBlocking),
+        ] {
+            let mut q = OutQueue::new(policy, 300, 16);
+            assert_eq!(q.offer(c(1, 100)), Offer::Queued, "{policy:?}");
+            assert_eq!(q.offer(c(2, 100)), Offer::Queued, "{policy:?}");
+            // Exactly at the limit is still under it.
+            assert_eq!(q.offer(c(3, 100)), Offer::Queued, "{policy:?}");
+            assert_eq!(q.backlog(), 300);
+            assert!(!q.is_over_limit(), "{policy:?}");
+            // One byte over.
+            assert_eq!(q.offer(c(4, 1)), over, "{policy:?}");
+            let (len, backlog) = if policy == OnSlow::Block {
+                (4, 301)
+            } else {
+                (3, 300)
+            };
+            assert_eq!((q.len(), q.backlog()), (len, backlog), "{policy:?}");
+            assert_eq!(q.is_over_limit(), policy == OnSlow::Block, "{policy:?}");
+            if policy != OnSlow::Block {
+                assert_eq!(q.limit_hit(), "backlog over 300 bytes");
+            }
+
+            // Bytes already handed to the kernel (a short write) no longer count: the front
+            // chunk half sent leaves room for exactly its sent half.
+            let mut q = OutQueue::new(policy, 300, 16);
+            for i in 0..3 {
+                assert_eq!(q.offer(c(i, 100)), Offer::Queued);
+            }
+            assert_eq!(q.advance(50), None);
+            assert_eq!(q.backlog(), 250);
+            assert_eq!(q.offer(c(3, 50)), Offer::Queued, "{policy:?}");
+            assert_eq!(q.backlog(), 300);
+            assert_eq!(q.offer(c(4, 1)), over, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn buffer_quota_edge_per_policy() {
+        for (policy, over) in [
+            (OnSlow::Drop, Offer::Dropped),
+            (OnSlow::Disconnect, Offer::Disconnect),
+            (OnSlow::Block, Offer::QueuedBlocking),
+        ] {
+            let mut q = OutQueue::new(policy, 1 << 30, 3);
+            assert_eq!(q.offer(c(1, 1)), Offer::Queued, "{policy:?}");
+            assert_eq!(q.offer(c(2, 1)), Offer::Queued, "{policy:?}");
+            // The chunk that fills the quota exactly is taken.
+            assert_eq!(q.offer(c(3, 1)), Offer::Queued, "{policy:?}");
+            assert!(!q.is_over_limit(), "{policy:?}");
+            assert_eq!(q.offer(c(4, 1)), over, "{policy:?}");
+            if policy == OnSlow::Block {
+                assert_eq!((q.len(), q.backlog()), (4, 4));
+                assert!(q.is_over_limit());
+                assert_eq!(q.limit_hit(), "4 pool buffers queued, its quota");
+            } else {
+                assert_eq!((q.len(), q.backlog()), (3, 3), "{policy:?}");
+                assert_eq!(q.limit_hit(), "3 pool buffers queued, its quota");
+            }
+            // A partly sent front chunk still holds its buffer: no room is made until the
+            // chunk is complete.
+            let mut q = OutQueue::new(policy, 1 << 30, 2);
+            q.offer(c(1, 10));
+            q.offer(c(2, 10));
+            assert_eq!(q.advance(9), None);
+            assert_eq!(q.offer(c(3, 1)), over, "{policy:?}");
+        }
+        // A quota of 0 is taken as 1: one chunk, never none.
+        let mut q = OutQueue::new(OnSlow::Drop, 1 << 30, 0);
+        assert_eq!(q.max_buffers(), 1);
+        assert_eq!(q.offer(c(1, 1)), Offer::Queued);
+        assert_eq!(q.offer(c(2, 1)), Offer::Dropped);
+    }
+
+    #[test]
+    fn may_resume_at_exactly_half() {
+        // Bytes: half of 400 is 200, and 200 resumes.
+        let mut q = OutQueue::new(OnSlow::Block, 400, 64);
+        for i in 0..3 {
+            q.offer(c(i, 100));
+        }
+        q.advance(99);
+        assert_eq!(q.backlog(), 201);
+        assert!(!q.may_resume());
+        q.advance(1);
+        assert_eq!(q.backlog(), 200);
+        assert!(q.may_resume());
+        // An odd limit rounds half down: of 401, 201 bytes stay blocked and 200 resume.
+        let mut q = OutQueue::new(OnSlow::Block, 401, 64);
+        q.offer(c(1, 201));
+        assert!(!q.may_resume());
+        q.advance(1);
+        assert!(q.may_resume());
+        // Buffers: half of a quota of 4 is 2, of 5 also 2 (a partly sent chunk still counts).
+        for quota in [4, 5] {
+            let mut q = OutQueue::new(OnSlow::Block, 1 << 30, quota);
+            for i in 0..3 {
+                q.offer(c(i, 10));
+            }
+            assert!(!q.may_resume(), "quota {quota}");
+            q.advance(9);
+            assert!(!q.may_resume(), "quota {quota}");
+            q.advance(1);
+            assert_eq!(q.len(), 2);
+            assert!(q.may_resume(), "quota {quota}");
+        }
+        // Both measures must be at or under half: bytes low but buffers high does not resume.
+        let mut q = OutQueue::new(OnSlow::Block, 1 << 30, 4);
+        for i in 0..3 {
+            q.offer(c(i, 1));
+        }
+        assert!(q.backlog() <= (1 << 30) / 2);
+        assert!(!q.may_resume());
+    }
+
+    #[test]
     fn gathered_writes_span_chunks() {
         let mut q = OutQueue::new(OnSlow::Block, 1 << 20, 16);
         for i in 0..4 {

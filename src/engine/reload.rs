@@ -169,3 +169,179 @@ impl Engine {
         self.after_batch(io);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::io::{Fd, Op};
+    use crate::engine::testkit::Rig;
+    use crate::engine::token::{OpKind, Token};
+
+    const GLOBAL: &str = "[global]\nbuffer_size = 4KiB\nbuffer_count = 8\ndatagram_count = 0\n";
+    const A: &str = "[channel a]\ninput = tcp-listen://127.0.0.1:5000\n\
+        output = tcp-listen://127.0.0.1:6000\n";
+    const A_CHANGED: &str = "[channel a]\ninput = tcp-listen://127.0.0.1:5000\n\
+        output = tcp-listen://127.0.0.1:6000 max_backlog=1MiB\n";
+    const B: &str = "[channel b]\ninput = tcp-listen://127.0.0.1:5001\n\
+        output = tcp-listen://127.0.0.1:6001\n";
+
+    fn conf(channels: &[&str]) -> String {
+        format!("{GLOBAL}{}", channels.concat())
+    }
+
+    /// Per channel slot: its name, whether it drains, and its open endpoints (fd, generation).
+    type Snapshot = Vec<Option<(String, bool, Vec<(Fd, u32)>)>>;
+
+    fn snapshot(rig: &Rig) -> Snapshot {
+        rig.engine
+            .channels()
+            .iter()
+            .map(|c| {
+                c.as_ref().map(|c| {
+                    let eps = c.slots.iter().flatten().map(|e| (e.fd, e.gen)).collect();
+                    (c.cfg.name.clone(), c.draining, eps)
+                })
+            })
+            .collect()
+    }
+
+    /// The accepts armed on channel `ci`'s listeners: (listener fd, token).
+    fn accepts(rig: &Rig, ci: usize) -> Vec<(Fd, Token)> {
+        let ch = rig.chan(ci);
+        let fds = [ch.input_listener, ch.outputs[0].listener].map(|s| rig.fd(ci, s));
+        fds.iter().map(|&fd| (fd, rig.accept_token(fd))).collect()
+    }
+
+    /// The cancels submitted since the last take, by target.
+    fn cancels(rig: &Rig) -> Vec<Token> {
+        let t = rig.fx.subs.iter().map(|s| match s.op {
+            Op::Cancel { target } => target,
+            op => panic!("only cancels expected, got {op:?}"),
+        });
+        sorted(t.collect())
+    }
+
+    fn sorted(mut t: Vec<Token>) -> Vec<Token> {
+        t.sort_by_key(|t| t.encode());
+        t
+    }
+
+    /// The accepts of a stopped channel come back cancelled; the batch ends.
+    fn cancel_completions(rig: &mut Rig, accepts: &[(Fd, Token)]) {
+        for &(_, tok) in accepts {
+            rig.complete(tok, -libc::ECANCELED);
+        }
+        rig.after_batch();
+    }
+
+    #[test]
+    fn same_config_keeps_every_channel_untouched() {
+        let text = conf(&[A, B]);
+        let mut rig = Rig::new(&text);
+        let before = snapshot(&rig);
+        rig.take();
+        rig.reload(&text);
+        assert_eq!(snapshot(&rig), before);
+        assert_eq!(rig.sys.binds, ["a", "b"]);
+        assert_eq!(rig.sys.closes, []);
+        assert_eq!(rig.sys.shutdowns, []);
+        assert_eq!(rig.fx.subs, []);
+    }
+
+    #[test]
+    fn changed_channel_restarts_once_its_old_instance_is_closed() {
+        let mut rig = Rig::new(&conf(&[A, B]));
+        let old_a = accepts(&rig, 0);
+        let b_before = snapshot(&rig)[1].clone();
+        rig.take();
+        rig.reload(&conf(&[A_CHANGED, B]));
+        let now = snapshot(&rig);
+        assert_eq!(
+            now[0].as_ref().map(|c| (c.0.as_str(), c.1)),
+            Some(("a", true))
+        );
+        assert_eq!(now[1], b_before, "b is untouched");
+        // Its listeners are shut down and their accepts cancelled; nothing is bound yet.
+        assert_eq!(
+            rig.sys.shutdowns,
+            old_a.iter().map(|a| a.0).collect::<Vec<_>>()
+        );
+        assert_eq!(cancels(&rig), sorted(old_a.iter().map(|a| a.1).collect()));
+        assert_eq!(rig.sys.binds, ["a", "b"]);
+        assert_eq!(rig.sys.closes, []);
+        rig.take();
+
+        // One accept back: one listener closed, the other still in flight, no start.
+        rig.complete(old_a[0].1, -libc::ECANCELED);
+        rig.after_batch();
+        assert_eq!(rig.sys.closes, [old_a[0].0]);
+        assert!(rig.chan(0).draining);
+        assert_eq!(rig.sys.binds, ["a", "b"]);
+
+        // The last one back: the old instance goes and the new one starts in its slot.
+        rig.complete(old_a[1].1, -libc::ECANCELED);
+        assert_eq!(rig.sys.binds, ["a", "b"], "starts only after the batch");
+        rig.after_batch();
+        assert_eq!(rig.sys.closes, [old_a[0].0, old_a[1].0]);
+        assert_eq!(rig.sys.binds, ["a", "b", "a"]);
+        assert_eq!(rig.engine.channels().len(), 2);
+        let a = rig.chan(0);
+        assert!(!a.draining);
+        assert_eq!(a.cfg.outputs[0].max_backlog, 1 << 20);
+        let new_a = accepts(&rig, 0);
+        assert!(new_a.iter().all(|n| old_a.iter().all(|o| o.0 != n.0)));
+        assert_eq!(rig.subs_of(OpKind::Accept).len(), 2);
+        assert_eq!(snapshot(&rig)[1], b_before);
+    }
+
+    #[test]
+    fn removed_channel_stops_and_its_slot_is_freed() {
+        let mut rig = Rig::new(&conf(&[A, B]));
+        let a_before = snapshot(&rig)[0].clone();
+        let old_b = accepts(&rig, 1);
+        rig.take();
+        rig.reload(&conf(&[A]));
+        assert_eq!(snapshot(&rig)[0], a_before);
+        assert!(rig.chan(1).draining);
+        assert_eq!(
+            rig.sys.shutdowns,
+            old_b.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+        assert_eq!(cancels(&rig), sorted(old_b.iter().map(|b| b.1).collect()));
+        rig.take();
+        cancel_completions(&mut rig, &old_b);
+        assert!(rig.engine.channels()[1].is_none());
+        assert_eq!(
+            rig.sys.closes,
+            old_b.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+        assert_eq!(rig.sys.binds, ["a", "b"]);
+        assert_eq!(rig.fx.subs, []);
+        assert_eq!(snapshot(&rig)[0], a_before);
+    }
+
+    #[test]
+    fn channel_added_back_while_closing_starts_once_it_is_gone() {
+        let mut rig = Rig::new(&conf(&[A, B]));
+        let old_b = accepts(&rig, 1);
+        rig.take();
+        rig.reload(&conf(&[A]));
+        let closing = snapshot(&rig);
+        assert!(rig.chan(1).draining);
+        rig.take();
+
+        // Back in the file while its old instance still waits for its accepts.
+        rig.reload(&conf(&[A, B]));
+        assert_eq!(snapshot(&rig), closing, "nothing starts yet");
+        assert_eq!(rig.sys.binds, ["a", "b"]);
+        assert_eq!(rig.fx.subs, []);
+
+        cancel_completions(&mut rig, &old_b);
+        assert_eq!(rig.sys.binds, ["a", "b", "b"]);
+        assert_eq!(rig.engine.channels().len(), 2);
+        let b = rig.chan(1);
+        assert_eq!((b.cfg.name.as_str(), b.draining), ("b", false));
+        let new_b = accepts(&rig, 1);
+        assert!(new_b.iter().all(|n| old_b.iter().all(|o| o.0 != n.0)));
+        assert_eq!(rig.subs_of(OpKind::Accept).len(), 2);
+    }
+}
