@@ -197,12 +197,7 @@ impl World {
             ..Caps::default()
         };
         let g = &cfg.global;
-        let pool = BufferPool::new(
-            g.buffer_size,
-            g.buffer_count,
-            g.datagram_size,
-            g.datagram_count,
-        );
+        let pool = BufferPool::for_global(g);
         let sizes = (0..pool.count() as u16).map(|i| pool.size_of(i)).collect();
         let faults = Faults {
             short_io: rng.range(0, 600) as u32,

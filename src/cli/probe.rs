@@ -32,12 +32,7 @@ pub fn run(a: &ProbeArgs) -> i32 {
         baseline,
         trial_multishot: true,
     };
-    let pool = BufferPool::new(
-        g.buffer_size,
-        g.buffer_count,
-        g.datagram_size,
-        g.datagram_count,
-    );
+    let pool = BufferPool::for_global(&g);
     match Ring::new(&opts, &pool) {
         Ok(ring) => {
             print!("{}", ring.caps);

@@ -108,12 +108,7 @@ impl Daemon {
         config_path: Option<String>,
     ) -> Result<Daemon, String> {
         let g = &cfg.global;
-        let pool = BufferPool::new(
-            g.buffer_size,
-            g.buffer_count,
-            g.datagram_size,
-            g.datagram_count,
-        );
+        let pool = BufferPool::for_global(g);
         let ring = Ring::new(
             &RingOptions {
                 entries: g.ring_entries,

@@ -82,6 +82,17 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
+    /// The pool `[global]` asks for: `buffer_count` x `buffer_size` and `datagram_count` x
+    /// `datagram_size`.
+    pub fn for_global(g: &crate::config::Global) -> BufferPool {
+        BufferPool::new(
+            g.buffer_size,
+            g.buffer_count,
+            g.datagram_size,
+            g.datagram_count,
+        )
+    }
+
     /// Books `count` buffers of `size` bytes and `small_count` slots of `small_size` bytes.
     /// Together at most 65535.
     pub fn new(size: u32, count: u32, small_size: u32, small_count: u32) -> BufferPool {

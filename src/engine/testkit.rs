@@ -177,12 +177,7 @@ impl Rig {
     pub fn with_sys(text: &str, mut sys: FakeSys) -> Rig {
         let cfg = config(text);
         let g = &cfg.global;
-        let pool = BufferPool::new(
-            g.buffer_size,
-            g.buffer_count,
-            g.datagram_size,
-            g.datagram_count,
-        );
+        let pool = BufferPool::for_global(g);
         let mem = VecMemory::new(&pool);
         let bound: Vec<Bound> = cfg.channels.iter().map(|c| sys.bind(c).unwrap()).collect();
         let now = Instant::now();
