@@ -17,10 +17,11 @@ use crate::engine::buffers::BufferPool;
 use crate::engine::channel::Channel;
 use crate::engine::io::{Bound, Completion, Effects};
 use crate::engine::token::{OpKind, Token, DAEMON_CHANNEL};
+use crate::engine::{output_backlog, output_state};
 use crate::engine::{Engine, Io};
 use crate::ops::logging;
 use crate::ops::signals::Signals;
-use crate::shm::{ShmOptions, StatsWriter};
+use crate::shm::{ShmOptions, StatRow, StatsWriter};
 use log::{error, info, warn};
 use std::time::{Duration, Instant};
 
@@ -260,7 +261,7 @@ impl Daemon {
         if now.duration_since(self.last_stats_pub) >= Duration::from_secs(1) {
             self.last_stats_pub = now;
             if let Some(w) = self.stats_writer.as_mut() {
-                w.publish(&self.engine.stat_rows());
+                w.publish(&stat_rows(&self.engine));
             }
         }
         if now.duration_since(self.last_monitor) >= Duration::from_secs(1) {
@@ -320,4 +321,54 @@ impl Daemon {
         }
         with_io!(self, |engine, io| engine.reload(new, &path, io));
     }
+}
+
+/// One row per input and per output, for the counters region `ringrelay stat` reads.
+fn stat_rows(engine: &Engine) -> Vec<StatRow> {
+    let mut rows = Vec::new();
+    for ch in engine.channels().iter().flatten() {
+        let s = &ch.stats;
+        let state = if ch.input.is_some() {
+            "up"
+        } else if ch.input_listener.is_some() {
+            "listening"
+        } else {
+            "down"
+        };
+        rows.push(StatRow {
+            label: ch.name().to_string(),
+            kind: "input".into(),
+            state: state.into(),
+            values: [
+                s.bytes,
+                s.datagrams,
+                s.drops,
+                0,
+                s.reconnects,
+                s.errors + s.malformed,
+                0,
+                0,
+            ],
+        });
+        for o in &ch.outputs {
+            let (backlog, clients) = output_backlog(ch, o);
+            let o_s = &o.stats;
+            rows.push(StatRow {
+                label: format!("{}/{}", ch.name(), o.url()),
+                kind: "output".into(),
+                state: output_state(ch, o).into(),
+                values: [
+                    o_s.bytes,
+                    o_s.datagrams,
+                    o_s.drops,
+                    o_s.disconnects,
+                    o_s.reconnects,
+                    o_s.errors,
+                    backlog,
+                    clients,
+                ],
+            });
+        }
+    }
+    rows
 }

@@ -530,56 +530,6 @@ impl Engine {
             }
         }
     }
-
-    /// One row per input and per output, for the counters region `ringrelay stat` reads.
-    pub fn stat_rows(&self) -> Vec<crate::shm::StatRow> {
-        let mut rows = Vec::new();
-        for ch in self.channels.iter().flatten() {
-            let s = &ch.stats;
-            let state = if ch.input.is_some() {
-                "up"
-            } else if ch.input_listener.is_some() {
-                "listening"
-            } else {
-                "down"
-            };
-            rows.push(crate::shm::StatRow {
-                label: ch.name().to_string(),
-                kind: "input".into(),
-                state: state.into(),
-                values: [
-                    s.bytes,
-                    s.datagrams,
-                    s.drops,
-                    0,
-                    s.reconnects,
-                    s.errors + s.malformed,
-                    0,
-                    0,
-                ],
-            });
-            for o in &ch.outputs {
-                let (backlog, clients) = output_backlog(ch, o);
-                let o_s = &o.stats;
-                rows.push(crate::shm::StatRow {
-                    label: format!("{}/{}", ch.name(), o.url()),
-                    kind: "output".into(),
-                    state: output_state(ch, o).into(),
-                    values: [
-                        o_s.bytes,
-                        o_s.datagrams,
-                        o_s.drops,
-                        o_s.disconnects,
-                        o_s.reconnects,
-                        o_s.errors,
-                        backlog,
-                        clients,
-                    ],
-                });
-            }
-        }
-        rows
-    }
 }
 
 /// Bytes queued for an output (a link's queue, or all its subscribers'), and its
