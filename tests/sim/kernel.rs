@@ -775,6 +775,11 @@ impl Kernel {
                     self.queue(i, e, 0, true);
                     return true;
                 }
+                if self.rng.chance(self.faults.error / 4) {
+                    // The kernel ran out of socket memory for this send.
+                    self.queue(i, -libc::ENOBUFS, 0, true);
+                    return true;
+                }
                 let max = (total as usize).min(c.room);
                 let n = if self.rng.chance(self.faults.short_io) {
                     self.rng.range(1, max)
