@@ -182,6 +182,18 @@ pub struct Output {
 }
 
 impl Output {
+    /// A fault of this output: counted, logged once on entering the fault state (`what` gets
+    /// the output's URL), and retried after the next backoff delay from `now`.
+    pub fn fault(&mut self, now: Instant, level: log::Level, what: impl FnOnce(&str) -> String) {
+        self.stats.errors += 1;
+        let d = self.backoff.next_delay();
+        if !self.faulted {
+            self.faulted = true;
+            log::log!(level, "{}", what(&self.url()));
+        }
+        self.retry_at = Some(now + d);
+    }
+
     pub fn scheme(&self) -> Scheme {
         self.cfg.endpoint.scheme
     }

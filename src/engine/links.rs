@@ -71,16 +71,12 @@ pub(crate) fn on_hangup(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                 );
                 return;
             }
-            o.stats.errors += 1;
-            let d = o.backoff.next_delay();
-            if !o.faulted {
-                o.faulted = true;
-                warn!(
-                    "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept; on_fin=keep if this collector only half-closes)",
-                    o.url()
-                );
-            }
-            o.retry_at = Some(cx.now + d);
+            o.fault(cx.now, log::Level::Warn, |url| {
+                format!(
+                "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept; on_fin=keep if this collector only half-closes)",
+                url
+                )
+            });
             close_ep(cx, ch, ci, slot);
         }
         _ => {}
@@ -322,17 +318,13 @@ pub(crate) fn connected(
                 }
                 Role::Link { out } => {
                     let o = &mut ch.outputs[out];
-                    o.stats.errors += 1;
-                    let d = o.backoff.next_delay();
-                    if !o.faulted {
-                        o.faulted = true;
-                        warn!(
-                            "channel {}: cannot connect to {}: {e}; retrying with backoff (block: data is kept)",
-                            ch.cfg.name,
-                            o.url()
-                        );
-                    }
-                    o.retry_at = Some(cx.now + d);
+                    o.fault(cx.now, log::Level::Warn, |url| {
+                        format!(
+                        "channel {}: cannot connect to {}: {e}; retrying with backoff (block: data is kept)",
+                        ch.cfg.name,
+                        url
+                        )
+                    });
                 }
                 _ => {}
             }
@@ -403,17 +395,12 @@ pub(crate) fn dial_output(cx: &mut Cx, ch: &mut Channel, ci: u16, oi: usize, now
             start_connect(cx, ch, ci, slot, in_progress);
         }
         Err(e) => {
-            o.stats.errors += 1;
-            let d = o.backoff.next_delay();
-            if !o.faulted {
-                o.faulted = true;
-                warn!(
+            o.fault(now, log::Level::Warn, |url| {
+                format!(
                     "channel {}: cannot open {}: {e}; retrying with backoff",
-                    ch.cfg.name,
-                    o.url()
-                );
-            }
-            o.retry_at = Some(now + d);
+                    ch.cfg.name, url
+                )
+            });
         }
     }
 }

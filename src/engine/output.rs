@@ -442,28 +442,20 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             }
         }
         Role::Link { .. } if o.file.is_some() => {
-            o.stats.errors += 1;
-            let d = o.backoff.next_delay();
-            if !o.faulted {
-                o.faulted = true;
-                error!(
+            o.fault(cx.now, log::Level::Error, |url| {
+                format!(
                     "channel {name}: output {}: write failed: {err}; retrying (queue kept)",
-                    o.url()
-                );
-            }
-            o.retry_at = Some(cx.now + d);
+                    url
+                )
+            });
         }
         _ => {
-            o.stats.errors += 1;
-            let d = o.backoff.next_delay();
-            if !o.faulted {
-                o.faulted = true;
-                warn!(
-                    "channel {name}: output {} lost: {err}; reconnecting (data not yet handed to the old connection is kept)",
-                    o.url()
-                );
-            }
-            o.retry_at = Some(cx.now + d);
+            o.fault(cx.now, log::Level::Warn, |url| {
+                format!(
+                "channel {name}: output {} lost: {err}; reconnecting (data not yet handed to the old connection is kept)",
+                url
+                )
+            });
             close_ep(cx, ch, ci, slot);
         }
     }

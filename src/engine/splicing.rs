@@ -268,16 +268,12 @@ pub(crate) fn on_splice_out(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32)
         } else {
             errno_str(res)
         };
-        o.stats.errors += 1;
-        let d = o.backoff.next_delay();
-        if !o.faulted {
-            o.faulted = true;
-            warn!(
-                "channel {name}: output {} lost: {err}; reconnecting (data still in the pipe is kept)",
-                o.url()
-            );
-        }
-        o.retry_at = Some(cx.now + d);
+        o.fault(cx.now, log::Level::Warn, |url| {
+            format!(
+            "channel {name}: output {} lost: {err}; reconnecting (data still in the pipe is kept)",
+            url
+            )
+        });
         close_ep(cx, ch, ci, slot);
     }
     ch.reap_if_idle(slot, cx.sys);
