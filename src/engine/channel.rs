@@ -323,6 +323,9 @@ pub struct Channel {
     pub blocked: bool,
     /// Stopping: no more input, outputs drain.
     pub draining: bool,
+    /// Stopping, and the stream input is shut down but still read: the bytes its socket
+    /// already holds (acknowledged to the producer) are relayed up to the end of stream.
+    pub input_draining: bool,
     /// Stopped by a reload and still flushing its outputs: they are closed once drained or at
     /// this instant, whichever comes first. `None` once they are closed (and always while the
     /// whole daemon shuts down, which keeps its own deadline).
@@ -417,6 +420,7 @@ impl Channel {
             outputs,
             blocked: false,
             draining: false,
+            input_draining: false,
             to_kick: Vec::new(),
             batch_kicks: Vec::new(),
             to_disconnect: Vec::new(),

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 /// Keeps the input's receives in flight: several for datagrams, one for a stream.
 pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
-    if ch.draining {
+    if ch.draining && !ch.input_draining {
         return;
     }
     if ch.splice.is_some() {

@@ -544,7 +544,20 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
 /// Closes what brings data or subscribers into a channel: its input, the input's listener and
 /// the outputs' listeners. Outputs and subscribers stay open to flush what they hold.
 pub(crate) fn close_intake(cx: &mut Cx, ch: &mut Channel, ci: u16) {
-    for slot in [ch.input, ch.input_listener].into_iter().flatten() {
+    // A connected stream input is shut down, not closed: a read returns what its socket
+    // already holds, then the end of stream, which closes it as any producer's FIN does. The
+    // drain is bounded by the shutdown or reload deadline, which closes whatever is left.
+    let stream_input = ch
+        .input
+        .filter(|_| !ch.input_is_datagram())
+        .and_then(|s| ch.ep(s).map(|e| (s, e.link == Link::Up, e.raw_fd())));
+    if let Some((_, true, fd)) = stream_input {
+        cx.sys.shutdown(fd);
+        ch.input_draining = true;
+    } else if let Some(slot) = ch.input {
+        close_ep(cx, ch, ci, slot);
+    }
+    if let Some(slot) = ch.input_listener {
         close_ep(cx, ch, ci, slot);
     }
     for oi in 0..ch.outputs.len() {

@@ -27,9 +27,11 @@ pub(crate) fn splice_in(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         splice,
         input,
         draining,
+        input_draining,
         ..
     } = ch;
-    let (Some(sp), Some(slot), false) = (splice.as_mut(), *input, *draining) else {
+    let stopped = *draining && !*input_draining;
+    let (Some(sp), Some(slot), false) = (splice.as_mut(), *input, stopped) else {
         return;
     };
     let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
