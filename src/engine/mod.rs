@@ -21,6 +21,7 @@
 //! generation). A completion whose generation is stale releases what its operation held and
 //! touches nothing else; a slot is reused only once its in-flight count is zero.
 
+mod accept;
 pub mod backoff;
 pub mod buffers;
 pub mod caps;
@@ -308,7 +309,7 @@ impl Engine {
             OpKind::RecvMulti => input::on_recv_multi(cx, ch, tok, c),
             OpKind::Send | OpKind::SendDatagram => output::on_write(cx, ch, tok, c.res),
             OpKind::SendZc => output::on_send_zc(cx, ch, tok, c),
-            OpKind::Accept => links::on_accept(cx, ch, tok, c.res, c.more(), (count, count_n)),
+            OpKind::Accept => accept::on_accept(cx, ch, tok, c.res, c.more(), (count, count_n)),
             OpKind::Connect => links::on_connect(cx, ch, tok, c.res),
             OpKind::Hangup => links::on_hangup(cx, ch, tok, c.res),
             OpKind::SpliceIn => splicing::on_splice_in(cx, ch, tok, c.res),

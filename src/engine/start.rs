@@ -7,10 +7,11 @@
 //! Must never: leave a half-started channel running: an error here is returned before
 //! anything of the channel is armed, and the caller stops it.
 
+use super::accept::arm_accept;
 use super::buffers::Class;
 use super::channel::{Channel, Endpoint, FanPipes, Link, Role, SplicePipe, UDP_RING_START};
 use super::io::{Pipe, Sys};
-use super::links::{arm_accept, dial_input, dial_output};
+use super::links::{dial_input, dial_output};
 use super::rings::entries_for;
 use super::splice::{Fanout, PipeFill};
 use super::{input::post_reads, split, Cx, Engine, Io, MAX_BUF_RING_ENTRIES};

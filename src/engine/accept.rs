@@ -1,0 +1,284 @@
+//! The accept policy: arming accepts on listening endpoints, and what happens to each
+//! connection accepted.
+//!
+//! Owns: the `allow=` lists, one producer at a time (or `producer = replace`), `max_clients`,
+//! the subscriber's hang-up watch from its first moment, and what an accept that fails says
+//! (EMFILE and its kind: the listener stays, the accept is re-armed by the tick).
+
+use super::channel::{Channel, Endpoint, Link, Role};
+use super::input::post_reads;
+use super::io::{Fd, Op};
+use super::links::watch_hangup;
+use super::outq::OutQueue;
+use super::splicing::splice_socket;
+use super::token::{OpKind, Token};
+use super::{errno_str, Cx};
+use log::{debug, info, warn};
+
+/// Arms an accept on a listening endpoint.
+pub(crate) fn arm_accept(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
+    let Some(ep) = ch.ep_mut(slot) else { return };
+    if ep.accepting || ep.link != Link::Up {
+        return;
+    }
+    ep.accepting = true;
+    ep.in_flight += 1;
+    let fd = ep.raw_fd();
+    cx.push(
+        Op::Accept { fd },
+        Token::new(OpKind::Accept, ci, slot, ep.gen),
+    );
+}
+
+pub(crate) fn on_accept(
+    cx: &mut Cx,
+    ch: &mut Channel,
+    tok: Token,
+    res: i32,
+    more: bool,
+    quota_of: (u32, usize),
+) {
+    let ci = tok.chan;
+    let slot = tok.ep;
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        if res >= 0 {
+            cx.sys.close(res);
+        }
+        return;
+    };
+    if !more {
+        ep.in_flight -= 1;
+        ep.accepting = false;
+    }
+    let role = ep.role;
+    let closing = ep.link == Link::Closing || ch.draining;
+    if res >= 0 {
+        let fd = res;
+        if closing {
+            cx.sys.close(fd);
+        } else {
+            accepted(cx, ch, ci, role, fd, quota_of);
+        }
+    } else if !closing && res != -libc::ECANCELED {
+        let e = errno_str(res);
+        match -res {
+            libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
+                warn!(
+                    "channel {}: accept failed: {e}; retrying shortly",
+                    ch.name()
+                );
+                // Re-armed by the tick, not at once (the condition would repeat).
+                ch.reap_if_idle(slot, cx.sys);
+                return;
+            }
+            _ => debug!("channel {}: accept: {e}", ch.name()),
+        }
+    }
+    if !more && !closing {
+        arm_accept(cx, ch, ci, slot);
+    }
+    ch.reap_if_idle(slot, cx.sys);
+}
+
+pub(crate) fn accepted(
+    cx: &mut Cx,
+    ch: &mut Channel,
+    ci: u16,
+    role: Role,
+    fd: Fd,
+    (buffer_count, channels): (u32, usize),
+) {
+    let (peer, ip) = cx.sys.peer(fd);
+    match role {
+        Role::InputListener => {
+            let allow = &ch.cfg.input.opts.allow;
+            if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|c| c.contains(ip))) {
+                ch.stats.refused += 1;
+                warn!(
+                    "channel {}: producer {peer} refused: not in allow=",
+                    ch.name()
+                );
+                cx.sys.close(fd);
+                return;
+            }
+            if ch.input.is_some() {
+                ch.stats.refused += 1;
+                warn!(
+                    "channel {}: second producer {peer} refused: a producer is already connected",
+                    ch.name()
+                );
+                cx.sys.close(fd);
+                return;
+            }
+            if ch.stats.bytes > 0 || ch.stats.reconnects > 0 || ch.input_faulted {
+                ch.stats.reconnects += 1;
+            }
+            ch.input_faulted = true;
+            splice_socket(cx, ch, fd);
+            let mut ep = Endpoint::new(cx.gens.fresh(), Role::Input, fd, Link::Up);
+            ep.peer = peer.clone();
+            let slot = ch.insert(ep);
+            ch.input = Some(slot);
+            info!("channel {}: producer {peer} connected", ch.name());
+            post_reads(cx, ch, ci);
+        }
+        Role::OutputListener { out } => {
+            let o = &mut ch.outputs[out];
+            let allow = &o.cfg.endpoint.opts.allow;
+            if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|c| c.contains(ip))) {
+                o.stats.errors += 1;
+                warn!(
+                    "channel {}: subscriber {peer} of {} refused: not in allow=",
+                    ch.cfg.name,
+                    o.url()
+                );
+                cx.sys.close(fd);
+                return;
+            }
+            let max = o.cfg.endpoint.opts.max_clients.unwrap_or(64) as usize;
+            if o.subscribers.len() >= max {
+                o.stats.errors += 1;
+                warn!(
+                    "channel {}: subscriber {peer} of {} refused: max_clients={max} reached",
+                    ch.cfg.name,
+                    o.url()
+                );
+                cx.sys.close(fd);
+                return;
+            }
+            if let Some(n) = o.cfg.endpoint.opts.sndbuf {
+                cx.sys.set_sndbuf(fd, n);
+            }
+            let mut ep = Endpoint::new(cx.gens.fresh(), Role::Subscriber { out }, fd, Link::Up);
+            let quota = super::channel::buffer_quota(buffer_count, channels, o.cfg.on_slow);
+            ep.queue = Some(OutQueue::new(o.cfg.on_slow, o.cfg.max_backlog, quota));
+            ep.peer = peer.clone();
+            o.stats.reconnects += 1;
+            info!(
+                "channel {}: subscriber {peer} connected to {}",
+                ch.cfg.name,
+                o.url()
+            );
+            let slot = ch.insert(ep);
+            ch.outputs[out].subscribers.push(slot);
+            watch_hangup(cx, ch, ci, slot);
+        }
+        _ => cx.sys.close(fd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::channel::Role;
+    use crate::engine::io::Op;
+    use crate::engine::testkit::Rig;
+    use crate::engine::token::OpKind;
+    use std::net::IpAddr;
+
+    const CONF: &str = "[global]\nbuffer_size = 4KiB\nbuffer_count = 32\ndatagram_count = 0\n\
+        [channel a]\ninput = tcp-listen://127.0.0.1:5000 allow=10.0.0.0/8\n\
+        output = tcp-listen://127.0.0.1:6000 max_clients=2 allow=192.168.0.0/16\n";
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// Completes the accept armed on listener `fd` with a peer at `from`; returns the accepted
+    /// descriptor. What the engine submitted before is taken first.
+    fn connect(rig: &mut Rig, fd: i32, from: Option<IpAddr>) -> i32 {
+        let tok = rig.accept_token(fd);
+        rig.take();
+        rig.accept_from(tok, from)
+    }
+
+    #[test]
+    fn producers_outside_allow_and_second_producers_are_refused() {
+        let mut rig = Rig::new(CONF);
+        let l = rig.fd(0, rig.chan(0).input_listener);
+
+        let outside = connect(&mut rig, l, ip("172.16.0.1"));
+        assert_eq!(rig.sys.closes, [outside]);
+        assert_eq!(rig.chan(0).stats.refused, 1);
+        assert_eq!(rig.chan(0).input, None);
+        // Nothing is read; the accept is armed again.
+        let ops: Vec<Op> = rig.fx.subs.iter().map(|s| s.op).collect();
+        assert_eq!(ops, [Op::Accept { fd: l }]);
+
+        // A peer without an address (a Unix socket) is not in any allow= range.
+        let unnamed = connect(&mut rig, l, None);
+        assert_eq!(rig.sys.closes, [outside, unnamed]);
+        assert_eq!(rig.chan(0).stats.refused, 2);
+
+        let first = connect(&mut rig, l, ip("10.1.2.3"));
+        assert_eq!(rig.fd(0, rig.chan(0).input), first);
+        assert_eq!(rig.chan(0).stats.refused, 2);
+        assert_eq!(rig.sys.closes, [outside, unnamed]);
+        assert!(rig
+            .subs_of(OpKind::Recv)
+            .iter()
+            .all(|s| matches!(s.op, Op::ReadvStream { fd, .. } if fd == first)));
+        assert_eq!(rig.subs_of(OpKind::Recv).len(), 1);
+
+        // Allowed, but one producer is already connected.
+        let second = connect(&mut rig, l, ip("10.9.9.9"));
+        assert_eq!(rig.sys.closes, [outside, unnamed, second]);
+        assert_eq!(rig.chan(0).stats.refused, 3);
+        assert_eq!(rig.fd(0, rig.chan(0).input), first);
+        assert!(rig.subs_of(OpKind::Recv).is_empty());
+        // Refused sockets are closed, never shut down (nothing was in flight on them).
+        assert_eq!(rig.sys.shutdowns, []);
+    }
+
+    #[test]
+    fn subscribers_refused_at_max_clients_and_outside_allow() {
+        let mut rig = Rig::new(CONF);
+        let l = rig.fd(0, rig.chan(0).outputs[0].listener);
+        let subscriber_fds = |rig: &Rig| -> Vec<i32> {
+            let ch = rig.chan(0);
+            let subs = &ch.outputs[0].subscribers;
+            subs.iter().map(|&s| rig.fd(0, Some(s))).collect()
+        };
+
+        // Below max_clients=2: accepted, with a queue and a hang-up watch.
+        let s1 = connect(&mut rig, l, ip("192.168.1.1"));
+        let s2 = connect(&mut rig, l, ip("192.168.1.2"));
+        assert_eq!(subscriber_fds(&rig), [s1, s2]);
+        let slot2 = *rig.chan(0).outputs[0].subscribers.last().unwrap();
+        let ep = rig.chan(0).ep(slot2).unwrap();
+        assert_eq!(ep.role, Role::Subscriber { out: 0 });
+        assert!(ep.queue.is_some());
+        assert_eq!(rig.subs_of(OpKind::Hangup)[0].op, Op::PollHangup { fd: s2 });
+        assert_eq!(rig.chan(0).outputs[0].stats.reconnects, 2);
+        assert_eq!(rig.sys.closes, []);
+
+        // At exactly max_clients: refused.
+        let s3 = connect(&mut rig, l, ip("192.168.1.3"));
+        assert_eq!(rig.sys.closes, [s3]);
+        assert_eq!(subscriber_fds(&rig), [s1, s2]);
+        assert_eq!(rig.chan(0).outputs[0].stats.errors, 1);
+        assert!(rig.subs_of(OpKind::Hangup).is_empty());
+
+        // Outside allow=: refused, counted on the output (not as a refused producer).
+        let outside = connect(&mut rig, l, ip("10.0.0.1"));
+        assert_eq!(rig.sys.closes, [s3, outside]);
+        assert_eq!(rig.chan(0).outputs[0].stats.errors, 2);
+        assert_eq!(rig.chan(0).stats.refused, 0);
+        assert_eq!(rig.chan(0).outputs[0].stats.reconnects, 2);
+        assert_eq!(rig.sys.shutdowns, []);
+    }
+
+    #[test]
+    fn output_allow_admits_exactly_its_range() {
+        // 192.168.0.0/16: the first address past it is refused while the output has no
+        // subscriber at all; its last address is admitted.
+        let mut rig = Rig::new(CONF);
+        let l = rig.fd(0, rig.chan(0).outputs[0].listener);
+        let outside = connect(&mut rig, l, ip("192.169.0.1"));
+        assert_eq!(rig.sys.closes, [outside]);
+        assert!(rig.chan(0).outputs[0].subscribers.is_empty());
+        let inside = connect(&mut rig, l, ip("192.168.255.255"));
+        assert_eq!(rig.sys.closes, [outside]);
+        let s = rig.chan(0).outputs[0].subscribers[0];
+        assert_eq!(rig.fd(0, Some(s)), inside);
+    }
+}
