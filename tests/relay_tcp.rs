@@ -151,8 +151,9 @@ struct StreamChannel {
 }
 
 /// One TCP producer, three TCP subscribers and a file: all four get every byte of 16 MiB. One
-/// subscriber half-closes as soon as it connects (as `nc HOST PORT < /dev/null` does): a FIN from
-/// a subscriber is not a hang-up, it still gets everything.
+/// subscriber half-closes as soon as it connects (as `nc HOST PORT < /dev/null` does): with
+/// `on_fin=keep` a FIN from a subscriber is not a hang-up, it still gets everything. (Without
+/// it, a FIN releases the subscriber: tests/relay_release.rs.)
 fn tcp_producer_to_three_subscribers_and_a_file(features: Features) {
     let dir = TempDir::new("tcp-fanout");
     let file = dir.join("fanout.raw");
@@ -160,7 +161,7 @@ fn tcp_producer_to_three_subscribers_and_a_file(features: Features) {
         let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}[channel fanout]\ninput = tcp-listen://{input}\noutput = tcp-listen://{subs}\noutput = file://{}\n",
+            "{}[channel fanout]\ninput = tcp-listen://{input}\noutput = tcp-listen://{subs} on_fin=keep\noutput = file://{}\n",
             dir.global_section(),
             file.display()
         );

@@ -82,6 +82,8 @@ struct OutSpec {
     kind: OutKind,
     policy: &'static str,
     zerocopy: bool,
+    /// Subscribers: `on_fin=keep` (a FIN is a half-close; the default closes them).
+    keep_fin: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -147,10 +149,12 @@ impl World {
                 ]);
                 let policy = policy(&mut rng, kind);
                 let zerocopy = kind == OutKind::Collector && rng.chance(400);
+                let keep_fin = kind == OutKind::Subscribers && rng.chance(250);
                 outputs.push(OutSpec {
                     kind,
                     policy,
                     zerocopy,
+                    keep_fin,
                 });
             }
             text += &format!("[channel c{c}]\n");
@@ -173,8 +177,9 @@ impl World {
                 let backlog = rng.pick(&["16KiB", "64KiB", "1MiB"]);
                 text += &match os.kind {
                     OutKind::Subscribers => format!(
-                        "output = tcp-listen://127.0.0.1:{port} on_slow={} max_backlog={backlog} max_clients=3\n",
-                        os.policy
+                        "output = tcp-listen://127.0.0.1:{port} on_slow={} max_backlog={backlog} max_clients=3{}\n",
+                        os.policy,
+                        if os.keep_fin { " on_fin=keep" } else { "" }
                     ),
                     OutKind::Collector => format!(
                         "output = tcp://127.0.0.1:{port} on_slow={} max_backlog={backlog}{}\n",
@@ -619,6 +624,26 @@ fn quiet(w: &World, engine: &Engine) -> bool {
         // while under its limit: nothing more arrives to push it over).
         if ch.outputs.iter().any(|o| !o.queue.is_empty()) {
             return false;
+        }
+        // A subscriber whose peer left is released even when nothing flows to it (unless its
+        // output keeps half-closed subscribers): otherwise its descriptor and its
+        // `max_clients` place are held until the next write, which an idle channel never makes.
+        for (o, spec) in w.spec[c].outputs.iter().enumerate() {
+            if spec.kind != OutKind::Subscribers || spec.keep_fin {
+                continue;
+            }
+            let held = ch.outputs[o].subscribers.iter().any(|&s| {
+                ch.ep(s).is_some_and(|e| match w.kernel.objs.get(&e.fd) {
+                    Some(Obj::Stream(ci)) => {
+                        let k = &w.kernel.conns[*ci];
+                        k.gone || k.half_closed || k.shut
+                    }
+                    _ => false,
+                })
+            });
+            if held {
+                return false;
+            }
         }
         let busy = ch.slots.iter().flatten().any(|e| {
             let pending = e.write_ops > 0 || e.queue.as_ref().is_some_and(|q| !q.is_empty());

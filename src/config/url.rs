@@ -84,7 +84,8 @@ impl OnSlow {
     }
 }
 
-/// What a `tcp://` or `unix://` output does when its collector closes its sending side (FIN).
+/// What a stream output does when its peer closes its sending side (FIN): a collector of a
+/// `tcp://` or `unix://` output, or a subscriber of a listening one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OnFin {
     /// Take the collector as gone: close and redial, keeping what the old connection has not
@@ -93,6 +94,10 @@ pub enum OnFin {
     /// A half-close only: keep sending (collectors such as `nc -l < /dev/null` that close their
     /// sending side at once but go on reading).
     Keep,
+    /// A subscriber's FIN: it left; close it and free its place (the default of listening
+    /// outputs: TCP cannot tell a close from a half-close, and a subscriber that left an idle
+    /// channel must not hold its descriptor and `max_clients` place until data flows).
+    Close,
 }
 
 impl OnFin {
@@ -100,6 +105,7 @@ impl OnFin {
         match self {
             OnFin::Redial => "redial",
             OnFin::Keep => "keep",
+            OnFin::Close => "close",
         }
     }
 }
@@ -322,7 +328,8 @@ impl Endpoint {
                     opts.on_fin = Some(match v {
                         "redial" => OnFin::Redial,
                         "keep" => OnFin::Keep,
-                        _ => return Err(bad(format!("'{v}' is not one of redial, keep"))),
+                        "close" => OnFin::Close,
+                        _ => return Err(bad(format!("'{v}' is not one of redial, close, keep"))),
                     })
                 }
                 "rotate" => {
@@ -378,7 +385,14 @@ impl Endpoint {
                 allowed.extend(["ttl", "iface", "sndbuf", "on_slow", "max_backlog", "gso"])
             }
             (Role::Output, Scheme::TcpListen | Scheme::UnixListen) => {
-                allowed.extend(["max_clients", "allow", "max_backlog", "on_slow", "sndbuf"]);
+                allowed.extend([
+                    "max_clients",
+                    "allow",
+                    "max_backlog",
+                    "on_slow",
+                    "sndbuf",
+                    "on_fin",
+                ]);
                 if sc == Scheme::TcpListen {
                     allowed.push("zerocopy");
                 }
@@ -427,6 +441,21 @@ impl Endpoint {
         if role == Role::Output && sc == Scheme::Udp && o.on_slow.is_some_and(|m| m != OnSlow::Drop)
         {
             return Err("udp outputs always drop when slow (on_slow=drop)".into());
+        }
+        match (o.on_fin, sc.is_listen()) {
+            (Some(OnFin::Redial), true) => {
+                return Err(
+                    "on_fin=redial is for outputs that dial; a subscriber's FIN: close or keep"
+                        .into(),
+                )
+            }
+            (Some(OnFin::Close), false) => {
+                return Err(
+                    "on_fin=close is for listening outputs; a collector's FIN: redial or keep"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         if sc == Scheme::Udp && role == Role::Input && o.iface.is_some() && o.group.is_none() {
             return Err("iface= needs group= on a udp input".into());
@@ -598,7 +627,10 @@ mod tests {
         assert!(Endpoint::parse_for("udp://h:1 rotate=1MiB", Role::Output).is_err());
         assert!(Endpoint::parse_for("tcp://h:0", Role::Output).is_err());
         assert!(Endpoint::parse_for("unix-listen:///x allow=1.2.3.4", Role::Output).is_err());
-        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Output).is_err());
+        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Output).is_ok());
+        assert!(Endpoint::parse_for("unix-listen:///x on_fin=close", Role::Output).is_ok());
+        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=redial", Role::Output).is_err());
+        assert!(Endpoint::parse_for("tcp://h:1 on_fin=close", Role::Output).is_err());
         assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Input).is_err());
         assert!(Endpoint::parse_for("tcp://h:1 on_fin=maybe", Role::Output).is_err());
         assert!(Endpoint::parse_for("unix:///x on_fin=keep", Role::Output).is_ok());

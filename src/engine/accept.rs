@@ -51,7 +51,15 @@ pub(crate) fn on_accept(
         ep.accepting = false;
     }
     let role = ep.role;
+    let recovered = res >= 0 && std::mem::take(&mut ep.accept_failing);
     let closing = ep.link == Link::Closing || ch.draining;
+    if recovered {
+        info!(
+            "channel {}: listener {}: accepting again",
+            ch.name(),
+            listener_url(ch, role)
+        );
+    }
     if res >= 0 {
         let fd = res;
         if closing {
@@ -63,11 +71,23 @@ pub(crate) fn on_accept(
         let e = errno_str(res);
         match -res {
             libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
-                warn!(
-                    "channel {}: accept failed: {e}; retrying shortly",
-                    ch.name()
-                );
-                // Re-armed by the tick, not at once (the condition would repeat).
+                // What is open keeps being served; the connection waits in the listen queue
+                // and the tick re-arms the accept (at once, the condition would repeat).
+                // Logged once when it starts, summed up while it lasts, and once when it ends.
+                let url = listener_url(ch, role);
+                let scope = format!("channel {}: listener {url}", ch.name());
+                if let Some(ep) = ch.ep_mut(slot) {
+                    ep.accept_failing = true;
+                }
+                if cx
+                    .logs
+                    .admit(cx.now, &scope, "failed accepts", 1, log::Level::Warn)
+                {
+                    warn!(
+                        "{scope}: accept failed: {e}; what is open is still served, new connections wait in the listen queue (retrying every {} ms)",
+                        super::TICK.as_millis()
+                    );
+                }
                 ch.reap_if_idle(slot, cx.sys);
                 return;
             }
@@ -78,6 +98,14 @@ pub(crate) fn on_accept(
         arm_accept(cx, ch, ci, slot);
     }
     ch.reap_if_idle(slot, cx.sys);
+}
+
+/// The URL of the listener that accepts for `role`.
+fn listener_url(ch: &Channel, role: Role) -> String {
+    match role {
+        Role::OutputListener { out } => ch.outputs[out].url(),
+        _ => ch.cfg.input.url(),
+    }
 }
 
 pub(crate) fn accepted(
@@ -92,21 +120,24 @@ pub(crate) fn accepted(
     match role {
         Role::InputListener => {
             let allow = &ch.cfg.input.opts.allow;
+            let scope = format!("channel {}: input {}", ch.name(), ch.cfg.input.url());
             if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|c| c.contains(ip))) {
                 ch.stats.refused += 1;
-                warn!(
-                    "channel {}: producer {peer} refused: not in allow=",
-                    ch.name()
-                );
+                let cause = "producers refused (not in allow=)";
+                if cx.logs.admit(cx.now, &scope, cause, 1, log::Level::Warn) {
+                    warn!("{scope}: producer {peer} refused: not in allow=");
+                }
                 cx.sys.close(fd);
                 return;
             }
             if ch.input.is_some() {
                 ch.stats.refused += 1;
-                warn!(
-                    "channel {}: second producer {peer} refused: a producer is already connected",
-                    ch.name()
-                );
+                let cause = "producers refused (one is already connected)";
+                if cx.logs.admit(cx.now, &scope, cause, 1, log::Level::Warn) {
+                    warn!(
+                        "{scope}: second producer {peer} refused: a producer is already connected"
+                    );
+                }
                 cx.sys.close(fd);
                 return;
             }
@@ -124,25 +155,24 @@ pub(crate) fn accepted(
         }
         Role::OutputListener { out } => {
             let o = &mut ch.outputs[out];
+            let scope = format!("channel {}: output {}", ch.cfg.name, o.url());
             let allow = &o.cfg.endpoint.opts.allow;
             if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|c| c.contains(ip))) {
                 o.stats.errors += 1;
-                warn!(
-                    "channel {}: subscriber {peer} of {} refused: not in allow=",
-                    ch.cfg.name,
-                    o.url()
-                );
+                let cause = "subscribers refused (not in allow=)";
+                if cx.logs.admit(cx.now, &scope, cause, 1, log::Level::Warn) {
+                    warn!("{scope}: subscriber {peer} refused: not in allow=");
+                }
                 cx.sys.close(fd);
                 return;
             }
             let max = o.cfg.endpoint.opts.max_clients.unwrap_or(64) as usize;
             if o.subscribers.len() >= max {
                 o.stats.errors += 1;
-                warn!(
-                    "channel {}: subscriber {peer} of {} refused: max_clients={max} reached",
-                    ch.cfg.name,
-                    o.url()
-                );
+                let cause = "subscribers refused (max_clients reached)";
+                if cx.logs.admit(cx.now, &scope, cause, 1, log::Level::Warn) {
+                    warn!("{scope}: subscriber {peer} refused: max_clients={max} reached");
+                }
                 cx.sys.close(fd);
                 return;
             }
@@ -154,11 +184,19 @@ pub(crate) fn accepted(
             ep.queue = Some(OutQueue::new(o.cfg.on_slow, o.cfg.max_backlog, quota));
             ep.peer = peer.clone();
             o.stats.reconnects += 1;
-            info!(
-                "channel {}: subscriber {peer} connected to {}",
-                ch.cfg.name,
-                o.url()
-            );
+            if cx.logs.admit(
+                cx.now,
+                &scope,
+                "subscribers connected",
+                20,
+                log::Level::Info,
+            ) {
+                info!(
+                    "channel {}: subscriber {peer} connected to {}",
+                    ch.cfg.name,
+                    o.url()
+                );
+            }
             let slot = ch.insert(ep);
             ch.outputs[out].subscribers.push(slot);
             watch_hangup(cx, ch, ci, slot);

@@ -106,6 +106,9 @@ pub struct Endpoint {
     pub splice_poll: bool,
     /// An accept is armed.
     pub accepting: bool,
+    /// Its last accept failed for want of descriptors or memory (logged; cleared, and said,
+    /// by the next one that succeeds).
+    pub accept_failing: bool,
     /// A hang-up watch (POLLRDHUP) is armed.
     pub watching: bool,
     /// A closing link whose output queue was emptied under its in-flight writes (dropped as
@@ -134,6 +137,7 @@ impl Endpoint {
             splicing: false,
             splice_poll: false,
             accepting: false,
+            accept_failing: false,
             watching: false,
             detached: false,
             queue: None,
@@ -326,6 +330,11 @@ pub struct Channel {
     /// Stopping, and the stream input is shut down but still read: the bytes its socket
     /// already holds (acknowledged to the producer) are relayed up to the end of stream.
     pub input_draining: bool,
+    /// The input found no free buffer for a read: the tick has other inputs give back the
+    /// buffers their idle reads park (see `input::unpark_reads`).
+    pub input_starved: bool,
+    /// Its parked reads are being cancelled to give their buffers back.
+    pub input_unparking: bool,
     /// Stopped by a reload and still flushing its outputs: they are closed once drained or at
     /// this instant, whichever comes first. `None` once they are closed (and always while the
     /// whole daemon shuts down, which keeps its own deadline).
@@ -421,6 +430,8 @@ impl Channel {
             blocked: false,
             draining: false,
             input_draining: false,
+            input_starved: false,
+            input_unparking: false,
             to_kick: Vec::new(),
             batch_kicks: Vec::new(),
             to_disconnect: Vec::new(),

@@ -85,8 +85,13 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         }
         let (first, count) = match ep.reading.first() {
             Some(&b) => (b, ep.reading.len()),
-            None => return,
+            None => {
+                ch.input_starved = true;
+                return;
+            }
         };
+        ch.input_starved = false;
+        ch.input_unparking = false;
         let sqe = if count == 1 {
             Op::ReadStream {
                 fd,
@@ -140,8 +145,17 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     let fd = ep.raw_fd();
     let gen = ep.gen;
     let mut ops = [(Op::PollIn { fd }, Token::daemon(OpKind::Cancel)); UDP_RECVS_IN_FLIGHT];
+    // A chain waits in the kernel, holding its buffers, until datagrams come: an idle input
+    // would park a whole chain's buffers. While the pool is short (a `block` output holds most
+    // of it), each input parks one, so every input of every channel still gets one.
+    let (free, total) = cx.pool.free_of(class);
+    let want = if free > total / 2 {
+        UDP_RECVS_IN_FLIGHT
+    } else {
+        1
+    };
     let mut n = 0;
-    while n < UDP_RECVS_IN_FLIGHT {
+    while n < want {
         let Some(buf) = cx.pool.take_class(class) else {
             break;
         };
@@ -157,12 +171,47 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         ep.reading.push(buf);
         n += 1;
     }
+    ch.input_starved = n == 0;
     if n == 0 {
         return;
     }
+    ch.input_unparking = false;
     // The driver submits a chain whole, never cut at a full submission queue.
     cx.chain(&ops[..n]);
     ep.in_flight += n as u32;
+}
+
+/// Cancels the reads `ch`'s input has parked on more than one buffer, so that a short pool
+/// goes round: reads wait in the kernel, holding their buffers, until data comes, and an idle
+/// input's reads would hold them for good while another input has none. Called by the tick
+/// while some input is starved. The reads are posted again at the end of the batch, on one
+/// buffer each while the pool stays short (see [`post_reads`]).
+pub(crate) fn unpark_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
+    if ch.input_unparking || ch.input_starved || ch.splice.is_some() {
+        return;
+    }
+    let Some(slot) = ch.input else { return };
+    let Some(ep) = ch.ep(slot) else { return };
+    if ep.link != Link::Up || ep.reading.len() <= 1 {
+        return;
+    }
+    let gen = ep.gen;
+    // A stream read is one operation tagged with its first buffer; a datagram chain has one
+    // per buffer (cancelling the head cancels the rest, but a head that already completed
+    // would leave them parked).
+    let tags: Vec<u16> = if ch.input_is_datagram() {
+        ep.reading.clone()
+    } else {
+        ep.reading[..1].to_vec()
+    };
+    for b in tags {
+        cx.cancel(Token::new(OpKind::Recv, ci, b, gen));
+    }
+    ch.input_unparking = true;
+    debug!(
+        "channel {}: an input elsewhere has no buffer; giving back the buffers idle reads hold",
+        ch.name()
+    );
 }
 
 /// A receive completed. For receives the token's endpoint field is the buffer index; the
@@ -201,7 +250,10 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                 ep.reading = bufs;
             }
         }
-        if res <= 0 && !closing {
+        if res == -libc::ECANCELED && !closing {
+            // Cancelled by `unpark_reads`: its buffers went back to the pool; the read is
+            // posted again, on fewer buffers, at the end of the batch.
+        } else if res <= 0 && !closing {
             // End of stream or an error: this producer is gone.
             if res == 0 {
                 info!("channel {}: producer {} closed the stream", ch.name(), peer);

@@ -21,10 +21,12 @@ use crate::config::url::{OnFin, Scheme};
 use log::{debug, info, warn};
 use std::time::Instant;
 
-/// Watches an output stream socket for its peer's FIN (POLLRDHUP, one shot). TCP cannot tell a
-/// half-close from a close until something is written, so a FIN alone never ends a
-/// subscriber (`nc HOST PORT < /dev/null` half-closes at once and goes on reading); for a
-/// collector it means "gone, redial" unless the output says `on_fin=keep`.
+/// Watches an output stream socket for its peer's FIN or reset (POLLRDHUP, one shot; POLLHUP
+/// and POLLERR are always reported). TCP cannot tell a half-close from a close until something
+/// is written, and on an idle channel nothing is: so a FIN means "gone" (a subscriber is
+/// closed and its place freed, a collector is redialed) unless the output says `on_fin=keep`
+/// (for peers such as `nc HOST PORT < /dev/null` that half-close at once and go on reading).
+/// A reset ends the connection whatever `on_fin` says.
 pub(crate) fn watch_hangup(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
     let Some(ep) = ch.ep_mut(slot) else { return };
     if ep.watching || ep.link != Link::Up {
@@ -53,18 +55,35 @@ pub(crate) fn on_hangup(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
     let role = ep.role;
     let peer = ep.peer.clone();
     let name = ch.cfg.name.clone();
+    let reset = res & i32::from(libc::POLLHUP | libc::POLLERR) != 0;
     match role {
         Role::Subscriber { out } => {
-            // Not re-armed: POLLRDHUP stays set. A subscriber that really left is closed by
-            // the first write that fails.
-            debug!(
-                "channel {name}: subscriber {peer} of {} closed its sending side; still sending",
-                ch.outputs[out].url()
-            );
+            let o = &mut ch.outputs[out];
+            if o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep) && !reset {
+                // Not re-armed: POLLRDHUP stays set. A subscriber that really left is closed
+                // by the first write that fails.
+                debug!(
+                    "channel {name}: subscriber {peer} of {} closed its sending side; still sending (on_fin=keep)",
+                    o.url()
+                );
+                return;
+            }
+            let scope = format!("channel {name}: output {}", o.url());
+            if cx
+                .logs
+                .admit(cx.now, &scope, "subscribers left", 20, log::Level::Info)
+            {
+                let how = if reset { "reset" } else { "closed" };
+                info!(
+                    "channel {name}: subscriber {peer} of {} left ({how})",
+                    ch.outputs[out].url()
+                );
+            }
+            close_ep(cx, ch, ci, slot);
         }
         Role::Link { out } => {
             let o = &mut ch.outputs[out];
-            if o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep) {
+            if o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep) && !reset {
                 debug!(
                     "channel {name}: collector {} closed its sending side; still sending (on_fin=keep)",
                     o.url()

@@ -30,6 +30,7 @@ pub mod decimate;
 mod input;
 pub mod io;
 mod links;
+pub mod loglimit;
 mod output;
 pub mod outq;
 mod reload;
@@ -48,6 +49,7 @@ use caps::Caps;
 use channel::{Channel, Link};
 use io::{Bound, Completion, Effects, Memory, Op, Span, Submission, Sys};
 use log::{debug, info, warn};
+use loglimit::LogLimiter;
 use outq::Chunk;
 use rings::Rings;
 use std::time::{Duration, Instant};
@@ -89,6 +91,7 @@ pub(crate) struct Cx<'s> {
     pub rings: &'s mut Rings,
     pub zc: &'s mut ZcTable,
     pub gens: &'s mut Generations,
+    pub logs: &'s mut LogLimiter,
     pub caps: &'s Caps,
     pub now: Instant,
     pub fx: &'s mut Effects,
@@ -157,6 +160,8 @@ pub struct Engine {
     /// Channels replaced by a reload, waiting for the old one's endpoints to close.
     pending_starts: Vec<(usize, ChannelConfig)>,
     gens: Generations,
+    /// Rate limits of the log lines peers can provoke.
+    logs: LogLimiter,
     cfg: Config,
     caps: Caps,
     pool: BufferPool,
@@ -170,6 +175,8 @@ pub struct Engine {
     pipe_warned: bool,
     /// The io-wq unbounded-worker cap registered for the splicing channels (0: none yet).
     iowq_cap: u32,
+    /// Which channel goes first in the next batch's re-arming (see `after_batch`).
+    turn: usize,
 }
 
 /// Splits the engine into its channels and a [`Cx`] over everything else and `io`.
@@ -184,6 +191,7 @@ macro_rules! split {
                 rings: &mut e.rings,
                 zc: &mut e.zc,
                 gens: &mut e.gens,
+                logs: &mut e.logs,
                 caps: &e.caps,
                 now: io.now,
                 fx: &mut *io.fx,
@@ -204,6 +212,7 @@ impl Engine {
             channels: Vec::new(),
             pending_starts: Vec::new(),
             gens: Generations::default(),
+            logs: LogLimiter::default(),
             caps,
             pool,
             rings: Rings::default(),
@@ -214,6 +223,7 @@ impl Engine {
             last_stats_log: now,
             pipe_warned: false,
             iowq_cap: 0,
+            turn: 0,
             cfg,
         }
     }
@@ -325,9 +335,15 @@ impl Engine {
     /// whether a shutdown is complete, and publish buffers that came back to their rings.
     pub fn after_batch(&mut self, io: &mut Io) {
         {
+            // Channels take freed buffers in turn: the batch starts one channel further on
+            // each time, so the first channel does not always pick first from a short pool.
+            let n = self.channels.len().max(1);
+            self.turn = (self.turn + 1) % n;
+            let turn = self.turn;
             let (channels, mut cx) = split!(self, io);
-            for (ci, ch) in channels.iter_mut().enumerate() {
-                if let Some(ch) = ch {
+            for k in 0..channels.len() {
+                let ci = (turn + k) % n;
+                if let Some(ch) = channels[ci].as_mut() {
                     let mut kicks = std::mem::take(&mut ch.batch_kicks);
                     for &s in &kicks {
                         output::kick(&mut cx, ch, ci as u16, s);
@@ -462,6 +478,7 @@ impl Engine {
 
     fn close_everything(&mut self, io: &mut Io) {
         self.closing_all = true;
+        self.logs.log_summaries(io.now, true);
         let (channels, mut cx) = split!(self, io);
         for (ci, ch) in channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
@@ -484,11 +501,16 @@ impl Engine {
         let shutting_down = self.shutdown_deadline.is_some();
         {
             let (channels, mut cx) = split!(self, io);
+            let starved = channels.iter().flatten().any(|c| c.input_starved);
             for (ci, ch) in channels.iter_mut().enumerate() {
                 let Some(ch) = ch else { continue };
                 links::tick_channel(&mut cx, ch, ci as u16, now, shutting_down);
+                if starved {
+                    input::unpark_reads(&mut cx, ch, ci as u16);
+                }
             }
         }
+        self.logs.log_summaries(now, false);
         if now.duration_since(self.last_stats_log) >= self.cfg.global.stats_interval {
             self.last_stats_log = now;
             self.log_counters(log::Level::Debug, in_flight);

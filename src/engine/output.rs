@@ -391,10 +391,16 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
     let o = &mut ch.outputs[out];
     match role {
         Role::Subscriber { .. } => {
-            info!(
-                "channel {name}: subscriber {peer} of {} left: {err}",
-                o.url()
-            );
+            let scope = format!("channel {name}: output {}", o.url());
+            if cx
+                .logs
+                .admit(cx.now, &scope, "subscribers left", 20, log::Level::Info)
+            {
+                info!(
+                    "channel {name}: subscriber {peer} of {} left: {err}",
+                    ch.outputs[out].url()
+                );
+            }
             close_ep(cx, ch, ci, slot);
         }
         Role::Link { .. }

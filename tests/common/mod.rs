@@ -277,7 +277,18 @@ fn is_ready_line(line: &str) -> bool {
 impl Relay {
     /// Spawns `ringrelay ARGS` and waits for the ready line or for the process to exit.
     pub fn spawn(features: Features, args: &[String]) -> Started {
-        let mut child = command(features)
+        Relay::spawn_with(features, args, |_| {})
+    }
+
+    /// Like [`Relay::spawn`], with `adjust` applied to the command first (limits, environment).
+    pub fn spawn_with(
+        features: Features,
+        args: &[String],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Started {
+        let mut cmd = command(features);
+        adjust(&mut cmd);
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -343,7 +354,17 @@ impl Relay {
     pub fn start<T>(
         features: Features,
         dir: &TempDir,
+        make: impl FnMut() -> (String, T),
+    ) -> (Relay, T) {
+        Relay::start_with(features, dir, make, |_| {})
+    }
+
+    /// Like [`Relay::start`], with `adjust` applied to each attempt's command.
+    pub fn start_with<T>(
+        features: Features,
+        dir: &TempDir,
         mut make: impl FnMut() -> (String, T),
+        adjust: impl Fn(&mut Command),
     ) -> (Relay, T) {
         let conf = dir.join("ringrelay.conf");
         let mut last = String::new();
@@ -355,7 +376,7 @@ impl Relay {
                 "-c".to_string(),
                 conf.display().to_string(),
             ];
-            match Relay::spawn(features, &args) {
+            match Relay::spawn_with(features, &args, &adjust) {
                 Started::Ready(r) => return (r, t),
                 Started::Exited(status, log) => {
                     if says_address_in_use(&log) {
