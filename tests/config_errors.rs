@@ -346,3 +346,16 @@ x = 1
         expect_error_at(text, &err, line_of(text, needle), keys);
     }
 }
+
+/// A huge value is cut in the message, which says how long it was.
+#[test]
+fn huge_value_is_cut_in_the_message() {
+    let value = "a".repeat(1 << 20);
+    let (code, _out, err) = check(&with_global(&format!("log = {value}")));
+    assert_eq!(code, Some(1));
+    assert!(err.len() < 1000, "stderr is {} bytes", err.len());
+    assert!(
+        err.contains(&format!("'{}…' (1048576 bytes)", "a".repeat(80))),
+        "stderr:\n{err}"
+    );
+}

@@ -5,7 +5,7 @@
 //! same address or write the same file).
 
 use crate::config::global::{Global, DATAGRAM_HEADROOM};
-use crate::config::parse::RawChannel;
+use crate::config::parse::{quote, RawChannel};
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use crate::config::splice::{ineligible_reason, SpliceMode};
 use crate::config::units::format_size;
@@ -123,7 +123,7 @@ pub(super) fn parse_channel(
                     framing = match v.as_str() {
                         "none" => Framing::None,
                         "u32be" => Framing::U32Be,
-                        _ => return Err(format!("'{v}' is not one of none, u32be")),
+                        _ => return Err(format!("{} is not one of none, u32be", quote(v))),
                     }
                 }
                 "sample" => {
@@ -142,7 +142,7 @@ pub(super) fn parse_channel(
                         .parse()
                         .ok()
                         .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r < 1e12)
-                        .ok_or_else(|| format!("'{v}' is not a positive rate in Hz"))?;
+                        .ok_or_else(|| format!("{} is not a positive rate in Hz", quote(v)))?;
                     sample_rate = Some(r);
                     sample_lines.push(("sample_rate", line));
                 }
@@ -152,7 +152,7 @@ pub(super) fn parse_channel(
                 "shm_frames" => {
                     let n: u64 = v
                         .parse()
-                        .map_err(|_| format!("'{v}' is not a whole number of frames"))?;
+                        .map_err(|_| format!("{} is not a whole number of frames", quote(v)))?;
                     if n < MIN_SHM_FRAMES {
                         return Err(format!("shm_frames must be at least {MIN_SHM_FRAMES}"));
                     }
@@ -176,7 +176,7 @@ pub(super) fn parse_channel(
             err(
                 rc.line,
                 "input",
-                format!("channel '{}' has no input", rc.name),
+                format!("channel {} has no input", quote(&rc.name)),
             );
         }
         return None;
@@ -252,8 +252,8 @@ pub(super) fn parse_channel(
             rc.line,
             "output",
             format!(
-                "channel '{}' has no output (and publishes nothing to shm)",
-                rc.name
+                "channel {} has no output (and publishes nothing to shm)",
+                quote(&rc.name)
             ),
         );
         ok = false;

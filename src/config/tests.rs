@@ -131,3 +131,31 @@ fn samples_and_cli_channels() {
     assert_eq!(c.channels[0].name, "default");
     assert!(from_cli("udp://h:1", &[]).is_err());
 }
+
+#[test]
+fn values_in_messages_are_cut_at_80_characters() {
+    use crate::config::parse::quote;
+    assert_eq!(quote("on"), "'on'");
+    let at_limit = "x".repeat(80);
+    assert_eq!(quote(&at_limit), format!("'{at_limit}'"));
+    assert_eq!(
+        quote(&"a".repeat(1 << 20)),
+        format!("'{}…' (1048576 bytes)", "a".repeat(80))
+    );
+    // Cut at a character, not a byte: 81 two-byte characters.
+    assert_eq!(
+        quote(&"é".repeat(81)),
+        format!("'{}…' (162 bytes)", "é".repeat(80))
+    );
+    // Through a whole parse: the value, and a key too long to be one.
+    let huge = "b".repeat(5000);
+    let e = errs(&format!(
+        "[global]\nlog = {huge}\n{huge} = 1\n[channel a]\ninput = udp://h:1\noutput = udp://h:2 ttl={huge}\noutput = udp://h:3\n"
+    ));
+    assert_eq!(e.len(), 3, "{e:?}");
+    for e in &e {
+        let shown = e.to_string();
+        assert!(shown.len() < 400, "{shown}");
+        assert!(shown.contains("…' (5000 bytes)"), "{shown}");
+    }
+}
