@@ -14,8 +14,9 @@
 //! output = tcp-listen://0.0.0.0:6000 max_clients=64
 //! ```
 //!
-//! Where each part lives: `parse` (lines and sections into keys, FILE:LINE errors, [`load`],
-//! [`parse_str`], [`from_cli`]), `global` (the `[global]` keys), `channel` (the
+//! Where each part lives: `read` (the file into text: a regular file of at most 4 MiB, UTF-8,
+//! a byte order mark dropped), `parse` (lines and sections into keys, FILE:LINE errors,
+//! [`load`], [`parse_str`], [`from_cli`]), `global` (the `[global]` keys), `channel` (the
 //! `[channel NAME]` keys and the checks across channels), `values` (value forms both share),
 //! [`splice`] (the splice mode and which channels may splice), `reload` (which channels a
 //! reload keeps running), `check` (the normalized summary and `ringrelay check`), and the
@@ -30,6 +31,7 @@ mod channel;
 mod check;
 mod global;
 mod parse;
+mod read;
 mod reload;
 mod values;
 

@@ -6,6 +6,7 @@
 
 use crate::config::channel::{check_conflicts, parse_channel, CHANNEL_KEYS};
 use crate::config::global::{parse_global, GLOBAL_KEYS};
+use crate::config::read::read_text;
 use crate::config::Config;
 use std::fmt;
 
@@ -46,15 +47,18 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Reads and parses a file. An unreadable file is one error at line 0.
+/// Reads and parses a file: the one way `check`, `run` and the reload at SIGHUP read their
+/// configuration. A file that cannot be read as a configuration (not a regular file, over
+/// 4 MiB, not UTF-8) is one error, at line 0 or at the line of its first byte that is not
+/// UTF-8.
 pub fn load(path: &str) -> Result<Config, Vec<ConfigError>> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => parse_str(path, &text),
-        Err(e) => Err(vec![ConfigError {
+        Err((line, message)) => Err(vec![ConfigError {
             file: path.to_string(),
-            line: 0,
+            line,
             key: String::new(),
-            message: format!("cannot read: {e}"),
+            message,
         }]),
     }
 }
