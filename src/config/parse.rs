@@ -4,7 +4,8 @@
 //! (`FILE:LINE: key: message`), [`quote`] (how every value appears in a message), [`load`],
 //! [`parse_str`] and [`from_cli`]: every error of one pass is collected and sorted by line.
 
-use crate::config::channel::{check_conflicts, parse_channel, CHANNEL_KEYS};
+use crate::config::channel::{parse_channel, CHANNEL_KEYS};
+use crate::config::conflicts::check_conflicts;
 use crate::config::global::{parse_global, GLOBAL_KEYS};
 use crate::config::read::read_text;
 use crate::config::Config;

@@ -159,3 +159,45 @@ fn values_in_messages_are_cut_at_80_characters() {
         assert!(shown.contains("…' (5000 bytes)"), "{shown}");
     }
 }
+
+#[test]
+fn conflicts_name_line_and_key() {
+    let shm = |name: &str, dec: &str| {
+        format!("[channel {name}]\ninput = udp://h:0\nsample = i16le\ndecimate = {dec}\n")
+    };
+    let cases: &[(String, usize, &str)] = &[
+        (shm("a", "mean:10,100") + &shm("a.100", "mean:10"), 5, "[channel]"),
+        (shm("a.100", "mean:10") + &shm("a", "mean:10,100"), 8, "decimate"),
+        (shm("a", "mean:10,100") + &shm("a", "mean:10"), 5, "[channel]"),
+        (shm("ringrelay.stats", "every:1"), 1, "[channel]"),
+        (
+            "[channel a]\ninput = tcp-listen://0.0.0.0:5\noutput = tcp-listen://127.0.0.1:5\n".into(),
+            3,
+            "output",
+        ),
+        (
+            "[channel a]\ninput = udp://[::1]:5\noutput = udp://h:9\n[channel b]\ninput = udp://[::]:5\noutput = udp://h:9\n".into(),
+            5,
+            "input",
+        ),
+        (
+            "[channel a]\ninput = udp://0.0.0.0:5\noutput = udp://h:9\noutput = udp://127.0.0.1:5\n".into(),
+            4,
+            "output",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let e = errs(text);
+        assert!(
+            e.iter().any(|e| e.line == *line && e.key == *key),
+            "{text:?} gave {e:?}, wanted line {line} key {key:?}"
+        );
+    }
+    // Exactly the names that are published: `a` with mean:10,100 makes `a` and `a.100`.
+    parse_str("t", &(shm("a", "mean:10,100") + &shm("a.10", "mean:10"))).unwrap();
+    parse_str(
+        "t",
+        &(shm("a", "mean:10,100") + &shm("a.100", "mean:10") + "shm = off\noutput = udp://h:1\n"),
+    )
+    .unwrap();
+}
