@@ -346,3 +346,87 @@ x = 1
         expect_error_at(text, &err, line_of(text, needle), keys);
     }
 }
+
+/// Runs `ringrelay check -c FILE` and `ringrelay run -c FILE` in `dir`: both exit 1 and print the
+/// same first line on stderr, which is returned.
+fn refused_by_check_and_run(dir: &TempDir, file: &str) -> String {
+    let (code, _out, err) = run_to_end(Features::Auto, &["check", "-c", file], dir.path());
+    assert_eq!(code, Some(1), "check -c {file}; stderr:\n{err}");
+    let first = err.lines().next().unwrap_or_default().to_string();
+    let (code, _out, run_err) = run_to_end(Features::Auto, &["run", "-c", file], dir.path());
+    assert_eq!(code, Some(1), "run -c {file}; stderr:\n{run_err}");
+    assert!(
+        run_err.lines().any(|l| l == first),
+        "run -c {file} does not report '{first}'; stderr:\n{run_err}"
+    );
+    first
+}
+
+/// A byte that is not UTF-8, even in a comment, is reported at its line and byte column.
+#[test]
+fn invalid_utf8_names_line_and_column() {
+    let dir = TempDir::new("check-utf8");
+    let mut bytes = format!("{GOOD_CHANNEL}# caf").into_bytes();
+    bytes.extend_from_slice(b"\xe9 au lait\n");
+    std::fs::write(dir.join(CONF), &bytes).unwrap();
+    let first = refused_by_check_and_run(&dir, CONF);
+    assert!(
+        first.starts_with(&format!("{CONF}:4: ")) && first.contains("byte column 6"),
+        "wanted line 4, byte column 6: {first}"
+    );
+}
+
+/// A UTF-8 byte order mark (as some Windows editors write) is not part of the first line.
+#[test]
+fn byte_order_mark_is_accepted() {
+    let (code, _out, err) = check(&format!("\u{feff}[global]\nsqpoll = off\n\n{GOOD_CHANNEL}"));
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+}
+
+/// A huge value is cut in the message, which says how long it was.
+#[test]
+fn huge_value_is_cut_in_the_message() {
+    let value = "a".repeat(1 << 20);
+    let (code, _out, err) = check(&with_global(&format!("log = {value}")));
+    assert_eq!(code, Some(1));
+    assert!(err.len() < 1000, "stderr is {} bytes", err.len());
+    assert!(
+        err.contains(&format!("'{}…' (1048576 bytes)", "a".repeat(80))),
+        "stderr:\n{err}"
+    );
+}
+
+/// More than 4 MiB is refused before it is parsed.
+#[test]
+fn file_over_4mib_is_refused() {
+    let dir = TempDir::new("check-big");
+    let mut text = GOOD_CHANNEL.to_string();
+    while text.len() <= 4 << 20 {
+        text.push_str(&format!("# {}\n", "x".repeat(1000)));
+    }
+    std::fs::write(dir.join(CONF), &text).unwrap();
+    let first = refused_by_check_and_run(&dir, CONF);
+    assert!(
+        first.starts_with(CONF) && first.contains("4 MiB"),
+        "stderr: {first}"
+    );
+}
+
+/// Directories, character devices and fifos are refused at once, naming the file.
+#[test]
+fn not_a_regular_file_is_refused() {
+    let dir = TempDir::new("check-kinds");
+    std::fs::create_dir(dir.join("conf.d")).unwrap();
+    nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for (file, kind) in [
+        ("conf.d", "a directory"),
+        ("/dev/zero", "a character device"),
+        ("fifo", "a fifo"),
+    ] {
+        let first = refused_by_check_and_run(&dir, file);
+        assert!(
+            first.starts_with(file) && first.contains("not a regular file") && first.contains(kind),
+            "stderr: {first}"
+        );
+    }
+}

@@ -1,15 +1,15 @@
 //! The `[channel NAME]` section: its keys ([`CHANNEL_KEYS`]), the validated [`ChannelConfig`]
 //! and its outputs, and the checks that span keys (sample and decimate go together, a header
 //! and one frame fit the largest datagram relayed, framing only on datagram inputs,
-//! `splice = on` only where the channel is eligible) or channels (no two endpoints bind the
-//! same address or write the same file).
+//! `splice = on` only where the channel is eligible). The checks across channels are in
+//! `conflicts`.
 
 use crate::config::global::{Global, DATAGRAM_HEADROOM};
-use crate::config::parse::RawChannel;
+use crate::config::parse::{quote, RawChannel};
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use crate::config::splice::{ineligible_reason, SpliceMode};
 use crate::config::units::format_size;
-use crate::config::url::{Endpoint, OnSlow, Role, Scheme, Target};
+use crate::config::url::{Endpoint, OnSlow, Role};
 use crate::config::values::{parse_bool, parse_u32_in};
 
 /// How datagrams are written to stream outputs.
@@ -40,6 +40,8 @@ pub struct ChannelConfig {
     pub outputs: Vec<OutputConfig>,
     pub framing: Framing,
     pub samples: Option<SampleConfig>,
+    /// The line of `decimate` (0 without one), where the regions after the first are named.
+    pub decimate_line: usize,
     /// The channel's effective splice mode: its own `splice` key, or `[global]`'s when that
     /// is `on` or `off` and the channel is eligible, and `off` for an ineligible channel that
     /// did not ask for it.
@@ -123,7 +125,7 @@ pub(super) fn parse_channel(
                     framing = match v.as_str() {
                         "none" => Framing::None,
                         "u32be" => Framing::U32Be,
-                        _ => return Err(format!("'{v}' is not one of none, u32be")),
+                        _ => return Err(format!("{} is not one of none, u32be", quote(v))),
                     }
                 }
                 "sample" => {
@@ -142,7 +144,7 @@ pub(super) fn parse_channel(
                         .parse()
                         .ok()
                         .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r < 1e12)
-                        .ok_or_else(|| format!("'{v}' is not a positive rate in Hz"))?;
+                        .ok_or_else(|| format!("{} is not a positive rate in Hz", quote(v)))?;
                     sample_rate = Some(r);
                     sample_lines.push(("sample_rate", line));
                 }
@@ -152,7 +154,7 @@ pub(super) fn parse_channel(
                 "shm_frames" => {
                     let n: u64 = v
                         .parse()
-                        .map_err(|_| format!("'{v}' is not a whole number of frames"))?;
+                        .map_err(|_| format!("{} is not a whole number of frames", quote(v)))?;
                     if n < MIN_SHM_FRAMES {
                         return Err(format!("shm_frames must be at least {MIN_SHM_FRAMES}"));
                     }
@@ -176,7 +178,7 @@ pub(super) fn parse_channel(
             err(
                 rc.line,
                 "input",
-                format!("channel '{}' has no input", rc.name),
+                format!("channel {} has no input", quote(&rc.name)),
             );
         }
         return None;
@@ -252,8 +254,8 @@ pub(super) fn parse_channel(
             rc.line,
             "output",
             format!(
-                "channel '{}' has no output (and publishes nothing to shm)",
-                rc.name
+                "channel {} has no output (and publishes nothing to shm)",
+                quote(&rc.name)
             ),
         );
         ok = false;
@@ -281,6 +283,7 @@ pub(super) fn parse_channel(
         outputs,
         framing,
         samples,
+        decimate_line: decimate.as_ref().map_or(0, |d| d.1),
         splice: SpliceMode::Off,
     };
     let why_not = ineligible_reason(&c);
@@ -295,37 +298,4 @@ pub(super) fn parse_channel(
         (_, Some(_)) => SpliceMode::Off,
     };
     ok.then_some(c)
-}
-
-/// Two endpoints that would bind the same address or write the same file.
-pub(super) fn check_conflicts(chans: &[ChannelConfig], err: &mut dyn FnMut(usize, &str, String)) {
-    let mut seen: Vec<(String, usize, String)> = Vec::new();
-    for c in chans {
-        let mut eps: Vec<(&Endpoint, usize, &str)> = vec![(&c.input, c.input_line, "input")];
-        eps.extend(c.outputs.iter().map(|o| (&o.endpoint, o.line, "output")));
-        for (ep, line, key) in eps {
-            let claim = match (&ep.scheme, &ep.target, key) {
-                (Scheme::TcpListen, Target::Inet { host, port }, _) if *port != 0 => {
-                    Some(format!("tcp {host}:{port}"))
-                }
-                (Scheme::Udp, Target::Inet { host, port }, "input") if *port != 0 => {
-                    Some(format!("udp {host}:{port}"))
-                }
-                (Scheme::UnixListen, Target::Path(p), _) => Some(format!("unix {}", p.display())),
-                (Scheme::File, Target::Path(p), _) => Some(format!("file {}", p.display())),
-                _ => None,
-            };
-            if let Some(claim) = claim {
-                if let Some((_, l, ch)) = seen.iter().find(|(s, _, _)| *s == claim) {
-                    err(
-                        line,
-                        key,
-                        format!("{} is already used by channel '{ch}' at line {l}", ep.url()),
-                    );
-                } else {
-                    seen.push((claim, line, c.name.clone()));
-                }
-            }
-        }
-    }
 }

@@ -3,6 +3,7 @@
 //! size). Also the datagram slot headroom ([`DATAGRAM_HEADROOM`]) that, with `datagram_size`,
 //! bounds the largest datagram relayed whole.
 
+use crate::config::parse::quote;
 use crate::config::splice::{SpliceMode, DEFAULT_PIPE_SIZE};
 use crate::config::units::{parse_duration, parse_size};
 use crate::config::values::{parse_bool, parse_u32_in};
@@ -149,7 +150,7 @@ pub(super) fn parse_global(
                         "auto" => SqpollMode::Auto,
                         "on" => SqpollMode::On,
                         "off" => SqpollMode::Off,
-                        _ => return Err(format!("'{v}' is not one of auto, on, off")),
+                        _ => return Err(format!("{} is not one of auto, on, off", quote(v))),
                     }
                 }
                 "sqpoll_idle_ms" => g.sqpoll_idle_ms = parse_u32_in(v, 1, 60_000)?,
@@ -164,7 +165,7 @@ pub(super) fn parse_global(
                 "buffer_size" => {
                     let n = parse_size(v)?;
                     if !(2048..=(16 << 20)).contains(&n) {
-                        return Err(format!("{v} is outside 2KiB..=16MiB"));
+                        return Err(format!("{} is outside 2KiB..=16MiB", quote(v)));
                     }
                     g.buffer_size = n as u32
                 }
@@ -172,7 +173,7 @@ pub(super) fn parse_global(
                 "datagram_size" => {
                     let n = parse_size(v)?;
                     if !(256..=65536).contains(&n) {
-                        return Err(format!("{v} is outside 256B..=64KiB"));
+                        return Err(format!("{} is outside 256B..=64KiB", quote(v)));
                     }
                     g.datagram_size = n as u32
                 }
@@ -181,14 +182,14 @@ pub(super) fn parse_global(
                     g.features = match v.as_str() {
                         "auto" => FeatureSet::Auto,
                         "baseline" => FeatureSet::Baseline,
-                        _ => return Err(format!("'{v}' is not one of auto, baseline")),
+                        _ => return Err(format!("{} is not one of auto, baseline", quote(v))),
                     }
                 }
                 "splice" => g.splice = SpliceMode::parse(v)?,
                 "pipe_size" => {
                     let n = parse_size(v)?;
                     if !(4096..=(1 << 30)).contains(&n) {
-                        return Err(format!("{v} is outside 4KiB..=1GiB"));
+                        return Err(format!("{} is outside 4KiB..=1GiB", quote(v)));
                     }
                     g.pipe_size = n as u32
                 }
@@ -196,7 +197,7 @@ pub(super) fn parse_global(
                     g.log = match v.as_str() {
                         "stderr" => LogDest::Stderr,
                         "syslog" => LogDest::Syslog,
-                        _ => return Err(format!("'{v}' is not one of stderr, syslog")),
+                        _ => return Err(format!("{} is not one of stderr, syslog", quote(v))),
                     }
                 }
                 "log_level" => {
@@ -208,7 +209,8 @@ pub(super) fn parse_global(
                         "trace" => log::LevelFilter::Trace,
                         _ => {
                             return Err(format!(
-                                "'{v}' is not one of error, warn, info, debug, trace"
+                                "{} is not one of error, warn, info, debug, trace",
+                                quote(v)
                             ))
                         }
                     }
@@ -219,7 +221,7 @@ pub(super) fn parse_global(
                         "local5", "local6", "local7", "syslog",
                     ];
                     if !F.contains(&v.as_str()) {
-                        return Err(format!("'{v}' is not one of {}", F.join(", ")));
+                        return Err(format!("{} is not one of {}", quote(v), F.join(", ")));
                     }
                     g.log_facility = v.clone()
                 }
@@ -238,7 +240,7 @@ pub(super) fn parse_global(
                     let m = u32::from_str_radix(v.trim_start_matches("0o"), 8)
                         .ok()
                         .filter(|m| *m <= 0o777)
-                        .ok_or_else(|| format!("'{v}' is not an octal mode such as 0640"))?;
+                        .ok_or_else(|| format!("{} is not an octal mode such as 0640", quote(v)))?;
                     if m & 0o002 != 0 {
                         return Err("regions must not be world-writable".into());
                     }
@@ -285,7 +287,7 @@ pub(super) fn parse_global(
 
 fn abs_path(v: &str) -> Result<PathBuf, String> {
     if !v.starts_with('/') {
-        return Err(format!("'{v}' must be an absolute path"));
+        return Err(format!("{} must be an absolute path", quote(v)));
     }
     Ok(PathBuf::from(v))
 }
@@ -297,7 +299,7 @@ fn name_value(v: &str) -> Result<String, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
     {
-        return Err(format!("'{v}' is not a user or group name"));
+        return Err(format!("{} is not a user or group name", quote(v)));
     }
     Ok(v.to_string())
 }

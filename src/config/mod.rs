@@ -3,7 +3,8 @@
 //! Owns: every key's name, default and range, and the `ringrelay check` command. Errors are
 //! values that carry FILE, LINE and the key; one pass reports all of them. Pure apart from
 //! reading the file: no sockets, no ring, and nothing from the engine, the driver or the
-//! commands (they depend on this module, never the other way round).
+//! commands (they depend on this module, never the other way round); from [`crate::shm`] it
+//! takes only the names of the files a channel publishes.
 //!
 //! ```text
 //! [global]
@@ -14,9 +15,11 @@
 //! output = tcp-listen://0.0.0.0:6000 max_clients=64
 //! ```
 //!
-//! Where each part lives: `parse` (lines and sections into keys, FILE:LINE errors, [`load`],
-//! [`parse_str`], [`from_cli`]), `global` (the `[global]` keys), `channel` (the
-//! `[channel NAME]` keys and the checks across channels), `values` (value forms both share),
+//! Where each part lives: `read` (the file into text: a regular file of at most 4 MiB, UTF-8,
+//! a byte order mark dropped), `parse` (lines and sections into keys, FILE:LINE errors,
+//! [`load`], [`parse_str`], [`from_cli`]), `global` (the `[global]` keys), `channel` (the
+//! `[channel NAME]` keys), `conflicts` (the checks across endpoints and channels: binds,
+//! shared-memory names, UDP loops), `values` (value forms both share),
 //! [`splice`] (the splice mode and which channels may splice), `reload` (which channels a
 //! reload keeps running), `check` (the normalized summary and `ringrelay check`), and the
 //! value languages [`url`], [`units`] and [`sample`].
@@ -28,8 +31,10 @@ pub mod url;
 
 mod channel;
 mod check;
+mod conflicts;
 mod global;
 mod parse;
+mod read;
 mod reload;
 mod values;
 

@@ -1,13 +1,28 @@
 //! The line and section layer: reads the text line by line into a `[global]` section and
 //! `[channel NAME]` sections, rejects unknown and repeated keys (suggesting a near name), and
 //! hands each section's keys to the `global` and `channel` validators. Owns [`ConfigError`]
-//! (`FILE:LINE: key: message`), [`load`], [`parse_str`] and [`from_cli`]: every error of one
-//! pass is collected and sorted by line.
+//! (`FILE:LINE: key: message`), [`quote`] (how every value appears in a message), [`load`],
+//! [`parse_str`] and [`from_cli`]: every error of one pass is collected and sorted by line.
 
-use crate::config::channel::{check_conflicts, parse_channel, CHANNEL_KEYS};
+use crate::config::channel::{parse_channel, CHANNEL_KEYS};
+use crate::config::conflicts::check_conflicts;
 use crate::config::global::{parse_global, GLOBAL_KEYS};
+use crate::config::read::read_text;
 use crate::config::Config;
 use std::fmt;
+
+/// How many characters of a value a message shows.
+const SHOWN_CHARS: usize = 80;
+
+/// A value as every error message shows it: in single quotes, and past [`SHOWN_CHARS`]
+/// characters cut with an ellipsis and followed by its whole length (`'aaaa…' (1048576
+/// bytes)`), so that one huge value cannot flood the terminal or the log.
+pub(crate) fn quote(v: &str) -> String {
+    match v.char_indices().nth(SHOWN_CHARS) {
+        None => format!("'{v}'"),
+        Some((cut, _)) => format!("'{}…' ({} bytes)", &v[..cut], v.len()),
+    }
+}
 
 /// A configuration error with its place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,15 +48,18 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Reads and parses a file. An unreadable file is one error at line 0.
+/// Reads and parses a file: the one way `check`, `run` and the reload at SIGHUP read their
+/// configuration. A file that cannot be read as a configuration (not a regular file, over
+/// 4 MiB, not UTF-8) is one error, at line 0 or at the line of its first byte that is not
+/// UTF-8.
 pub fn load(path: &str) -> Result<Config, Vec<ConfigError>> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => parse_str(path, &text),
-        Err(e) => Err(vec![ConfigError {
+        Err((line, message)) => Err(vec![ConfigError {
             file: path.to_string(),
-            line: 0,
+            line,
             key: String::new(),
-            message: format!("cannot read: {e}"),
+            message,
         }]),
     }
 }
@@ -61,7 +79,12 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
         errs.push(ConfigError {
             file: file.to_string(),
             line,
-            key: key.to_string(),
+            // No key is this long: an unknown one is cut like a value.
+            key: if key.chars().count() > SHOWN_CHARS {
+                quote(key)
+            } else {
+                key.to_string()
+            },
             message: msg,
         })
     };
@@ -87,7 +110,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
                     &mut errs,
                     line,
                     "",
-                    format!("section header '{content}' lacks ']'"),
+                    format!("section header {} lacks ']'", quote(content)),
                 );
                 section = Section::Skip;
                 continue;
@@ -113,7 +136,8 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
                             line,
                             "[channel]",
                             format!(
-                                "channel name '{name}' must be 1-64 of A-Z a-z 0-9 _ . - and not start with '.'"
+                                "channel name {} must be 1-64 of A-Z a-z 0-9 _ . - and not start with '.'",
+                                quote(name)
                             ),
                         );
                         section = Section::Skip;
@@ -122,7 +146,11 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
                             &mut errs,
                             line,
                             "[channel]",
-                            format!("channel '{name}' is already defined at line {}", prev.line),
+                            format!(
+                                "channel {} is already defined at line {}",
+                                quote(name),
+                                prev.line
+                            ),
                         );
                         section = Section::Skip;
                     } else {
@@ -148,7 +176,10 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
                         &mut errs,
                         line,
                         "",
-                        format!("unknown section [{inner}] (sections: [global], [channel NAME])"),
+                        format!(
+                            "unknown section {} (sections: [global], [channel NAME])",
+                            quote(&format!("[{inner}]"))
+                        ),
                     );
                     section = Section::Skip;
                 }
@@ -160,7 +191,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
                 &mut errs,
                 line,
                 "",
-                format!("expected 'key = value', found '{content}'"),
+                format!("expected 'key = value', found {}", quote(content)),
             );
             continue;
         };
@@ -278,7 +309,7 @@ fn suggest(k: &str, keys: &[&str]) -> String {
         d <= 2 && d < cand.len()
     });
     match close {
-        Some(c) => format!(" (did you mean '{c}'?)"),
+        Some(c) => format!(" (did you mean {}?)", quote(c)),
         None => String::new(),
     }
 }

@@ -3,6 +3,7 @@
 //! Owns: the vocabulary shared by the config parser, the decimator and the shared-memory layout
 //! (`i16le`, `mean:10`, `minmax:10,100,1000`). Pure: no I/O, no unsafe.
 
+use crate::config::parse::quote;
 use std::fmt;
 
 /// How a channel's bytes are read as samples.
@@ -44,7 +45,11 @@ impl SampleType {
             .find(|t| t.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = SampleType::ALL.iter().map(|t| t.name()).collect();
-                format!("unknown sample type '{s}' (one of: {})", names.join(" "))
+                format!(
+                    "unknown sample type {} (one of: {})",
+                    quote(s),
+                    names.join(" ")
+                )
             })
     }
 
@@ -144,7 +149,7 @@ impl DecimateSpec {
     pub fn parse(s: &str) -> Result<DecimateSpec, String> {
         let (mode, rest) = s
             .split_once(':')
-            .ok_or_else(|| format!("decimate '{s}' needs MODE:FACTOR (e.g. mean:10)"))?;
+            .ok_or_else(|| format!("decimate {} needs MODE:FACTOR (e.g. mean:10)", quote(s)))?;
         let mode = match mode {
             "every" => DecimateMode::Every,
             "mean" => DecimateMode::Mean,
@@ -152,13 +157,19 @@ impl DecimateSpec {
             "fir" => DecimateMode::Fir,
             other => {
                 return Err(format!(
-                    "unknown decimation mode '{other}' (one of: every mean minmax fir)"
+                    "unknown decimation mode {} (one of: every mean minmax fir)",
+                    quote(other)
                 ))
             }
         };
         let (factors_s, taps_s) = match (mode, rest.split_once(':')) {
             (DecimateMode::Fir, Some((f, t))) => (f, Some(t)),
-            (_, Some(_)) => return Err(format!("decimate '{s}': only fir takes a taps count")),
+            (_, Some(_)) => {
+                return Err(format!(
+                    "decimate {}: only fir takes a taps count",
+                    quote(s)
+                ))
+            }
             (_, None) => (rest, None),
         };
         let mut factors = Vec::new();
@@ -166,7 +177,7 @@ impl DecimateSpec {
             let f: u32 = part
                 .trim()
                 .parse()
-                .map_err(|_| format!("decimation factor '{part}' is not a whole number"))?;
+                .map_err(|_| format!("decimation factor {} is not a whole number", quote(part)))?;
             if f == 0 {
                 return Err("decimation factor must be at least 1".into());
             }
@@ -187,7 +198,7 @@ impl DecimateSpec {
             Some(t) => {
                 let n: u32 = t
                     .parse()
-                    .map_err(|_| format!("fir taps '{t}' is not a whole number"))?;
+                    .map_err(|_| format!("fir taps {} is not a whole number", quote(t)))?;
                 if !(3..=4095).contains(&n) {
                     return Err(format!("fir taps {n} out of range 3..=4095"));
                 }

@@ -6,6 +6,7 @@
 //! The pipes themselves and their fill accounting belong to the engine (its `splice` module),
 //! which reads these from here.
 
+use crate::config::parse::quote;
 use crate::config::url::{OnSlow, Scheme};
 use crate::config::ChannelConfig;
 
@@ -35,7 +36,7 @@ impl SpliceMode {
             "auto" => Ok(SpliceMode::Auto),
             "on" => Ok(SpliceMode::On),
             "off" => Ok(SpliceMode::Off),
-            _ => Err(format!("'{v}' is not one of auto, on, off")),
+            _ => Err(format!("{} is not one of auto, on, off", quote(v))),
         }
     }
 
@@ -87,7 +88,7 @@ pub fn ineligible_reason(c: &ChannelConfig) -> Option<String> {
     ) {
         return Some(format!(
             "input {} is not a stream (splice needs tcp-listen://, tcp://, unix-listen:// or unix://)",
-            c.input.url()
+            quote(&c.input.url())
         ));
     }
     if c.samples.is_some() {
@@ -100,13 +101,13 @@ pub fn ineligible_reason(c: &ChannelConfig) -> Option<String> {
         if !matches!(o.endpoint.scheme, Scheme::Tcp | Scheme::Unix) {
             return Some(format!(
                 "output {} is not a stream link (splice needs tcp:// or unix://)",
-                o.endpoint.url()
+                quote(&o.endpoint.url())
             ));
         }
         if o.on_slow != OnSlow::Block {
             return Some(format!(
                 "output {} has on_slow={}, and a pipe can only push back on the producer (on_slow=block)",
-                o.endpoint.url(),
+                quote(&o.endpoint.url()),
                 o.on_slow.name()
             ));
         }

@@ -131,3 +131,73 @@ fn samples_and_cli_channels() {
     assert_eq!(c.channels[0].name, "default");
     assert!(from_cli("udp://h:1", &[]).is_err());
 }
+
+#[test]
+fn values_in_messages_are_cut_at_80_characters() {
+    use crate::config::parse::quote;
+    assert_eq!(quote("on"), "'on'");
+    let at_limit = "x".repeat(80);
+    assert_eq!(quote(&at_limit), format!("'{at_limit}'"));
+    assert_eq!(
+        quote(&"a".repeat(1 << 20)),
+        format!("'{}…' (1048576 bytes)", "a".repeat(80))
+    );
+    // Cut at a character, not a byte: 81 two-byte characters.
+    assert_eq!(
+        quote(&"é".repeat(81)),
+        format!("'{}…' (162 bytes)", "é".repeat(80))
+    );
+    // Through a whole parse: the value, and a key too long to be one.
+    let huge = "b".repeat(5000);
+    let e = errs(&format!(
+        "[global]\nlog = {huge}\n{huge} = 1\n[channel a]\ninput = udp://h:1\noutput = udp://h:2 ttl={huge}\noutput = udp://h:3\n"
+    ));
+    assert_eq!(e.len(), 3, "{e:?}");
+    for e in &e {
+        let shown = e.to_string();
+        assert!(shown.len() < 400, "{shown}");
+        assert!(shown.contains("…' (5000 bytes)"), "{shown}");
+    }
+}
+
+#[test]
+fn conflicts_name_line_and_key() {
+    let shm = |name: &str, dec: &str| {
+        format!("[channel {name}]\ninput = udp://h:0\nsample = i16le\ndecimate = {dec}\n")
+    };
+    let cases: &[(String, usize, &str)] = &[
+        (shm("a", "mean:10,100") + &shm("a.100", "mean:10"), 5, "[channel]"),
+        (shm("a.100", "mean:10") + &shm("a", "mean:10,100"), 8, "decimate"),
+        (shm("a", "mean:10,100") + &shm("a", "mean:10"), 5, "[channel]"),
+        (shm("ringrelay.stats", "every:1"), 1, "[channel]"),
+        (
+            "[channel a]\ninput = tcp-listen://0.0.0.0:5\noutput = tcp-listen://127.0.0.1:5\n".into(),
+            3,
+            "output",
+        ),
+        (
+            "[channel a]\ninput = udp://[::1]:5\noutput = udp://h:9\n[channel b]\ninput = udp://[::]:5\noutput = udp://h:9\n".into(),
+            5,
+            "input",
+        ),
+        (
+            "[channel a]\ninput = udp://0.0.0.0:5\noutput = udp://h:9\noutput = udp://127.0.0.1:5\n".into(),
+            4,
+            "output",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let e = errs(text);
+        assert!(
+            e.iter().any(|e| e.line == *line && e.key == *key),
+            "{text:?} gave {e:?}, wanted line {line} key {key:?}"
+        );
+    }
+    // Exactly the names that are published: `a` with mean:10,100 makes `a` and `a.100`.
+    parse_str("t", &(shm("a", "mean:10,100") + &shm("a.10", "mean:10"))).unwrap();
+    parse_str(
+        "t",
+        &(shm("a", "mean:10,100") + &shm("a.100", "mean:10") + "shm = off\noutput = udp://h:1\n"),
+    )
+    .unwrap();
+}

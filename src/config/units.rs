@@ -1,6 +1,7 @@
 //! Sizes and durations as users write them in config files and on the command line
 //! (`64KiB`, `8MiB`, `1G`, `500ms`, `30s`, `2m`). Pure: no I/O.
 
+use crate::config::parse::quote;
 use std::time::Duration;
 
 /// Parses a byte size: a whole number with an optional unit `B`, `K`/`KB`/`KiB`, `M`/`MiB`,
@@ -10,11 +11,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a size (e.g. 64KiB, 8MiB, 4096)"));
+        return Err(format!(
+            "{} is not a size (e.g. 64KiB, 8MiB, 4096)",
+            quote(s)
+        ));
     }
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("'{s}' is too large a size"))?;
+        .map_err(|_| format!("{} is too large a size", quote(s)))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -23,12 +27,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "'{s}' has an unknown size unit '{unit}' (B, KiB, MiB, GiB, TiB)"
+                "{} has an unknown size unit {} (B, KiB, MiB, GiB, TiB)",
+                quote(s),
+                quote(unit)
             ))
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large a size"))
+        .ok_or_else(|| format!("{} is too large a size", quote(s)))
 }
 
 /// Parses a duration: a whole number with a unit `ns`, `us`, `ms`, `s`, `m`, `h`, `d`.
@@ -38,11 +44,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m)"));
+        return Err(format!(
+            "{} is not a duration (e.g. 500ms, 30s, 2m)",
+            quote(s)
+        ));
     }
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("'{s}' is too long a duration"))?;
+        .map_err(|_| format!("{} is too long a duration", quote(s)))?;
     let d = match unit {
         "ns" => Some(Duration::from_nanos(n)),
         "us" => Some(Duration::from_micros(n)),
@@ -53,11 +62,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n.checked_mul(86400).map(Duration::from_secs),
         _ => {
             return Err(format!(
-                "'{s}' has an unknown time unit '{unit}' (ns, us, ms, s, m, h, d)"
+                "{} has an unknown time unit {} (ns, us, ms, s, m, h, d)",
+                quote(s),
+                quote(unit)
             ))
         }
     };
-    d.ok_or_else(|| format!("'{s}' is too long a duration"))
+    d.ok_or_else(|| format!("{} is too long a duration", quote(s)))
 }
 
 /// Formats a byte count for humans (`1.5 MiB`).

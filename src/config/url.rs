@@ -5,6 +5,7 @@
 //! (input or output). It never resolves names or touches a socket: the driver does that
 //! (`src/driver/net.rs`).
 
+use crate::config::parse::quote;
 use crate::config::units::parse_size;
 use std::fmt;
 use std::net::IpAddr;
@@ -125,7 +126,7 @@ impl Cidr {
         };
         let addr: IpAddr = a
             .parse()
-            .map_err(|_| format!("'{s}' is not an address range (e.g. 192.168.0.0/16)"))?;
+            .map_err(|_| format!("{} is not an address range (e.g. 192.168.0.0/16)", quote(s)))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
@@ -133,7 +134,7 @@ impl Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|&n| n <= max)
-                .ok_or_else(|| format!("'{s}': prefix length must be 0..={max}"))?,
+                .ok_or_else(|| format!("{}: prefix length must be 0..={max}", quote(s)))?,
         };
         Ok(Cidr { addr, prefix })
     }
@@ -226,7 +227,7 @@ impl Endpoint {
         let url = words.next().ok_or("empty endpoint URL")?;
         let (scheme_s, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("'{url}' is not a URL (e.g. udp://0.0.0.0:5000)"))?;
+            .ok_or_else(|| format!("{} is not a URL (e.g. udp://0.0.0.0:5000)", quote(url)))?;
         let scheme = match scheme_s {
             "udp" => Scheme::Udp,
             "tcp" => Scheme::Tcp,
@@ -236,7 +237,8 @@ impl Endpoint {
             "file" => Scheme::File,
             other => {
                 return Err(format!(
-                    "unknown scheme '{other}://' (udp, tcp, tcp-listen, unix, unix-listen, file)"
+                    "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file)",
+                    quote(&format!("{other}://"))
                 ))
             }
         };
@@ -244,36 +246,40 @@ impl Endpoint {
             Scheme::Unix | Scheme::UnixListen | Scheme::File => {
                 if !rest.starts_with('/') {
                     return Err(format!(
-                        "'{url}' needs an absolute path ({}:///path)",
+                        "{} needs an absolute path ({}:///path)",
+                        quote(url),
                         scheme.name()
                     ));
                 }
                 if rest.len() > 1 && rest.ends_with('/') {
-                    return Err(format!("'{url}' names a directory, not a file"));
+                    return Err(format!("{} names a directory, not a file", quote(url)));
                 }
                 if matches!(scheme, Scheme::Unix | Scheme::UnixListen) && rest.len() > 107 {
-                    return Err(format!("'{url}': a Unix socket path is at most 107 bytes"));
+                    return Err(format!(
+                        "{}: a Unix socket path is at most 107 bytes",
+                        quote(url)
+                    ));
                 }
                 Target::Path(PathBuf::from(rest))
             }
-            _ => parse_host_port(rest).map_err(|e| format!("'{url}': {e}"))?,
+            _ => parse_host_port(rest).map_err(|e| format!("{}: {e}", quote(url)))?,
         };
         let mut opts = Options::default();
         for w in words {
             let (k, v) = w
                 .split_once('=')
-                .ok_or_else(|| format!("option '{w}' must be key=value"))?;
+                .ok_or_else(|| format!("option {} must be key=value", quote(w)))?;
             if v.is_empty() {
-                return Err(format!("option '{k}' has no value"));
+                return Err(format!("option {} has no value", quote(k)));
             }
             let bad = |e: String| format!("option {k}: {e}");
             match k {
                 "group" => {
                     let ip: IpAddr = v
                         .parse()
-                        .map_err(|_| bad(format!("'{v}' is not an IP address")))?;
+                        .map_err(|_| bad(format!("{} is not an IP address", quote(v))))?;
                     if !ip.is_multicast() {
-                        return Err(bad(format!("'{v}' is not a multicast address")));
+                        return Err(bad(format!("{} is not a multicast address", quote(v))));
                     }
                     opts.group = Some(ip);
                 }
@@ -290,7 +296,9 @@ impl Endpoint {
                         v.parse::<u32>()
                             .ok()
                             .filter(|&n| (1..=65000).contains(&n))
-                            .ok_or_else(|| bad(format!("'{v}' is not a count in 1..=65000")))?,
+                            .ok_or_else(|| {
+                                bad(format!("{} is not a count in 1..=65000", quote(v)))
+                            })?,
                     )
                 }
                 "max_backlog" => {
@@ -306,7 +314,10 @@ impl Endpoint {
                         "drop" => OnSlow::Drop,
                         "block" => OnSlow::Block,
                         _ => {
-                            return Err(bad(format!("'{v}' is not one of disconnect, drop, block")))
+                            return Err(bad(format!(
+                                "{} is not one of disconnect, drop, block",
+                                quote(v)
+                            )))
                         }
                     })
                 }
@@ -314,14 +325,14 @@ impl Endpoint {
                     opts.gso = Some(match v {
                         "on" => true,
                         "off" => false,
-                        _ => return Err(bad(format!("'{v}' is not one of on, off"))),
+                        _ => return Err(bad(format!("{} is not one of on, off", quote(v)))),
                     })
                 }
                 "zerocopy" => {
                     opts.zerocopy = Some(match v {
                         "on" => true,
                         "off" => false,
-                        _ => return Err(bad(format!("'{v}' is not one of on, off"))),
+                        _ => return Err(bad(format!("{} is not one of on, off", quote(v)))),
                     })
                 }
                 "on_fin" => {
@@ -329,7 +340,12 @@ impl Endpoint {
                         "redial" => OnFin::Redial,
                         "keep" => OnFin::Keep,
                         "close" => OnFin::Close,
-                        _ => return Err(bad(format!("'{v}' is not one of redial, close, keep"))),
+                        _ => {
+                            return Err(bad(format!(
+                                "{} is not one of redial, close, keep",
+                                quote(v)
+                            )))
+                        }
                     })
                 }
                 "rotate" => {
@@ -344,7 +360,9 @@ impl Endpoint {
                         v.parse::<u32>()
                             .ok()
                             .filter(|&n| (1..=1000).contains(&n))
-                            .ok_or_else(|| bad(format!("'{v}' is not a count in 1..=1000")))?,
+                            .ok_or_else(|| {
+                                bad(format!("{} is not a count in 1..=1000", quote(v)))
+                            })?,
                     )
                 }
                 "ttl" => {
@@ -352,10 +370,10 @@ impl Endpoint {
                         v.parse::<u32>()
                             .ok()
                             .filter(|&n| n <= 255)
-                            .ok_or_else(|| bad(format!("'{v}' is not a TTL in 0..=255")))?,
+                            .ok_or_else(|| bad(format!("{} is not a TTL in 0..=255", quote(v))))?,
                     )
                 }
-                _ => return Err(format!("unknown option '{k}'")),
+                _ => return Err(format!("unknown option {}", quote(k))),
             }
         }
         Ok(Endpoint {
@@ -433,7 +451,8 @@ impl Endpoint {
                     Role::Output => "an output",
                 };
                 return Err(format!(
-                    "option '{k}' does not apply to {} {role_s}",
+                    "option {} does not apply to {} {role_s}",
+                    quote(k),
                     sc.name()
                 ));
             }
@@ -547,7 +566,7 @@ fn parse_host_port(s: &str) -> Result<Target, String> {
             .strip_prefix(':')
             .ok_or("IPv6 address needs a port: [::1]:5000")?;
         if h.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("'{h}' is not an IPv6 address"));
+            return Err(format!("{} is not an IPv6 address", quote(h)));
         }
         (h, p)
     } else {
@@ -564,11 +583,11 @@ fn parse_host_port(s: &str) -> Result<Target, String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%'))
     {
-        return Err(format!("'{host}' is not a host name or address"));
+        return Err(format!("{} is not a host name or address", quote(host)));
     }
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
+        .map_err(|_| format!("{} is not a port number (0-65535)", quote(port)))?;
     Ok(Target::Inet {
         host: host.to_string(),
         port,
