@@ -28,8 +28,9 @@
 //! Meanwhile: SIGHUP every 10 s (each summary line checked), SIGUSR1 every 3 s, and once a
 //! minute the daemon's RSS and descriptor count. At the end the sources stop, the collectors
 //! catch up, the counters are compared with what the peers sent and received, the curves are
-//! printed and written to `target/soak-curves.csv`, and SIGTERM must end the daemon with exit
-//! code 0 within its shutdown_timeout.
+//! printed and written to `target/soak-curves.csv` (the daemon's log to
+//! `target/soak-daemon.log`), and SIGTERM must end the daemon with exit code 0 within its
+//! shutdown_timeout.
 
 mod common;
 mod soak {
@@ -707,13 +708,14 @@ fn soak() {
     }
     let to_udp = dgram_u.seqs.lock().unwrap().clone();
     let out_udp = get(&c, "dgram", &format!(":{}", p.dgram_udp), "datagrams");
+    let udp_drops = get(&c, "dgram", &format!(":{}", p.dgram_udp), "drops");
     assert!(
         to_udp.count <= out_udp,
         "dgram: the UDP sink got {} datagrams, the relay sent {out_udp}",
         to_udp.count
     );
     report.push(format!(
-        "dgram: {sent} datagrams sent, {kdrops} dropped by the kernel, {in_drops} at the input; {runs} subscriber runs checked; UDP sink {} of {out_udp}",
+        "dgram: {sent} datagrams sent, {kdrops} dropped by the kernel, {in_drops} at the input; {runs} subscriber runs checked; UDP sink {} of the {out_udp} sent ({udp_drops} dropped at that output)",
         to_udp.count
     ));
     let unplaced: u64 = seen_by
@@ -743,6 +745,8 @@ fn soak() {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_string());
     let path = std::path::Path::new(&target).join("soak-curves.csv");
     std::fs::write(&path, &csv).expect("write soak-curves.csv");
+    let log_path = path.with_file_name("soak-daemon.log");
+    std::fs::write(&log_path, relay.log()).expect("write soak-daemon.log");
     eprintln!("\nsoak: {}", report.join("\nsoak: "));
     eprintln!("\n minute   rss_kib   fds  conns   (the last row: after the peers left)");
     for s in &samples {
@@ -751,7 +755,11 @@ fn soak() {
             s.minute, s.rss_kib, s.fds, s.conns
         );
     }
-    eprintln!("written to {}; SIGTERM took {took:?}", path.display());
+    eprintln!(
+        "written to {}, the daemon's log to {}; SIGTERM took {took:?}",
+        path.display(),
+        log_path.display()
+    );
 
     assert_eq!(
         status.and_then(|s| s.code()),
