@@ -216,6 +216,15 @@ impl StreamCheck {
                         &rest[..FIND_WINDOW]
                     ))
                 }
+                Some((conn, off, _)) if self.pos == Some((conn, off)) => {
+                    // The stream goes on where it should, but this byte is not that one.
+                    let mut want = [0u8];
+                    fill(self.stream, conn, off, &mut want);
+                    break Err(format!(
+                        "wrong byte at connection {conn} offset {off}: {:#04x}, sent {:#04x}",
+                        rest[0], want[0]
+                    ));
+                }
                 Some((conn, off, a)) => {
                     if let Err(e) = self.jump_allowed(self.pos, (conn, off)) {
                         break Err(e);
