@@ -98,6 +98,10 @@ struct Source {
     conn: Option<usize>,
     next: u64,
     total: u64,
+    /// UDP: the last datagrams, sent only at the moment of SIGTERM. They wait in the input
+    /// socket when the stop comes, and the stop must read them (at most its receive buffer's
+    /// worth, which they stay under).
+    held: u64,
 }
 
 struct World {
@@ -212,13 +216,17 @@ impl World {
         let kernel = Kernel::new(rng.next(), faults, sizes);
         let sources = spec
             .iter()
-            .map(|s| Source {
-                total: if s.input == InKind::Udp {
-                    rng.range(50, 400) as u64
-                } else {
-                    rng.range(20_000, 300_000) as u64
-                },
-                ..Source::default()
+            .map(|s| {
+                let udp = s.input == InKind::Udp;
+                Source {
+                    total: if udp {
+                        rng.range(50, 400) as u64
+                    } else {
+                        rng.range(20_000, 300_000) as u64
+                    },
+                    held: if udp { rng.range(0, 20) as u64 } else { 0 },
+                    ..Source::default()
+                }
             })
             .collect();
         let subs = spec
@@ -246,6 +254,20 @@ impl World {
             caps,
             pool,
         )
+    }
+
+    /// Sends what the UDP sources held back (see [`Source::held`]), all at once.
+    fn send_held(&mut self) {
+        for (c, s) in self.sources.iter_mut().enumerate() {
+            if self.spec[c].input != InKind::Udp || self.stuck_block[c] {
+                continue;
+            }
+            let q = self.kernel.udp_in.entry(c).or_default();
+            while s.next < s.total {
+                q.push_back((s.next, self.rng.range(8, 496) as u32));
+                s.next += 1;
+            }
+        }
     }
 
     /// One action of a peer, chosen by the seed.
@@ -277,7 +299,7 @@ impl World {
             let q = self.kernel.udp_in.entry(c).or_default();
             let burst = self.rng.range(1, 8);
             for _ in 0..burst {
-                if s.next >= s.total || q.len() >= 64 {
+                if s.next >= s.total - s.held || q.len() >= 64 {
                     break;
                 }
                 let len = if !self.calm && self.rng.chance(20) {
@@ -528,6 +550,7 @@ fn run(seed: u64) -> Result<(), Failure> {
         if let (Some(since), None) = (calm_since, term_at) {
             if quiet(&w, &engine) {
                 term_at = Some(step);
+                w.send_held();
                 engine.terminate(&mut io(now, &mut fx, &mut w.kernel, &mut mem));
                 w.kernel.submit(&mut fx);
             } else if step - since > 60_000 {
@@ -606,7 +629,7 @@ fn quiet(w: &World, engine: &Engine) -> bool {
         if w.stuck_block[c] {
             continue;
         }
-        if s.next < s.total {
+        if s.next < s.total - s.held {
             return false;
         }
         if w.kernel.udp_in.get(&c).is_some_and(|q| !q.is_empty()) {
@@ -762,6 +785,12 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
     for (c, spec) in w.spec.iter().enumerate() {
         if w.stuck_block[c] {
             continue;
+        }
+        if let Some(q) = w.kernel.udp_in.get(&c).filter(|q| !q.is_empty()) {
+            return Err(format!(
+                "c{c}: {} datagrams were left in the input socket at the end: a stop reads what the kernel accepted",
+                q.len()
+            ));
         }
         let (datagrams, in_drops, outs) = &counters.chans[c];
         let offered = datagrams - in_drops;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Smoke payload run inside the ARM guest (busybox only) by .ci/arm/smoke.sh via arm-vm.
 # /payload holds: ringrelay (static), run (this script), stages (which stages to run: stage
-# names or "all"), build-info. Every stage prints PASS or FAIL; the exit code is the number of
+# names or "all"), build-info, and optionally repeat (run the stages that many times, each
+# round in a fresh directory: how flaky stages are proven not to be). Every stage prints PASS or FAIL; the exit code is the number of
 # failed stages. Everything is bounded with `timeout`: the guest is 10-30x slower than a host.
 cd /payload || exit 100
 PATH=/payload:$PATH
@@ -350,9 +351,15 @@ stage_rss() {
   else fail rss "resident memory ${hwm}kB (limit 32768kB)"; fi
 }
 
-for s in $STAGES; do
-  echo "=== stage $s"
-  if type "stage_$s" >/dev/null 2>&1; then "stage_$s"; else fail "$s" "no such stage"; fi
+REPEAT=$(cat repeat 2>/dev/null || echo 1)
+round=1
+while [ $round -le "$REPEAT" ]; do
+  [ "$REPEAT" -gt 1 ] && { T=/tmp/smoke/round-$round; mkdir -p $T; echo "=== round $round of $REPEAT"; }
+  for s in $STAGES; do
+    echo "=== stage $s"
+    if type "stage_$s" >/dev/null 2>&1; then "stage_$s"; else fail "$s" "no such stage"; fi
+  done
+  round=$((round + 1))
 done
-echo "SMOKE SUMMARY failed=$FAILED stages=\"$STAGES\""
+echo "SMOKE SUMMARY failed=$FAILED stages=\"$STAGES\" rounds=$REPEAT"
 exit $FAILED

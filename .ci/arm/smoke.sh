@@ -8,7 +8,7 @@
 #   STAGES  payload stages to run (default: all of them; see payload.sh)
 # Environment: ARM_VM (path of the arm-vm tool; default ../shared/tools/arm-vm from the repo
 # root, or /work/shared/tools/arm-vm), SMOKE_NOBUILD=1 to skip building, SMOKE_LIMIT (seconds,
-# default 600). Exit code: the payload's (0 = every stage passed).
+# default 600), SMOKE_REPEAT=N to run the stages N times in one boot. Exit code: the payload's (0 = every stage passed).
 set -euo pipefail
 ARCH=${1:?usage: smoke.sh ARCH KERNEL [STAGES...]} KV=${2:?usage: smoke.sh ARCH KERNEL [STAGES...]}
 shift 2
@@ -40,6 +40,7 @@ esac
 cp "$ROOT/.ci/arm/payload.sh" "$P/run"
 chmod +x "$P/run" "$P/ringrelay"
 echo "${*:-all}" > "$P/stages"
+echo "${SMOKE_REPEAT:-1}" > "$P/repeat"
 SIZE=$(stat -c %s "$P/ringrelay")
 echo "$ARCH $KV $TARGET $SIZE bytes stripped" > "$P/build-info"
 echo "smoke.sh: $ARCH kernel $KV, $TARGET ($SIZE bytes stripped), stages: ${*:-all}"

@@ -350,6 +350,26 @@ pub fn shutdown(fd: RawFd) {
     let _ = s.shutdown(std::net::Shutdown::Both);
 }
 
+/// Whether data wait to be read on `fd` (poll with a zero timeout; errors count as "no").
+#[allow(unsafe_code)]
+pub fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call; a zero timeout never
+    // waits. A closed descriptor only yields POLLNVAL.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// The receive buffer of a socket in bytes (0 when it cannot be read).
+pub fn rcvbuf(fd: RawFd) -> u64 {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    s.recv_buffer_size().map_or(0, |n| n as u64)
+}
+
 /// Sets the send buffer of an accepted socket.
 pub fn set_sndbuf(fd: RawFd, n: u64) {
     let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));

@@ -190,6 +190,14 @@ impl Sys for Kernel<'_> {
         net::set_sndbuf(fd, bytes);
     }
 
+    fn readable(&mut self, fd: Fd) -> bool {
+        net::readable(fd)
+    }
+
+    fn rcvbuf(&mut self, fd: Fd) -> u64 {
+        net::rcvbuf(fd)
+    }
+
     fn set_nonblocking(&mut self, fd: Fd) -> io::Result<()> {
         net::set_nonblocking(fd, true)
     }

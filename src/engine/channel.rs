@@ -335,6 +335,10 @@ pub struct Channel {
     pub input_starved: bool,
     /// Its parked reads are being cancelled to give their buffers back.
     pub input_unparking: bool,
+    /// A draining datagram input: the bytes it may still read before it is closed.
+    pub drain_left: u64,
+    /// Reads of a draining datagram input that failed (the drain ends at the fourth).
+    pub drain_errors: u8,
     /// Stopped by a reload and still flushing its outputs: they are closed once drained or at
     /// this instant, whichever comes first. `None` once they are closed (and always while the
     /// whole daemon shuts down, which keeps its own deadline).
@@ -432,6 +436,8 @@ impl Channel {
             input_draining: false,
             input_starved: false,
             input_unparking: false,
+            drain_left: 0,
+            drain_errors: 0,
             to_kick: Vec::new(),
             batch_kicks: Vec::new(),
             to_disconnect: Vec::new(),
@@ -532,12 +538,24 @@ impl Channel {
     /// acknowledged, and those must reach the outputs before they are closed.
     pub fn drained(&self) -> bool {
         self.splice.as_ref().is_none_or(|s| s.drained())
+            && !(self.input_draining && self.input_is_datagram())
             && self.outputs.iter().all(|o| o.queue.is_empty())
             && self.slots.iter().flatten().all(|e| {
                 e.write_ops == 0
                     && e.queue.as_ref().is_none_or(|q| q.is_empty())
                     && !(e.role == Role::Input && e.in_flight > 0)
             })
+    }
+
+    /// A read of the input failed: a drain at a stop goes on past a passing error, and ends at
+    /// the fourth (a socket that keeps failing must not hold the stop up).
+    pub fn drain_failed(&mut self) {
+        if self.input_draining {
+            self.drain_errors = self.drain_errors.saturating_add(1);
+            if self.drain_errors > 3 {
+                self.drain_left = 0;
+            }
+        }
     }
 
     /// Payload bytes still queued for the outputs (links and subscribers).

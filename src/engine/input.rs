@@ -38,6 +38,9 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         return;
     }
     let datagram = ch.input_is_datagram();
+    if datagram && ch.input_draining && drain_datagrams(cx, ch, ci) {
+        return;
+    }
     // A `block` output's queue also shrinks without a write: its subscriber leaves, or a
     // link is dropped as too slow. Whatever emptied it, the channel reads again once every
     // `block` queue is back under half its limit.
@@ -47,7 +50,8 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     if ch.blocked && !datagram {
         return;
     }
-    if datagram && ch.input_retry_at.is_some() {
+    // (A drain at a stop reads on without the backoff: its allowance and errors bound it.)
+    if datagram && ch.input_retry_at.is_some() && !ch.input_draining {
         return;
     }
     let Some(slot) = ch.input else { return };
@@ -181,6 +185,30 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     ep.in_flight += n as u32;
 }
 
+/// A datagram input read on after SIGTERM (or a reload that stops its channel): once its socket
+/// is empty, or it has read its receive buffer's worth (a flood that goes on must not hold the
+/// stop up), it is closed. Returns whether it was.
+fn drain_datagrams(cx: &mut Cx, ch: &mut Channel, ci: u16) -> bool {
+    let Some(slot) = ch.input else {
+        ch.input_draining = false;
+        return true;
+    };
+    let Some(fd) = ch.ep(slot).map(|e| e.raw_fd()) else {
+        return true;
+    };
+    if ch.drain_left > 0 && cx.sys.readable(fd) {
+        return false;
+    }
+    debug!(
+        "channel {}: input drained ({} bytes of its allowance left)",
+        ch.name(),
+        ch.drain_left
+    );
+    ch.input_draining = false;
+    close_ep(cx, ch, ci, slot);
+    true
+}
+
 /// Cancels the reads `ch`'s input has parked on more than one buffer, so that a short pool
 /// goes round: reads wait in the kernel, holding their buffers, until data comes, and an idle
 /// input's reads would hold them for good while another input has none. Called by the tick
@@ -304,9 +332,10 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                 ch.name(),
                 errno_str(res)
             );
-            // A UDP socket error (rare): retry after a backoff.
+            // A UDP socket error (rare): retry after a backoff; a drain at a stop ends here.
             let d = ch.input_backoff.next_delay();
             ch.input_retry_at = Some(cx.now + d);
+            ch.drain_failed();
         }
     }
     ch.reap_if_idle(slot, cx.sys);
@@ -377,9 +406,10 @@ pub(crate) fn on_recv_multi(cx: &mut Cx, ch: &mut Channel, tok: Token, c: Comple
             ch.name(),
             errno_str(c.res)
         );
-        // A UDP socket error (rare): retry after a backoff.
+        // A UDP socket error (rare): retry after a backoff; a drain at a stop ends here.
         let d = ch.input_backoff.next_delay();
         ch.input_retry_at = Some(cx.now + d);
+        ch.drain_failed();
     }
     // Re-armed right away when buffers are back (they are recycled first), else by the
     // post_reads after the batch that releases one.
@@ -405,6 +435,9 @@ pub(crate) fn deliver(
     ch.stats.bytes += u64::from(len);
     if datagram {
         ch.stats.datagrams += 1;
+    }
+    if ch.input_draining {
+        ch.drain_left = ch.drain_left.saturating_sub(u64::from(len));
     }
     if let Some(p) = ch.publisher.as_mut() {
         let data = cx.pool.bytes(cx.mem, buf, off, len);

@@ -213,6 +213,11 @@ pub trait Sys {
     /// The peer of a connected socket: a printable name and its IP address.
     fn peer(&mut self, fd: Fd) -> (String, Option<IpAddr>);
     fn set_sndbuf(&mut self, fd: Fd, bytes: u64);
+    /// Whether a datagram waits in an input socket (a poll that does not wait). At SIGTERM a
+    /// datagram input is read until this says no.
+    fn readable(&mut self, fd: Fd) -> bool;
+    /// The receive buffer of an input socket, in bytes (what a SIGTERM drain reads at most).
+    fn rcvbuf(&mut self, fd: Fd) -> u64;
     fn set_nonblocking(&mut self, fd: Fd) -> io::Result<()>;
     /// A pipe of about `size` bytes.
     fn pipe(&mut self, size: u32) -> io::Result<Pipe>;

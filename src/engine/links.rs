@@ -418,9 +418,19 @@ pub(crate) fn close_intake(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         .input
         .filter(|_| !ch.input_is_datagram())
         .and_then(|s| ch.ep(s).map(|e| (s, e.link == Link::Up, e.raw_fd())));
+    // A datagram input is read on while datagrams wait in its socket (they were accepted by
+    // the kernel before the stop), at most its receive buffer's worth, so that a flood that
+    // goes on does not hold the stop up: see `input::drain_datagrams`.
+    let datagram_input = ch
+        .input
+        .filter(|_| ch.input_is_datagram())
+        .and_then(|s| ch.ep(s).map(|e| (e.link == Link::Up, e.raw_fd())));
     if let Some((_, true, fd)) = stream_input {
         cx.sys.shutdown(fd);
         ch.input_draining = true;
+    } else if let Some((true, fd)) = datagram_input.filter(|&(_, fd)| cx.sys.readable(fd)) {
+        ch.input_draining = true;
+        ch.drain_left = cx.sys.rcvbuf(fd).max(1);
     } else if let Some(slot) = ch.input {
         close_ep(cx, ch, ci, slot);
     }

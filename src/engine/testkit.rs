@@ -34,6 +34,8 @@ pub(crate) struct FakeSys {
     pub dial_in_progress: bool,
     /// The address `peer` reports for any socket.
     pub peer_ip: Option<IpAddr>,
+    /// Sockets `readable` says hold data.
+    pub readable: Vec<Fd>,
 }
 
 impl FakeSys {
@@ -46,6 +48,7 @@ impl FakeSys {
             dials: Vec::new(),
             dial_in_progress: false,
             peer_ip: Some("127.0.0.1".parse().unwrap()),
+            readable: Vec::new(),
         }
     }
 
@@ -114,6 +117,14 @@ impl Sys for FakeSys {
     }
 
     fn set_sndbuf(&mut self, _fd: Fd, _bytes: u64) {}
+
+    fn readable(&mut self, fd: Fd) -> bool {
+        self.readable.contains(&fd)
+    }
+
+    fn rcvbuf(&mut self, _fd: Fd) -> u64 {
+        212_992
+    }
 
     fn set_nonblocking(&mut self, _fd: Fd) -> io::Result<()> {
         Ok(())

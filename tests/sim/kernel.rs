@@ -1056,6 +1056,16 @@ impl Sys for Kernel {
 
     fn set_sndbuf(&mut self, _fd: Fd, _bytes: u64) {}
 
+    fn readable(&mut self, fd: Fd) -> bool {
+        self.udp_chan(fd)
+            .is_some_and(|c| self.udp_in.get(&c).is_some_and(|q| !q.is_empty()))
+    }
+
+    fn rcvbuf(&mut self, _fd: Fd) -> u64 {
+        // A few dozen of the simulation's datagrams: a drain that never ends is caught.
+        16_384
+    }
+
     fn set_nonblocking(&mut self, _fd: Fd) -> io::Result<()> {
         Ok(())
     }
