@@ -162,6 +162,7 @@ fn lapping_is_reported_exactly_and_never_torn() {
         dir: dir.clone(),
         mode: 0o640,
         group: None,
+        run_as: None,
     };
     let cfg = SampleConfig {
         sample: SampleType::U32Le,

@@ -19,6 +19,7 @@ fn opts(d: &ShmDir) -> ShmOptions {
         dir: d.path().to_path_buf(),
         mode: 0o640,
         group: None,
+        run_as: None,
     }
 }
 

@@ -49,6 +49,7 @@ mod tests {
                 dir: self.0.clone(),
                 mode: 0o640,
                 group: None,
+                run_as: None,
             }
         }
     }
