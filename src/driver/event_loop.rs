@@ -321,6 +321,8 @@ impl Daemon {
                 },
                 LogDest::Stderr => logging::LogTarget::Stderr,
             };
+            // Fails only on a bad facility; a syslog socket that is missing is not an error
+            // (the logger uses stderr until it appears).
             if let Err(e) = logging::init(&target, g.log_level) {
                 error!("reload: {e}; logging stays where it was");
             }
