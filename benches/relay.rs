@@ -273,7 +273,7 @@ impl Bench {
             let path = self.shm_dir.join(format!("ch{i}"));
             let r = ringrelay::shm::Reader::open(&path)
                 .map_err(|e| format!("region {}: {e}", path.display()))?;
-            total += r.head();
+            total += r.head().map_err(|e| e.to_string())?;
         }
         Ok(total)
     }

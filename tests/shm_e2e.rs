@@ -330,7 +330,7 @@ fn read_all(r: &mut Reader, n: u64, what: &str) -> RustRead {
     let mut buf = Vec::new();
     r.seek(0);
     while r.position() < n {
-        let c = r.read(&mut buf, 4096);
+        let c = r.read(&mut buf, 4096).unwrap();
         assert_eq!(c.lost, 0, "{what}: lost frames before {}", c.start);
         assert!(c.frames > 0, "{what}: no frame at {} of {n}", r.position());
         assert_eq!(c.start, frames.len() as u64, "{what}: chunk start");
@@ -358,13 +358,13 @@ fn wait_head(path: &Path, n: u64, what: &str) -> Reader {
     let r = reader.unwrap();
     let mut head = 0;
     if !wait_until(TRANSFER_TIMEOUT, || {
-        head = r.head();
+        head = r.head().unwrap();
         head >= n
     }) {
         panic!("{what}: head at {head} of {n} frames after {TRANSFER_TIMEOUT:?}");
     }
     assert_eq!(
-        r.head(),
+        r.head().unwrap(),
         n,
         "{what}: more frames published than the input holds"
     );

@@ -69,7 +69,7 @@ fn reader_role(dir: PathBuf, checked: bool) {
     loop {
         let before = r.position();
         let n = 1 + rng.below(CAPACITY) as usize;
-        let c = r.read(&mut buf, n);
+        let c = r.read(&mut buf, n).unwrap();
         if c.start != before + c.lost {
             broken_chain += 1;
         }
@@ -85,7 +85,7 @@ fn reader_role(dir: PathBuf, checked: bool) {
         }
         accepted += c.frames as u64;
         if c.frames == 0 && c.lost == 0 {
-            if r.writer_state() == WriterState::Stopped && r.position() == r.head() {
+            if r.writer_state() == WriterState::Stopped && r.position() == r.head().unwrap() {
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -162,6 +162,7 @@ fn lapping_is_reported_exactly_and_never_torn() {
         dir: dir.clone(),
         mode: 0o640,
         group: None,
+        run_as: None,
     };
     let cfg = SampleConfig {
         sample: SampleType::U32Le,

@@ -19,6 +19,7 @@ fn opts(d: &ShmDir) -> ShmOptions {
         dir: d.path().to_path_buf(),
         mode: 0o640,
         group: None,
+        run_as: None,
     }
 }
 
@@ -108,10 +109,10 @@ fn all_readers_agree_with_the_expected_signal() {
         // Rust API against the expected signal.
         let mut r = Reader::open(&path).unwrap();
         let mut buf = Vec::new();
-        let ch = r.read(&mut buf, 1000);
+        let ch = r.read(&mut buf, 1000).unwrap();
         let info = r.info().clone();
-        assert_eq!(ch.start + ch.frames as u64, r.head());
-        assert_eq!(ch.frames as u64, 64.min(r.head()));
+        assert_eq!(ch.start + ch.frames as u64, r.head().unwrap());
+        assert_eq!(ch.frames as u64, 64.min(r.head().unwrap()));
         for (k, f) in buf.chunks_exact(info.frame_bytes as usize).enumerate() {
             let m = ch.start as usize + k;
             let got = info.decode_frame(f);
@@ -183,7 +184,7 @@ fn all_readers_agree_with_the_expected_signal() {
             .arg(&path));
         let lines: Vec<&str> = tail3.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[2].starts_with(&format!("{{\"frame\":{},", r.head() - 1)));
+        assert!(lines[2].starts_with(&format!("{{\"frame\":{},", r.head().unwrap() - 1)));
     }
 }
 
@@ -260,7 +261,7 @@ fn restart_while_tail_follows() {
     assert!(reader.reattach().unwrap());
     assert_eq!(reader.info().generation, g + 1);
     let mut buf = Vec::new();
-    let c = reader.read(&mut buf, 100);
+    let c = reader.read(&mut buf, 100).unwrap();
     assert_eq!((c.start, c.frames), (0, 3));
     assert_eq!(
         reader.info().decode_frame(&buf[..4]),
@@ -302,4 +303,208 @@ fn stat_prints_the_daemon_counters() {
     let (code, _, err) = run(Command::new(BIN).args(["stat", "--shm-dir", "/nonexistent-rr"]));
     assert_eq!(code, 1);
     assert!(err.contains("no such region"), "{err}");
+}
+
+/// Starts `cmd` (stdout and stderr piped, stdin piped when `go` is set), waits for its first
+/// line of output (the reader has the region open), truncates `region` to zero bytes, says go
+/// on stdin if asked, and returns the exit code (`None`: killed by a signal) and stderr.
+fn truncate_under(cmd: &mut Command, region: &Path, go: bool) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read, Write};
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(if go { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(!first.is_empty(), "the reader printed nothing");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(region)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    if go {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+    }
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the reader did not stop after its region was truncated");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let _ = drain.join();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), err)
+}
+
+/// A stopped region of 100 frames, for readers to lose under their feet.
+fn region_to_truncate(t: &ShmDir, name: &str) -> PathBuf {
+    let mut p = Publisher::create(&opts(t), name, &cfg("every:1", 4096)).unwrap();
+    feed(&mut p, 0, 100);
+    p.close();
+    t.path().join(name)
+}
+
+#[test]
+fn tail_follow_reports_a_truncated_region() {
+    let t = ShmDir::new("r");
+    let path = region_to_truncate(&t, "cut");
+    let (code, err) = truncate_under(
+        Command::new(BIN)
+            .args(["tail", "--follow", "--format", "csv", "--duration", "20s"])
+            .arg(&path),
+        &path,
+        false,
+    );
+    assert_eq!(code, Some(1), "tail did not exit 1; stderr:\n{err}");
+    assert!(
+        err.contains(&format!("region {} was truncated (0 bytes", path.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("the relay restarted or the file was replaced"),
+        "{err}"
+    );
+}
+
+#[test]
+fn python_reader_reports_a_truncated_region() {
+    let t = ShmDir::new("r");
+    let path = region_to_truncate(&t, "cut");
+    let script = "import sys\n\
+        sys.path.insert(0, sys.argv[1])\n\
+        from ringrelay_shm import Region, RegionError\n\
+        r = Region(sys.argv[2])\n\
+        print('open', flush=True)\n\
+        sys.stdin.readline()\n\
+        try:\n\
+        \x20   r.read(16)\n\
+        except RegionError as e:\n\
+        \x20   print(e, file=sys.stderr)\n\
+        \x20   sys.exit(1)\n";
+    let (code, err) = truncate_under(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(python_script().parent().unwrap())
+            .arg(&path),
+        &path,
+        true,
+    );
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    assert!(
+        err.contains(&format!("region {} was truncated (0 bytes", path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn c_reader_reports_a_truncated_region() {
+    let t = ShmDir::new("r");
+    let path = region_to_truncate(&t, "cut");
+    let src = t.path().join("cut_reader.c");
+    std::fs::write(
+        &src,
+        r#"#include "ringrelay_shm.h"
+#include <stdio.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    rr_reader r;
+    int e = rr_open(&r, argv[1]);
+    if (e) { fprintf(stderr, "open: %s\n", rr_strerror(e)); return 2; }
+    printf("open\n");
+    fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 3;
+    static uint8_t buf[16 * 64];
+    rr_chunk c = rr_read(&r, buf, 16);
+    if (c.error) {
+        fprintf(stderr, "region %s was truncated: %s\n", argv[1], rr_strerror(c.error));
+        return 1;
+    }
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = t.path().join("cut_reader");
+    let o = Command::new("cc")
+        .args([
+            "-std=c11",
+            "-D_DEFAULT_SOURCE",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-I",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg("-lm")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, err) = truncate_under(Command::new(&exe).arg(&path), &path, true);
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn tail_turns_a_sigbus_into_a_message() {
+    // The cut can land between tail's size check and its read; the kernel then sends SIGBUS.
+    // Sending it by hand takes the same path through the handler.
+    use std::io::{BufRead, Read};
+    let t = ShmDir::new("r");
+    let path = region_to_truncate(&t, "bus");
+    let mut child = Command::new(BIN)
+        .args(["tail", "--follow", "--format", "csv", "--duration", "20s"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("frame,"), "{first}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGBUS,
+    )
+    .unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let status = child.wait().unwrap();
+    let _ = drain.join();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "stderr:\n{err}");
+    assert!(
+        err.contains(&format!(
+            "region {} was truncated while it was being read",
+            path.display()
+        )),
+        "{err}"
+    );
 }

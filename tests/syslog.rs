@@ -1,7 +1,8 @@
 //! Logging to syslog: the test owns a Unix datagram socket and points the daemon at it with
 //! `syslog_socket`, then checks what arrives: RFC 3164 messages with the configured facility,
 //! ident `ringrelay` and the daemon's pid (the detached daemon's, not its parent's), the ready
-//! message, the counters on SIGUSR1, and nothing on stderr.
+//! message, the counters on SIGUSR1, and nothing on stderr. Without a syslog socket the relay
+//! starts anyway, logs to stderr, and moves to syslog once the socket appears.
 
 mod common;
 
@@ -181,14 +182,118 @@ fn syslog_flag_and_daemon_pid() {
 }
 
 #[test]
-fn missing_syslog_socket_fails_the_start() {
-    let dir = TempDir::new("syslog-missing");
-    let path = dir.join("nobody-listens.sock");
-    let conf = write_config(&dir, &path, "log = syslog");
-    let (code, _, stderr) = run_to_end(Features::Auto, &["run", "-c", &conf], dir.path());
-    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+fn relay_starts_without_syslog_and_connects_when_it_appears() {
+    // At boot the relay may start before the syslog daemon: it must start anyway, say once on
+    // stderr that syslog is missing, log to stderr meanwhile, and move to syslog by itself.
+    let dir = TempDir::new("syslog-late");
+    let path = dir.join("log");
+    let out = std::net::UdpSocket::bind((LOCALHOST4, 0)).unwrap();
+    out.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let out_addr = out.local_addr().unwrap();
+    let (relay, input) = Relay::start(Features::Auto, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let conf = format!(
+            "{}log = syslog\nsyslog_socket = {}\n\n\
+             [channel late]\ninput = udp://{input}\noutput = udp://{out_addr}\n",
+            dir.global_section(),
+            path.display()
+        );
+        (conf, input)
+    });
+    let unavailable = format!("syslog unavailable at {}", path.display());
+    assert_eq!(
+        relay.log().matches(&unavailable).count(),
+        1,
+        "stderr:\n{}",
+        relay.log()
+    );
+    // It relays.
+    let send = std::net::UdpSocket::bind((LOCALHOST4, 0)).unwrap();
+    let mut buf = [0u8; 64];
+    let relayed = wait_until(TRANSFER_TIMEOUT, || {
+        send.send_to(b"hello", input).unwrap();
+        matches!(out.recv(&mut buf), Ok(5))
+    });
+    assert!(relayed, "nothing relayed; stderr:\n{}", relay.log());
+
+    // Syslog appears; the next messages (counters on SIGUSR1) reach it, after one line that
+    // says it is back.
+    let mut log = LogSocket::bind(&path);
+    let back = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !back.load(std::sync::atomic::Ordering::Relaxed) {
+                relay.signal(nix::sys::signal::Signal::SIGUSR1);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let first = log.wait_for("after syslog appeared", |_| true);
+        back.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            first.contains(&format!("syslog at {} reachable again", path.display())),
+            "first message once back: {first}"
+        );
+    });
+    log.wait_for("with counters after SIGUSR1", |m| m.contains("late"));
+    let pid = relay.pid();
+    for m in &log.seen {
+        let (pri, p, _) = parse_3164(m).unwrap_or_else(|| panic!("not RFC 3164: {m}"));
+        assert_eq!(pri / 8, 3, "facility daemon of {m}");
+        assert_eq!(p, pid, "pid of {m}");
+    }
+    let stderr = relay.log();
+    relay.stop();
+    assert_eq!(stderr.matches(&unavailable).count(), 1, "stderr:\n{stderr}");
+    assert!(stderr.contains("ready: 1 channels"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn daemon_starts_before_syslog_and_finds_it_later() {
+    // The init script's case at boot: `run --daemon --syslog` while /dev/log is not there yet.
+    let dir = TempDir::new("syslog-daemon-late");
+    let path = dir.join("log");
+    let pidfile = dir.join("ringrelay.pid");
+    let conf = write_config(&dir, &path, "log = stderr");
+    let o = output_within(
+        Command::new(bin())
+            .args(["run", "-c", &conf, "--syslog", "--daemon", "--pidfile"])
+            .arg(&pidfile),
+        "ringrelay run --daemon",
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{stderr}");
+    assert_eq!(
+        stderr
+            .matches(&format!("syslog unavailable at {}", path.display()))
+            .count(),
+        1,
+        "stderr:\n{stderr}"
+    );
+    let daemon: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(daemon);
+    let mut log = LogSocket::bind(&path);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut got = None;
+    while got.is_none() && Instant::now() < deadline {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+        if let Ok(n) = log.sock.recv(&mut [0u8; 8192]) {
+            got = Some(n);
+        }
+    }
     assert!(
-        stderr.contains("nobody-listens.sock"),
-        "stderr does not name the socket:\n{stderr}"
+        got.is_some(),
+        "the daemon never logged to syslog once it appeared"
+    );
+    log.wait_for("with counters", |m| m.contains("logged"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(
+        wait_until(EXIT_TIMEOUT, || !pidfile.exists()),
+        "daemon did not exit after SIGTERM"
     );
 }

@@ -10,6 +10,13 @@
  *   rr_chunk c; uint8_t buf[4096 * 64];
  *   while ((c = rr_read(&r, buf, sizeof buf / r.frame_bytes)).frames || c.lost) { ... }
  *   rr_close(&r);
+ *
+ * Truncation: a mapped page past the end of a file that was cut short under the reader (a
+ * `truncate`, a copy over it) raises SIGBUS when touched. rr_read checks the file's size first
+ * (rr_check: one fstat on the descriptor it mapped) and returns chunk.error = RR_E_TRUNCATED
+ * without touching the mapping; call rr_check yourself before rr_head, rr_seek_*, rr_state or
+ * rr_time_of when you poll. A cut that lands between the check and the loads after it still
+ * raises SIGBUS: a program that must survive that installs its own SIGBUS handler.
  */
 #ifndef RINGRELAY_SHM_H
 #define RINGRELAY_SHM_H
@@ -72,6 +79,7 @@ enum rr_value_type { RR_U8 = 1, RR_I8, RR_U16, RR_I16, RR_U32, RR_I32, RR_F32, R
 #define RR_E_CHECKSUM (-1003)
 #define RR_E_INCONSISTENT (-1004)
 #define RR_E_SHORT (-1005)
+#define RR_E_TRUNCATED (-1006)
 
 typedef struct {
     int fd;
@@ -90,6 +98,7 @@ typedef struct {
     uint64_t start;  /* absolute index of the first delivered frame */
     uint64_t frames; /* frames delivered into dst */
     uint64_t lost;   /* frames lost immediately before start */
+    int error;       /* 0, or RR_E_TRUNCATED (nothing delivered; the region is unreadable) */
 } rr_chunk;
 
 static inline const char *rr_strerror(int e) {
@@ -100,6 +109,9 @@ static inline const char *rr_strerror(int e) {
     case RR_E_CHECKSUM: return "region header checksum mismatch";
     case RR_E_INCONSISTENT: return "region header inconsistent";
     case RR_E_SHORT: return "file too short for a ringrelay region";
+    case RR_E_TRUNCATED:
+        return "region was truncated (the file is shorter than its mapping): the relay restarted "
+               "or the file was replaced";
     default: return e < 0 ? strerror(-e) : "ok";
     }
 }
@@ -214,6 +226,13 @@ static inline void rr_close(rr_reader *r) {
     r->fd = -1;
 }
 
+/* 0 while the file still backs the whole mapping, else RR_E_TRUNCATED (see the top). */
+static inline int rr_check(const rr_reader *r) {
+    struct stat st;
+    if (fstat(r->fd, &st) != 0 || (uint64_t)st.st_size < (uint64_t)r->len) return RR_E_TRUNCATED;
+    return 0;
+}
+
 static inline uint64_t rr_head(const rr_reader *r) { return rr_load64(r, RR_OFF_HEAD); }
 static inline uint64_t rr_intent(const rr_reader *r) { return rr_load64(r, RR_OFF_INTENT); }
 static inline uint32_t rr_state(const rr_reader *r) { return rr_load32(r, RR_OFF_STATE); }
@@ -241,9 +260,11 @@ static inline void rr_seek_last(rr_reader *r, uint64_t n) {
 }
 
 /* Copies up to max_frames frames into dst. Frames that were overwritten before or during the
- * copy are never delivered: they are counted in chunk.lost (just before chunk.start). */
+ * copy are never delivered: they are counted in chunk.lost (just before chunk.start). A file
+ * cut short under the reader delivers nothing and sets chunk.error. */
 static inline rr_chunk rr_read(rr_reader *r, void *dst, uint64_t max_frames) {
-    rr_chunk c = {r->pos, 0, 0};
+    rr_chunk c = {r->pos, 0, 0, 0};
+    if ((c.error = rr_check(r)) != 0) return c;
     uint64_t cap = r->capacity, fb = r->frame_bytes;
     uint64_t h = rr_head(r);
     rr_fence_acq(); /* pairs with the writer's release store of head */

@@ -10,6 +10,7 @@ int main(int argc, char **argv) {
     rr_reader r;
     int e = rr_open(&r, argv[1]);
     if (e) { fprintf(stderr, "rr_tail: %s: %s\n", argv[1], rr_strerror(e)); return 1; }
+    if ((e = rr_check(&r)) != 0) { fprintf(stderr, "rr_tail: %s: %s\n", argv[1], rr_strerror(e)); return 1; }
     if (argc > 2) rr_seek_last(&r, strtoull(argv[2], NULL, 10)); else rr_seek_oldest(&r);
     uint64_t end = rr_head(&r);
     printf("frame,time_ns");
@@ -23,6 +24,12 @@ int main(int argc, char **argv) {
     while (r.pos < end) {
         uint64_t want = end - r.pos < 1024 ? end - r.pos : 1024;
         rr_chunk c = rr_read(&r, buf, want);
+        if (c.error) {
+            fprintf(stderr, "rr_tail: %s: %s\n", argv[1], rr_strerror(c.error));
+            free(buf);
+            rr_close(&r);
+            return 1;
+        }
         if (c.lost) fprintf(stderr, "rr_tail: lost %llu frames before %llu\n",
                             (unsigned long long)c.lost, (unsigned long long)c.start);
         for (uint64_t i = 0; i < c.frames; i++) {

@@ -15,6 +15,14 @@ Ordering: control words are read as 4-byte loads (``struct`` on an aligned ``mem
 libatomic's ``atomic_thread_fence`` through ctypes when available. x86/x86-64 need none (TSO);
 on ARM without libatomic the reader refuses unless ``unsafe_no_fence=True``. Never writes: the
 file is opened O_RDONLY and mapped ACCESS_READ.
+
+Truncation: touching the mapping past the end of a file that was cut short under it (a
+``truncate``, a copy over it) kills the interpreter with SIGBUS. So ``head``, ``intent``,
+``state`` and ``anchors`` (and through them ``read``, ``read_views``, ``validate`` and the
+seeks) first compare the file's size (one fstat) with the mapping and raise RegionError
+("region ... was truncated ...") if it shrank. A cut that lands between that check and the
+loads that follow it, or while a ``read_views`` view is in use, still raises SIGBUS: check
+``state()`` again before trusting views kept across calls.
 """
 
 import ctypes
@@ -120,6 +128,13 @@ class Region:
         return ["c%d" % c for c in range(self.channels)]
 
     # -- control words -------------------------------------------------------------------------
+    def _check(self):
+        """Raises RegionError when the file is now shorter than the mapping."""
+        size = self._mm.size()  # fstat on the descriptor mmap keeps, not the path
+        if size < len(self._mm):
+            raise RegionError("region %s was truncated (%d bytes, needs %d): the relay restarted "
+                              "or the file was replaced" % (self.path, size, len(self._mm)))
+
     def _u32(self, off):
         return struct.unpack_from("<I", self._mv, off)[0]
 
@@ -133,12 +148,15 @@ class Region:
                 return hi << 32 | lo
 
     def head(self):
+        self._check()
         return self._counter(0x100)
 
     def intent(self):
+        self._check()
         return self._counter(0x108)
 
     def state(self):
+        self._check()
         return self._u32(0x110)
 
     def replaced(self):
@@ -190,7 +208,7 @@ class Region:
     def read(self, max_frames=4096, numpy=False):
         """Returns (start, frames, lost): frames as a list of tuples, or an (n, values) numpy
         array with numpy=True; `lost` frames were overwritten just before `start`."""
-        _, n, lost = self._begin(max_frames)
+        _, n, lost = self._begin(max_frames)  # checks the size (through head)
         pos, fb = self.pos, self.frame_bytes
         raw = b"".join(bytes(self._mv[o:o + k * fb]) for o, k in self._pieces(pos, n)) if n else b""
         bad = self.validate(pos, n)
@@ -222,6 +240,7 @@ class Region:
 
     # -- time ----------------------------------------------------------------------------------
     def anchors(self):
+        self._check()
         count = self._u32(0x180)
         self._fence()
         out = []
@@ -273,25 +292,35 @@ def main(argv):
     except (OSError, RegionError) as e:
         print("ringrelay_shm: %s" % e, file=sys.stderr)
         return 1
-    with r:
-        if "--last" in argv:
-            r.seek_last(int(argv[argv.index("--last") + 1]))
-        end = r.head()
-        print("frame,time_ns," + ",".join(r.columns()))
-        anchors = r.anchors()
-        while r.pos < end:
-            start, frames, lost = r.read(min(end - r.pos, 4096), numpy=use_np)
-            if lost:
-                print("ringrelay_shm: lost %d frames before %d" % (lost, start), file=sys.stderr)
-            for k in range(len(frames)):
-                t = r.time_of(start + k, anchors)
-                vals = ",".join(_fmt_value(v, r.value_type) for v in frames[k].tolist()
-                                ) if use_np else ",".join(_fmt_value(v, r.value_type)
-                                                           for v in frames[k])
-                print("%d,%s,%s" % (start + k, "" if t is None else t, vals))
-            if len(frames) == 0 and lost == 0:
-                break
+    try:
+        _print_csv(r, use_np, argv)
+    except RegionError as e:
+        print("ringrelay_shm: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        r.close()
     return 0
+
+
+def _print_csv(r, use_np, argv):
+    """The CSV body of main; RegionError when the region is cut short under it."""
+    if "--last" in argv:
+        r.seek_last(int(argv[argv.index("--last") + 1]))
+    end = r.head()
+    print("frame,time_ns," + ",".join(r.columns()))
+    anchors = r.anchors()
+    while r.pos < end:
+        start, frames, lost = r.read(min(end - r.pos, 4096), numpy=use_np)
+        if lost:
+            print("ringrelay_shm: lost %d frames before %d" % (lost, start), file=sys.stderr)
+        for k in range(len(frames)):
+            t = r.time_of(start + k, anchors)
+            vals = ",".join(_fmt_value(v, r.value_type) for v in frames[k].tolist()
+                            ) if use_np else ",".join(_fmt_value(v, r.value_type)
+                                                       for v in frames[k])
+            print("%d,%s,%s" % (start + k, "" if t is None else t, vals))
+        if len(frames) == 0 and lost == 0:
+            break
 
 
 if __name__ == "__main__":

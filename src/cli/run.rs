@@ -88,15 +88,23 @@ pub fn run(a: RunArgs) -> i32 {
     } else {
         logging::LogTarget::Stderr
     };
+    // Syslog that is not up yet is no error: the logger stands in with stderr and connects
+    // later by itself (see `ops::logging`). Only a bad facility fails here.
     if let Err(e) = logging::init(&target, cfg.global.log_level) {
         eprintln!("ringrelay: {e}");
         return 1;
     }
     if a.daemon && !asked_syslog {
-        // A detached daemon's stderr is /dev/null: log to syslog if there is one.
+        // A detached daemon's stderr is /dev/null: log to syslog, now or once it appears.
         match logging::init(&syslog_target, cfg.global.log_level) {
             Ok(()) => {
-                eprintln!("ringrelay: --daemon: logging to syslog (stderr closes once detached)");
+                if logging::syslog_up() {
+                    eprintln!(
+                        "ringrelay: --daemon: logging to syslog (stderr closes once detached)"
+                    );
+                } else {
+                    eprintln!("ringrelay: --daemon: logging to syslog once it appears (stderr closes once detached)");
+                }
                 target = syslog_target;
             }
             Err(e) => {
@@ -129,7 +137,8 @@ pub fn run(a: RunArgs) -> i32 {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
-            if use_syslog {
+            // Said on the terminal too, unless the logger already wrote it there.
+            if use_syslog && logging::syslog_up() {
                 eprintln!("ringrelay: {e}");
             }
             return 1;

@@ -9,7 +9,9 @@
 //!
 //! Without `--follow` it prints the frames held now (or the last N) oldest first and exits 0.
 //! With `--follow` it keeps printing new frames, re-attaches when the daemon restarts, and stops
-//! after `--duration` if given. A missing or invalid region is an error (exit 1).
+//! after `--duration` if given. A missing or invalid region is an error (exit 1), and so is a
+//! region file cut short under it (checked before every read; the rare SIGBUS when the cut lands
+//! inside a read becomes the same kind of message through [`crate::shm::reader::exit_on_sigbus`]).
 
 use crate::engine::decimate::ValueType;
 use crate::shm::layout::RegionInfo;
@@ -112,6 +114,12 @@ pub fn run(a: &TailArgs) -> i32 {
             return 1;
         }
     };
+    // Installing a handler for SIGBUS does not fail; without it we would only lose the message.
+    let _ = crate::shm::reader::exit_on_sigbus(&format!(
+        "ringrelay tail: region {} was truncated while it was being read: the relay restarted or \
+         the file was replaced",
+        path.display()
+    ));
     match tail(&mut reader, a.last, a.follow, duration, format) {
         Ok(()) => 0,
         Err(TailError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
@@ -142,6 +150,12 @@ impl From<io::Error> for TailError {
     }
 }
 
+impl From<ShmError> for TailError {
+    fn from(e: ShmError) -> Self {
+        TailError::Shm(e)
+    }
+}
+
 fn tail(
     r: &mut Reader,
     last: Option<u64>,
@@ -153,10 +167,10 @@ fn tail(
     let mut out = io::BufWriter::new(stdout.lock());
     let started = Instant::now();
     match last {
-        Some(n) => r.seek_last(n),
-        None => r.seek_oldest(),
+        Some(n) => r.seek_last(n)?,
+        None => r.seek_oldest()?,
     }
-    let end = r.head();
+    let end = r.head()?;
     header(&mut out, r.info(), format)?;
     let mut buf = Vec::new();
     loop {
@@ -168,7 +182,7 @@ fn tail(
         let c = if want == 0 {
             Default::default()
         } else {
-            r.read(&mut buf, want)
+            r.read(&mut buf, want)?
         };
         if c.lost > 0 {
             out.flush()?;

@@ -58,10 +58,15 @@ fn shm_options(cfg: &Config) -> Result<ShmOptions, String> {
         Some(g) => Some(crate::ops::daemonize::lookup_group(g)?.as_raw()),
         None => None,
     };
+    let run_as = match &cfg.global.user {
+        Some(u) => Some(crate::ops::daemonize::lookup_user(u)?.0.as_raw()),
+        None => None,
+    };
     Ok(ShmOptions {
         dir: cfg.global.shm_dir.clone(),
         mode: cfg.global.shm_mode,
         group,
+        run_as,
     })
 }
 
@@ -142,6 +147,10 @@ impl Daemon {
             .channels
             .iter()
             .any(|c| c.samples.as_ref().is_some_and(|s| s.shm));
+        if any_shm {
+            // Once, with a clear message, before any channel tries to publish there.
+            crate::ops::fsperm::check_private_dir(&shm_opts.dir, "shm_dir", shm_opts.run_as)?;
+        }
         let mut d = Daemon {
             engine: Engine::new(cfg, caps, pool, seed(), now),
             ring,
@@ -312,6 +321,8 @@ impl Daemon {
                 },
                 LogDest::Stderr => logging::LogTarget::Stderr,
             };
+            // Fails only on a bad facility; a syslog socket that is missing is not an error
+            // (the logger uses stderr until it appears).
             if let Err(e) = logging::init(&target, g.log_level) {
                 error!("reload: {e}; logging stays where it was");
             }

@@ -49,6 +49,7 @@ mod tests {
                 dir: self.0.clone(),
                 mode: 0o640,
                 group: None,
+                run_as: None,
             }
         }
     }
@@ -90,12 +91,12 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o640);
         p.feed_stream(&i16_stream(10));
         let mut buf = Vec::new();
-        let c = r.read(&mut buf, 100);
+        let c = r.read(&mut buf, 100).unwrap();
         assert_eq!((c.start, c.frames, c.lost), (0, 10, 0));
         assert_eq!(r.info().decode_frame(&buf[36..40]), vec![9.0, -9.0]);
         // Lap: 200 more frames into a 64-frame ring while the reader sleeps.
         p.feed_stream(&i16_stream(210)[40..]);
-        let c = r.read(&mut buf, 1000);
+        let c = r.read(&mut buf, 1000).unwrap();
         // oldest safe = 210 - 64 = 146, plus margin max_batch = 8.
         assert_eq!(c.lost, 154 - 10);
         assert_eq!(c.start, 154);
@@ -131,6 +132,39 @@ mod tests {
         assert_eq!(r.writer_state(), WriterState::Replaced);
         assert!(r.reattach().unwrap());
         assert_eq!(r.info().generation, g + 1);
+    }
+
+    #[test]
+    fn a_truncated_region_is_an_error_not_a_fault() {
+        let t = TempDir::new();
+        let mut p = Publisher::create(&t.opts(), "cut", &cfg("every:1", 64)).unwrap();
+        p.feed_stream(&i16_stream(10));
+        p.close();
+        let mut r = Reader::open(t.0.join("cut")).unwrap();
+        let needs = std::fs::metadata(t.0.join("cut")).unwrap().len();
+        // Cut inside the data (the header page stays), then to nothing.
+        for size in [layout::DATA_OFFSET, 0] {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t.0.join("cut"))
+                .unwrap();
+            f.set_len(size).unwrap();
+            let mut buf = Vec::new();
+            let e = r.read(&mut buf, 100).unwrap_err();
+            assert!(buf.is_empty());
+            let want = format!(
+                "region {} was truncated ({size} bytes, needs {needs}): the relay restarted or \
+                 the file was replaced",
+                t.0.join("cut").display()
+            );
+            assert_eq!(e.to_string(), want);
+            assert!(r.head().is_err());
+            assert!(r.seek_oldest().is_err());
+            assert!(r.status().is_none());
+            assert!(r.anchors().is_empty());
+            assert_eq!(r.time_of(0), None);
+            assert_eq!(r.writer_state(), WriterState::Truncated);
+        }
     }
 
     #[test]

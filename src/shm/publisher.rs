@@ -34,6 +34,9 @@ pub struct ShmOptions {
     pub mode: u32,
     /// Group id for the files, if configured.
     pub group: Option<u32>,
+    /// The uid the relay runs as after dropping root (`user =`): a `dir` it owns is trusted
+    /// too (see [`crate::ops::fsperm::check_private_dir`]).
+    pub run_as: Option<u32>,
 }
 
 impl Default for ShmOptions {
@@ -42,6 +45,7 @@ impl Default for ShmOptions {
             dir: PathBuf::from("/dev/shm/ringrelay"),
             mode: 0o640,
             group: None,
+            run_as: None,
         }
     }
 }
@@ -146,7 +150,7 @@ impl Publisher {
                 name: channel.to_string(),
             };
             let name = region_file_name(channel, i, shape.factor);
-            let writer = RegionWriter::create(&opts.dir, &name, info, opts.mode, opts.group)?;
+            let writer = RegionWriter::create(opts, &name, info)?;
             levels.push(Level {
                 writer,
                 factor: shape.factor,

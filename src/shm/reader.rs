@@ -28,6 +28,23 @@
 //! Frame bytes are copied with a plain `memcpy` from memory another process writes: no Rust
 //! reference ever points into the mapping (memmap2's `MmapRaw` hands out raw pointers only), and
 //! the copied bytes are used only after step 5 proved them intact.
+//!
+//! # A file shrunk under the mapping
+//!
+//! The writer never shrinks a published file (it replaces it by `rename`), but a person or a
+//! script can (`truncate`, `: > file`, a copy over it). Touching a mapped page that now lies past
+//! the end of the file raises SIGBUS, which would kill the reading process. So every public
+//! method that touches the mapping first compares the file's size (`fstat` on the descriptor we
+//! mapped: one syscall, no path lookup) with the mapped length, and a shorter file is
+//! [`ShmError::Truncated`] (or "nothing", for [`Reader::status`] and [`Reader::anchors`]) without
+//! a single load from the mapping.
+//!
+//! What remains is the window between that `fstat` and the loads of the same call (microseconds):
+//! a truncation that lands exactly there still raises SIGBUS. Closing it inside a library would
+//! take a process-wide SIGBUS handler that jumps out of the faulting copy (`sigsetjmp`, which Rust
+//! cannot express soundly) or patches the mapping from the handler, and a library must not take
+//! over a signal for its whole process. A program that only reads regions can take it:
+//! [`exit_on_sigbus`] turns that SIGBUS into a message and exit status 1 (`ringrelay tail` does).
 
 #![allow(unsafe_code)]
 
@@ -39,6 +56,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 /// Why a region cannot be read.
 #[derive(Debug)]
@@ -49,6 +67,14 @@ pub enum ShmError {
     Io(PathBuf, io::Error),
     /// The file is not a valid region.
     Layout(PathBuf, LayoutError),
+    /// The file is now shorter than the mapping: someone truncated or overwrote it in place.
+    Truncated {
+        path: PathBuf,
+        /// Its size now.
+        size: u64,
+        /// The bytes we mapped (the layout's size when we opened it).
+        needs: u64,
+    },
 }
 
 impl fmt::Display for ShmError {
@@ -61,6 +87,12 @@ impl fmt::Display for ShmError {
             ),
             ShmError::Io(p, e) => write!(f, "{}: {e}", p.display()),
             ShmError::Layout(p, e) => write!(f, "{}: {e}", p.display()),
+            ShmError::Truncated { path, size, needs } => write!(
+                f,
+                "region {} was truncated ({size} bytes, needs {needs}): the relay restarted or \
+                 the file was replaced",
+                path.display()
+            ),
         }
     }
 }
@@ -104,6 +136,25 @@ impl RoMap {
             dev: md.dev(),
             ino: md.ino(),
         })
+    }
+
+    /// The file's size now, if it is smaller than the mapping (see the module docs).
+    fn shrunk(&self) -> Option<u64> {
+        // An fstat that fails on a descriptor we hold cannot tell us the size: treat it as gone.
+        let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        (size < self.len as u64).then_some(size)
+    }
+
+    /// `Ok` when every mapped byte is still backed by the file.
+    fn check_size(&self, path: &Path) -> Result<(), ShmError> {
+        match self.shrunk() {
+            None => Ok(()),
+            Some(size) => Err(ShmError::Truncated {
+                path: path.into(),
+                size,
+                needs: self.len as u64,
+            }),
+        }
     }
 
     fn ptr(&self, off: usize, size: usize, align: usize) -> *const u8 {
@@ -217,6 +268,8 @@ pub enum WriterState {
     Stale,
     /// The file at the path was replaced (restart): call [`Reader::reattach`].
     Replaced,
+    /// The file we mapped was truncated in place: the region cannot be read any more.
+    Truncated,
     Init,
 }
 
@@ -245,7 +298,7 @@ impl Reader {
             lap_check: true,
             lost_total: 0,
         };
-        r.seek_oldest();
+        r.seek_oldest()?;
         Ok(r)
     }
 
@@ -257,13 +310,30 @@ impl Reader {
         &self.path
     }
 
+    /// `Ok` while the file still backs the whole mapping (one `fstat`).
+    pub fn check_size(&self) -> Result<(), ShmError> {
+        self.map.check_size(&self.path)
+    }
+
     /// Frames fully published (exclusive end).
-    pub fn head(&self) -> u64 {
-        self.map.load_counter(layout::OFF_HEAD)
+    pub fn head(&self) -> Result<u64, ShmError> {
+        self.check_size()?;
+        Ok(self.load_head())
     }
 
     /// Frames the writer may be writing (exclusive end).
-    pub fn intent(&self) -> u64 {
+    pub fn intent(&self) -> Result<u64, ShmError> {
+        self.check_size()?;
+        Ok(self.load_intent())
+    }
+
+    /// `head` without the size check: only after [`check_size`](Self::check_size) in this call.
+    fn load_head(&self) -> u64 {
+        self.map.load_counter(layout::OFF_HEAD)
+    }
+
+    /// `intent` without the size check, as [`load_head`](Self::load_head).
+    fn load_intent(&self) -> u64 {
         self.map.load_counter(layout::OFF_INTENT)
     }
 
@@ -282,23 +352,27 @@ impl Reader {
     }
 
     /// Moves to the oldest frame that is safe to read now.
-    pub fn seek_oldest(&mut self) {
-        let h = self.head();
+    pub fn seek_oldest(&mut self) -> Result<(), ShmError> {
+        self.check_size()?;
+        let h = self.load_head();
         fence(Ordering::Acquire);
-        let i = self.intent();
+        let i = self.load_intent();
         self.pos = i.saturating_sub(self.info.capacity).min(h);
+        Ok(())
     }
 
     /// Moves to `n` frames before the head (or the oldest held, if fewer).
-    pub fn seek_last(&mut self, n: u64) {
-        self.seek_oldest();
-        let h = self.head();
+    pub fn seek_last(&mut self, n: u64) -> Result<(), ShmError> {
+        self.seek_oldest()?;
+        let h = self.load_head();
         self.pos = self.pos.max(h.saturating_sub(n));
+        Ok(())
     }
 
     /// Moves to the head: only frames published from now on.
-    pub fn seek_live(&mut self) {
-        self.pos = self.head();
+    pub fn seek_live(&mut self) -> Result<(), ShmError> {
+        self.pos = self.head()?;
+        Ok(())
     }
 
     /// Negative-control hook for the lapping test: with `false`, steps 4–5 of the protocol are
@@ -310,22 +384,24 @@ impl Reader {
 
     /// Reads up to `max_frames` frames from the current position into `dst` (cleared first).
     /// Frames that were overwritten before or during the copy are reported in `lost`, never
-    /// delivered. Returns `frames == 0` when nothing new is published.
-    pub fn read(&mut self, dst: &mut Vec<u8>, max_frames: usize) -> Chunk {
+    /// delivered. Returns `frames == 0` when nothing new is published, and
+    /// [`ShmError::Truncated`] (delivering nothing) once the file was cut short.
+    pub fn read(&mut self, dst: &mut Vec<u8>, max_frames: usize) -> Result<Chunk, ShmError> {
         dst.clear();
+        self.check_size()?;
         let cap = self.info.capacity;
         let fb = self.info.frame_bytes as usize;
-        let h = self.head();
+        let h = self.load_head();
         fence(Ordering::Acquire);
-        let i0 = self.intent();
+        let i0 = self.load_intent();
         let start0 = self.pos;
         if h < self.pos {
             // The index space went backwards: a replaced file (see `reattach`). Deliver nothing.
-            return Chunk {
+            return Ok(Chunk {
                 start: self.pos,
                 frames: 0,
                 lost: 0,
-            };
+            });
         }
         self.pos = layout::resync_position(self.pos, h, i0, cap, self.info.max_batch as u64);
         let mut lost = self.pos - start0;
@@ -344,7 +420,7 @@ impl Reader {
         let mut frames = n;
         if self.lap_check {
             fence(Ordering::Acquire);
-            let i1 = self.intent();
+            let i1 = self.load_intent();
             let bad = layout::overwritten_prefix(self.pos, n, i1, cap);
             if bad > 0 {
                 dst.drain(..bad as usize * fb);
@@ -355,15 +431,17 @@ impl Reader {
         }
         self.pos += n;
         self.lost_total += lost;
-        Chunk {
+        Ok(Chunk {
             start,
             frames: frames as usize,
             lost,
-        }
+        })
     }
 
-    /// Status block (heartbeat, counters), or `None` if it cannot be read consistently.
+    /// Status block (heartbeat, counters), or `None` if it cannot be read consistently (or the
+    /// file was truncated).
     pub fn status(&self) -> Option<Status> {
+        self.check_size().ok()?;
         self.map
             .seqlock_read(layout::OFF_STATUS_SEQ, 1000, |m| Status {
                 heartbeat_count: m.load_u64_halves(layout::OFF_HEARTBEAT_COUNT),
@@ -376,8 +454,11 @@ impl Reader {
             })
     }
 
-    /// The anchors currently readable, oldest first.
+    /// The anchors currently readable, oldest first (none once the file was truncated).
     pub fn anchors(&self) -> Vec<Anchor> {
+        if self.check_size().is_err() {
+            return Vec::new();
+        }
         let count = self.map.load_u32(layout::OFF_ANCHOR_COUNT);
         fence(Ordering::Acquire);
         let n = (count as usize).min(layout::ANCHOR_SLOTS);
@@ -417,6 +498,9 @@ impl Reader {
     pub fn writer_state(&self) -> WriterState {
         if self.map.replaced(&self.path) {
             return WriterState::Replaced;
+        }
+        if self.check_size().is_err() {
+            return WriterState::Truncated;
         }
         match self.map.load_u32(layout::OFF_STATE) {
             layout::STATE_STOPPED => WriterState::Stopped,
@@ -489,6 +573,7 @@ impl StatsReader {
         if self.map.replaced(&self.path) {
             *self = StatsReader::open(&self.path)?;
         }
+        self.map.check_size(&self.path)?;
         let info = &self.info;
         let rows = self
             .map
@@ -533,4 +618,41 @@ impl StatsReader {
             stopped: self.map.load_u32(layout::OFF_STATE) == layout::STATE_STOPPED,
         })
     }
+}
+
+/// The note [`exit_on_sigbus`] writes, set once before the handler is installed.
+static SIGBUS_NOTE: OnceLock<Box<[u8]>> = OnceLock::new();
+
+/// For a program that only reads regions (such as `ringrelay tail`): turns a SIGBUS, which in
+/// such a program can only come from a mapped file cut short between the size check and the
+/// load (see the module docs), into `note` (one line on stderr) and exit status 1. Only the
+/// first note given is kept. Not for a library's callers in general: it takes SIGBUS over for
+/// the whole process.
+pub fn exit_on_sigbus(note: &str) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        // Only async-signal-safe calls: `OnceLock::get` is one atomic load of a value that was
+        // complete before the handler was installed; `write` and `_exit` are plain syscalls.
+        if let Some(note) = SIGBUS_NOTE.get() {
+            // SAFETY: writes `note.len()` bytes from a live, immutable static buffer to fd 2.
+            unsafe { libc::write(2, note.as_ptr().cast(), note.len()) };
+        }
+        // SAFETY: `_exit` ends the process at once, without running anything in user space.
+        unsafe { libc::_exit(1) }
+    }
+
+    let mut line = format!("{}\n", note.trim_end()).into_bytes();
+    line.shrink_to_fit();
+    let _ = SIGBUS_NOTE.set(line.into_boxed_slice());
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigbus),
+        SaFlags::SA_RESETHAND,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only makes async-signal-safe calls (see above) and never returns, so
+    // the faulting load is not retried.
+    unsafe { sigaction(Signal::SIGBUS, &action) }
+        .map(drop)
+        .map_err(io::Error::from)
 }

@@ -55,7 +55,7 @@ pub struct StatsWriter {
 impl StatsWriter {
     /// Creates `<dir>/ringrelay.stats` (the directory too if missing), atomically.
     pub fn create(opts: &ShmOptions) -> io::Result<StatsWriter> {
-        ensure_dir(&opts.dir, opts.mode)?;
+        ensure_dir(opts)?;
         let lock = take_writer_lock(&opts.dir, STATS_FILE)?;
         let raw = Self::create_file(opts, 256)?;
         Ok(StatsWriter {

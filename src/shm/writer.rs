@@ -29,11 +29,13 @@
 #![allow(unsafe_code)]
 
 use super::layout::{self, Anchor, RegionInfo, Status};
+use super::publisher::ShmOptions;
+use crate::ops::fsperm::check_private_dir;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
@@ -52,26 +54,13 @@ pub fn monotonic_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Creates `dir` (and parents) if missing: owner rwx, group r-x when the file mode gives the
-/// group read access. Refuses an existing directory that is writable by group or others
-/// (someone else could replace our files).
-pub fn ensure_dir(dir: &Path, file_mode: u32) -> io::Result<()> {
+/// Creates `opts.dir` (and parents) if missing: owner rwx, group r-x when the file mode gives
+/// the group read access. Refuses an existing directory that another user could write to or
+/// owns ([`check_private_dir`]: someone else could replace our files).
+pub fn ensure_dir(opts: &ShmOptions) -> io::Result<()> {
+    let (dir, file_mode) = (opts.dir.as_path(), opts.mode);
     match fs::metadata(dir) {
-        Ok(m) => {
-            if !m.is_dir() {
-                return Err(io::Error::other(format!(
-                    "{} exists and is not a directory",
-                    dir.display()
-                )));
-            }
-            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
-                return Err(io::Error::other(format!(
-                    "{} is writable by group or others: refusing to publish there",
-                    dir.display()
-                )));
-            }
-            Ok(())
-        }
+        Ok(_) => check_private_dir(dir, "shm_dir", opts.run_as).map_err(io::Error::other),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir_all(dir)?;
             let mut m = 0o700;
@@ -281,19 +270,18 @@ impl RegionWriter {
     /// `data_offset`, `generation`, `writer_pid`, `created_real_ns` and `max_batch` are filled
     /// in here). Takes the single-writer lock first.
     pub fn create(
-        dir: &Path,
+        opts: &ShmOptions,
         file_name: &str,
         mut info: RegionInfo,
-        mode: u32,
-        group: Option<u32>,
     ) -> io::Result<RegionWriter> {
+        let (dir, mode, group) = (opts.dir.as_path(), opts.mode, opts.group);
         if info.capacity < 8 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("shm_frames {} too small (at least 8)", info.capacity),
             ));
         }
-        ensure_dir(dir, mode)?;
+        ensure_dir(opts)?;
         let lock = take_writer_lock(dir, file_name)?;
         let path = dir.join(file_name);
         info.data_offset = layout::DATA_OFFSET;
