@@ -48,6 +48,7 @@
 //! shared-memory publishing, file rotation.
 
 mod sim {
+    pub mod files;
     pub mod kernel;
     pub mod rng;
 }
@@ -82,6 +83,8 @@ struct OutSpec {
     kind: OutKind,
     policy: &'static str,
     zerocopy: bool,
+    /// A file whose directory is removed at some point and never comes back.
+    lost: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -147,10 +150,12 @@ impl World {
                 ]);
                 let policy = policy(&mut rng, kind);
                 let zerocopy = kind == OutKind::Collector && rng.chance(400);
+                let lost = kind == OutKind::File && rng.chance(170);
                 outputs.push(OutSpec {
                     kind,
                     policy,
                     zerocopy,
+                    lost,
                 });
             }
             text += &format!("[channel c{c}]\n");
@@ -182,7 +187,11 @@ impl World {
                         if os.zerocopy { " zerocopy=on" } else { "" }
                     ),
                     OutKind::UdpDest => format!("output = udp://127.0.0.1:{port}\n"),
-                    OutKind::File => format!("output = file:///nonexistent/sim-c{c}-o{o}.raw\n"),
+                    OutKind::File => format!(
+                        "output = file:///nonexistent/sim-c{c}-o{o}.raw fault_grace={}{}\n",
+                        rng.pick(&["300ms", "2s", "10s"]),
+                        if rng.chance(300) { " rotate=8KiB keep=2" } else { "" }
+                    ),
                 };
             }
             spec.push(ChanSpec { input, outputs });
@@ -260,7 +269,7 @@ impl World {
                             *r = !*r;
                         }
                     }
-                    OutKind::File => {}
+                    OutKind::File => self.file_step(c, o),
                 }
             }
         }
@@ -378,6 +387,45 @@ impl World {
         if !k.stuck {
             k.room = (k.room + self.rng.range(1, 65_536)).min(262_144);
         }
+    }
+
+    /// Someone deletes the file of output `o`, removes or re-creates its directory, or puts
+    /// another file in its place. Calm brings every directory back but a lost one's.
+    fn file_step(&mut self, c: usize, o: usize) {
+        let files = &mut self.kernel.files;
+        let out = (c, o);
+        if self.spec[c].outputs[o].lost {
+            if !files.dir_missing.contains(&out) && self.rng.chance(50) {
+                files.delete(out, true);
+                self.kernel
+                    .note(format!("c{c} output {o}: directory removed for good"));
+            }
+            return;
+        }
+        if self.calm {
+            files.restore(out);
+            return;
+        }
+        let what = match self.rng.below(1000) {
+            0..=29 => {
+                files.delete(out, false);
+                "file deleted"
+            }
+            30..=49 => {
+                files.delete(out, true);
+                "directory removed"
+            }
+            50..=69 => {
+                files.replace(out);
+                "file replaced"
+            }
+            70..=299 if files.dir_missing.contains(&out) => {
+                files.restore(out);
+                "directory back"
+            }
+            _ => return,
+        };
+        self.kernel.note(format!("c{c} output {o}: {what}"));
     }
 
     fn collector_step(&mut self, c: usize, o: usize) {
@@ -616,8 +664,15 @@ fn quiet(w: &World, engine: &Engine) -> bool {
             return false;
         };
         // Drained, but for what waits for a subscriber that never reads (its queue is kept
-        // while under its limit: nothing more arrives to push it over).
-        if ch.outputs.iter().any(|o| !o.queue.is_empty()) {
+        // while under its limit: nothing more arrives to push it over), and for a lost file
+        // (it keeps the rest of a chunk it had begun to write).
+        let lost = |o: usize| w.spec[c].outputs[o].lost;
+        if ch
+            .outputs
+            .iter()
+            .enumerate()
+            .any(|(o, q)| !q.queue.is_empty() && !lost(o))
+        {
             return false;
         }
         let busy = ch.slots.iter().flatten().any(|e| {
@@ -763,15 +818,17 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                 } else {
                     recs.len() as u64
                 };
-                if os.policy == "block" && (got != offered || drops != 0) {
+                // A file drops (counted) once faulted past its fault_grace; until then, and
+                // when it never was, it holds everything as any `block` output.
+                let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
+                if os.policy == "block" && !exact && (got != offered || drops != 0) {
                     return Err(format!(
                         "c{c} output {o} (block): {got} records of {offered} delivered, {drops} drops"
                     ));
                 }
                 // A `disconnect` link drops its backlog as it redials, and counts it whole;
                 // a chunk a write still carried may reach the old connection all the same.
-                let exact = os.policy == "drop";
-                if os.policy != "block"
+                if (os.policy != "block" || exact)
                     && (got + drops < offered || (exact && got + drops != offered))
                 {
                     return Err(format!(
@@ -787,7 +844,9 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     .filter(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)))
                     .count() as u64;
                 let all: u64 = chunks.iter().map(|c| c.1).sum();
-                if os.policy == "block" && (missing != 0 || received.len() as u64 != all) {
+                let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
+                if os.policy == "block" && !exact && (missing != 0 || received.len() as u64 != all)
+                {
                     let first = chunks
                         .iter()
                         .find(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)));
@@ -796,8 +855,9 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                         received.len()
                     ));
                 }
-                let exact = os.policy == "drop";
-                if os.policy != "block" && (missing > drops || (exact && missing != drops)) {
+                if (os.policy != "block" || exact)
+                    && (missing > drops || (exact && missing != drops))
+                {
                     return Err(format!(
                         "c{c} output {o} ({:?} {}): {missing} chunks missing, {drops} drops counted",
                         os.kind, os.policy

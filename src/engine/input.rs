@@ -15,6 +15,7 @@ use super::channel::Link;
 use super::channel::{
     Channel, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
 };
+use super::fileout;
 use super::io::{Completion, Op};
 use super::links::close_ep;
 use super::output::kick;
@@ -401,7 +402,7 @@ pub(crate) fn deliver(
                 .link
                 .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
                 .is_some_and(|e| e.link == Link::Up);
-            if !up && o.cfg.on_slow != OnSlow::Block {
+            if !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
                 o.stats.drops += 1;
                 continue;
             }
