@@ -95,7 +95,7 @@ fn wait_flowing(sub: &StreamSink, file: &Path) {
     wait_for(
         "data in the file and at the subscriber",
         Duration::from_secs(10),
-        || file_len(file) > 0 && sub.len() > 0,
+        || file_len(file) > 0 && !sub.is_empty(),
     );
 }
 

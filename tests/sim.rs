@@ -7,7 +7,9 @@
 //!
 //! What a run does: a random configuration of one to three channels (UDP, listened and dialed
 //! TCP inputs; subscribers with every `on_slow`, collectors that refuse, accept, go away and
-//! come back, UDP destinations that refuse, files that fail; zero-copy and segmented sends;
+//! come back, UDP destinations that refuse, files that fail, are deleted or replaced, lose
+//! their directory for a while or for good (`sim/files.rs`), some with rotation; zero-copy and
+//! segmented sends;
 //! multishot or chained receives), a chaos phase in which the kernel completes operations in
 //! any allowed order with short reads and writes, errors, cancellation races and delayed
 //! completions while peers join, leave, reset, reconnect and a reload happens, then a calm
@@ -18,9 +20,12 @@
 //! engine's books (lent for a read, referenced at least once per write holding it, a provided
 //! buffer is `Provided`); no descriptor is closed while an operation on it is in flight; no
 //! buffer ring closes under its armed receive; every byte an output receives is what the
-//! kernel put in that buffer, in stream order. At the end: `block` outputs received exactly
-//! the input's bytes or records; every chunk or datagram a `drop` output did not receive is
-//! counted as a drop; the pool is whole, nothing is in flight, every descriptor is closed.
+//! kernel put in that buffer, in stream order (for a file, across every file it opened). At
+//! the end: `block` outputs received exactly the input's bytes or records; every chunk or
+//! datagram a `drop` output, or a file that dropped after its `fault_grace`, did not receive
+//! is counted as a drop; the pool is whole, nothing is in flight, every descriptor is closed.
+//! A channel with a file whose directory never comes back must still drain (its other
+//! outputs keep flowing once the file drops).
 //!
 //! Planted bugs it catches within the default 2,000 seeds (plant one, run
 //! `cargo test --release --test sim`, take it out again). Measured 2026-12-02; the first
@@ -38,6 +43,12 @@
 //!    leaves `ep.multishot` set): seed 9, the channel never drains;
 //! 5. a slot freed with operations in flight (`Channel::reap_if_idle` without
 //!    `in_flight == 0`): seed 1, "fd 13 closed while #47 Write ... is in flight on it".
+//! 6. a faulted file that never drops (`input::deliver` ignores `fileout::dropping`), measured
+//!    2026-12-02 over 500 seeds: seed 32, a channel with a lost directory never drains; seed
+//!    38, "c0 output 0 (File block): 23 received + 20 drops != 88 delivered";
+//! 7. a file reopened while its closed descriptor's write is in flight (`links::tick_channel`
+//!    without the `fileout::writing` guard): seed 7, "file output 0 of c0 received position
+//!    24039 after 59745" (found this way first, then fixed).
 //!
 //! Found in the engine by this simulation and fixed: datagram sends completing out of order
 //! released each other's buffers; a channel stayed blocked for good when a `block` queue
@@ -45,7 +56,7 @@
 //! outputs closed; a `disconnect` link counted one drop for a whole dropped backlog.
 //!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
-//! shared-memory publishing, file rotation.
+//! shared-memory publishing.
 
 mod sim {
     pub mod files;
