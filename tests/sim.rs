@@ -7,7 +7,9 @@
 //!
 //! What a run does: a random configuration of one to three channels (UDP, listened and dialed
 //! TCP inputs; subscribers with every `on_slow`, collectors that refuse, accept, go away and
-//! come back, UDP destinations that refuse, files that fail; zero-copy and segmented sends;
+//! come back, UDP destinations that refuse, files that fail, are deleted or replaced, lose
+//! their directory for a while or for good (`sim/files.rs`), some with rotation; zero-copy and
+//! segmented sends;
 //! multishot or chained receives), a chaos phase in which the kernel completes operations in
 //! any allowed order with short reads and writes, errors, cancellation races and delayed
 //! completions while peers join, leave, reset, reconnect and a reload happens, then a calm
@@ -18,9 +20,12 @@
 //! engine's books (lent for a read, referenced at least once per write holding it, a provided
 //! buffer is `Provided`); no descriptor is closed while an operation on it is in flight; no
 //! buffer ring closes under its armed receive; every byte an output receives is what the
-//! kernel put in that buffer, in stream order. At the end: `block` outputs received exactly
-//! the input's bytes or records; every chunk or datagram a `drop` output did not receive is
-//! counted as a drop; the pool is whole, nothing is in flight, every descriptor is closed.
+//! kernel put in that buffer, in stream order (for a file, across every file it opened). At
+//! the end: `block` outputs received exactly the input's bytes or records; every chunk or
+//! datagram a `drop` output, or a file that dropped after its `fault_grace`, did not receive
+//! is counted as a drop; the pool is whole, nothing is in flight, every descriptor is closed.
+//! A channel with a file whose directory never comes back must still drain (its other
+//! outputs keep flowing once the file drops).
 //!
 //! Planted bugs it catches within the default 2,000 seeds (plant one, run
 //! `cargo test --release --test sim`, take it out again). Measured 2026-12-02; the first
@@ -38,6 +43,12 @@
 //!    leaves `ep.multishot` set): seed 9, the channel never drains;
 //! 5. a slot freed with operations in flight (`Channel::reap_if_idle` without
 //!    `in_flight == 0`): seed 1, "fd 13 closed while #47 Write ... is in flight on it".
+//! 6. a faulted file that never drops (`input::deliver` ignores `fileout::dropping`), measured
+//!    2026-12-02 over 500 seeds: seed 32, a channel with a lost directory never drains; seed
+//!    38, "c0 output 0 (File block): 23 received + 20 drops != 88 delivered";
+//! 7. a file reopened while its closed descriptor's write is in flight (`links::tick_channel`
+//!    without the `fileout::writing` guard): seed 7, "file output 0 of c0 received position
+//!    24039 after 59745" (found this way first, then fixed).
 //!
 //! Found in the engine by this simulation and fixed: datagram sends completing out of order
 //! released each other's buffers; a channel stayed blocked for good when a `block` queue
@@ -45,9 +56,10 @@
 //! outputs closed; a `disconnect` link counted one drop for a whole dropped backlog.
 //!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
-//! shared-memory publishing, file rotation.
+//! shared-memory publishing.
 
 mod sim {
+    pub mod files;
     pub mod kernel;
     pub mod rng;
 }
@@ -84,6 +96,8 @@ struct OutSpec {
     zerocopy: bool,
     /// Subscribers: `on_fin=keep` (a FIN is a half-close; the default closes them).
     keep_fin: bool,
+    /// A file whose directory is removed at some point and never comes back.
+    lost: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -154,11 +168,13 @@ impl World {
                 let policy = policy(&mut rng, kind);
                 let zerocopy = kind == OutKind::Collector && rng.chance(400);
                 let keep_fin = kind == OutKind::Subscribers && rng.chance(250);
+                let lost = kind == OutKind::File && rng.chance(170);
                 outputs.push(OutSpec {
                     kind,
                     policy,
                     zerocopy,
                     keep_fin,
+                    lost,
                 });
             }
             text += &format!("[channel c{c}]\n");
@@ -191,7 +207,11 @@ impl World {
                         if os.zerocopy { " zerocopy=on" } else { "" }
                     ),
                     OutKind::UdpDest => format!("output = udp://127.0.0.1:{port}\n"),
-                    OutKind::File => format!("output = file:///nonexistent/sim-c{c}-o{o}.raw\n"),
+                    OutKind::File => format!(
+                        "output = file:///nonexistent/sim-c{c}-o{o}.raw fault_grace={}{}\n",
+                        rng.pick(&["300ms", "2s", "10s"]),
+                        if rng.chance(300) { " rotate=8KiB keep=2" } else { "" }
+                    ),
                 };
             }
             spec.push(ChanSpec { input, outputs });
@@ -287,7 +307,7 @@ impl World {
                             *r = !*r;
                         }
                     }
-                    OutKind::File => {}
+                    OutKind::File => self.file_step(c, o),
                 }
             }
         }
@@ -405,6 +425,45 @@ impl World {
         if !k.stuck {
             k.room = (k.room + self.rng.range(1, 65_536)).min(262_144);
         }
+    }
+
+    /// Someone deletes the file of output `o`, removes or re-creates its directory, or puts
+    /// another file in its place. Calm brings every directory back but a lost one's.
+    fn file_step(&mut self, c: usize, o: usize) {
+        let files = &mut self.kernel.files;
+        let out = (c, o);
+        if self.spec[c].outputs[o].lost {
+            if !files.dir_missing.contains(&out) && self.rng.chance(50) {
+                files.delete(out, true);
+                self.kernel
+                    .note(format!("c{c} output {o}: directory removed for good"));
+            }
+            return;
+        }
+        if self.calm {
+            files.restore(out);
+            return;
+        }
+        let what = match self.rng.below(1000) {
+            0..=29 => {
+                files.delete(out, false);
+                "file deleted"
+            }
+            30..=49 => {
+                files.delete(out, true);
+                "directory removed"
+            }
+            50..=69 => {
+                files.replace(out);
+                "file replaced"
+            }
+            70..=299 if files.dir_missing.contains(&out) => {
+                files.restore(out);
+                "directory back"
+            }
+            _ => return,
+        };
+        self.kernel.note(format!("c{c} output {o}: {what}"));
     }
 
     fn collector_step(&mut self, c: usize, o: usize) {
@@ -644,8 +703,15 @@ fn quiet(w: &World, engine: &Engine) -> bool {
             return false;
         };
         // Drained, but for what waits for a subscriber that never reads (its queue is kept
-        // while under its limit: nothing more arrives to push it over).
-        if ch.outputs.iter().any(|o| !o.queue.is_empty()) {
+        // while under its limit: nothing more arrives to push it over), and for a lost file
+        // (it keeps the rest of a chunk it had begun to write).
+        let lost = |o: usize| w.spec[c].outputs[o].lost;
+        if ch
+            .outputs
+            .iter()
+            .enumerate()
+            .any(|(o, q)| !q.queue.is_empty() && !lost(o))
+        {
             return false;
         }
         // A subscriber whose peer left is released even when nothing flows to it (unless its
@@ -817,15 +883,17 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                 } else {
                     recs.len() as u64
                 };
-                if os.policy == "block" && (got != offered || drops != 0) {
+                // A file drops (counted) once faulted past its fault_grace; until then, and
+                // when it never was, it holds everything as any `block` output.
+                let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
+                if os.policy == "block" && !exact && (got != offered || drops != 0) {
                     return Err(format!(
                         "c{c} output {o} (block): {got} records of {offered} delivered, {drops} drops"
                     ));
                 }
                 // A `disconnect` link drops its backlog as it redials, and counts it whole;
                 // a chunk a write still carried may reach the old connection all the same.
-                let exact = os.policy == "drop";
-                if os.policy != "block"
+                if (os.policy != "block" || exact)
                     && (got + drops < offered || (exact && got + drops != offered))
                 {
                     return Err(format!(
@@ -841,7 +909,9 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     .filter(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)))
                     .count() as u64;
                 let all: u64 = chunks.iter().map(|c| c.1).sum();
-                if os.policy == "block" && (missing != 0 || received.len() as u64 != all) {
+                let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
+                if os.policy == "block" && !exact && (missing != 0 || received.len() as u64 != all)
+                {
                     let first = chunks
                         .iter()
                         .find(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)));
@@ -850,8 +920,9 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                         received.len()
                     ));
                 }
-                let exact = os.policy == "drop";
-                if os.policy != "block" && (missing > drops || (exact && missing != drops)) {
+                if (os.policy != "block" || exact)
+                    && (missing > drops || (exact && missing != drops))
+                {
                     return Err(format!(
                         "c{c} output {o} ({:?} {}): {missing} chunks missing, {drops} drops counted",
                         os.kind, os.policy

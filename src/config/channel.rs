@@ -9,8 +9,9 @@ use crate::config::parse::{quote, RawChannel};
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use crate::config::splice::{ineligible_reason, SpliceMode};
 use crate::config::units::format_size;
-use crate::config::url::{Endpoint, OnSlow, Role};
+use crate::config::url::{Endpoint, OnSlow, Role, DEFAULT_FAULT_GRACE};
 use crate::config::values::{parse_bool, parse_u32_in};
+use std::time::Duration;
 
 /// How datagrams are written to stream outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct OutputConfig {
     pub endpoint: Endpoint,
     pub on_slow: OnSlow,
     pub max_backlog: u64,
+    /// How long a faulted file output holds its data before it drops (file outputs only).
+    pub fault_grace: Duration,
     pub line: usize,
 }
 
@@ -107,6 +110,7 @@ pub(super) fn parse_channel(
                         .take()
                         .unwrap_or_else(|| ep.default_on_slow());
                     let max_backlog = ep.opts.max_backlog.take().unwrap_or(DEFAULT_MAX_BACKLOG);
+                    let fault_grace = ep.opts.fault_grace.take().unwrap_or(DEFAULT_FAULT_GRACE);
                     if max_backlog < u64::from(g.buffer_size) {
                         return Err(format!(
                             "max_backlog {} is smaller than one buffer ({})",
@@ -118,6 +122,7 @@ pub(super) fn parse_channel(
                         endpoint: ep,
                         on_slow,
                         max_backlog,
+                        fault_grace,
                         line,
                     });
                 }

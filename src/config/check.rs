@@ -3,6 +3,7 @@
 //! that prints it, or every error and their count.
 
 use crate::config::units::{format_duration, format_size};
+use crate::config::url::Scheme;
 use crate::config::{load, Config, FeatureSet, Framing, LogDest, SqpollMode};
 use std::fmt;
 
@@ -90,13 +91,17 @@ impl fmt::Display for Config {
             writeln!(f, "[channel {}]", c.name)?;
             writeln!(f, "input = {}", c.input)?;
             for o in &c.outputs {
-                writeln!(
+                write!(
                     f,
                     "output = {} on_slow={} max_backlog={}",
                     o.endpoint,
                     o.on_slow.name(),
                     o.max_backlog
                 )?;
+                if o.endpoint.scheme == Scheme::File {
+                    write!(f, " fault_grace={}", format_duration(o.fault_grace))?;
+                }
+                writeln!(f)?;
             }
             let fr = match c.framing {
                 Framing::None => "none",

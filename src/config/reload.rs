@@ -14,7 +14,10 @@ impl ChannelConfig {
             && self.splice == other.splice
             && self.outputs.len() == other.outputs.len()
             && self.outputs.iter().zip(&other.outputs).all(|(a, b)| {
-                a.endpoint == b.endpoint && a.on_slow == b.on_slow && a.max_backlog == b.max_backlog
+                a.endpoint == b.endpoint
+                    && a.on_slow == b.on_slow
+                    && a.max_backlog == b.max_backlog
+                    && a.fault_grace == b.fault_grace
             })
     }
 }

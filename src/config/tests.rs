@@ -38,6 +38,10 @@ fn parses_the_documented_example() {
     assert_eq!(ch.outputs[1].on_slow, OnSlow::Block);
     assert_eq!(ch.outputs[2].on_slow, OnSlow::Drop);
     assert_eq!(ch.outputs[3].on_slow, OnSlow::Block);
+    assert_eq!(
+        ch.outputs[3].fault_grace,
+        std::time::Duration::from_secs(10)
+    );
     // The normalized summary parses back to the same configuration.
     let again = parse_str("t.conf", &c.to_string()).unwrap();
     assert!(again.channels[0].same_settings(&c.channels[0]));
@@ -106,6 +110,8 @@ fn error_classes() {
         ("[channel a]\ninput = udp://h:1\noutput = udp://h:2\nsample = i16le\ndecimate = mean:2\nheader_bytes = 70000\n", 6, "header_bytes"),
         ("[channel a]\ninput = udp://h:5\noutput = file:///x\n[channel b]\ninput = udp://h:5\noutput = file:///y\n", 5, "input"),
         ("[channel a]\ninput = udp://h:5\nthis is not a key\n", 3, ""),
+        ("[channel a]\ninput = udp://h:1\noutput = tcp://h:2 fault_grace=1s\n", 3, "output"),
+        ("[channel a]\ninput = udp://h:1\n\noutput = file:///x fault_grace=soon\n", 4, "output"),
     ];
     for (text, line, key) in cases {
         let e = errs(text);
@@ -200,4 +206,22 @@ fn conflicts_name_line_and_key() {
         &(shm("a", "mean:10,100") + &shm("a.100", "mean:10") + "shm = off\noutput = udp://h:1\n"),
     )
     .unwrap();
+}
+
+#[test]
+fn fault_grace_is_a_file_outputs_and_reload_sees_it_change() {
+    let text = |g: &str| {
+        format!("[channel a]\ninput = udp://127.0.0.1:1\noutput = file:///tmp/a.raw{g}\n")
+    };
+    let c = parse_str("t", &text(" fault_grace=1500ms")).unwrap();
+    assert_eq!(
+        c.channels[0].outputs[0].fault_grace,
+        std::time::Duration::from_millis(1500)
+    );
+    let again = parse_str("t", &c.to_string()).unwrap();
+    assert!(again.channels[0].same_settings(&c.channels[0]));
+    let default = parse_str("t", &text("")).unwrap();
+    assert!(!default.channels[0].same_settings(&c.channels[0]));
+    assert!(c.to_string().contains("fault_grace=1500ms"), "{c}");
+    assert!(default.to_string().contains("fault_grace=10s"), "{default}");
 }

@@ -6,10 +6,17 @@
 //! (`src/driver/net.rs`).
 
 use crate::config::parse::quote;
-use crate::config::units::parse_size;
+use crate::config::units::{format_duration, parse_duration, parse_size};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a faulted file output holds its data when its URL does not say (`fault_grace=`).
+pub const DEFAULT_FAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest `fault_grace` accepted: past a day, a file output that cannot write is simply stuck.
+pub const MAX_FAULT_GRACE: Duration = Duration::from_secs(86_400);
 
 /// The kind of endpoint a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -195,6 +202,8 @@ pub struct Options {
     pub rotate: Option<u64>,
     /// Rotated files kept.
     pub keep: Option<u32>,
+    /// How long a faulted file output holds its data (blocking its channel) before it drops.
+    pub fault_grace: Option<Duration>,
     /// Multicast TTL / unicast hop limit for udp outputs.
     pub ttl: Option<u32>,
     /// UDP segmentation offload for udp outputs: runs of equal-sized datagrams leave in one
@@ -365,6 +374,13 @@ impl Endpoint {
                             })?,
                     )
                 }
+                "fault_grace" => {
+                    let d = parse_duration(v).map_err(bad)?;
+                    if d > MAX_FAULT_GRACE {
+                        return Err(bad(format!("{} is longer than a day", quote(v))));
+                    }
+                    opts.fault_grace = Some(d)
+                }
                 "ttl" => {
                     opts.ttl = Some(
                         v.parse::<u32>()
@@ -416,7 +432,7 @@ impl Endpoint {
                 }
             }
             (Role::Output, Scheme::File) => {
-                allowed.extend(["rotate", "keep", "max_backlog", "on_slow"])
+                allowed.extend(["rotate", "keep", "max_backlog", "on_slow", "fault_grace"])
             }
             (Role::Output, _) => {
                 allowed.extend(["max_backlog", "on_slow", "on_fin", "sndbuf"]);
@@ -428,7 +444,7 @@ impl Endpoint {
         if sc == Scheme::UnixListen {
             allowed.retain(|k| *k != "allow");
         }
-        let set: [(&str, bool); 14] = [
+        let set: [(&str, bool); 15] = [
             ("group", o.group.is_some()),
             ("iface", o.iface.is_some()),
             ("rcvbuf", o.rcvbuf.is_some()),
@@ -440,6 +456,7 @@ impl Endpoint {
             ("on_fin", o.on_fin.is_some()),
             ("rotate", o.rotate.is_some()),
             ("keep", o.keep.is_some()),
+            ("fault_grace", o.fault_grace.is_some()),
             ("ttl", o.ttl.is_some()),
             ("gso", o.gso.is_some()),
             ("zerocopy", o.zerocopy.is_some()),
@@ -545,6 +562,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(n) = o.keep {
             write!(f, " keep={n}")?;
+        }
+        if let Some(d) = o.fault_grace {
+            write!(f, " fault_grace={}", format_duration(d))?;
         }
         if let Some(n) = o.ttl {
             write!(f, " ttl={n}")?;
@@ -667,6 +687,19 @@ mod tests {
             assert!(Endpoint::parse_for(bad, Role::Output).is_err(), "{bad}");
         }
         assert!(Endpoint::parse_for("tcp-listen://h:1 zerocopy=on", Role::Input).is_err());
+        // fault_grace is a file output's.
+        let e = Endpoint::parse_for("file:///x fault_grace=2s", Role::Output).unwrap();
+        assert_eq!(e.opts.fault_grace, Some(Duration::from_secs(2)));
+        assert!(Endpoint::parse_for("file:///x fault_grace=0", Role::Output).is_ok());
+        for bad in [
+            "tcp://h:1 fault_grace=2s",
+            "tcp-listen://h:1 fault_grace=2s",
+            "file:///x fault_grace=2 s",
+            "file:///x fault_grace=2y",
+            "file:///x fault_grace=25h",
+        ] {
+            assert!(Endpoint::parse_for(bad, Role::Output).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -686,6 +719,7 @@ mod tests {
             "tcp-listen://127.0.0.1:6000 allow=10.0.0.0/8 max_clients=3 max_backlog=1024 on_slow=drop",
             "udp://[::1]:7000 ttl=4",
             "file:///tmp/x.raw rotate=65536 keep=3",
+            "file:///tmp/x.raw fault_grace=1500ms",
             "tcp://127.0.0.1:7000 on_slow=block on_fin=keep",
             "tcp://127.0.0.1:7000 zerocopy=on",
         ] {

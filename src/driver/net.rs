@@ -392,6 +392,17 @@ pub fn fsync(fd: RawFd) {
     let _ = nix::unistd::fsync(f);
 }
 
+/// The device, inode and link count of an open file.
+#[allow(unsafe_code)]
+#[allow(clippy::unnecessary_cast)] // the stat field types differ between targets
+pub fn file_identity(fd: RawFd) -> io::Result<(u64, u64, u64)> {
+    // SAFETY: the descriptor is open (its owner asked for this call) and is only borrowed for
+    // the duration of the call.
+    let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let st = nix::sys::stat::fstat(f).map_err(io::Error::from)?;
+    Ok((st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64))
+}
+
 /// Releases an OwnedFd into a raw descriptor (for handing to a child process, etc.).
 pub fn into_raw(fd: OwnedFd) -> RawFd {
     fd.into_raw_fd()

@@ -12,7 +12,7 @@ use super::ring::RingSys;
 use crate::config::url::{Endpoint, Scheme, Target};
 use crate::config::ChannelConfig;
 use crate::engine::buffers::BufId;
-use crate::engine::io::{Bound, Dialing, Fd, Pipe, Publish, Sys};
+use crate::engine::io::{Bound, Dialing, Fd, FileState, Pipe, Publish, Sys};
 use crate::shm::{Publisher, ShmOptions};
 use std::io;
 use std::net::IpAddr;
@@ -170,6 +170,24 @@ impl Sys for Kernel<'_> {
 
     fn fsync(&mut self, fd: Fd) {
         net::fsync(fd);
+    }
+
+    fn file_state(&mut self, fd: Fd, path: &Path) -> FileState {
+        use std::os::unix::fs::MetadataExt;
+        let Ok((dev, ino, nlink)) = net::file_identity(fd) else {
+            return FileState::Linked;
+        };
+        if nlink == 0 {
+            return FileState::Deleted;
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if (m.dev(), m.ino()) == (dev, ino) => FileState::Linked,
+            Ok(_) => FileState::Replaced,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                FileState::Deleted
+            }
+            Err(_) => FileState::Linked,
+        }
     }
 
     fn shutdown(&mut self, fd: Fd) {

@@ -14,13 +14,13 @@
 
 use super::backoff::Backoff;
 use super::buffers::BufId;
+use super::fileout::FileOut;
 use super::io::{Bound, Fd, Pipe, Publish, Sys};
 use super::outq::OutQueue;
 use super::stats::{InputStats, OutputStats};
 use crate::config::url::{Scheme, Target};
 pub use crate::config::DATAGRAM_HEADROOM;
 use crate::config::{ChannelConfig, Framing, OutputConfig};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Receives of one linked chain on a UDP input without multishot receive (older kernels,
@@ -150,15 +150,6 @@ impl Endpoint {
     }
 }
 
-/// An output file's rotation state.
-#[derive(Debug)]
-pub struct FileOut {
-    pub path: PathBuf,
-    pub size: u64,
-    pub rotate: Option<u64>,
-    pub keep: u32,
-}
-
 /// One configured output.
 #[derive(Debug)]
 pub struct Output {
@@ -172,7 +163,9 @@ pub struct Output {
     pub retry_at: Option<Instant>,
     /// The output is in a fault state (logged once on entry, once on recovery).
     pub faulted: bool,
-    /// Bytes of the current fault episode's errors, for the recovery log line.
+    /// When the current fault episode began.
+    pub fault_since: Option<Instant>,
+    /// A `file://` output's file.
     pub file: Option<FileOut>,
     pub stats: OutputStats,
     /// A send to this output was refused with a fault worth one log line.
@@ -193,6 +186,7 @@ impl Output {
         let d = self.backoff.next_delay();
         if !self.faulted {
             self.faulted = true;
+            self.fault_since = Some(now);
             log::log!(level, "{}", what(&self.url()));
         }
         self.retry_at = Some(now + d);
@@ -390,12 +384,11 @@ impl Channel {
             let ep = &oc.endpoint;
             let opened = bound.outputs.get(i).copied().flatten();
             let file = match (&ep.target, ep.scheme) {
-                (Target::Path(p), Scheme::File) => Some(FileOut {
-                    path: p.clone(),
-                    size: opened.map_or(0, |(_, size)| size),
-                    rotate: ep.opts.rotate,
-                    keep: ep.opts.keep.unwrap_or(10),
-                }),
+                (Target::Path(p), Scheme::File) => Some(FileOut::new(
+                    p.clone(),
+                    opened.map_or(0, |(_, size)| size),
+                    ep,
+                )),
                 _ => None,
             };
             pending_out.push(opened.map(|(fd, _)| fd));
@@ -412,6 +405,7 @@ impl Channel {
                 backoff: Backoff::new(seed.wrapping_mul(31).wrapping_add(i as u64 + 1)),
                 retry_at: None,
                 faulted: false,
+                fault_since: None,
                 file,
                 stats: OutputStats::default(),
                 connected_once: false,
@@ -570,6 +564,29 @@ impl Channel {
             .map(|q| q.backlog())
             .sum();
         links + subscribers
+    }
+
+    /// Payload bytes still queued per output (a link's queue and the pipes it drains, or all
+    /// its subscribers' queues), for the outputs that hold any: (URL, bytes).
+    pub fn queued_by_output(&self) -> Vec<(String, u64)> {
+        self.outputs
+            .iter()
+            .enumerate()
+            .map(|(oi, o)| {
+                let subscribers: u64 = o
+                    .subscribers
+                    .iter()
+                    .filter_map(|&s| self.ep(s)?.queue.as_ref())
+                    .map(|q| q.backlog())
+                    .sum();
+                let piped = self.splice.as_ref().map_or(0, |s| {
+                    let own = s.fan.as_ref().map_or(0, |f| f.state.out(oi).fill());
+                    u64::from(s.fill.fill()) + u64::from(own)
+                });
+                (o.url(), o.queue.backlog() + subscribers + piped)
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect()
     }
 
     /// Whether link output `oi` still has bytes to send: its queue, or the pipe it drains.

@@ -15,6 +15,7 @@ use super::channel::Link;
 use super::channel::{
     Channel, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
 };
+use super::fileout;
 use super::io::{Completion, Op};
 use super::links::close_ep;
 use super::output::kick;
@@ -278,7 +279,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                 ep.reading = bufs;
             }
         }
-        if res == -libc::ECANCELED && !closing {
+        if (res == -libc::ECANCELED || res == -libc::EINTR) && !closing {
             // Cancelled by `unpark_reads`: its buffers went back to the pool; the read is
             // posted again, on fewer buffers, at the end of the batch.
         } else if res <= 0 && !closing {
@@ -321,8 +322,9 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         }
     } else {
         cx.pool.abandon(buf);
-        if res == -libc::ECANCELED {
-            // The rest of a receive chain after a failed (or cancelled) receive.
+        if res == -libc::ECANCELED || res == -libc::EINTR {
+            // The rest of a receive chain after a failed (or cancelled) receive, or a receive
+            // cancelled while it waited (`unpark_reads`; a cancel may end it with EINTR).
         } else if res == 0 && !closing {
             ch.stats.malformed += 1;
         } else if !closing {
@@ -399,7 +401,7 @@ pub(crate) fn on_recv_multi(cx: &mut Cx, ch: &mut Channel, tok: Token, c: Comple
         return;
     }
     ch.stats.rearms += 1;
-    if c.res < 0 && c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
+    if c.res < 0 && c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED && c.res != -libc::EINTR {
         ch.stats.errors += 1;
         warn!(
             "channel {}: input read failed: {}",
@@ -486,7 +488,7 @@ pub(crate) fn deliver(
                 .link
                 .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
                 .is_some_and(|e| e.link == Link::Up);
-            if !up && o.cfg.on_slow != OnSlow::Block {
+            if !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
                 o.stats.drops += 1;
                 continue;
             }

@@ -173,6 +173,19 @@ pub struct Bound {
     pub outputs: Vec<Option<(Fd, u64)>>,
 }
 
+/// What became of an open output file's name, as [`Sys::file_state`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// The path still names the open file (also when that cannot be told: a stat that failed
+    /// for another reason than a missing name).
+    Linked,
+    /// The open file has no name left (unlinked, or its directory removed), or the path
+    /// names nothing.
+    Deleted,
+    /// The path names another file: the open one was moved away or replaced.
+    Replaced,
+}
+
 /// A channel's shared-memory publisher: decimation into the region readers attach to.
 pub trait Publish {
     fn feed_datagram(&mut self, datagram: &[u8]);
@@ -206,6 +219,9 @@ pub trait Sys {
     /// Rotates `path` (NAME -> NAME.1 -> ... keeping `keep`) and opens a fresh NAME.
     fn rotate(&mut self, path: &Path, keep: u32) -> io::Result<Fd>;
     fn fsync(&mut self, fd: Fd);
+    /// Whether `path` still names the file open as `fd` (an output file's periodic check:
+    /// fstat's link count, and stat of the path against the descriptor's device and inode).
+    fn file_state(&mut self, fd: Fd, path: &Path) -> FileState;
     /// Shuts a socket down both ways (its operations in flight then complete).
     fn shutdown(&mut self, fd: Fd);
     /// Closes a descriptor nothing is in flight on any more.

@@ -11,6 +11,7 @@
 
 use super::accept::arm_accept;
 use super::channel::{Channel, Endpoint, Link, Role};
+use super::fileout;
 use super::input::{grow_dry_ring, post_reads};
 use super::io::Op;
 use super::output::kick;
@@ -150,6 +151,10 @@ pub(crate) fn connected(
                     );
                     post_reads(cx, ch, ci);
                 }
+                Role::Link { out } if ch.outputs[out].file.is_some() => {
+                    fileout::opened(ch, out);
+                    kick(cx, ch, ci, slot);
+                }
                 Role::Link { out } => {
                     let o = &mut ch.outputs[out];
                     o.backoff.reset();
@@ -262,9 +267,14 @@ pub(crate) fn dial_output(cx: &mut Cx, ch: &mut Channel, ci: u16, oi: usize, now
             start_connect(cx, ch, ci, slot, in_progress);
         }
         Err(e) => {
+            let hint = if o.file.is_some() && e.raw_os_error() == Some(libc::ENOENT) {
+                " (its directory is missing: it is not created)"
+            } else {
+                ""
+            };
             o.fault(now, log::Level::Warn, |url| {
                 format!(
-                    "channel {}: cannot open {}: {e}; retrying with backoff",
+                    "channel {}: cannot open {}: {e}{hint}; retrying with backoff",
                     ch.cfg.name, url
                 )
             });
@@ -317,6 +327,7 @@ pub(crate) fn tick_channel(
             }
         }
     }
+    fileout::tick(cx, ch, ci, now);
     for oi in 0..ch.outputs.len() {
         let o = &ch.outputs[oi];
         if !o.is_link() || !due(o.retry_at) {
@@ -332,6 +343,8 @@ pub(crate) fn tick_channel(
             continue;
         }
         match o.link {
+            // A file closed after a fault is opened again once its last write completed.
+            None if o.file.is_some() && fileout::writing(ch, oi) => {}
             None => dial_output(cx, ch, ci, oi, now),
             Some(slot) => {
                 // A file write that failed: try it again.

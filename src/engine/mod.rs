@@ -2,7 +2,8 @@
 //! ticks and signals and answers with operations to submit.
 //!
 //! Owns: the channels ([`channel`]) with their endpoints, output queues and the slow-output
-//! policy ([`outq`]), read and write planning (`input`, `output`), accept and dial policy
+//! policy ([`outq`]), read and write planning (`input`, `output`), file outputs ([`fileout`]:
+//! rotation, a deleted file or directory, `fault_grace`), accept and dial policy
 //! and endpoint life (`links`), the splice and tee data path (`splicing`, [`splice`]),
 //! reload planning (`reload`), zero-copy records ([`zerocopy`]), the buffer pool's accounting
 //! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]) and decimation
@@ -27,6 +28,7 @@ pub mod buffers;
 pub mod caps;
 pub mod channel;
 pub mod decimate;
+pub mod fileout;
 mod input;
 pub mod io;
 mod links;
@@ -380,7 +382,7 @@ impl Engine {
                 let drained = self.channels.iter().flatten().all(|c| c.drained());
                 if drained || io.now >= deadline {
                     if !drained {
-                        warn!("shutdown timeout reached with data still queued; closing");
+                        self.warn_queued_at_timeout();
                     }
                     self.close_everything(io);
                 }
@@ -445,14 +447,39 @@ impl Engine {
                 continue;
             }
             if !drained {
+                let per: Vec<String> = ch
+                    .queued_by_output()
+                    .iter()
+                    .map(|(url, n)| format!("output {url}: {n} bytes"))
+                    .collect();
                 warn!(
-                    "channel {}: shutdown_timeout reached while flushing its outputs; closing them, {} queued bytes dropped",
+                    "channel {}: shutdown_timeout reached while flushing its outputs; closing them, {} queued bytes dropped ({})",
                     ch.name(),
-                    ch.queued_bytes()
+                    ch.queued_bytes(),
+                    per.join(", ")
                 );
             }
             ch.drain_deadline = None;
             links::close_all(&mut cx, ch, ci as u16);
+        }
+    }
+
+    /// The shutdown timeout ran out before every output was flushed: one line per output that
+    /// still holds data, with its byte count (or one line when only reads or writes in flight
+    /// were left).
+    fn warn_queued_at_timeout(&self) {
+        let mut any = false;
+        for ch in self.channels.iter().flatten() {
+            for (url, n) in ch.queued_by_output() {
+                any = true;
+                warn!(
+                    "shutdown timeout reached: channel {}: output {url}: {n} bytes still queued, dropped",
+                    ch.name()
+                );
+            }
+        }
+        if !any {
+            warn!("shutdown timeout reached with operations still in flight; closing");
         }
     }
 
@@ -575,7 +602,11 @@ pub fn output_backlog(ch: &Channel, o: &channel::Output) -> (u64, u64) {
 /// An output's state as `stat` and the counters line show it.
 pub fn output_state(ch: &Channel, o: &channel::Output) -> &'static str {
     if o.faulted {
-        return "faulted";
+        return if fileout::dropping(o) {
+            "dropping"
+        } else {
+            "faulted"
+        };
     }
     if o.is_link() {
         match o.link.and_then(|s| ch.ep(s)) {

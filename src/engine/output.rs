@@ -3,15 +3,16 @@
 //!
 //! Owns: write planning (one gathered write of up to [`IOV_MAX`] chunks on a stream or file,
 //! one segmented send per run of equal-sized datagrams, zero-copy sends of large chunks), file
-//! rotation, and what a write completion means: bytes leave the queue and release their
-//! buffers, short writes go again, faults close and redial links, drop datagrams, or retry
-//! files, each logged once per state change.
+//! rotation (through [`fileout`]), and what a write completion means: bytes leave the queue and
+//! release their buffers, short writes go again, faults close and redial links, drop
+//! datagrams, or close and reopen files, each logged once per state change.
 //!
 //! Must never: release a buffer a write in flight still holds (every chunk of a write holds its
 //! own reference until the write's completion; a zero-copy send's record holds one more until
 //! the kernel's notification).
 
 use super::channel::{Channel, Endpoint, Link, Role};
+use super::fileout;
 use super::io::{Completion, Op};
 use super::links::close_ep;
 use super::outq::{self, OutQueue};
@@ -19,7 +20,7 @@ use super::splicing::splice_out;
 use super::token::{OpKind, Token};
 use super::{errno_str, input::post_reads, Cx, GSO_BYTES, GSO_SEGMENTS, IOV_MAX};
 use crate::config::url::Scheme;
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 
 /// Starts the next writes of an output endpoint if none are in flight: one gathered write of
 /// up to [`IOV_MAX`] queued chunks on a stream or file (a single fixed-buffer write when only
@@ -44,10 +45,7 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
         splice_out(cx, ch, ci, slot);
         return;
     }
-    let Channel { slots, outputs, .. } = ch;
-    let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
-        return;
-    };
+    let Some(ep) = ch.ep(slot) else { return };
     if ep.link != Link::Up || ep.write_ops > 0 {
         return;
     }
@@ -55,12 +53,16 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
         Role::Subscriber { out } | Role::Link { out } => out,
         _ => return,
     };
+    if ch.outputs[out].file.is_some() && !fileout::rotate_if_due(cx, ch, ci, slot, out) {
+        return;
+    }
+    let Channel { slots, outputs, .. } = ch;
+    let Some(ep) = slots.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
+        return;
+    };
     let super::channel::Output {
         queue: out_queue,
         file,
-        stats,
-        faulted,
-        backoff,
         retry_at,
         cfg,
         gso: gso_on,
@@ -88,33 +90,8 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
     };
     let Some(front) = q.front() else { return };
     let mut n = q.len().min(IOV_MAX);
-    if let Some(f) = file.as_mut() {
+    if let Some(f) = file.as_ref() {
         if let Some(limit) = f.rotate {
-            if f.size > 0 && f.size + u64::from(front.len) > limit {
-                match cx.sys.rotate(&f.path, f.keep) {
-                    Ok(new_fd) => {
-                        // Nothing is in flight on the old file: a file output has no
-                        // operation but its writes, and none is (write_ops is 0).
-                        cx.sys.fsync(*ep_fd);
-                        cx.sys.close(*ep_fd);
-                        *ep_fd = new_fd;
-                        f.size = 0;
-                        info!("output {}: rotated", cfg.endpoint.url());
-                    }
-                    Err(e) => {
-                        stats.errors += 1;
-                        if !*faulted {
-                            error!(
-                                "output {}: rotation failed: {e}; retrying",
-                                cfg.endpoint.url()
-                            );
-                            *faulted = true;
-                        }
-                        *retry_at = Some(cx.now + backoff.next_delay());
-                        return;
-                    }
-                }
-            }
             // Never write past the rotation size in one go (one chunk at least).
             let room = limit.saturating_sub(f.size);
             let mut total = 0u64;
@@ -353,7 +330,9 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         if let Some(f) = o.file.as_mut() {
             f.size += n;
         }
-        if o.faulted && matches!(role, Role::Link { .. }) {
+        if o.file.is_some() {
+            fileout::recovered(&cfg.name, o);
+        } else if o.faulted && matches!(role, Role::Link { .. }) {
             o.faulted = false;
             o.backoff.reset();
             info!("channel {}: output {} recovered", cfg.name, o.url());
@@ -448,11 +427,8 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             }
         }
         Role::Link { .. } if o.file.is_some() => {
-            o.fault(cx.now, log::Level::Error, |url| {
-                format!(
-                    "channel {name}: output {}: write failed: {err}; retrying (queue kept)",
-                    url
-                )
+            fileout::fault(cx, ch, ci, out, |url| {
+                format!("channel {name}: output {url}: write failed: {err}")
             });
         }
         _ => {

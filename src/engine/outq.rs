@@ -223,6 +223,15 @@ impl OutQueue {
         Some(front.buf)
     }
 
+    /// Drops every chunk not yet begun (a partly sent front chunk stays, so that what follows
+    /// it later starts at a chunk boundary), returning their buffers.
+    pub fn drop_unsent(&mut self) -> Vec<u16> {
+        let keep = usize::from(self.sent > 0);
+        let dropped: Vec<Chunk> = self.items.drain(keep..).collect();
+        self.bytes -= dropped.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        dropped.into_iter().map(|c| c.buf).collect()
+    }
+
     /// Empties the queue, returning every buffer it held.
     pub fn clear(&mut self) -> Vec<u16> {
         self.bytes = 0;
@@ -311,6 +320,26 @@ mod tests {
 
     fn c(buf: u16, len: u32) -> Chunk {
         Chunk { buf, off: 4, len }
+    }
+
+    #[test]
+    fn drop_unsent_keeps_a_partly_sent_front() {
+        let mut q = OutQueue::new(OnSlow::Block, 1 << 20, 16);
+        for i in 1..=3 {
+            q.offer(c(i, 100));
+        }
+        assert_eq!(q.drop_unsent(), [1, 2, 3]);
+        assert!(q.is_empty());
+        assert_eq!(q.backlog(), 0);
+        for i in 1..=3 {
+            q.offer(c(i, 100));
+        }
+        q.advance(40);
+        assert_eq!(q.drop_unsent(), [2, 3]);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.backlog(), 60);
+        assert_eq!(q.advance(60), Some(1));
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -10,14 +10,16 @@
 use super::buffers::{BufferPool, VecMemory};
 use super::caps::Caps;
 use super::channel::Channel;
-use super::io::{Bound, Completion, Dialing, Effects, Fd, Op, Pipe, Publish, Submission, Sys};
+use super::io::{
+    Bound, Completion, Dialing, Effects, Fd, FileState, Op, Pipe, Publish, Submission, Sys,
+};
 use super::token::{OpKind, Token};
 use super::{Engine, Io};
 use crate::config::url::{Endpoint, Scheme};
 use crate::config::{ChannelConfig, Config};
 use std::io;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The outside world of a test: every descriptor is a fresh number, every call is recorded.
@@ -36,6 +38,16 @@ pub(crate) struct FakeSys {
     pub peer_ip: Option<IpAddr>,
     /// Sockets `readable` says hold data.
     pub readable: Vec<Fd>,
+    /// Files opened for appending, with the descriptor each got.
+    pub opens: Vec<(PathBuf, Fd)>,
+    /// Opens still to fail with ENOENT (a missing directory).
+    pub open_fails: u32,
+    /// Rotations still to fail with ENOENT.
+    pub rotate_fails: u32,
+    /// What `file_state` reports for a descriptor (`Linked` when not listed).
+    pub file_states: Vec<(Fd, FileState)>,
+    /// Descriptors `file_state` was asked about, in order.
+    pub file_checks: Vec<Fd>,
 }
 
 impl FakeSys {
@@ -49,6 +61,11 @@ impl FakeSys {
             dial_in_progress: false,
             peer_ip: Some("127.0.0.1".parse().unwrap()),
             readable: Vec::new(),
+            opens: Vec::new(),
+            open_fails: 0,
+            rotate_fails: 0,
+            file_states: Vec::new(),
+            file_checks: Vec::new(),
         }
     }
 
@@ -94,15 +111,33 @@ impl Sys for FakeSys {
         Ok(self.fd())
     }
 
-    fn open_append(&mut self, _path: &Path) -> io::Result<(Fd, u64)> {
-        Ok((self.fd(), 0))
+    fn open_append(&mut self, path: &Path) -> io::Result<(Fd, u64)> {
+        if self.open_fails > 0 {
+            self.open_fails -= 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let fd = self.fd();
+        self.opens.push((path.to_path_buf(), fd));
+        Ok((fd, 0))
     }
 
     fn rotate(&mut self, _path: &Path, _keep: u32) -> io::Result<Fd> {
+        if self.rotate_fails > 0 {
+            self.rotate_fails -= 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
         Ok(self.fd())
     }
 
     fn fsync(&mut self, _fd: Fd) {}
+
+    fn file_state(&mut self, fd: Fd, _path: &Path) -> FileState {
+        self.file_checks.push(fd);
+        self.file_states
+            .iter()
+            .find(|(f, _)| *f == fd)
+            .map_or(FileState::Linked, |(_, s)| *s)
+    }
 
     fn shutdown(&mut self, fd: Fd) {
         self.shutdowns.push(fd);
@@ -226,6 +261,15 @@ impl Rig {
 
     pub fn after_batch(&mut self) {
         self.io(|e, io| e.after_batch(io));
+    }
+
+    /// Lets `d` pass and runs the timer as the driver does (a tick, then the batch's end).
+    pub fn tick(&mut self, d: std::time::Duration) {
+        self.now += d;
+        self.io(|e, io| {
+            e.tick(io, 0);
+            e.after_batch(io);
+        });
     }
 
     /// Reloads with the configuration in `text`.

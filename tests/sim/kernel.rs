@@ -9,11 +9,12 @@
 //! holds its descriptor and its buffers until its final completion is delivered; the checks of
 //! `sim.rs` hold the engine to that.
 
+use super::files::Files;
 use super::rng::Rng;
 use ringrelay::engine::buffers::{BufId, VecMemory};
 use ringrelay::engine::io::{
-    Bound, Completion, Dialing, Effects, Fd, Memory, Op, Pipe, Publish, Sys, CQE_BUFFER_SHIFT,
-    CQE_F_BUFFER, CQE_F_MORE, CQE_F_NOTIF,
+    Bound, Completion, Dialing, Effects, Fd, FileState, Memory, Op, Pipe, Publish, Sys,
+    CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, CQE_F_NOTIF,
 };
 use ringrelay::engine::outq::Chunk;
 use ringrelay::engine::token::Token;
@@ -159,7 +160,8 @@ pub struct Kernel {
     pub urls: BTreeMap<String, Who>,
     /// Outputs whose sends fail with ECONNREFUSED while set (UDP destinations).
     pub refusing: BTreeMap<(usize, usize), bool>,
-    /// Descriptors of each (channel, output) file, to find the sink again after a rotation.
+    /// The output files' paths, directories and names.
+    pub files: Files,
     pub violations: Vec<String>,
     pub closed_fds: usize,
     /// The segmented-send refusal was injected once.
@@ -190,6 +192,7 @@ impl Kernel {
             next_op: 1,
             urls: BTreeMap::new(),
             refusing: BTreeMap::new(),
+            files: Files::default(),
             violations: Vec::new(),
             closed_fds: 0,
             gso_refused: false,
@@ -914,7 +917,7 @@ impl Kernel {
 /// What the engine's `Sys` calls do in the simulated world.
 impl Sys for Kernel {
     fn bind(&mut self, cfg: &ringrelay::config::ChannelConfig) -> Result<Bound, String> {
-        use ringrelay::config::url::Scheme;
+        use ringrelay::config::url::{Scheme, Target};
         let chan = cfg
             .name
             .trim_start_matches('c')
@@ -944,7 +947,15 @@ impl Sys for Kernel {
                     0,
                 )),
                 Scheme::Udp => Some((self.fd(Obj::UdpOut(chan, o)), 0)),
-                Scheme::File => Some((self.fd(Obj::File(chan, o)), 0)),
+                Scheme::File => {
+                    let Target::Path(p) = &oc.endpoint.target else {
+                        return Err(format!("channel {}: a file without a path", cfg.name));
+                    };
+                    self.files.paths.insert(p.clone(), (chan, o));
+                    let fd = self.fd(Obj::File(chan, o));
+                    self.files.opened(fd, (chan, o));
+                    Some((fd, 0))
+                }
                 _ => {
                     self.urls.insert(oc.endpoint.url(), Who::Output(chan, o));
                     None
@@ -987,14 +998,39 @@ impl Sys for Kernel {
     }
 
     fn open_append(&mut self, path: &Path) -> io::Result<(Fd, u64)> {
-        Err(io::Error::other(format!(
-            "no file {} in the simulation",
-            path.display()
-        )))
+        let (c, o) = self.files.may_open(path)?;
+        if self.rng.chance(self.faults.error / 2) {
+            // Out of descriptors, or the directory went and came back between two calls.
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        let fd = self.fd(Obj::File(c, o));
+        self.files.opened(fd, (c, o));
+        self.note(format!("open {} -> fd {fd}", path.display()));
+        Ok((fd, 0))
     }
 
-    fn rotate(&mut self, _path: &Path, _keep: u32) -> io::Result<Fd> {
-        Err(io::Error::from_raw_os_error(libc::EROFS))
+    fn rotate(&mut self, path: &Path, _keep: u32) -> io::Result<Fd> {
+        // The file is renamed (its sink goes on: it is the same output) and a new one opened.
+        let (c, o) = self.files.may_open(path)?;
+        if self.rng.chance(self.faults.error / 2) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let fd = self.fd(Obj::File(c, o));
+        self.files.opened(fd, (c, o));
+        self.note(format!("rotate {} -> fd {fd}", path.display()));
+        Ok(fd)
+    }
+
+    fn file_state(&mut self, fd: Fd, path: &Path) -> FileState {
+        let out = self.files.out_of(path).ok();
+        match self.objs.get(&fd) {
+            Some(&Obj::File(c, o)) if out == Some((c, o)) => self.files.state(fd),
+            obj => {
+                let s = format!("file_state of fd {fd} ({obj:?}) for {}", path.display());
+                self.violation(s);
+                FileState::Linked
+            }
+        }
     }
 
     fn fsync(&mut self, fd: Fd) {
@@ -1044,6 +1080,7 @@ impl Sys for Kernel {
                     }
                 }
             }
+            Some(Obj::File(..)) => self.files.closed(fd),
             Some(_) => {}
             None => self.violation(format!("close of fd {fd}, not open")),
         }
