@@ -3,7 +3,7 @@
 //!
 //! Owns: [`FileOut`] (the path, size and rotation of one output file, and its fault state),
 //! the periodic check of the open file against its path ([`Sys::file_state`] every
-//! [`FILE_CHECK`]), rotation before a write ([`rotate_if_due`]), and the file's fault life:
+//! [`FILE_CHECK`]), rotation before a write (`rotate_if_due`), and the file's fault life:
 //!
 //! - A fault (a write or a rotation that failed, the file deleted or its directory removed,
 //!   the path naming another file) is counted and logged once ([`Output::fault`]); the file
