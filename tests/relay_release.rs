@@ -19,6 +19,7 @@ in_both_feature_sets!(
     departed_subscribers_free_max_clients_on_an_idle_channel,
     fd_limit_lockout_ends_when_subscribers_leave,
     half_closed_subscriber_stays_with_on_fin_keep,
+    refusal_flood_is_summed_up,
 );
 
 /// The `clients=` of the latest counters line for output `url`, after SIGUSR1 asks for one.
@@ -211,4 +212,52 @@ fn half_closed_subscriber_stays_with_on_fin_keep(features: Features) {
     let data = pattern(13, 64 * 1024);
     produce_and_receive(input, &mut s, &data);
     relay.stop();
+}
+
+/// A connect flood refused by `max_clients` costs a bounded number of log lines: the first
+/// refusal, then one summary with the count (at the minute's end, or at the stop).
+fn refusal_flood_is_summed_up(features: Features) {
+    const FLOOD: usize = 300;
+    let dir = TempDir::new("release-flood");
+    let (mut relay, subs) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let subs = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+        let conf = format!(
+            "{}\n[channel flood]\ninput = tcp-listen://{input}\noutput = tcp-listen://{subs} max_clients=1\n",
+            dir.global_section()
+        );
+        (conf, subs)
+    });
+    let url = format!("tcp-listen://{subs}");
+    let first = connect_tcp(subs);
+    wait_accepted(&relay, &first, &url);
+    for _ in 0..FLOOD {
+        let mut s = connect_tcp(subs);
+        // Refused: the relay closes it at once.
+        s.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(
+            s.read(&mut b).unwrap_or(0),
+            0,
+            "a refused subscriber is closed"
+        );
+    }
+    relay.terminate();
+    let status = relay.wait_exit(READY_TIMEOUT).expect("exit after SIGTERM");
+    assert!(status.success());
+    let log = relay.log();
+    let refusals = log.lines().filter(|l| l.contains(" refused: ")).count();
+    assert_eq!(
+        refusals, 1,
+        "{FLOOD} refusals must log one line, then a summary; stderr:\n{log}"
+    );
+    let summary = format!(
+        "{} more subscribers refused (max_clients reached)",
+        FLOOD - 1
+    );
+    assert!(
+        log.contains(&summary),
+        "the stop logs the summary '{summary}'; stderr:\n{log}"
+    );
+    drop(first);
 }
