@@ -16,6 +16,7 @@
 use super::buffers::BufId;
 use super::outq::Chunk;
 use super::token::Token;
+use crate::config::keepalive::Keepalive;
 use crate::config::url::Endpoint as UrlEndpoint;
 use crate::config::ChannelConfig;
 use std::io;
@@ -213,6 +214,10 @@ pub trait Sys {
     /// The peer of a connected socket: a printable name and its IP address.
     fn peer(&mut self, fd: Fd) -> (String, Option<IpAddr>);
     fn set_sndbuf(&mut self, fd: Fd, bytes: u64);
+    /// Turns TCP keepalive on for a connected (or connecting) TCP socket, with the probe
+    /// schedule of `k` and a user timeout to match ([`crate::config::keepalive`]): a peer that
+    /// vanished makes the socket's next operation fail with ETIMEDOUT.
+    fn set_keepalive(&mut self, fd: Fd, k: Keepalive);
     fn set_nonblocking(&mut self, fd: Fd) -> io::Result<()>;
     /// A pipe of about `size` bytes.
     fn pipe(&mut self, size: u32) -> io::Result<Pipe>;

@@ -13,6 +13,7 @@ use super::channel::Channel;
 use super::io::{Bound, Completion, Dialing, Effects, Fd, Op, Pipe, Publish, Submission, Sys};
 use super::token::{OpKind, Token};
 use super::{Engine, Io};
+use crate::config::keepalive::Keepalive;
 use crate::config::url::{Endpoint, Scheme};
 use crate::config::{ChannelConfig, Config};
 use std::io;
@@ -34,6 +35,8 @@ pub(crate) struct FakeSys {
     pub dial_in_progress: bool,
     /// The address `peer` reports for any socket.
     pub peer_ip: Option<IpAddr>,
+    /// Keepalives turned on: (descriptor, idle seconds).
+    pub keepalives: Vec<(Fd, u32)>,
 }
 
 impl FakeSys {
@@ -46,6 +49,7 @@ impl FakeSys {
             dials: Vec::new(),
             dial_in_progress: false,
             peer_ip: Some("127.0.0.1".parse().unwrap()),
+            keepalives: Vec::new(),
         }
     }
 
@@ -114,6 +118,10 @@ impl Sys for FakeSys {
     }
 
     fn set_sndbuf(&mut self, _fd: Fd, _bytes: u64) {}
+
+    fn set_keepalive(&mut self, fd: Fd, k: Keepalive) {
+        self.keepalives.push((fd, k.idle));
+    }
 
     fn set_nonblocking(&mut self, _fd: Fd) -> io::Result<()> {
         Ok(())
