@@ -17,7 +17,9 @@
 //! connection whose sent data goes unacknowledged (a collector or subscriber that vanished
 //! while the relay was sending, when keepalive probes do not run) fail after the same time
 //! instead of the kernel's retransmission limit of about 15 minutes. A live peer that only
-//! stopped reading still answers the kernel's window probes and is not cut. Pure: no I/O.
+//! stopped reading answers the kernel's window probes and is not cut (Linux 5.11 and later;
+//! older kernels cut it too once its window stays closed that long, which the manual says).
+//! Pure: no I/O.
 
 use crate::config::parse::quote;
 use crate::config::units::parse_duration;
