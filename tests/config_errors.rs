@@ -282,6 +282,59 @@ fn bad_url_option() {
     );
 }
 
+/// `producer` chooses between two producers of a listening stream input: any other input has
+/// one producer by nature.
+#[test]
+fn producer_on_an_input_that_does_not_listen() {
+    expect_one_error(
+        &with_channel_line("producer = replace"),
+        "producer",
+        &["producer"],
+    );
+    let dialed = "[channel dialed]\ninput = tcp://127.0.0.1:5000\nproducer = replace\noutput = tcp-listen://127.0.0.1:5001\n";
+    expect_one_error(dialed, "producer", &["producer"]);
+    let odd = "[channel odd]\ninput = tcp-listen://127.0.0.1:5000\nproducer = sometimes\noutput = tcp-listen://127.0.0.1:5001\n";
+    expect_one_error(odd, "sometimes", &["producer"]);
+}
+
+#[test]
+fn bad_keepalive() {
+    expect_one_error(
+        &with_channel_line("output = tcp-listen://127.0.0.1:6000 keepalive=bogus"),
+        "bogus",
+        &["output", "keepalive"],
+    );
+    expect_one_error(
+        &with_channel_line("output = tcp://127.0.0.1:6000 keepalive=500ms"),
+        "500ms",
+        &["output", "keepalive"],
+    );
+    // Keepalive is TCP's: not on a UDP endpoint or a Unix socket.
+    expect_one_error(
+        &with_channel_line("output = udp://127.0.0.1:6000 keepalive=60s"),
+        "keepalive",
+        &["output", "keepalive"],
+    );
+    let unix = "[channel unixy]\ninput = unix-listen:///tmp/rr-unixy.sock keepalive=60s\noutput = udp://127.0.0.1:5001\n";
+    expect_one_error(unix, "keepalive", &["input", "keepalive"]);
+}
+
+#[test]
+fn producer_replace_and_keepalive_pass_check() {
+    let text = "[channel sensor]\ninput = tcp-listen://127.0.0.1:5000 keepalive=2s\nproducer = replace\noutput = tcp-listen://127.0.0.1:5001 keepalive=off\noutput = tcp://127.0.0.1:5002 keepalive=5m\n\n[channel pipe]\ninput = unix-listen:///tmp/rr-check-pipe.sock\nproducer = refuse\noutput = udp://127.0.0.1:5003\n";
+    let (code, out, err) = check(text);
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    for want in [
+        "keepalive=2s",
+        "producer = replace",
+        "keepalive=off",
+        "keepalive=300s",
+        "producer = refuse",
+    ] {
+        assert!(out.contains(want), "summary lacks {want:?}:\n{out}");
+    }
+}
+
 #[test]
 fn unknown_section() {
     let text = format!("[global]\nsqpoll = off\n\n[servers]\nname = x\n\n{GOOD_CHANNEL}");

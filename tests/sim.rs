@@ -12,7 +12,9 @@
 //! segmented sends;
 //! multishot or chained receives), a chaos phase in which the kernel completes operations in
 //! any allowed order with short reads and writes, errors, cancellation races and delayed
-//! completions while peers join, leave, reset, reconnect and a reload happens, then a calm
+//! completions while peers join, leave, reset, reconnect, vanish without a word (a half-open
+//! producer that only keepalive notices) or, under `producer = replace`, connect again while
+//! connected, and a reload happens, then a calm
 //! phase in which peers behave and every channel without a stuck `block` output must drain,
 //! then SIGTERM, after which everything must close.
 //!
@@ -48,7 +50,12 @@
 //!    38, "c0 output 0 (File block): 23 received + 20 drops != 88 delivered";
 //! 7. a file reopened while its closed descriptor's write is in flight (`links::tick_channel`
 //!    without the `fileout::writing` guard): seed 7, "file output 0 of c0 received position
-//!    24039 after 59745" (found this way first, then fixed).
+//!    24039 after 59745" (found this way first, then fixed);
+//! 8. no keepalive on producers (`links::keep_alive` does nothing): seed 28, a vanished
+//!    producer holds its input for good, every newcomer is refused, the channel never drains;
+//! 9. a replacing producer reads before the replaced one's last read completed
+//!    (`input::post_reads` without `replaced_reading`): seed 23, "connection 5 (Some(Output(0,
+//!    0))) received position 152024 after 211316" (the two streams interleaved).
 //!
 //! Found in the engine by this simulation and fixed: datagram sends completing out of order
 //! released each other's buffers; a channel stayed blocked for good when a `block` queue
@@ -104,6 +111,8 @@ struct OutSpec {
 struct ChanSpec {
     input: InKind,
     outputs: Vec<OutSpec>,
+    /// `producer = replace` (listened inputs): a producer may connect while one is.
+    replace: bool,
 }
 
 /// A channel's producer or UDP sender.
@@ -177,12 +186,23 @@ impl World {
                     lost,
                 });
             }
+            let replace = input == InKind::Listen && rng.chance(400);
+            // `keepalive=off` only with `replace`: a producer that vanished is then released
+            // by the next one alone.
+            let keepalive_off = replace && rng.chance(500);
             text += &format!("[channel c{c}]\n");
             text += &match input {
                 InKind::Udp => format!("input = udp://127.0.0.1:{}\n", 5000 + c),
-                InKind::Listen => format!("input = tcp-listen://127.0.0.1:{}\n", 5000 + c),
+                InKind::Listen => format!(
+                    "input = tcp-listen://127.0.0.1:{}{}\n",
+                    5000 + c,
+                    if keepalive_off { " keepalive=off" } else { "" }
+                ),
                 InKind::Dial => format!("input = tcp://127.0.0.1:{}\n", 5000 + c),
             };
+            if replace {
+                text += "producer = replace\n";
+            }
             let stream_out = outputs.iter().any(|o| {
                 matches!(
                     o.kind,
@@ -214,7 +234,11 @@ impl World {
                     ),
                 };
             }
-            spec.push(ChanSpec { input, outputs });
+            spec.push(ChanSpec {
+                input,
+                outputs,
+                replace,
+            });
         }
         let cfg = parse_str("sim.conf", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
         let caps = Caps {
@@ -295,7 +319,7 @@ impl World {
         let c = self.rng.below(self.spec.len());
         let spec = self.spec[c].clone();
         match self.rng.below(4) {
-            0 | 1 => self.source_step(c, spec.input),
+            0 | 1 => self.source_step(c, &spec),
             _ => {
                 let o = self.rng.below(spec.outputs.len());
                 match spec.outputs[o].kind {
@@ -313,7 +337,8 @@ impl World {
         }
     }
 
-    fn source_step(&mut self, c: usize, input: InKind) {
+    fn source_step(&mut self, c: usize, spec: &ChanSpec) {
+        let input = spec.input;
         let s = &mut self.sources[c];
         if input == InKind::Udp {
             let q = self.kernel.udp_in.entry(c).or_default();
@@ -362,6 +387,24 @@ impl World {
                 let k = &mut self.kernel.conns[ci];
                 if k.closed || k.shut {
                     // The relay closed it (a reload or a fault): connect again later.
+                    s.conn = None;
+                    return;
+                }
+                if !self.calm && spec.replace && self.rng.chance(30) {
+                    // A producer that rebooted connects again while its old connection is
+                    // still up (or half-open: it vanished).
+                    k.vanished = self.rng.chance(500);
+                    if let Some(l) = self.kernel.listener(Who::Input(c)) {
+                        let new = self.kernel.conn(Who::Input(c), 0);
+                        self.kernel.backlog.entry(l).or_default().push_back(new);
+                        self.sources[c].conn = Some(new);
+                    }
+                    return;
+                }
+                if !self.calm && self.rng.chance(10) {
+                    // The producer vanishes without a word: only keepalive (or, with
+                    // `producer = replace`, the next producer) frees the input.
+                    k.vanished = true;
                     s.conn = None;
                     return;
                 }

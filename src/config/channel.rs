@@ -1,7 +1,8 @@
 //! The `[channel NAME]` section: its keys ([`CHANNEL_KEYS`]), the validated [`ChannelConfig`]
 //! and its outputs, and the checks that span keys (sample and decimate go together, a header
 //! and one frame fit the largest datagram relayed, framing only on datagram inputs,
-//! `splice = on` only where the channel is eligible). The checks across channels are in
+//! `producer` only on listening stream inputs, `splice = on` only where the channel is
+//! eligible). The checks across channels are in
 //! `conflicts`.
 
 use crate::config::global::{Global, DATAGRAM_HEADROOM};
@@ -20,6 +21,25 @@ pub enum Framing {
     None,
     /// Each datagram prefixed with its length as a big-endian u32.
     U32Be,
+}
+
+/// What a listening stream input does with a producer that connects while one is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Producer {
+    /// Refuse the newcomer (the default): the connected producer keeps the input.
+    Refuse,
+    /// Close the connected producer and take the newcomer (a sensor that rebooted, whose old
+    /// connection is half-open and would otherwise hold the input until keepalive cuts it).
+    Replace,
+}
+
+impl Producer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Producer::Refuse => "refuse",
+            Producer::Replace => "replace",
+        }
+    }
 }
 
 /// One output of a channel, with its effective slow-output policy.
@@ -49,6 +69,8 @@ pub struct ChannelConfig {
     /// is `on` or `off` and the channel is eligible, and `off` for an ineligible channel that
     /// did not ask for it.
     pub splice: SpliceMode,
+    /// A second producer on a listening stream input: refused, or it replaces the first.
+    pub producer: Producer,
 }
 
 /// Default `max_backlog` per output.
@@ -71,6 +93,7 @@ pub(super) const CHANNEL_KEYS: &[&str] = &[
     "shm",
     "shm_frames",
     "splice",
+    "producer",
 ];
 
 /// Validates one channel section against the effective `[global]`; `None` after reporting
@@ -94,6 +117,7 @@ pub(super) fn parse_channel(
     let mut shm_frames: (u64, usize) = (DEFAULT_SHM_FRAMES, 0);
     let mut sample_lines: Vec<(&str, usize)> = Vec::new();
     let mut splice: Option<(SpliceMode, usize)> = None;
+    let mut producer: Option<(Producer, usize)> = None;
     for (k, v, line) in &rc.keys {
         let line = *line;
         let r: Result<(), String> = (|| {
@@ -155,6 +179,14 @@ pub(super) fn parse_channel(
                 }
                 "decimate" => decimate = Some((DecimateSpec::parse(v)?, line)),
                 "splice" => splice = Some((SpliceMode::parse(v)?, line)),
+                "producer" => {
+                    let p = match v.as_str() {
+                        "refuse" => Producer::Refuse,
+                        "replace" => Producer::Replace,
+                        _ => return Err(format!("{} is not one of refuse, replace", quote(v))),
+                    };
+                    producer = Some((p, line));
+                }
                 "shm" => shm = Some((parse_bool(v)?, line)),
                 "shm_frames" => {
                     let n: u64 = v
@@ -280,6 +312,19 @@ pub(super) fn parse_channel(
         );
         ok = false;
     }
+    if let Some((_, line)) = producer {
+        if !(input.scheme.is_stream() && input.scheme.is_listen()) {
+            err(
+                line,
+                "producer",
+                format!(
+                    "producer applies to listening stream inputs (tcp-listen, unix-listen) only, not to {}",
+                    input.url()
+                ),
+            );
+            ok = false;
+        }
+    }
     let mut c = ChannelConfig {
         name: rc.name.clone(),
         line: rc.line,
@@ -290,6 +335,7 @@ pub(super) fn parse_channel(
         samples,
         decimate_line: decimate.as_ref().map_or(0, |d| d.1),
         splice: SpliceMode::Off,
+        producer: producer.map_or(Producer::Refuse, |p| p.0),
     };
     let why_not = ineligible_reason(&c);
     c.splice = match (splice, why_not) {

@@ -109,6 +109,9 @@ impl fmt::Display for Config {
             };
             writeln!(f, "framing = {fr}")?;
             writeln!(f, "splice = {}", c.splice.name())?;
+            if c.input.scheme.is_listen() {
+                writeln!(f, "producer = {}", c.producer.name())?;
+            }
             if let Some(s) = &c.samples {
                 writeln!(f, "sample = {}", s.sample)?;
                 writeln!(f, "interleave = {}", s.interleave)?;

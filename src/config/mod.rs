@@ -22,8 +22,9 @@
 //! shared-memory names, UDP loops), `values` (value forms both share),
 //! [`splice`] (the splice mode and which channels may splice), `reload` (which channels a
 //! reload keeps running), `check` (the normalized summary and `ringrelay check`), and the
-//! value languages [`url`], [`units`] and [`sample`].
+//! value languages [`url`], [`units`], [`keepalive`] and [`sample`].
 
+pub mod keepalive;
 pub mod sample;
 pub mod splice;
 pub mod units;
@@ -42,7 +43,8 @@ mod values;
 mod tests;
 
 pub use channel::{
-    ChannelConfig, Framing, OutputConfig, DEFAULT_MAX_BACKLOG, DEFAULT_SHM_FRAMES, MIN_SHM_FRAMES,
+    ChannelConfig, Framing, OutputConfig, Producer, DEFAULT_MAX_BACKLOG, DEFAULT_SHM_FRAMES,
+    MIN_SHM_FRAMES,
 };
 pub use check::check_command;
 pub use global::{FeatureSet, Global, LogDest, SqpollMode, DATAGRAM_HEADROOM};

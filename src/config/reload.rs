@@ -12,6 +12,7 @@ impl ChannelConfig {
             && self.framing == other.framing
             && self.samples == other.samples
             && self.splice == other.splice
+            && self.producer == other.producer
             && self.outputs.len() == other.outputs.len()
             && self.outputs.iter().zip(&other.outputs).all(|(a, b)| {
                 a.endpoint == b.endpoint

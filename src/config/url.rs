@@ -5,6 +5,7 @@
 //! (input or output). It never resolves names or touches a socket: the driver does that
 //! (`src/driver/net.rs`).
 
+use crate::config::keepalive::{format_keepalive, parse_keepalive, Keepalive, DEFAULT_IDLE_SECS};
 use crate::config::parse::quote;
 use crate::config::units::{format_duration, parse_duration, parse_size};
 use std::fmt;
@@ -212,6 +213,9 @@ pub struct Options {
     /// Zero-copy sends (IORING_OP_SEND_ZC) on tcp and tcp-listen outputs: the kernel sends
     /// from the pool buffer itself and says when it is done with it (default off).
     pub zerocopy: Option<bool>,
+    /// TCP keepalive idle seconds of tcp and tcp-listen endpoints' connections (0: off;
+    /// default [`DEFAULT_IDLE_SECS`]); see [`crate::config::keepalive`].
+    pub keepalive: Option<u32>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -381,6 +385,7 @@ impl Endpoint {
                     }
                     opts.fault_grace = Some(d)
                 }
+                "keepalive" => opts.keepalive = Some(parse_keepalive(v).map_err(bad)?),
                 "ttl" => {
                     opts.ttl = Some(
                         v.parse::<u32>()
@@ -413,7 +418,8 @@ impl Endpoint {
                 )
             }
             (Role::Input, Scheme::Udp) => allowed.extend(["group", "iface", "rcvbuf"]),
-            (Role::Input, Scheme::TcpListen) => allowed.extend(["allow", "rcvbuf"]),
+            (Role::Input, Scheme::TcpListen) => allowed.extend(["allow", "rcvbuf", "keepalive"]),
+            (Role::Input, Scheme::Tcp) => allowed.extend(["rcvbuf", "keepalive"]),
             (Role::Input, _) => allowed.extend(["rcvbuf"]),
             (Role::Output, Scheme::Udp) => {
                 allowed.extend(["ttl", "iface", "sndbuf", "on_slow", "max_backlog", "gso"])
@@ -428,7 +434,7 @@ impl Endpoint {
                     "on_fin",
                 ]);
                 if sc == Scheme::TcpListen {
-                    allowed.push("zerocopy");
+                    allowed.extend(["zerocopy", "keepalive"]);
                 }
             }
             (Role::Output, Scheme::File) => {
@@ -437,14 +443,14 @@ impl Endpoint {
             (Role::Output, _) => {
                 allowed.extend(["max_backlog", "on_slow", "on_fin", "sndbuf"]);
                 if sc == Scheme::Tcp {
-                    allowed.push("zerocopy");
+                    allowed.extend(["zerocopy", "keepalive"]);
                 }
             }
         }
         if sc == Scheme::UnixListen {
             allowed.retain(|k| *k != "allow");
         }
-        let set: [(&str, bool); 15] = [
+        let set: [(&str, bool); 16] = [
             ("group", o.group.is_some()),
             ("iface", o.iface.is_some()),
             ("rcvbuf", o.rcvbuf.is_some()),
@@ -460,6 +466,7 @@ impl Endpoint {
             ("ttl", o.ttl.is_some()),
             ("gso", o.gso.is_some()),
             ("zerocopy", o.zerocopy.is_some()),
+            ("keepalive", o.keepalive.is_some()),
         ];
         for (k, present) in set {
             if present && !allowed.contains(&k) {
@@ -519,6 +526,18 @@ impl Endpoint {
         }
     }
 
+    /// The keepalive its TCP connections get: `keepalive=`, or the default on `tcp://` and
+    /// `tcp-listen://`; none on other schemes or with `keepalive=off`.
+    pub fn keepalive(&self) -> Option<Keepalive> {
+        if !matches!(self.scheme, Scheme::Tcp | Scheme::TcpListen) {
+            return None;
+        }
+        match self.opts.keepalive.unwrap_or(DEFAULT_IDLE_SECS) {
+            0 => None,
+            idle => Some(Keepalive { idle }),
+        }
+    }
+
     /// The URL without options.
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme.name(), self.target)
@@ -574,6 +593,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(z) = o.zerocopy {
             write!(f, " zerocopy={}", if z { "on" } else { "off" })?;
+        }
+        if let Some(k) = o.keepalive {
+            write!(f, " keepalive={}", format_keepalive(k))?;
         }
         Ok(())
     }
@@ -703,6 +725,36 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_on_tcp_endpoints_only() {
+        for (url, role) in [
+            ("tcp-listen://h:1", Role::Input),
+            ("tcp://h:1", Role::Input),
+            ("tcp-listen://h:1", Role::Output),
+            ("tcp://h:1", Role::Output),
+        ] {
+            let e = Endpoint::parse_for(url, role).unwrap();
+            assert_eq!(e.keepalive(), Some(Keepalive { idle: 60 }), "{url}");
+            let e = Endpoint::parse_for(&format!("{url} keepalive=2s"), role).unwrap();
+            assert_eq!(e.keepalive(), Some(Keepalive { idle: 2 }), "{url}");
+            let e = Endpoint::parse_for(&format!("{url} keepalive=off"), role).unwrap();
+            assert_eq!(e.keepalive(), None, "{url}");
+            assert!(Endpoint::parse_for(&format!("{url} keepalive=bogus"), role).is_err());
+        }
+        for (url, role) in [
+            ("unix-listen:///x", Role::Input),
+            ("unix:///x", Role::Output),
+            ("udp://h:1", Role::Input),
+            ("udp://h:1", Role::Output),
+            ("file:///x", Role::Output),
+        ] {
+            let e = Endpoint::parse_for(url, role).unwrap();
+            assert_eq!(e.keepalive(), None, "{url}");
+            let with = format!("{url} keepalive=60s");
+            assert!(Endpoint::parse_for(&with, role).is_err(), "{with}");
+        }
+    }
+
+    #[test]
     fn cidr_edges() {
         let all = Cidr::parse("0.0.0.0/0").unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
@@ -722,6 +774,8 @@ mod tests {
             "file:///tmp/x.raw fault_grace=1500ms",
             "tcp://127.0.0.1:7000 on_slow=block on_fin=keep",
             "tcp://127.0.0.1:7000 zerocopy=on",
+            "tcp://127.0.0.1:7000 keepalive=90s",
+            "tcp-listen://127.0.0.1:7000 keepalive=off",
         ] {
             let e = Endpoint::parse(s).unwrap();
             assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);

@@ -6,12 +6,14 @@
 //! internally); only a connect in progress is non-blocking, and it is switched back once it
 //! completes.
 
+use crate::config::keepalive::{Keepalive, PROBES};
 use crate::config::url::{Endpoint, Target};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::time::Duration;
 
 /// Default receive buffer asked for on UDP inputs. A privileged daemon gets it whatever
 /// net.core.rmem_max says (SO_RCVBUFFORCE); otherwise the kernel caps it at rmem_max.
@@ -374,6 +376,18 @@ pub fn rcvbuf(fd: RawFd) -> u64 {
 pub fn set_sndbuf(fd: RawFd, n: u64) {
     let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
     let _ = s.set_send_buffer_size(n as usize);
+}
+
+/// Turns TCP keepalive on with `k`'s schedule, and a user timeout as long as it, so that
+/// data sent and never acknowledged fails the connection as soon as silence does.
+pub fn set_keepalive(fd: RawFd, k: Keepalive) -> io::Result<()> {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    let params = TcpKeepalive::new()
+        .with_time(Duration::from_secs(u64::from(k.idle)))
+        .with_interval(Duration::from_secs(u64::from(k.interval())))
+        .with_retries(PROBES);
+    s.set_tcp_keepalive(&params)?;
+    s.set_tcp_user_timeout(Some(k.dead_after()))
 }
 
 /// Takes ownership of a descriptor the kernel returned (accept).

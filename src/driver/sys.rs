@@ -9,6 +9,7 @@
 
 use super::net;
 use super::ring::RingSys;
+use crate::config::keepalive::Keepalive;
 use crate::config::url::{Endpoint, Scheme, Target};
 use crate::config::ChannelConfig;
 use crate::engine::buffers::BufId;
@@ -214,6 +215,12 @@ impl Sys for Kernel<'_> {
 
     fn rcvbuf(&mut self, fd: Fd) -> u64 {
         net::rcvbuf(fd)
+    }
+
+    fn set_keepalive(&mut self, fd: Fd, k: Keepalive) {
+        if let Err(e) = net::set_keepalive(fd, k) {
+            log::warn!("TCP keepalive on a connection: {e}; a peer that vanishes is noticed late");
+        }
     }
 
     fn set_nonblocking(&mut self, fd: Fd) -> io::Result<()> {

@@ -2,17 +2,27 @@
 //! connection accepted.
 //!
 //! Owns: the `allow=` lists, one producer at a time (or `producer = replace`), `max_clients`,
-//! the subscriber's hang-up watch from its first moment, and what an accept that fails says
-//! (EMFILE and its kind: the listener stays, the accept is re-armed by the tick).
+//! the keepalive of every accepted TCP connection, the subscriber's hang-up watch from its
+//! first moment, and what an accept that fails says (EMFILE and its kind: the listener stays,
+//! the accept is re-armed by the tick).
+//!
+//! `producer = replace`: a producer that passes `allow=` while another is connected closes the
+//! old one ([`super::links::close_ep`]) and becomes the input. The two streams never
+//! interleave: whatever the old producer's read in flight returns (it races the cancel) is
+//! delivered, and the newcomer's first read waits until that read has completed
+//! ([`Channel::replaced_reading`]). On a splicing channel the pipe keeps them apart the same
+//! way: one splice-in at a time, so the old producer's bytes already in the pipe (and those of
+//! its last splice) go out first, then the newcomer's.
 
 use super::channel::{Channel, Endpoint, Link, Role};
 use super::input::post_reads;
 use super::io::{Fd, Op};
-use super::links::watch_hangup;
+use super::links::{close_ep, keep_alive, watch_hangup};
 use super::outq::OutQueue;
 use super::splicing::splice_socket;
 use super::token::{OpKind, Token};
 use super::{errno_str, Cx};
+use crate::config::Producer;
 use log::{debug, info, warn};
 
 /// Arms an accept on a listening endpoint.
@@ -130,7 +140,8 @@ pub(crate) fn accepted(
                 cx.sys.close(fd);
                 return;
             }
-            if ch.input.is_some() {
+            let replacing = ch.input.filter(|_| ch.cfg.producer == Producer::Replace);
+            if ch.input.is_some() && replacing.is_none() {
                 ch.stats.refused += 1;
                 let cause = "producers refused (one is already connected)";
                 if cx.logs.admit(cx.now, &scope, cause, 1, log::Level::Warn) {
@@ -141,10 +152,26 @@ pub(crate) fn accepted(
                 cx.sys.close(fd);
                 return;
             }
+            if let Some(old) = replacing {
+                let (old_peer, gen, reading) = ch
+                    .ep(old)
+                    .map(|e| (e.peer.clone(), e.gen, !e.reading.is_empty()))
+                    .unwrap_or_default();
+                ch.stats.replaced += 1;
+                let cause = "producers replaced";
+                if cx.logs.admit(cx.now, &scope, cause, 20, log::Level::Info) {
+                    info!("{scope}: producer {old_peer} replaced by {peer}");
+                }
+                if reading {
+                    ch.replaced = Some((old, gen));
+                }
+                close_ep(cx, ch, ci, old);
+            }
             if ch.stats.bytes > 0 || ch.stats.reconnects > 0 || ch.input_faulted {
                 ch.stats.reconnects += 1;
             }
             ch.input_faulted = true;
+            keep_alive(cx, &ch.cfg.input, fd);
             splice_socket(cx, ch, fd);
             let mut ep = Endpoint::new(cx.gens.fresh(), Role::Input, fd, Link::Up);
             ep.peer = peer.clone();
@@ -179,6 +206,7 @@ pub(crate) fn accepted(
             if let Some(n) = o.cfg.endpoint.opts.sndbuf {
                 cx.sys.set_sndbuf(fd, n);
             }
+            keep_alive(cx, &o.cfg.endpoint, fd);
             let mut ep = Endpoint::new(cx.gens.fresh(), Role::Subscriber { out }, fd, Link::Up);
             let quota = super::channel::buffer_quota(buffer_count, channels, o.cfg.on_slow);
             ep.queue = Some(OutQueue::new(o.cfg.on_slow, o.cfg.max_backlog, quota));
@@ -265,6 +293,111 @@ mod tests {
         assert!(rig.subs_of(OpKind::Recv).is_empty());
         // Refused sockets are closed, never shut down (nothing was in flight on them).
         assert_eq!(rig.sys.shutdowns, []);
+    }
+
+    #[test]
+    fn a_new_producer_replaces_the_old_one_after_its_last_read() {
+        let conf = "[global]\nbuffer_size = 4KiB\nbuffer_count = 32\ndatagram_count = 0\n\
+            [channel a]\ninput = tcp-listen://127.0.0.1:5000 allow=10.0.0.0/8\n\
+            producer = replace\noutput = tcp-listen://127.0.0.1:6000\n";
+        let mut rig = Rig::new(conf);
+        let l = rig.fd(0, rig.chan(0).input_listener);
+        let old = connect(&mut rig, l, ip("10.0.0.1"));
+        let old_read = rig.subs_of(OpKind::Recv)[0].token;
+        let old_slot = rig.chan(0).input.unwrap();
+
+        // Outside allow=: refused, the connected producer stays.
+        let stranger = connect(&mut rig, l, ip("172.16.0.1"));
+        assert_eq!(rig.sys.closes, [stranger]);
+        assert_eq!(rig.chan(0).input, Some(old_slot));
+        assert_eq!(rig.chan(0).stats.replaced, 0);
+
+        let new = connect(&mut rig, l, ip("10.0.0.2"));
+        assert_eq!(rig.fd(0, rig.chan(0).input), new);
+        assert_eq!(rig.chan(0).stats.replaced, 1);
+        assert_eq!(rig.chan(0).stats.refused, 1);
+        // The old producer is shut down and its read cancelled; the newcomer reads only once
+        // that read has completed.
+        assert_eq!(rig.sys.shutdowns, [old]);
+        let cancels = rig.subs_of(OpKind::Cancel);
+        assert_eq!(cancels[0].op, Op::Cancel { target: old_read });
+        assert!(rig.subs_of(OpKind::Recv).is_empty());
+        rig.take();
+        rig.after_batch();
+        assert!(
+            rig.subs_of(OpKind::Recv).is_empty(),
+            "the old read is in flight"
+        );
+
+        // The old read raced its cancel and got 100 bytes: they are delivered, then its
+        // descriptor is closed and the newcomer's first read goes out.
+        rig.complete(old_read, 100);
+        assert_eq!(rig.chan(0).stats.bytes, 100);
+        assert_eq!(rig.sys.closes, [stranger, old]);
+        assert!(rig.chan(0).ep(old_slot).is_none_or(|e| e.fd != old));
+        rig.after_batch();
+        let reads = rig.subs_of(OpKind::Recv);
+        assert_eq!(reads.len(), 1);
+        assert!(matches!(reads[0].op, Op::ReadvStream { fd, .. } if fd == new));
+        assert_eq!(rig.chan(0).replaced, None);
+    }
+
+    #[test]
+    fn producer_refuse_is_the_default() {
+        let rig = Rig::new(CONF);
+        assert_eq!(rig.chan(0).cfg.producer, crate::config::Producer::Refuse);
+    }
+
+    #[test]
+    fn accepted_and_dialed_tcp_connections_get_keepalive() {
+        let conf = "[global]\nbuffer_size = 4KiB\nbuffer_count = 32\ndatagram_count = 0\n\
+            [channel a]\ninput = tcp-listen://127.0.0.1:5000 keepalive=2s\n\
+            output = tcp-listen://127.0.0.1:6000\n\
+            output = tcp-listen://127.0.0.1:6001 keepalive=off\n\
+            output = tcp://127.0.0.1:7000 keepalive=5m\n\
+            output = unix:///run/collector.sock\n\
+            [channel b]\ninput = tcp://127.0.0.1:5001\noutput = unix-listen:///run/b.sock\n\
+            [channel c]\ninput = unix-listen:///run/c.sock\noutput = udp://127.0.0.1:7001\n";
+        let mut rig = Rig::new(conf);
+        // Dialed at start: channel a's collectors (tcp 300 s, unix none), b's producer (60 s).
+        let dialed = rig.sys.keepalives.clone();
+        assert_eq!(dialed.len(), 2, "{dialed:?}");
+        assert_eq!(dialed.iter().map(|k| k.1).collect::<Vec<_>>(), [300, 60]);
+        let listener = |rig: &Rig, ci: usize, out: Option<usize>| match out {
+            None => rig.fd(ci, rig.chan(ci).input_listener),
+            Some(o) => rig.fd(ci, rig.chan(ci).outputs[o].listener),
+        };
+        let listeners = [
+            (0, None),
+            (0, Some(0)),
+            (0, Some(1)),
+            (1, Some(0)),
+            (2, None),
+        ];
+        let tokens: Vec<_> = listeners
+            .iter()
+            .map(|&(ci, out)| rig.accept_token(listener(&rig, ci, out)))
+            .collect();
+        let froms = [
+            ip("127.0.0.1"),
+            ip("127.0.0.1"),
+            ip("127.0.0.1"),
+            None,
+            None,
+        ];
+        let fds: Vec<i32> = tokens
+            .into_iter()
+            .zip(froms)
+            .map(|(tok, from)| rig.accept_from(tok, from))
+            .collect();
+        let [producer, sub, sub_off, unix_sub, unix_producer] = fds[..] else {
+            unreachable!()
+        };
+        let got = &rig.sys.keepalives[2..];
+        assert_eq!(got, [(producer, 2), (sub, 60)]);
+        for fd in [sub_off, unix_sub, unix_producer] {
+            assert!(rig.sys.keepalives.iter().all(|k| k.0 != fd));
+        }
     }
 
     #[test]

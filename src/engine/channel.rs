@@ -313,6 +313,9 @@ pub struct Channel {
     pub input_backoff: Backoff,
     pub input_retry_at: Option<Instant>,
     pub input_faulted: bool,
+    /// The producer a new one replaced (`producer = replace`), slot and generation, while its
+    /// last read may still be in flight (see [`Channel::replaced_reading`]).
+    pub replaced: Option<(u16, u32)>,
     /// An input fd bound at start, waiting to be activated.
     pub pending_input: Option<Fd>,
     pub pending_input_listener: Option<Fd>,
@@ -422,6 +425,7 @@ impl Channel {
             input_backoff: Backoff::new(seed),
             input_retry_at: None,
             input_faulted: false,
+            replaced: None,
             pending_input: bound.input,
             pending_input_listener: bound.input_listener,
             outputs,
@@ -515,6 +519,24 @@ impl Channel {
         for fd in pending.chain(outs) {
             sys.close(fd);
         }
+    }
+
+    /// Whether the read of a replaced producer is still in flight. The new producer's first
+    /// read waits for it: what that read returns is delivered (its bytes were read before the
+    /// switch, or raced the cancel), and only then do the newcomer's bytes follow, so the two
+    /// streams never interleave on the outputs.
+    pub fn replaced_reading(&mut self) -> bool {
+        let Some((slot, gen)) = self.replaced else {
+            return false;
+        };
+        if self
+            .ep(slot)
+            .is_some_and(|e| e.gen == gen && !e.reading.is_empty())
+        {
+            return true;
+        }
+        self.replaced = None;
+        false
     }
 
     /// Endpoints still open or closing.

@@ -38,6 +38,9 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         splice_in(cx, ch, ci);
         return;
     }
+    if ch.replaced_reading() {
+        return;
+    }
     let datagram = ch.input_is_datagram();
     if datagram && ch.input_draining && drain_datagrams(cx, ch, ci) {
         return;
@@ -289,9 +292,10 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             } else {
                 ch.stats.errors += 1;
                 warn!(
-                    "channel {}: input read failed: {}",
+                    "channel {}: producer {peer} lost: input read failed: {}{}",
                     ch.name(),
-                    errno_str(res)
+                    errno_str(res),
+                    timed_out_hint(res)
                 );
             }
             close_ep(cx, ch, ci_of(tok), slot);
@@ -416,6 +420,16 @@ pub(crate) fn on_recv_multi(cx: &mut Cx, ch: &mut Channel, tok: Token, c: Comple
     // Re-armed right away when buffers are back (they are recycled first), else by the
     // post_reads after the batch that releases one.
     post_reads(cx, ch, ci);
+}
+
+/// What a read that failed with ETIMEDOUT means on a stream input: the peer stopped answering
+/// the keepalive probes (or acknowledging what was sent to it).
+pub(crate) fn timed_out_hint(res: i32) -> &'static str {
+    if res == -libc::ETIMEDOUT {
+        " (no answer to keepalive probes: the producer vanished)"
+    } else {
+        ""
+    }
 }
 
 pub(crate) fn ci_of(tok: Token) -> u16 {

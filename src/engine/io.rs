@@ -16,6 +16,7 @@
 use super::buffers::BufId;
 use super::outq::Chunk;
 use super::token::Token;
+use crate::config::keepalive::Keepalive;
 use crate::config::url::Endpoint as UrlEndpoint;
 use crate::config::ChannelConfig;
 use std::io;
@@ -234,6 +235,10 @@ pub trait Sys {
     fn readable(&mut self, fd: Fd) -> bool;
     /// The receive buffer of an input socket, in bytes (what a SIGTERM drain reads at most).
     fn rcvbuf(&mut self, fd: Fd) -> u64;
+    /// Turns TCP keepalive on for a connected (or connecting) TCP socket, with the probe
+    /// schedule of `k` and a user timeout to match ([`crate::config::keepalive`]): a peer that
+    /// vanished makes the socket's next operation fail with ETIMEDOUT.
+    fn set_keepalive(&mut self, fd: Fd, k: Keepalive);
     fn set_nonblocking(&mut self, fd: Fd) -> io::Result<()>;
     /// A pipe of about `size` bytes.
     fn pipe(&mut self, size: u32) -> io::Result<Pipe>;

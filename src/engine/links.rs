@@ -13,14 +13,25 @@ use super::accept::arm_accept;
 use super::channel::{Channel, Endpoint, Link, Role};
 use super::fileout;
 use super::input::{grow_dry_ring, post_reads};
-use super::io::Op;
+use super::io::{Fd, Op};
 use super::output::kick;
 use super::splicing::splice_socket;
 use super::token::{OpKind, Token};
 use super::{errno_str, Cx};
-use crate::config::url::{OnFin, Scheme};
+use crate::config::url::{Endpoint as UrlEndpoint, OnFin, Scheme};
 use log::{debug, info, warn};
 use std::time::Instant;
+
+/// Turns TCP keepalive on for a connection of endpoint `url` (accepted or dialed), unless the
+/// endpoint is not TCP or says `keepalive=off`. A peer that vanishes then fails the
+/// connection's next read, splice, write or hang-up watch with ETIMEDOUT, which ends it as any
+/// other fault does: a producer frees its input, a subscriber its place, a collector is
+/// redialed.
+pub(crate) fn keep_alive(cx: &mut Cx, url: &UrlEndpoint, fd: Fd) {
+    if let Some(k) = url.keepalive() {
+        cx.sys.set_keepalive(fd, k);
+    }
+}
 
 /// Watches an output stream socket for its peer's FIN or reset (POLLRDHUP, one shot; POLLHUP
 /// and POLLERR are always reported). TCP cannot tell a half-close from a close until something
@@ -214,6 +225,7 @@ pub(crate) fn dial_input(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
             } else {
                 Link::Up
             };
+            keep_alive(cx, &ch.cfg.input, d.fd);
             let mut ep = Endpoint::new(cx.gens.fresh(), Role::Input, d.fd, link);
             ep.peer = ch.cfg.input.url();
             let slot = ch.insert(ep);
@@ -252,6 +264,7 @@ pub(crate) fn dial_output(cx: &mut Cx, ch: &mut Channel, ci: u16, oi: usize, now
     };
     match res {
         Ok((fd, in_progress)) => {
+            keep_alive(cx, &ch.outputs[oi].cfg.endpoint, fd);
             let link = if in_progress {
                 Link::Connecting
             } else {

@@ -214,9 +214,10 @@ pub(crate) fn on_splice_in(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) 
         } else {
             ch.stats.errors += 1;
             warn!(
-                "channel {}: input splice failed: {}",
+                "channel {}: producer {peer} lost: input splice failed: {}{}",
                 ch.name(),
-                errno_str(res)
+                errno_str(res),
+                super::input::timed_out_hint(res)
             );
         }
         close_ep(cx, ch, ci, slot);

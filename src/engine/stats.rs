@@ -18,6 +18,8 @@ pub struct InputStats {
     pub reconnects: u64,
     /// Producer connections refused (a producer was already connected, or `allow=`).
     pub refused: u64,
+    /// Producers closed because a new one replaced them (`producer = replace`).
+    pub replaced: u64,
     pub errors: u64,
     /// Times a multishot receive ended and was armed again (its buffer ring ran dry, -ENOBUFS,
     /// or the kernel ended it); 0 on the single-shot path.
@@ -54,7 +56,11 @@ impl fmt::Display for InputStats {
             self.refused,
             self.errors,
             self.rearms
-        )
+        )?;
+        if self.replaced > 0 {
+            write!(f, " replaced={}", self.replaced)?;
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use super::io::{
 };
 use super::token::{OpKind, Token};
 use super::{Engine, Io};
+use crate::config::keepalive::Keepalive;
 use crate::config::url::{Endpoint, Scheme};
 use crate::config::{ChannelConfig, Config};
 use std::io;
@@ -48,6 +49,8 @@ pub(crate) struct FakeSys {
     pub file_states: Vec<(Fd, FileState)>,
     /// Descriptors `file_state` was asked about, in order.
     pub file_checks: Vec<Fd>,
+    /// Keepalives turned on: (descriptor, idle seconds).
+    pub keepalives: Vec<(Fd, u32)>,
 }
 
 impl FakeSys {
@@ -66,6 +69,7 @@ impl FakeSys {
             rotate_fails: 0,
             file_states: Vec::new(),
             file_checks: Vec::new(),
+            keepalives: Vec::new(),
         }
     }
 
@@ -159,6 +163,10 @@ impl Sys for FakeSys {
 
     fn rcvbuf(&mut self, _fd: Fd) -> u64 {
         212_992
+    }
+
+    fn set_keepalive(&mut self, fd: Fd, k: Keepalive) {
+        self.keepalives.push((fd, k.idle));
     }
 
     fn set_nonblocking(&mut self, _fd: Fd) -> io::Result<()> {

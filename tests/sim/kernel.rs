@@ -83,6 +83,11 @@ pub struct Conn {
     pub closed: bool,
     /// The peer never reads (a stuck subscriber).
     pub stuck: bool,
+    /// The relay turned TCP keepalive on for it.
+    pub keepalive: bool,
+    /// The peer vanished without a FIN or a reset (power loss): what it sent before is still
+    /// read; then a read waits for good, unless keepalive ends it with ETIMEDOUT.
+    pub vanished: bool,
 }
 
 /// A descriptor's object.
@@ -592,7 +597,10 @@ impl Kernel {
             return true;
         };
         let c = &self.conns[ci];
-        if c.rx.is_empty() && !c.rx_eof && !c.rx_reset && !c.shut {
+        // Keepalive notices a vanished peer some time after its last byte.
+        let timed_out = c.vanished && c.keepalive && !c.shut && c.rx.is_empty();
+        let idle = c.rx.is_empty() && !c.rx_eof && !c.rx_reset && !c.shut;
+        if idle && !(timed_out && self.rng.chance(100)) {
             return false;
         }
         self.pending[i].executed = true;
@@ -600,6 +608,10 @@ impl Kernel {
         if c.rx_reset {
             c.rx.clear();
             self.queue(i, -libc::ECONNRESET, 0, true);
+            return true;
+        }
+        if timed_out {
+            self.queue(i, -libc::ETIMEDOUT, 0, true);
             return true;
         }
         if c.rx.is_empty() {
@@ -1101,6 +1113,13 @@ impl Sys for Kernel {
     fn rcvbuf(&mut self, _fd: Fd) -> u64 {
         // A few dozen of the simulation's datagrams: a drain that never ends is caught.
         16_384
+    }
+
+    fn set_keepalive(&mut self, fd: Fd, _k: ringrelay::config::keepalive::Keepalive) {
+        match self.stream(fd) {
+            Some(ci) => self.conns[ci].keepalive = true,
+            None => self.violation(format!("keepalive on fd {fd}: not a stream")),
+        }
     }
 
     fn set_nonblocking(&mut self, _fd: Fd) -> io::Result<()> {
