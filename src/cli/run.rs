@@ -3,10 +3,12 @@
 //! Owns: the command's arguments ([`RunArgs`]) and its start-up order: load or build the
 //! configuration, set up logging, check the user, take the pidfile, bind every channel
 //! (failing before detaching on a bad address), detach, start the loop
-//! ([`crate::driver::event_loop::Daemon`]), drop privileges, report ready, run.
+//! ([`crate::driver::event_loop::Daemon`]), drop privileges, report ready (to the waiting
+//! parent, and to systemd when `NOTIFY_SOCKET` is set), run.
 
 use crate::config::{self, LogDest};
 use crate::driver::event_loop::{bind_all, Daemon};
+use crate::ops::notify::Notifier;
 use crate::ops::{daemonize, logging};
 use argh::FromArgs;
 use log::{error, info};
@@ -94,6 +96,9 @@ pub fn run(a: RunArgs) -> i32 {
         eprintln!("ringrelay: {e}");
         return 1;
     }
+    // Read and removed from the environment now, while there is one thread; its problems are
+    // logged, never fatal.
+    let notifier = Notifier::from_env();
     if a.daemon && !asked_syslog {
         // A detached daemon's stderr is /dev/null: log to syslog, now or once it appears.
         match logging::init(&syslog_target, cfg.global.log_level) {
@@ -182,6 +187,9 @@ pub fn run(a: RunArgs) -> i32 {
         }
     }
     info!("ready: {n} channels");
+    // Before the parent exits: systemd learns the daemon's pid while its main process lives.
+    let mainpid = readiness.is_detached().then(std::process::id);
+    d.notify_ready(notifier, mainpid);
     readiness.ready();
     let code = d.run();
     drop(d);

@@ -1,6 +1,6 @@
 //! The loop: the one ring's completions fed to the engine, the engine's operations submitted to
 //! the ring, and what only the process can do: the timer, signals, reading the configuration
-//! file at SIGHUP, the counters region and the demo's monitor.
+//! file at SIGHUP, the counters region, the notifications to systemd and the demo's monitor.
 //!
 //! Owns: the start-up of a running relay (the ring built over the engine's pool, the engine
 //! started over the bound channels), and the order of each turn: wait, reap, hand every
@@ -20,6 +20,7 @@ use crate::engine::token::{OpKind, Token, DAEMON_CHANNEL};
 use crate::engine::{output_backlog, output_state};
 use crate::engine::{Engine, Io};
 use crate::ops::logging;
+use crate::ops::notify::{Notifier, Totals};
 use crate::ops::signals::Signals;
 use crate::shm::{ShmOptions, StatRow, StatsWriter};
 use log::{error, info, warn};
@@ -42,6 +43,8 @@ pub struct Daemon {
     started: Instant,
     last_stats_pub: Instant,
     last_monitor: Instant,
+    /// systemd's notification socket, when run by systemd (see [`Daemon::notify_ready`]).
+    notify: Option<Notifier>,
     /// Stop by itself at this instant (demo `--duration`).
     pub stop_at: Option<Instant>,
     pub monitor: Option<Monitor>,
@@ -163,6 +166,7 @@ impl Daemon {
             started: now,
             last_stats_pub: now,
             last_monitor: now,
+            notify: None,
             stop_at: None,
             monitor: None,
         };
@@ -182,6 +186,17 @@ impl Daemon {
         d.ring.push_signal_read(d.signals.fd());
         d.ring.submit().map_err(|e| format!("submit: {e}"))?;
         Ok(d)
+    }
+
+    /// Every channel is bound and the loop is about to run: tells systemd `READY=1` through
+    /// `notify` (with `MAINPID=mainpid` after a fork), which the loop then keeps informed
+    /// (reloads, shutdown, status, watchdog).
+    pub fn notify_ready(&mut self, notify: Option<Notifier>, mainpid: Option<u32>) {
+        self.notify = notify;
+        let (channels, totals) = totals(&self.engine);
+        if let Some(n) = self.notify.as_mut() {
+            n.ready(Instant::now(), mainpid, channels, totals);
+        }
     }
 
     /// The kernel's features and the paths chosen, as the start-up line reports them.
@@ -241,6 +256,9 @@ impl Daemon {
     fn on_signal(&mut self, res: i32) {
         let s = self.signals.take();
         if s.term {
+            if let Some(n) = self.notify.as_mut() {
+                n.stopping();
+            }
             with_io!(self, |engine, io| engine.terminate(io));
         }
         if s.hup {
@@ -273,6 +291,15 @@ impl Daemon {
                 w.publish(&stat_rows(&self.engine));
             }
         }
+        if let Some(n) = self.notify.as_mut() {
+            let (channels, totals) = totals(&self.engine);
+            n.tick(
+                now,
+                self.engine.config().global.stats_interval,
+                channels,
+                totals,
+            );
+        }
         if now.duration_since(self.last_monitor) >= Duration::from_secs(1) {
             self.last_monitor = now;
             let t = now.duration_since(self.started).as_secs_f64();
@@ -285,16 +312,28 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: re-read the file; an invalid file changes nothing. The logging target changes
-    /// here; the engine plans the rest.
+    /// SIGHUP: re-read the file, between `RELOADING=1` and `READY=1` to systemd (a refused
+    /// file, which changes nothing, ends the reload too). Ignored once a shutdown began.
     fn reload(&mut self) {
+        if self.engine.stopping() {
+            return;
+        }
+        if let Some(n) = self.notify.as_mut() {
+            n.reloading();
+        }
+        self.apply_reload();
+        if let Some(n) = self.notify.as_mut() {
+            n.reloaded();
+        }
+    }
+
+    /// The reload itself: an invalid file changes nothing. The logging target changes here;
+    /// the engine plans the rest.
+    fn apply_reload(&mut self) {
         let Some(path) = self.config_path.clone() else {
             warn!("reload: running without a config file (--input/--output): nothing to reload");
             return;
         };
-        if self.engine.stopping() {
-            return;
-        }
         let new = match config::load(&path) {
             Ok(c) => c,
             Err(errs) => {
@@ -332,6 +371,22 @@ impl Daemon {
         }
         with_io!(self, |engine, io| engine.reload(new, &path, io));
     }
+}
+
+/// The live channels and their counters summed, for systemd's status line.
+fn totals(engine: &Engine) -> (usize, Totals) {
+    let mut n = 0;
+    let mut t = Totals::default();
+    for ch in engine.channels().iter().flatten() {
+        n += 1;
+        t.in_bytes += ch.stats.bytes;
+        t.drops += ch.stats.drops;
+        for o in &ch.outputs {
+            t.out_bytes += o.stats.bytes;
+            t.drops += o.stats.drops;
+        }
+    }
+    (n, t)
 }
 
 /// One row per input and per output, for the counters region `ringrelay stat` reads.
