@@ -91,17 +91,38 @@ pub fn format_size(n: u64) -> String {
 
 /// Formats a duration the way the config file accepts it back.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
+    // Exact, in the largest unit that is: what `check` prints must parse to the same value.
+    let ns = d.as_nanos();
+    if ns % 1_000_000_000 == 0 {
+        format!("{}s", ns / 1_000_000_000)
+    } else if ns % 1_000_000 == 0 {
+        format!("{}ms", ns / 1_000_000)
+    } else if ns % 1000 == 0 {
+        format!("{}us", ns / 1000)
     } else {
-        format!("{ms}ms")
+        format!("{ns}ns")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_exactly_and_parse_back() {
+        for (text, shown) in [
+            ("454us", "454us"),
+            ("1500ms", "1500ms"),
+            ("2000ms", "2s"),
+            ("7ns", "7ns"),
+            ("3000us", "3ms"),
+            ("2m", "120s"),
+        ] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(format_duration(d), shown, "{text}");
+            assert_eq!(parse_duration(shown).unwrap(), d, "{text}");
+        }
+    }
 
     #[test]
     fn sizes() {
