@@ -37,6 +37,8 @@
 //! * [`config`]: the configuration file, URLs, sizes and sample formats, parsed and validated;
 //!   pure apart from reading the file.
 //! * [`shm`]: the shared-memory regions (layout, writer, reader, publisher, stats file).
+//! * [`metrics`]: what the relay reports about itself (a [`metrics::Snapshot`] of every
+//!   counter, written into the counters region) and its renderings: table, JSON, Prometheus.
 //! * [`ops`]: detaching as a daemon, logging, signals.
 //! * [`cli`]: one module per command: [`cli::run`] (start-up, then the driver's loop),
 //!   [`cli::check`], [`cli::gen`], [`cli::probe`], [`cli::demo`], [`cli::tail`], [`cli::stat`].
@@ -53,5 +55,6 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod metrics;
 pub mod ops;
 pub mod shm;

@@ -568,32 +568,34 @@ fn decimation_end_to_end(features: Features, plan: GenPlan) {
         }
     }
 
-    // `stat` shows the input bytes of the running daemon (the file is refreshed once a second).
-    let want = [
-        format!("\"bytes\":{},", want_bytes.len()),
-        format!("\"datagrams\":{},", want_dgrams.len()),
-    ];
+    // `stat` shows the input bytes of the running daemon (the region is refreshed every 100 ms).
+    let want = (want_bytes.len() as u64, want_dgrams.len() as u64);
     let mut last = String::new();
     if !wait_until(Duration::from_secs(15), || {
         last = stdout_of(
-            Command::new(bin()).args(["stat", "--shm-dir", shm.str(), "--json"]),
+            Command::new(bin()).args(["stat", "--shm-dir", shm.str(), "--format", "json"]),
             "ringrelay stat",
         );
-        CHANNELS.iter().all(|(name, ..)| {
-            stat_row(&last, name, "input").is_some_and(|r| want.iter().all(|w| r.contains(w)))
-        })
+        CHANNELS
+            .iter()
+            .all(|(name, ..)| stat_input(&last, name) == Some(want))
     }) {
-        panic!("ringrelay stat --json never showed {want:?} for every input; last output:\n{last}");
+        panic!("ringrelay stat --format json never showed {want:?} (bytes, datagrams) for every input; last output:\n{last}");
     }
     relay.stop();
 }
 
-/// The JSON object of one row of `ringrelay stat --json`, without its closing brace.
-fn stat_row<'a>(json: &'a str, label: &str, kind: &str) -> Option<&'a str> {
-    let key = format!("{{\"label\":\"{label}\",\"kind\":\"{kind}\"");
-    let at = json.find(&key)?;
-    let row = &json[at..];
-    Some(&row[..row.find('}')?])
+/// The input bytes and datagrams of channel `name` in `ringrelay stat --format json`.
+fn stat_input(json: &str, name: &str) -> Option<(u64, u64)> {
+    let doc: serde_json::Value = serde_json::from_str(json).ok()?;
+    let ch = doc["channels"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?;
+    Some((
+        ch["input"]["bytes"].as_u64()?,
+        ch["input"]["datagrams"].as_u64()?,
+    ))
 }
 
 /// A counter at full speed: exact values, and the i16 counter wraps (frame 32768) inside the run.

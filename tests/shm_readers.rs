@@ -285,24 +285,34 @@ fn restart_while_tail_follows() {
 fn stat_prints_the_daemon_counters() {
     let t = ShmDir::new("r");
     let mut w = StatsWriter::create(&opts(&t)).unwrap();
-    w.publish(&[StatRow {
-        label: "seismo".into(),
-        kind: "channel".into(),
-        state: "up".into(),
-        values: [1000, 10, 1, 0, 0, 0, 0, 3],
-    }]);
+    w.publish(&[
+        StatRow {
+            label: "seismo/udp://127.0.0.1:5000".into(),
+            kind: "input".into(),
+            state: "up".into(),
+            values: [1000, 10, 1, 0, 0, 0, 0, 0],
+        },
+        StatRow {
+            label: "seismo/tcp-listen://0.0.0.0:6000".into(),
+            kind: "output".into(),
+            state: "listening".into(),
+            values: [990, 9, 1, 0, 0, 0, 0, 3],
+        },
+    ]);
     let dir = t.str();
     let (code, out, err) = run(Command::new(BIN).args(["stat", "--shm-dir", dir, "--json"]));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\"label\":\"seismo\""), "{out}");
+    assert!(out.contains("\"name\":\"seismo\""), "{out}");
     assert!(out.contains("\"bytes\":1000"), "{out}");
+    assert!(out.contains("\"clients\":3"), "{out}");
     let (code, out, _) = run(Command::new(BIN).args(["stat", "--shm-dir", dir]));
     assert_eq!(code, 0);
-    assert!(out.lines().nth(1).unwrap().starts_with("seismo"), "{out}");
+    assert!(out.lines().nth(2).unwrap().starts_with("seismo"), "{out}");
     w.close();
     let (code, _, err) = run(Command::new(BIN).args(["stat", "--shm-dir", "/nonexistent-rr"]));
     assert_eq!(code, 1);
-    assert!(err.contains("no such region"), "{err}");
+    assert!(err.contains("no counters region"), "{err}");
+    assert!(err.contains("shm_dir = /nonexistent-rr"), "{err}");
 }
 
 /// Starts `cmd` (stdout and stderr piped, stdin piped when `go` is set), waits for its first

@@ -17,14 +17,17 @@ use crate::engine::buffers::BufferPool;
 use crate::engine::channel::Channel;
 use crate::engine::io::{Bound, Completion, Effects};
 use crate::engine::token::{OpKind, Token, DAEMON_CHANNEL};
-use crate::engine::{output_backlog, output_state};
 use crate::engine::{Engine, Io};
+use crate::metrics::Snapshot;
 use crate::ops::logging;
 use crate::ops::notify::{Notifier, Totals};
 use crate::ops::signals::Signals;
-use crate::shm::{ShmOptions, StatRow, StatsWriter};
+use crate::shm::{ShmOptions, StatsWriter};
 use log::{error, info, warn};
 use std::time::{Duration, Instant};
+
+/// How often the counters region is rewritten (at the next tick after this much time).
+const STATS_EVERY: Duration = Duration::from_millis(100);
 
 /// A hook the demo uses to show live throughput; called about once a second.
 pub type Monitor = Box<dyn FnMut(&[Option<Channel>], f64)>;
@@ -41,6 +44,8 @@ pub struct Daemon {
     shm_opts: ShmOptions,
     stats_writer: Option<StatsWriter>,
     started: Instant,
+    /// The start, in ns since the Unix epoch, for the counters region.
+    started_real_ns: i64,
     last_stats_pub: Instant,
     last_monitor: Instant,
     /// systemd's notification socket, when run by systemd (see [`Daemon::notify_ready`]).
@@ -164,6 +169,7 @@ impl Daemon {
             shm_opts,
             stats_writer: None,
             started: now,
+            started_real_ns: real_ns(),
             last_stats_pub: now,
             last_monitor: now,
             notify: None,
@@ -171,14 +177,16 @@ impl Daemon {
             monitor: None,
         };
         d.cq.reserve(d.engine.config().global.ring_entries as usize * 4);
-        if any_shm {
-            match StatsWriter::create(&d.shm_opts) {
-                Ok(w) => d.stats_writer = Some(w),
-                Err(e) => warn!(
-                    "cannot create the stats region in {}: {e}",
-                    d.shm_opts.dir.display()
-                ),
-            }
+        // The counters region is published whether or not a channel decimates. Without a
+        // decimating channel shm_dir is optional: a directory that cannot be made or is not
+        // trusted (`StatsWriter::create` applies the same rule) costs only `ringrelay stat`.
+        match StatsWriter::create(&d.shm_opts) {
+            Ok(w) => d.stats_writer = Some(w),
+            Err(e) => warn!(
+                "cannot create the counters region in {}: {e}; the relay runs without it \
+                 (ringrelay stat will find nothing)",
+                d.shm_opts.dir.display()
+            ),
         }
         with_io!(&mut d, |engine, io| engine.start(bound, io))?;
         info!("{}", d.engine.caps().summary());
@@ -196,6 +204,15 @@ impl Daemon {
         let (channels, totals) = totals(&self.engine);
         if let Some(n) = self.notify.as_mut() {
             n.ready(Instant::now(), mainpid, channels, totals);
+        }
+    }
+
+    /// Writes every counter into the counters region, if there is one.
+    fn publish_stats(&mut self) {
+        if let Some(w) = self.stats_writer.as_mut() {
+            w.publish(
+                &Snapshot::from_engine(&self.engine, self.started_real_ns, real_ns()).to_rows(),
+            );
         }
     }
 
@@ -247,6 +264,8 @@ impl Daemon {
         self.engine
             .log_counters(log::Level::Info, self.ring.in_flight());
         with_io!(self, |engine, io| engine.finish(io.sys));
+        // The last counters, for `ringrelay stat` after the daemon stopped.
+        self.publish_stats();
         if let Some(w) = self.stats_writer.take() {
             w.close();
         }
@@ -285,11 +304,9 @@ impl Daemon {
         }
         let in_flight = self.ring.in_flight();
         with_io!(self, |engine, io| engine.tick(io, in_flight));
-        if now.duration_since(self.last_stats_pub) >= Duration::from_secs(1) {
+        if now.duration_since(self.last_stats_pub) >= STATS_EVERY {
             self.last_stats_pub = now;
-            if let Some(w) = self.stats_writer.as_mut() {
-                w.publish(&stat_rows(&self.engine));
-            }
+            self.publish_stats();
         }
         if let Some(n) = self.notify.as_mut() {
             let (channels, totals) = totals(&self.engine);
@@ -389,52 +406,9 @@ fn totals(engine: &Engine) -> (usize, Totals) {
     (n, t)
 }
 
-/// One row per input and per output, for the counters region `ringrelay stat` reads.
-fn stat_rows(engine: &Engine) -> Vec<StatRow> {
-    let mut rows = Vec::new();
-    for ch in engine.channels().iter().flatten() {
-        let s = &ch.stats;
-        let state = if ch.input.is_some() {
-            "up"
-        } else if ch.input_listener.is_some() {
-            "listening"
-        } else {
-            "down"
-        };
-        rows.push(StatRow {
-            label: ch.name().to_string(),
-            kind: "input".into(),
-            state: state.into(),
-            values: [
-                s.bytes,
-                s.datagrams,
-                s.drops,
-                0,
-                s.reconnects,
-                s.errors + s.malformed,
-                0,
-                0,
-            ],
-        });
-        for o in &ch.outputs {
-            let (backlog, clients) = output_backlog(ch, o);
-            let o_s = &o.stats;
-            rows.push(StatRow {
-                label: format!("{}/{}", ch.name(), o.url()),
-                kind: "output".into(),
-                state: output_state(ch, o).into(),
-                values: [
-                    o_s.bytes,
-                    o_s.datagrams,
-                    o_s.drops,
-                    o_s.disconnects,
-                    o_s.reconnects,
-                    o_s.errors,
-                    backlog,
-                    clients,
-                ],
-            });
-        }
-    }
-    rows
+/// The wall clock in ns since the Unix epoch (0 if the clock is before it).
+fn real_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }

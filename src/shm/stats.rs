@@ -1,7 +1,8 @@
 //! The daemon-wide counters file `<shm_dir>/ringrelay.stats`, read by `ringrelay stat`.
 //!
-//! Owns: [`StatsWriter`] (the daemon publishes one [`StatRow`] per channel and per output about
-//! every 100 ms) and the fixed column set [`STAT_COLUMNS`]. Same protocol family as the sample
+//! Owns: [`StatsWriter`] (every running daemon publishes its rows about every 100 ms, whether
+//! or not a channel decimates; what each row kind holds is [`crate::metrics`]'s) and the fixed
+//! column set [`STAT_COLUMNS`]. Same protocol family as the sample
 //! regions: an identity block (magic `RRLYSTA\0`), a `state` word, and all rows under one
 //! seqlock so a reader always sees one consistent snapshot. Must never block or fail after
 //! creation: a publish with more rows than the file holds replaces the file with a larger one

@@ -1,0 +1,484 @@
+//! What the relay reports about itself: one [`Snapshot`] of the daemon, its buffer pool and every
+//! channel's input and outputs, and the ways it is shown.
+//!
+//! Owns: the snapshot types, their construction from a running [`Engine`]
+//! ([`Snapshot::from_engine`]), their encoding as rows of the counters region
+//! `<shm_dir>/ringrelay.stats` ([`Snapshot::to_rows`], [`Snapshot::from_rows`]), and the renderers:
+//! [`json`] (`ringrelay stat --format json`), [`prometheus`] (the text exposition format, for
+//! `stat --format prometheus` and any HTTP endpoint serving it) and [`table`] (the plain and the
+//! `--watch` tables). Renderers are pure functions from a snapshot to text: no I/O, no clock.
+//!
+//! # Rows of the counters region
+//!
+//! The region has fixed columns ([`crate::shm::STAT_COLUMNS`]); a row's `kind` says how its
+//! values read:
+//!
+//! | kind | label | state | values |
+//! |---|---|---|---|
+//! | `daemon` | `ringrelay <version>` | `running`, `stopping` | start time (ns since the epoch), then zeros |
+//! | `pool` | buffer class (`large`, `small`) | empty | in use, total, bytes per buffer, then zeros |
+//! | `input` | `<channel>/<input url>` | `up`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, 0, 0 |
+//! | `output` | `<channel>/<output url>` | see `engine::output_state` | the columns as named |
+//!
+//! An input row starts its channel: the output rows after it belong to it. Labels are cut to
+//! 63 bytes, so a long URL may be shortened.
+
+pub mod json;
+pub mod prometheus;
+pub mod table;
+
+use crate::engine::buffers::Class;
+use crate::engine::{output_backlog, output_state, Engine};
+use crate::shm::{StatRow, StatsSnapshot};
+
+/// The daemon as a whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    /// The relay's version (`CARGO_PKG_VERSION`); empty when the source does not say.
+    pub version: String,
+    /// When the daemon started, in ns since the Unix epoch, if known.
+    pub started_real_ns: Option<i64>,
+    /// When these values were taken, in ns since the Unix epoch.
+    pub updated_real_ns: i64,
+    /// `running`, `stopping` (draining after SIGTERM) or `stopped` (these are its last values).
+    pub state: String,
+    /// Buffer classes of the pool; empty when the source does not say.
+    pub pool: Vec<PoolClass>,
+}
+
+/// One class of the buffer pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolClass {
+    /// `large` (stream reads) or `small` (datagram receives).
+    pub class: String,
+    pub buffer_bytes: u64,
+    pub in_use: u64,
+    pub total: u64,
+}
+
+/// A channel's input counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InputMetrics {
+    pub url: String,
+    /// `up`, `listening` or `down`.
+    pub state: String,
+    pub bytes: u64,
+    pub datagrams: u64,
+    pub drops: u64,
+    pub malformed: u64,
+    pub reconnects: u64,
+    pub errors: u64,
+}
+
+impl InputMetrics {
+    /// Receiving: a bound datagram socket or a connected producer.
+    pub fn up(&self) -> bool {
+        self.state == "up"
+    }
+}
+
+/// One output's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutputMetrics {
+    pub url: String,
+    pub state: String,
+    pub bytes: u64,
+    pub datagrams: u64,
+    pub drops: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub errors: u64,
+    /// Bytes queued (all subscribers' queues for a listening output).
+    pub backlog: u64,
+    /// Subscribers connected (0 for a pushed output).
+    pub clients: u64,
+}
+
+impl OutputMetrics {
+    /// Delivering: a connected link, or a listening socket taking subscribers.
+    pub fn up(&self) -> bool {
+        self.state == "up" || self.state == "listening"
+    }
+}
+
+/// A channel: its input and outputs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelMetrics {
+    pub name: String,
+    pub input: InputMetrics,
+    pub outputs: Vec<OutputMetrics>,
+}
+
+/// Everything the relay reports at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub daemon: DaemonInfo,
+    pub channels: Vec<ChannelMetrics>,
+}
+
+/// The relay's version as reported.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+impl Snapshot {
+    /// The running engine's counters. `started_real_ns` and `now_real_ns` come from the caller
+    /// (the engine reads no clock).
+    pub fn from_engine(engine: &Engine, started_real_ns: i64, now_real_ns: i64) -> Snapshot {
+        let pool = engine.pool();
+        let pool = [(Class::Large, "large"), (Class::Small, "small")]
+            .into_iter()
+            .map(|(c, name)| {
+                let (free, total) = pool.free_of(c);
+                PoolClass {
+                    class: name.into(),
+                    buffer_bytes: u64::from(pool.class_size(c)),
+                    in_use: (total - free) as u64,
+                    total: total as u64,
+                }
+            })
+            .filter(|c| c.total > 0)
+            .collect();
+        let channels = engine
+            .channels()
+            .iter()
+            .flatten()
+            .map(|ch| {
+                let s = &ch.stats;
+                let state = if ch.input.is_some() {
+                    "up"
+                } else if ch.input_listener.is_some() {
+                    "listening"
+                } else {
+                    "down"
+                };
+                ChannelMetrics {
+                    name: ch.name().to_string(),
+                    input: InputMetrics {
+                        url: ch.cfg.input.url(),
+                        state: state.into(),
+                        bytes: s.bytes,
+                        datagrams: s.datagrams,
+                        drops: s.drops,
+                        malformed: s.malformed,
+                        reconnects: s.reconnects,
+                        errors: s.errors,
+                    },
+                    outputs: ch
+                        .outputs
+                        .iter()
+                        .map(|o| {
+                            let (backlog, clients) = output_backlog(ch, o);
+                            let st = &o.stats;
+                            OutputMetrics {
+                                url: o.url(),
+                                state: output_state(ch, o).into(),
+                                bytes: st.bytes,
+                                datagrams: st.datagrams,
+                                drops: st.drops,
+                                disconnects: st.disconnects,
+                                reconnects: st.reconnects,
+                                errors: st.errors,
+                                backlog,
+                                clients,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Snapshot {
+            daemon: DaemonInfo {
+                pid: std::process::id(),
+                version: VERSION.into(),
+                started_real_ns: Some(started_real_ns),
+                updated_real_ns: now_real_ns,
+                state: if engine.stopping() {
+                    "stopping"
+                } else {
+                    "running"
+                }
+                .into(),
+                pool,
+            },
+            channels,
+        }
+    }
+
+    /// The rows of the counters region (see the module docs).
+    pub fn to_rows(&self) -> Vec<StatRow> {
+        let d = &self.daemon;
+        let mut rows = vec![StatRow {
+            label: format!("ringrelay {}", d.version),
+            kind: "daemon".into(),
+            state: d.state.clone(),
+            values: [d.started_real_ns.unwrap_or(0) as u64, 0, 0, 0, 0, 0, 0, 0],
+        }];
+        for c in &d.pool {
+            rows.push(StatRow {
+                label: c.class.clone(),
+                kind: "pool".into(),
+                state: String::new(),
+                values: [c.in_use, c.total, c.buffer_bytes, 0, 0, 0, 0, 0],
+            });
+        }
+        for ch in &self.channels {
+            let i = &ch.input;
+            rows.push(StatRow {
+                label: format!("{}/{}", ch.name, i.url),
+                kind: "input".into(),
+                state: i.state.clone(),
+                values: [
+                    i.bytes,
+                    i.datagrams,
+                    i.drops,
+                    i.malformed,
+                    i.reconnects,
+                    i.errors,
+                    0,
+                    0,
+                ],
+            });
+            for o in &ch.outputs {
+                rows.push(StatRow {
+                    label: format!("{}/{}", ch.name, o.url),
+                    kind: "output".into(),
+                    state: o.state.clone(),
+                    values: [
+                        o.bytes,
+                        o.datagrams,
+                        o.drops,
+                        o.disconnects,
+                        o.reconnects,
+                        o.errors,
+                        o.backlog,
+                        o.clients,
+                    ],
+                });
+            }
+        }
+        rows
+    }
+
+    /// The snapshot a reader of the counters region sees. Rows of unknown kinds are skipped, and
+    /// output rows before any input row too.
+    pub fn from_rows(s: &StatsSnapshot) -> Snapshot {
+        let mut snap = Snapshot {
+            daemon: DaemonInfo {
+                pid: s.writer_pid,
+                updated_real_ns: s.updated_real_ns,
+                state: if s.stopped { "stopped" } else { "running" }.into(),
+                ..DaemonInfo::default()
+            },
+            channels: Vec::new(),
+        };
+        for r in &s.rows {
+            let v = &r.values;
+            match r.kind.as_str() {
+                "daemon" => {
+                    snap.daemon.version = r
+                        .label
+                        .strip_prefix("ringrelay ")
+                        .unwrap_or(&r.label)
+                        .to_string();
+                    snap.daemon.started_real_ns = (v[0] > 0).then_some(v[0] as i64);
+                    if !s.stopped && !r.state.is_empty() {
+                        snap.daemon.state = r.state.clone();
+                    }
+                }
+                "pool" => snap.daemon.pool.push(PoolClass {
+                    class: r.label.clone(),
+                    in_use: v[0],
+                    total: v[1],
+                    buffer_bytes: v[2],
+                }),
+                "input" => {
+                    let (name, url) = split_label(&r.label);
+                    snap.channels.push(ChannelMetrics {
+                        name: name.into(),
+                        input: InputMetrics {
+                            url: url.into(),
+                            state: r.state.clone(),
+                            bytes: v[0],
+                            datagrams: v[1],
+                            drops: v[2],
+                            malformed: v[3],
+                            reconnects: v[4],
+                            errors: v[5],
+                        },
+                        outputs: Vec::new(),
+                    });
+                }
+                "output" => {
+                    let Some(ch) = snap.channels.last_mut() else {
+                        continue;
+                    };
+                    let (_, url) = split_label(&r.label);
+                    ch.outputs.push(OutputMetrics {
+                        url: url.into(),
+                        state: r.state.clone(),
+                        bytes: v[0],
+                        datagrams: v[1],
+                        drops: v[2],
+                        disconnects: v[3],
+                        reconnects: v[4],
+                        errors: v[5],
+                        backlog: v[6],
+                        clients: v[7],
+                    });
+                }
+                _ => {}
+            }
+        }
+        snap
+    }
+
+    /// Buffers in use and in all, over every class; `None` when the source does not say.
+    pub fn pool_totals(&self) -> Option<(u64, u64)> {
+        let p = &self.daemon.pool;
+        (!p.is_empty()).then(|| {
+            (
+                p.iter().map(|c| c.in_use).sum(),
+                p.iter().map(|c| c.total).sum(),
+            )
+        })
+    }
+}
+
+/// `channel/url` split at the first `/` (channel names never hold one).
+fn split_label(l: &str) -> (&str, &str) {
+    l.split_once('/').unwrap_or((l, ""))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A daemon with a pool, one channel with two outputs (one with a quote in its URL).
+    pub fn sample() -> Snapshot {
+        Snapshot {
+            daemon: DaemonInfo {
+                pid: 42,
+                version: "1.2.3".into(),
+                started_real_ns: Some(1_700_000_000_500_000_000),
+                updated_real_ns: 1_700_000_001_000_000_000,
+                state: "running".into(),
+                pool: vec![
+                    PoolClass {
+                        class: "large".into(),
+                        buffer_bytes: 65536,
+                        in_use: 3,
+                        total: 64,
+                    },
+                    PoolClass {
+                        class: "small".into(),
+                        buffer_bytes: 2048,
+                        in_use: 10,
+                        total: 256,
+                    },
+                ],
+            },
+            channels: vec![ChannelMetrics {
+                name: "seismo".into(),
+                input: InputMetrics {
+                    url: "udp://127.0.0.1:5000".into(),
+                    state: "up".into(),
+                    bytes: 1000,
+                    datagrams: 10,
+                    drops: 1,
+                    malformed: 2,
+                    reconnects: 0,
+                    errors: 3,
+                },
+                outputs: vec![
+                    OutputMetrics {
+                        url: "tcp-listen://0.0.0.0:6000".into(),
+                        state: "listening".into(),
+                        bytes: 900,
+                        datagrams: 9,
+                        drops: 1,
+                        disconnects: 4,
+                        reconnects: 5,
+                        errors: 6,
+                        backlog: 77,
+                        clients: 2,
+                    },
+                    OutputMetrics {
+                        url: "unix:///tmp/a\"b\\c".into(),
+                        state: "down".into(),
+                        ..OutputMetrics::default()
+                    },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        let s = sample();
+        let rows = s.to_rows();
+        assert_eq!(rows.len(), 1 + 2 + 1 + 2);
+        assert_eq!(rows[3].label, "seismo/udp://127.0.0.1:5000");
+        assert_eq!(rows[3].values[3], 2, "malformed in the fourth column");
+        let read = StatsSnapshot {
+            columns: crate::shm::STAT_COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            rows: rows
+                .iter()
+                .map(|r| crate::shm::reader::StatsRowRead {
+                    label: r.label.clone(),
+                    kind: r.kind.clone(),
+                    state: r.state.clone(),
+                    values: r.values,
+                })
+                .collect(),
+            updated_real_ns: s.daemon.updated_real_ns,
+            writer_pid: 42,
+            stopped: false,
+        };
+        assert_eq!(Snapshot::from_rows(&read), s);
+        assert_eq!(s.pool_totals(), Some((13, 320)));
+        let mut stopping = s.clone();
+        stopping.daemon.state = "stopping".into();
+        let rows = stopping.to_rows();
+        assert_eq!(
+            (rows[0].label.as_str(), rows[0].state.as_str()),
+            ("ringrelay 1.2.3", "stopping")
+        );
+    }
+
+    #[test]
+    fn outputs_before_any_input_and_unknown_kinds_are_skipped() {
+        let row = |kind: &str, label: &str| crate::shm::reader::StatsRowRead {
+            label: label.into(),
+            kind: kind.into(),
+            state: "up".into(),
+            values: [1; 8],
+        };
+        let read = StatsSnapshot {
+            columns: Vec::new(),
+            rows: vec![
+                row("output", "x/udp://a"),
+                row("channel", "y"),
+                row("input", "z"),
+            ],
+            updated_real_ns: 0,
+            writer_pid: 1,
+            stopped: true,
+        };
+        let s = Snapshot::from_rows(&read);
+        assert_eq!(s.channels.len(), 1);
+        assert_eq!(
+            (
+                s.channels[0].name.as_str(),
+                s.channels[0].input.url.as_str()
+            ),
+            ("z", "")
+        );
+        assert!(s.channels[0].outputs.is_empty());
+        assert_eq!(s.daemon.started_real_ns, None);
+        assert_eq!(s.pool_totals(), None);
+        assert_eq!(s.daemon.state, "stopped");
+    }
+}

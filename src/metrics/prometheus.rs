@@ -1,0 +1,305 @@
+//! A [`Snapshot`] in the Prometheus text exposition format, version 0.0.4
+//! (`ringrelay stat --format prometheus`, and the body any `/metrics` endpoint serves with
+//! `Content-Type: text/plain; version=0.0.4`).
+//!
+//! Owns: the metric names and their labels, a stable interface listed in ringrelay(8). Every
+//! family is written whole (`# HELP`, `# TYPE`, then its samples) and only once; label values are
+//! escaped as the format says (backslash, double quote, newline). Pure: snapshot in, text out.
+
+use super::Snapshot;
+use std::fmt::Write;
+
+/// A label value, escaped for the text format: `\` → `\\`, `"` → `\"`, newline → `\n`.
+pub fn escape_label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// HELP text, escaped for the format: `\` → `\\`, newline → `\n`.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// One metric family being written.
+struct Family<'o> {
+    out: &'o mut String,
+    name: &'static str,
+}
+
+impl<'o> Family<'o> {
+    fn new(out: &'o mut String, name: &'static str, kind: &str, help: &str) -> Family<'o> {
+        let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+type InputField = fn(&super::InputMetrics) -> u64;
+type OutputField = fn(&super::OutputMetrics) -> u64;
+
+/// The families, in a fixed order. `up` gauges are 0 once the daemon stopped.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let live = s.daemon.state != "stopped";
+    {
+        let mut f = Family::new(
+            &mut o,
+            "ringrelay_up",
+            "gauge",
+            "1 while the daemon that wrote these values runs, 0 once it stopped.",
+        );
+        f.sample(&[], u8::from(live));
+    }
+    if let Some(t) = s.daemon.started_real_ns {
+        let mut f = Family::new(
+            &mut o,
+            "ringrelay_start_time_seconds",
+            "gauge",
+            "When the daemon started, in seconds since the Unix epoch.",
+        );
+        f.sample(
+            &[],
+            format_args!(
+                "{}.{:09}",
+                t.div_euclid(1_000_000_000),
+                t.rem_euclid(1_000_000_000)
+            ),
+        );
+    }
+    let inputs: [(&'static str, &str, &str, InputField); 6] = [
+        (
+            "ringrelay_input_bytes_total",
+            "counter",
+            "Bytes received by the channel's input.",
+            |i| i.bytes,
+        ),
+        (
+            "ringrelay_input_datagrams_total",
+            "counter",
+            "Datagrams (or stream reads) received by the channel's input.",
+            |i| i.datagrams,
+        ),
+        (
+            "ringrelay_input_drops_total",
+            "counter",
+            "Chunks dropped at the input: a block output was full or the pool was empty.",
+            |i| i.drops,
+        ),
+        (
+            "ringrelay_input_malformed_total",
+            "counter",
+            "Datagrams dropped as malformed: empty, or larger than a buffer.",
+            |i| i.malformed,
+        ),
+        (
+            "ringrelay_input_reconnects_total",
+            "counter",
+            "Producer connections after the first.",
+            |i| i.reconnects,
+        ),
+        (
+            "ringrelay_input_errors_total",
+            "counter",
+            "Input faults: refused producers, receive errors.",
+            |i| i.errors,
+        ),
+    ];
+    for (name, kind, help, get) in inputs {
+        let mut f = Family::new(&mut o, name, kind, help);
+        for ch in &s.channels {
+            f.sample(&[("channel", &ch.name)], get(&ch.input));
+        }
+    }
+    {
+        let mut f = Family::new(
+            &mut o,
+            "ringrelay_input_up",
+            "gauge",
+            "1 while the input receives (a bound datagram socket or a connected producer).",
+        );
+        for ch in &s.channels {
+            f.sample(&[("channel", &ch.name)], u8::from(live && ch.input.up()));
+        }
+    }
+    let outputs: [(&'static str, &str, &str, OutputField); 8] = [
+        (
+            "ringrelay_output_bytes_total",
+            "counter",
+            "Bytes delivered by the output.",
+            |x| x.bytes,
+        ),
+        (
+            "ringrelay_output_datagrams_total",
+            "counter",
+            "Datagrams (or chunks) delivered by the output.",
+            |x| x.datagrams,
+        ),
+        (
+            "ringrelay_output_drops_total",
+            "counter",
+            "Chunks not delivered: on_slow = drop, output down, send errors.",
+            |x| x.drops,
+        ),
+        (
+            "ringrelay_output_disconnects_total",
+            "counter",
+            "Subscribers disconnected for being slow.",
+            |x| x.disconnects,
+        ),
+        (
+            "ringrelay_output_reconnects_total",
+            "counter",
+            "Connects of a pushed output, or subscribers accepted.",
+            |x| x.reconnects,
+        ),
+        (
+            "ringrelay_output_errors_total",
+            "counter",
+            "Output faults: send errors, refused subscribers, failed connects.",
+            |x| x.errors,
+        ),
+        (
+            "ringrelay_output_backlog_bytes",
+            "gauge",
+            "Bytes queued for the output (all its subscribers).",
+            |x| x.backlog,
+        ),
+        (
+            "ringrelay_output_clients",
+            "gauge",
+            "Subscribers connected to a listening output.",
+            |x| x.clients,
+        ),
+    ];
+    for (name, kind, help, get) in outputs {
+        let mut f = Family::new(&mut o, name, kind, help);
+        for ch in &s.channels {
+            for out in &ch.outputs {
+                f.sample(&[("channel", &ch.name), ("output", &out.url)], get(out));
+            }
+        }
+    }
+    {
+        let mut f = Family::new(
+            &mut o,
+            "ringrelay_output_up",
+            "gauge",
+            "1 while the output delivers (a connected link, or a socket listening for subscribers).",
+        );
+        for ch in &s.channels {
+            for out in &ch.outputs {
+                f.sample(
+                    &[("channel", &ch.name), ("output", &out.url)],
+                    u8::from(live && out.up()),
+                );
+            }
+        }
+    }
+    if !s.daemon.pool.is_empty() {
+        let mut f = Family::new(
+            &mut o,
+            "ringrelay_pool_buffers",
+            "gauge",
+            "Buffers of the pool by class, in use or free.",
+        );
+        for c in &s.daemon.pool {
+            f.sample(&[("class", &c.class), ("state", "in_use")], c.in_use);
+            f.sample(
+                &[("class", &c.class), ("state", "free")],
+                c.total.saturating_sub(c.in_use),
+            );
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::tests::sample;
+
+    #[test]
+    fn label_escapes() {
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(escape_help("x\\y\nz\"q"), "x\\\\y\\nz\"q");
+    }
+
+    #[test]
+    fn families_and_samples() {
+        let t = render(&sample());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "# HELP ringrelay_up 1 while the daemon that wrote these values runs, 0 once it stopped.");
+        assert_eq!(lines[1], "# TYPE ringrelay_up gauge");
+        assert_eq!(lines[2], "ringrelay_up 1");
+        for want in [
+            "ringrelay_start_time_seconds 1700000000.500000000",
+            "# TYPE ringrelay_input_bytes_total counter",
+            "ringrelay_input_bytes_total{channel=\"seismo\"} 1000",
+            "ringrelay_input_malformed_total{channel=\"seismo\"} 2",
+            "ringrelay_input_up{channel=\"seismo\"} 1",
+            "# TYPE ringrelay_output_backlog_bytes gauge",
+            "ringrelay_output_backlog_bytes{channel=\"seismo\",output=\"tcp-listen://0.0.0.0:6000\"} 77",
+            "ringrelay_output_clients{channel=\"seismo\",output=\"tcp-listen://0.0.0.0:6000\"} 2",
+            "ringrelay_output_up{channel=\"seismo\",output=\"tcp-listen://0.0.0.0:6000\"} 1",
+            "ringrelay_output_up{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 0",
+            "ringrelay_pool_buffers{class=\"large\",state=\"in_use\"} 3",
+            "ringrelay_pool_buffers{class=\"small\",state=\"free\"} 246",
+        ] {
+            assert!(lines.contains(&want), "missing {want:?} in\n{t}");
+        }
+        // Every family announced once, with HELP right before TYPE, and every sample after its
+        // family's TYPE.
+        let mut seen = std::collections::HashSet::new();
+        let mut current = "";
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(lines[i - 1].starts_with(&format!("# HELP {name} ")));
+                assert!(seen.insert(name.to_string()), "{name} twice");
+                current = name;
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "{l}");
+            }
+        }
+        assert!(t.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_stopped_daemon_is_down() {
+        let mut s = sample();
+        s.daemon.state = "stopped".into();
+        s.daemon.pool.clear();
+        s.daemon.started_real_ns = None;
+        let t = render(&s);
+        assert!(t.contains("\nringrelay_up 0\n"));
+        assert!(t.contains("ringrelay_input_up{channel=\"seismo\"} 0\n"));
+        assert!(!t.contains("ringrelay_pool_buffers"));
+        assert!(!t.contains("ringrelay_start_time_seconds"));
+        // Counters stay as they were.
+        assert!(t.contains("ringrelay_input_bytes_total{channel=\"seismo\"} 1000\n"));
+    }
+}
