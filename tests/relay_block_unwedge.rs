@@ -129,38 +129,10 @@ fn connect_non_reader(addr: SocketAddr) -> Socket {
     }
 }
 
-/// The `backlog=` and `clients=` of the latest counters line for output `url`, after a
-/// SIGUSR1 asks for a fresh one.
+/// The `backlog=` and `clients=` of a fresh counters line for output `url`.
 fn output_counters(relay: &Relay, url: &str) -> (u64, u64) {
-    let prefix = format!("output {url} ");
-    let count = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("counters: ") && l.contains(&prefix))
-            .count()
-    };
-    let before = count(&relay.log());
-    relay.signal(nix::sys::signal::Signal::SIGUSR1);
-    wait_for(
-        "a counters line after SIGUSR1",
-        Duration::from_secs(10),
-        || count(&relay.log()) > before,
-    );
-    let log = relay.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("counters: ") && l.contains(&prefix))
-        .unwrap()
-        .to_string();
-    let field = |name: &str| -> u64 {
-        let v = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in counters line: {line}"));
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}{v} is not a number in: {line}"))
-    };
-    (field("backlog="), field("clients="))
+    let line = output_counters_line(relay, url);
+    (counter_in(&line, "backlog"), counter_in(&line, "clients"))
 }
 
 /// Subscriber A never reads until the `block` output's backlog fills and the relay stops

@@ -22,30 +22,9 @@ in_both_feature_sets!(
     refusal_flood_is_summed_up,
 );
 
-/// The `clients=` of the latest counters line for output `url`, after SIGUSR1 asks for one.
+/// The `clients=` of a fresh counters line for output `url`.
 fn clients(relay: &Relay, url: &str) -> u64 {
-    let prefix = format!("output {url} ");
-    let count = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("counters: ") && l.contains(&prefix))
-            .count()
-    };
-    let before = count(&relay.log());
-    relay.signal(nix::sys::signal::Signal::SIGUSR1);
-    wait_for("a counters line after SIGUSR1", READY_TIMEOUT, || {
-        count(&relay.log()) > before
-    });
-    let log = relay.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("counters: ") && l.contains(&prefix))
-        .unwrap()
-        .to_string();
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("clients="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no clients= in counters line: {line}"))
+    output_counter(relay, url, "clients")
 }
 
 /// Waits until output `url` counts `want` clients.

@@ -17,6 +17,10 @@
 //! Every wait has a deadline and panics with what it was waiting for.
 #![allow(dead_code)]
 
+pub mod counters;
+#[allow(unused_imports)]
+pub use counters::{counter_in, output_counter, output_counters_line};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
