@@ -165,6 +165,9 @@ stage_sqpoll() {
 # TCP fan-out: a TCP producer to a subscriber that keeps up, one that stalls (its nc writes into
 # a pipe nobody reads; it has its own output with a small max_backlog) and a file. The stalled
 # one is disconnected; the other and the file get every byte, in order.
+# The subscribers are busybox nc run in the background: their standard input is at end of file,
+# so they half-close at once and go on reading, which a subscriber's FIN means only with
+# on_fin=keep (by default a FIN is taken as the subscriber leaving, and releases it).
 stage_tcp() {
   d=$T/tcp; mkdir -p $d
   cat > $d/conf <<EOC
@@ -173,8 +176,8 @@ buffer_count = 64
 shm_dir = $d/shm
 [channel t]
 input = tcp-listen://127.0.0.1:5200
-output = tcp-listen://127.0.0.1:6200
-output = tcp-listen://127.0.0.1:6201 max_backlog=64KiB
+output = tcp-listen://127.0.0.1:6200 on_fin=keep
+output = tcp-listen://127.0.0.1:6201 max_backlog=64KiB on_fin=keep
 output = file://$d/ref.raw
 EOC
   ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
