@@ -33,6 +33,7 @@ mod input;
 pub mod io;
 mod links;
 pub mod loglimit;
+pub mod mqtt;
 mod output;
 pub mod outq;
 mod reload;
