@@ -40,6 +40,7 @@ mod reload;
 pub mod rings;
 pub mod splice;
 mod splicing;
+pub mod spoolfmt;
 mod start;
 pub mod stats;
 #[cfg(test)]
