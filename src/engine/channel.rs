@@ -341,6 +341,8 @@ pub struct Channel {
     /// whole daemon shuts down, which keeps its own deadline).
     pub drain_deadline: Option<Instant>,
     pub stats: InputStats,
+    /// The input's idle watchdog (`idle_timeout=`).
+    pub watchdog: super::idle::Watchdog,
     pub publisher: Option<Box<dyn Publish>>,
     /// The pipe, when this channel splices instead of reading into the pool.
     pub splice: Option<SplicePipe>,
@@ -441,6 +443,7 @@ impl Channel {
             to_disconnect: Vec::new(),
             drain_deadline: None,
             stats: InputStats::default(),
+            watchdog: super::idle::Watchdog::new(cfg.input.opts.idle_timeout),
             publisher: None,
             splice: None,
             pending_out,

@@ -6,8 +6,8 @@
 //! rotation, a deleted file or directory, `fault_grace`), accept and dial policy
 //! and endpoint life (`links`), the splice and tee data path (`splicing`, [`splice`]),
 //! reload planning (`reload`), zero-copy records ([`zerocopy`]), the buffer pool's accounting
-//! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]) and decimation
-//! ([`decimate`]).
+//! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]), decimation
+//! ([`decimate`]), the input's idle watchdog (`idle`) and subscribers' bytes (`commands`).
 //!
 //! The border ([`io`]): the engine is driven through [`Engine::complete`], [`Engine::tick`],
 //! [`Engine::after_batch`], [`Engine::terminate`] and [`Engine::reload`], each given an [`Io`]:
@@ -29,6 +29,7 @@ pub mod caps;
 pub mod channel;
 pub mod decimate;
 pub mod fileout;
+mod idle;
 mod input;
 pub mod io;
 mod links;
@@ -532,6 +533,7 @@ impl Engine {
             for (ci, ch) in channels.iter_mut().enumerate() {
                 let Some(ch) = ch else { continue };
                 links::tick_channel(&mut cx, ch, ci as u16, now, shutting_down);
+                idle::tick(&mut cx, ch, ci as u16, now);
                 if starved {
                     input::unpark_reads(&mut cx, ch, ci as u16);
                 }
@@ -560,9 +562,10 @@ impl Engine {
         for ch in self.channels.iter().flatten() {
             log::log!(
                 level,
-                "counters: channel {} input {}: {}",
+                "counters: channel {} input {} [{}]: {}",
                 ch.name(),
                 ch.cfg.input.url(),
+                input_state(ch),
                 ch.stats
             );
             for o in &ch.outputs {
@@ -596,6 +599,23 @@ pub fn output_backlog(ch: &Channel, o: &channel::Output) -> (u64, u64) {
             .map(|q| q.backlog())
             .sum();
         (b, o.subscribers.len() as u64)
+    }
+}
+
+/// The input's state as `stat` and the counters line show it: `up` (a bound datagram socket or
+/// a connected producer), `idle` (a datagram input silent for its `idle_timeout`),
+/// `listening` (waiting for a producer) or `down`.
+pub fn input_state(ch: &Channel) -> &'static str {
+    if ch.input.is_some() {
+        if ch.watchdog.idle {
+            "idle"
+        } else {
+            "up"
+        }
+    } else if ch.input_listener.is_some() {
+        "listening"
+    } else {
+        "down"
     }
 }
 

@@ -24,6 +24,9 @@ pub struct InputStats {
     /// Times a multishot receive ended and was armed again (its buffer ring ran dry, -ENOBUFS,
     /// or the kernel ended it); 0 on the single-shot path.
     pub rearms: u64,
+    /// Times the input was silent for its `idle_timeout` (a producer closed and redialed or
+    /// disconnected, a datagram input marked idle).
+    pub idle_timeouts: u64,
 }
 
 /// Counters of one output (all its subscribers together for a listening output).
@@ -59,6 +62,9 @@ impl fmt::Display for InputStats {
         )?;
         if self.replaced > 0 {
             write!(f, " replaced={}", self.replaced)?;
+        }
+        if self.idle_timeouts > 0 {
+            write!(f, " idle_timeouts={}", self.idle_timeouts)?;
         }
         Ok(())
     }
