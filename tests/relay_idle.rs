@@ -3,7 +3,6 @@
 //! listener stays, and a silent UDP input is marked idle until datagrams come again. Each is
 //! logged once per state change and counted (`idle_timeouts`).
 
-#[allow(dead_code)]
 mod common;
 
 use common::counters::counter_in;
