@@ -27,6 +27,7 @@ pub mod backoff;
 pub mod buffers;
 pub mod caps;
 pub mod channel;
+mod commands;
 pub mod decimate;
 pub mod fileout;
 mod idle;
@@ -325,6 +326,8 @@ impl Engine {
             OpKind::Accept => accept::on_accept(cx, ch, tok, c.res, c.more(), (count, count_n)),
             OpKind::Connect => links::on_connect(cx, ch, tok, c.res),
             OpKind::Hangup => links::on_hangup(cx, ch, tok, c.res),
+            OpKind::PeerRecv => commands::on_peer_recv(cx, ch, tok, c.res),
+            OpKind::Command => commands::on_command_sent(cx, ch, tok, c.res),
             OpKind::SpliceIn => splicing::on_splice_in(cx, ch, tok, c.res),
             OpKind::SpliceOut => splicing::on_splice_out(cx, ch, tok, c.res),
             OpKind::Tee => splicing::on_tee(cx, ch, tok, c.res),
@@ -534,6 +537,7 @@ impl Engine {
                 let Some(ch) = ch else { continue };
                 links::tick_channel(&mut cx, ch, ci as u16, now, shutting_down);
                 idle::tick(&mut cx, ch, ci as u16, now);
+                commands::tick(&mut cx, ch, ci as u16);
                 if starved {
                     input::unpark_reads(&mut cx, ch, ci as u16);
                 }

@@ -27,6 +27,12 @@ pub struct InputStats {
     /// Times the input was silent for its `idle_timeout` (a producer closed and redialed or
     /// disconnected, a datagram input marked idle).
     pub idle_timeouts: u64,
+    /// Bytes the peers of stream outputs sent that were read and discarded.
+    pub discarded: u64,
+    /// Bytes of the commanding subscriber written to the producer (`commands = first`).
+    pub commands: u64,
+    /// Bytes of the commanding subscriber dropped: no producer, or too many waiting.
+    pub commands_dropped: u64,
 }
 
 /// Counters of one output (all its subscribers together for a listening output).
@@ -65,6 +71,16 @@ impl fmt::Display for InputStats {
         }
         if self.idle_timeouts > 0 {
             write!(f, " idle_timeouts={}", self.idle_timeouts)?;
+        }
+        if self.discarded > 0 {
+            write!(f, " discarded={}", self.discarded)?;
+        }
+        if self.commands > 0 || self.commands_dropped > 0 {
+            write!(
+                f,
+                " commands={} commands_dropped={}",
+                self.commands, self.commands_dropped
+            )?;
         }
         Ok(())
     }
