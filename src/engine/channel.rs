@@ -111,8 +111,7 @@ pub struct Endpoint {
     pub accept_failing: bool,
     /// A watch for the peer's bytes or hang-up (POLLIN|POLLRDHUP) is armed.
     pub watching: bool,
-    /// The buffer of the receive in flight of this output peer's bytes
-    /// ([`super::commands`]).
+    /// The buffer of the receive in flight of this output peer's bytes (`commands`).
     pub talk: Option<BufId>,
     /// The peer sent its FIN and `on_fin=keep` keeps sending: no longer watched.
     pub fin_kept: bool,

@@ -241,7 +241,8 @@ pub(crate) fn on_command_sent(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i3
         }
         None => false,
     };
-    if res > 0 && live {
+    if res > 0 {
+        // Written, even when the producer is closing by now (the write raced the cancel).
         let front = ch.commander.queue.front_mut().expect("the chunk in flight");
         let n = (res as u32).min(front.len);
         ch.stats.commands += u64::from(n);
@@ -251,6 +252,8 @@ pub(crate) fn on_command_sent(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i3
             let done = ch.commander.queue.pop_front().expect("present");
             cx.pool.release(done.buf);
         }
+    }
+    if res > 0 && live {
         send_next(cx, ch, ci);
     } else {
         drop_waiting(cx, ch);
