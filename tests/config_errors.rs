@@ -483,3 +483,58 @@ fn not_a_regular_file_is_refused() {
         );
     }
 }
+
+#[test]
+fn bad_idle_timeout_and_commands() {
+    let input = |opts: &str| {
+        format!("[channel radio]\ninput = tcp://127.0.0.1:5000 {opts}\noutput = tcp-listen://127.0.0.1:5001\n")
+    };
+    expect_one_error(
+        &input("idle_timeout=500ms"),
+        "500ms",
+        &["input", "idle_timeout"],
+    );
+    expect_one_error(&input("idle_timeout=2d"), "2d", &["input", "idle_timeout"]);
+    expect_one_error(
+        &input("idle_timeout=soon"),
+        "soon",
+        &["input", "idle_timeout"],
+    );
+    // It watches an input: not an option of an output.
+    expect_one_error(
+        &with_channel_line("output = tcp-listen://127.0.0.1:6000 idle_timeout=30s"),
+        "idle_timeout",
+        &["output", "idle_timeout"],
+    );
+    // commands = first writes to a stream producer: a UDP input has none.
+    expect_one_error(
+        &with_channel_line("commands = first"),
+        "commands",
+        &["commands"],
+    );
+    let odd = "[channel radio]\ninput = tcp-listen://127.0.0.1:5000\ncommands = all\noutput = tcp-listen://127.0.0.1:5001\n";
+    expect_one_error(odd, "commands = all", &["commands"]);
+}
+
+#[test]
+fn idle_timeout_and_commands_print_and_parse_back() {
+    let text = "[channel radio]\ninput = tcp://127.0.0.1:5000 idle_timeout=1500ms\ncommands = first\noutput = tcp-listen://127.0.0.1:5001\n\n[channel gps]\ninput = udp://127.0.0.1:5002 idle_timeout=1m\noutput = udp://127.0.0.1:5003\n";
+    let (code, out, err) = check(text);
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    assert!(
+        out.contains("input = tcp://127.0.0.1:5000 idle_timeout=1500ms\n"),
+        "{out}"
+    );
+    assert!(out.contains("commands = first\n"), "{out}");
+    assert!(
+        out.contains("input = udp://127.0.0.1:5002 idle_timeout=60s\n"),
+        "{out}"
+    );
+    let (code, again, err) = check(&out);
+    assert_eq!(
+        code,
+        Some(0),
+        "the printed config checks too; stderr:\n{err}"
+    );
+    assert_eq!(again, out, "printed config parses back to itself");
+}

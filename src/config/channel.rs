@@ -1,10 +1,12 @@
 //! The `[channel NAME]` section: its keys ([`CHANNEL_KEYS`]), the validated [`ChannelConfig`]
 //! and its outputs, and the checks that span keys (sample and decimate go together, a header
 //! and one frame fit the largest datagram relayed, framing only on datagram inputs,
-//! `producer` only on listening stream inputs, `splice = on` only where the channel is
+//! `producer` only on listening stream inputs, `commands = first` only on stream inputs,
+//! `splice = on` only where the channel is
 //! eligible). The checks across channels are in
 //! `conflicts`.
 
+use crate::config::commands::Commands;
 use crate::config::global::{Global, DATAGRAM_HEADROOM};
 use crate::config::parse::{quote, RawChannel};
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
@@ -71,6 +73,8 @@ pub struct ChannelConfig {
     pub splice: SpliceMode,
     /// A second producer on a listening stream input: refused, or it replaces the first.
     pub producer: Producer,
+    /// Subscribers' bytes: discarded, or the first subscriber's forwarded to the producer.
+    pub commands: Commands,
 }
 
 /// Default `max_backlog` per output.
@@ -94,6 +98,7 @@ pub(super) const CHANNEL_KEYS: &[&str] = &[
     "shm_frames",
     "splice",
     "producer",
+    "commands",
 ];
 
 /// Validates one channel section against the effective `[global]`; `None` after reporting
@@ -118,6 +123,7 @@ pub(super) fn parse_channel(
     let mut sample_lines: Vec<(&str, usize)> = Vec::new();
     let mut splice: Option<(SpliceMode, usize)> = None;
     let mut producer: Option<(Producer, usize)> = None;
+    let mut commands: Option<(Commands, usize)> = None;
     for (k, v, line) in &rc.keys {
         let line = *line;
         let r: Result<(), String> = (|| {
@@ -187,6 +193,7 @@ pub(super) fn parse_channel(
                     };
                     producer = Some((p, line));
                 }
+                "commands" => commands = Some((Commands::parse(v)?, line)),
                 "shm" => shm = Some((parse_bool(v)?, line)),
                 "shm_frames" => {
                     let n: u64 = v
@@ -325,6 +332,19 @@ pub(super) fn parse_channel(
             ok = false;
         }
     }
+    if let Some((Commands::First, line)) = commands {
+        if !input.scheme.is_stream() {
+            err(
+                line,
+                "commands",
+                format!(
+                    "commands = first forwards subscribers' bytes to a stream producer; {} has none to write to",
+                    input.url()
+                ),
+            );
+            ok = false;
+        }
+    }
     let mut c = ChannelConfig {
         name: rc.name.clone(),
         line: rc.line,
@@ -336,6 +356,7 @@ pub(super) fn parse_channel(
         decimate_line: decimate.as_ref().map_or(0, |d| d.1),
         splice: SpliceMode::Off,
         producer: producer.map_or(Producer::Refuse, |p| p.0),
+        commands: commands.map_or(Commands::Discard, |c| c.0),
     };
     let why_not = ineligible_reason(&c);
     c.splice = match (splice, why_not) {

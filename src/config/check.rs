@@ -112,6 +112,9 @@ impl fmt::Display for Config {
             if c.input.scheme.is_listen() {
                 writeln!(f, "producer = {}", c.producer.name())?;
             }
+            if c.input.scheme.is_stream() {
+                writeln!(f, "commands = {}", c.commands.name())?;
+            }
             if let Some(s) = &c.samples {
                 writeln!(f, "sample = {}", s.sample)?;
                 writeln!(f, "interleave = {}", s.interleave)?;

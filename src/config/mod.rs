@@ -24,6 +24,8 @@
 //! reload keeps running), `check` (the normalized summary and `ringrelay check`), and the
 //! value languages [`url`], [`units`], [`keepalive`] and [`sample`].
 
+pub mod commands;
+pub mod idle;
 pub mod keepalive;
 pub mod sample;
 pub mod splice;

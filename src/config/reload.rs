@@ -13,6 +13,7 @@ impl ChannelConfig {
             && self.samples == other.samples
             && self.splice == other.splice
             && self.producer == other.producer
+            && self.commands == other.commands
             && self.outputs.len() == other.outputs.len()
             && self.outputs.iter().zip(&other.outputs).all(|(a, b)| {
                 a.endpoint == b.endpoint

@@ -5,6 +5,7 @@
 //! (input or output). It never resolves names or touches a socket: the driver does that
 //! (`src/driver/net.rs`).
 
+use crate::config::idle::{format_idle_timeout, parse_idle_timeout};
 use crate::config::keepalive::{format_keepalive, parse_keepalive, Keepalive, DEFAULT_IDLE_SECS};
 use crate::config::parse::quote;
 use crate::config::units::{format_duration, parse_duration, parse_size};
@@ -216,6 +217,9 @@ pub struct Options {
     /// TCP keepalive idle seconds of tcp and tcp-listen endpoints' connections (0: off;
     /// default [`DEFAULT_IDLE_SECS`]); see [`crate::config::keepalive`].
     pub keepalive: Option<u32>,
+    /// An input silent this long is redialed, disconnected or marked idle (`idle_timeout=`;
+    /// none by default); see [`crate::config::idle`].
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -386,6 +390,7 @@ impl Endpoint {
                     opts.fault_grace = Some(d)
                 }
                 "keepalive" => opts.keepalive = Some(parse_keepalive(v).map_err(bad)?),
+                "idle_timeout" => opts.idle_timeout = Some(parse_idle_timeout(v).map_err(bad)?),
                 "ttl" => {
                     opts.ttl = Some(
                         v.parse::<u32>()
@@ -449,6 +454,9 @@ impl Endpoint {
         }
         if sc == Scheme::UnixListen {
             allowed.retain(|k| *k != "allow");
+        }
+        if o.idle_timeout.is_some() && role == Role::Output {
+            return Err("idle_timeout watches an input; outputs have on_slow and keepalive".into());
         }
         let set: [(&str, bool); 16] = [
             ("group", o.group.is_some()),
@@ -596,6 +604,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(k) = o.keepalive {
             write!(f, " keepalive={}", format_keepalive(k))?;
+        }
+        if let Some(d) = o.idle_timeout {
+            write!(f, " idle_timeout={}", format_idle_timeout(d))?;
         }
         Ok(())
     }

@@ -387,7 +387,7 @@ impl Ring {
                 }
             }
             Op::PollHangup { fd } => {
-                opcode::PollAdd::new(types::Fd(fd), libc::POLLRDHUP as u32).build()
+                opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32).build()
             }
             Op::PollOut { fd } => opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build(),
             Op::PollIn { fd } => opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build(),

@@ -227,6 +227,7 @@ pub(crate) fn accepted(
             }
             let slot = ch.insert(ep);
             ch.outputs[out].subscribers.push(slot);
+            super::commands::joined(ch, slot);
             watch_hangup(cx, ch, ci, slot);
         }
         _ => cx.sys.close(fd),

@@ -109,8 +109,12 @@ pub struct Endpoint {
     /// Its last accept failed for want of descriptors or memory (logged; cleared, and said,
     /// by the next one that succeeds).
     pub accept_failing: bool,
-    /// A hang-up watch (POLLRDHUP) is armed.
+    /// A watch for the peer's bytes or hang-up (POLLIN|POLLRDHUP) is armed.
     pub watching: bool,
+    /// The buffer of the receive in flight of this output peer's bytes (`commands`).
+    pub talk: Option<BufId>,
+    /// The peer sent its FIN and `on_fin=keep` keeps sending: no longer watched.
+    pub fin_kept: bool,
     /// A closing link whose output queue was emptied under its in-flight writes (dropped as
     /// too slow): their completions must not advance the queue, which now holds other data.
     pub detached: bool,
@@ -139,6 +143,8 @@ impl Endpoint {
             accepting: false,
             accept_failing: false,
             watching: false,
+            talk: None,
+            fin_kept: false,
             detached: false,
             queue: None,
             peer: String::new(),
@@ -341,6 +347,10 @@ pub struct Channel {
     /// whole daemon shuts down, which keeps its own deadline).
     pub drain_deadline: Option<Instant>,
     pub stats: InputStats,
+    /// The input's idle watchdog (`idle_timeout=`).
+    pub watchdog: super::idle::Watchdog,
+    /// Subscribers' bytes toward the producer (`commands = first`).
+    pub commander: super::commands::Commander,
     pub publisher: Option<Box<dyn Publish>>,
     /// The pipe, when this channel splices instead of reading into the pool.
     pub splice: Option<SplicePipe>,
@@ -441,6 +451,8 @@ impl Channel {
             to_disconnect: Vec::new(),
             drain_deadline: None,
             stats: InputStats::default(),
+            watchdog: super::idle::Watchdog::new(cfg.input.opts.idle_timeout),
+            commander: Default::default(),
             publisher: None,
             splice: None,
             pending_out,

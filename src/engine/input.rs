@@ -452,6 +452,9 @@ pub(crate) fn deliver(
     if datagram {
         ch.stats.datagrams += 1;
     }
+    if ch.watchdog.fed(cx.now) {
+        super::idle::data_again(ch);
+    }
     if ch.input_draining {
         ch.drain_left = ch.drain_left.saturating_sub(u64::from(len));
     }

@@ -106,7 +106,7 @@ pub enum Op {
     PollOut { fd: Fd },
     /// Wait until `fd` is readable.
     PollIn { fd: Fd },
-    /// Wait until the peer of `fd` hangs up or half-closes (POLLRDHUP).
+    /// Wait until the peer of `fd` sends bytes, hangs up or half-closes (POLLIN|POLLRDHUP).
     PollHangup { fd: Fd },
     /// Cancel the operation tagged `target`.
     Cancel { target: Token },

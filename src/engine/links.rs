@@ -33,15 +33,16 @@ pub(crate) fn keep_alive(cx: &mut Cx, url: &UrlEndpoint, fd: Fd) {
     }
 }
 
-/// Watches an output stream socket for its peer's FIN or reset (POLLRDHUP, one shot; POLLHUP
-/// and POLLERR are always reported). TCP cannot tell a half-close from a close until something
+/// Watches an output stream socket for its peer's bytes, FIN or reset (POLLIN|POLLRDHUP, one
+/// shot; POLLHUP and POLLERR are always reported). Bytes (and a FIN, which reads as 0 after
+/// them) are read by [`super::commands`]. TCP cannot tell a half-close from a close until something
 /// is written, and on an idle channel nothing is: so a FIN means "gone" (a subscriber is
 /// closed and its place freed, a collector is redialed) unless the output says `on_fin=keep`
 /// (for peers such as `nc HOST PORT < /dev/null` that half-close at once and go on reading).
 /// A reset ends the connection whatever `on_fin` says.
 pub(crate) fn watch_hangup(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
     let Some(ep) = ch.ep_mut(slot) else { return };
-    if ep.watching || ep.link != Link::Up {
+    if ep.watching || ep.link != Link::Up || ep.talk.is_some() || ep.fin_kept {
         return;
     }
     ep.watching = true;
@@ -64,15 +65,38 @@ pub(crate) fn on_hangup(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         ch.reap_if_idle(slot, cx.sys);
         return;
     }
+    let reset = res & i32::from(libc::POLLHUP | libc::POLLERR) != 0;
+    if !reset && res & i32::from(libc::POLLIN | libc::POLLRDHUP) != 0 {
+        // Bytes, or the FIN after them: read (a FIN reads as 0 once the bytes are taken).
+        super::commands::read(cx, ch, ci, slot);
+        return;
+    }
+    peer_ended(cx, ch, ci, slot, reset);
+}
+
+/// The peer of a stream output sent its FIN (`reset` false) or reset the connection: a
+/// subscriber leaves and a collector is redialed, unless `on_fin=keep` keeps sending after a
+/// FIN (the socket is then no longer watched: its FIN stays readable).
+pub(crate) fn peer_ended(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, reset: bool) {
+    let Some(ep) = ch.ep_mut(slot) else { return };
     let role = ep.role;
     let peer = ep.peer.clone();
     let name = ch.cfg.name.clone();
-    let reset = res & i32::from(libc::POLLHUP | libc::POLLERR) != 0;
+    let keep = |o: &super::channel::Output| o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep);
+    let kept = match role {
+        Role::Subscriber { out } | Role::Link { out } => keep(&ch.outputs[out]) && !reset,
+        _ => false,
+    };
+    if kept {
+        if let Some(ep) = ch.ep_mut(slot) {
+            ep.fin_kept = true;
+        }
+    }
     match role {
         Role::Subscriber { out } => {
             let o = &mut ch.outputs[out];
             if o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep) && !reset {
-                // Not re-armed: POLLRDHUP stays set. A subscriber that really left is closed
+                // Not watched again (fin_kept): its FIN stays readable. A subscriber that really left is closed
                 // by the first write that fails.
                 debug!(
                     "channel {name}: subscriber {peer} of {} closed its sending side; still sending (on_fin=keep)",
@@ -401,6 +425,13 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
     if ep.watching {
         cx.cancel(Token::new(OpKind::Hangup, ci, slot, gen));
     }
+    if ep.talk.is_some() {
+        cx.cancel(Token::new(OpKind::PeerRecv, ci, slot, gen));
+    }
+    if role == Role::Input && ch.commander.sending() == Some((slot, gen)) {
+        cx.cancel(Token::new(OpKind::Command, ci, slot, gen));
+    }
+    let ep = ch.ep_mut(slot).expect("present");
     if ep.splicing {
         let kind = if role == Role::Input {
             OpKind::SpliceIn
@@ -424,7 +455,10 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
         }
         Role::InputListener => ch.input_listener = None,
         Role::OutputListener { out } => ch.outputs[out].listener = None,
-        Role::Subscriber { out } => ch.outputs[out].subscribers.retain(|s| *s != slot),
+        Role::Subscriber { out } => {
+            super::commands::left(ch, slot);
+            ch.outputs[out].subscribers.retain(|s| *s != slot)
+        }
         Role::Link { out } => {
             if ch.outputs[out].link == Some(slot) {
                 ch.outputs[out].link = None;

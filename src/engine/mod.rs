@@ -6,8 +6,8 @@
 //! rotation, a deleted file or directory, `fault_grace`), accept and dial policy
 //! and endpoint life (`links`), the splice and tee data path (`splicing`, [`splice`]),
 //! reload planning (`reload`), zero-copy records ([`zerocopy`]), the buffer pool's accounting
-//! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]) and decimation
-//! ([`decimate`]).
+//! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]), decimation
+//! ([`decimate`]), the input's idle watchdog (`idle`) and subscribers' bytes (`commands`).
 //!
 //! The border ([`io`]): the engine is driven through [`Engine::complete`], [`Engine::tick`],
 //! [`Engine::after_batch`], [`Engine::terminate`] and [`Engine::reload`], each given an [`Io`]:
@@ -27,8 +27,10 @@ pub mod backoff;
 pub mod buffers;
 pub mod caps;
 pub mod channel;
+mod commands;
 pub mod decimate;
 pub mod fileout;
+mod idle;
 mod input;
 pub mod io;
 mod links;
@@ -326,6 +328,8 @@ impl Engine {
             OpKind::Accept => accept::on_accept(cx, ch, tok, c.res, c.more(), (count, count_n)),
             OpKind::Connect => links::on_connect(cx, ch, tok, c.res),
             OpKind::Hangup => links::on_hangup(cx, ch, tok, c.res),
+            OpKind::PeerRecv => commands::on_peer_recv(cx, ch, tok, c.res),
+            OpKind::Command => commands::on_command_sent(cx, ch, tok, c.res),
             OpKind::SpliceIn => splicing::on_splice_in(cx, ch, tok, c.res),
             OpKind::SpliceOut => splicing::on_splice_out(cx, ch, tok, c.res),
             OpKind::Tee => splicing::on_tee(cx, ch, tok, c.res),
@@ -534,6 +538,8 @@ impl Engine {
             for (ci, ch) in channels.iter_mut().enumerate() {
                 let Some(ch) = ch else { continue };
                 links::tick_channel(&mut cx, ch, ci as u16, now, shutting_down);
+                idle::tick(&mut cx, ch, ci as u16, now);
+                commands::tick(&mut cx, ch, ci as u16);
                 if starved {
                     input::unpark_reads(&mut cx, ch, ci as u16);
                 }
@@ -562,9 +568,10 @@ impl Engine {
         for ch in self.channels.iter().flatten() {
             log::log!(
                 level,
-                "counters: channel {} input {}: {}",
+                "counters: channel {} input {} [{}]: {}",
                 ch.name(),
                 ch.cfg.input.url(),
+                input_state(ch),
                 ch.stats
             );
             for o in &ch.outputs {
@@ -598,6 +605,23 @@ pub fn output_backlog(ch: &Channel, o: &channel::Output) -> (u64, u64) {
             .map(|q| q.backlog())
             .sum();
         (b, o.subscribers.len() as u64)
+    }
+}
+
+/// The input's state as `stat` and the counters line show it: `up` (a bound datagram socket or
+/// a connected producer), `idle` (a datagram input silent for its `idle_timeout`),
+/// `listening` (waiting for a producer) or `down`.
+pub fn input_state(ch: &Channel) -> &'static str {
+    if ch.input.is_some() {
+        if ch.watchdog.idle {
+            "idle"
+        } else {
+            "up"
+        }
+    } else if ch.input_listener.is_some() {
+        "listening"
+    } else {
+        "down"
     }
 }
 

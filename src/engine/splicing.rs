@@ -193,6 +193,9 @@ pub(crate) fn on_splice_in(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) 
     };
     let moved = sp.fill.done_in(res);
     ch.stats.bytes += u64::from(moved);
+    if moved > 0 {
+        ch.watchdog.fed(cx.now);
+    }
     let Some(ep) = ch.ep_gen(slot, tok.gen) else {
         // Cannot happen: the slot lives until this completion.
         return;

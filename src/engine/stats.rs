@@ -24,6 +24,15 @@ pub struct InputStats {
     /// Times a multishot receive ended and was armed again (its buffer ring ran dry, -ENOBUFS,
     /// or the kernel ended it); 0 on the single-shot path.
     pub rearms: u64,
+    /// Times the input was silent for its `idle_timeout` (a producer closed and redialed or
+    /// disconnected, a datagram input marked idle).
+    pub idle_timeouts: u64,
+    /// Bytes the peers of stream outputs sent that were read and discarded.
+    pub discarded: u64,
+    /// Bytes of the commanding subscriber written to the producer (`commands = first`).
+    pub commands: u64,
+    /// Bytes of the commanding subscriber dropped: no producer, or too many waiting.
+    pub commands_dropped: u64,
 }
 
 /// Counters of one output (all its subscribers together for a listening output).
@@ -59,6 +68,19 @@ impl fmt::Display for InputStats {
         )?;
         if self.replaced > 0 {
             write!(f, " replaced={}", self.replaced)?;
+        }
+        if self.idle_timeouts > 0 {
+            write!(f, " idle_timeouts={}", self.idle_timeouts)?;
+        }
+        if self.discarded > 0 {
+            write!(f, " discarded={}", self.discarded)?;
+        }
+        if self.commands > 0 || self.commands_dropped > 0 {
+            write!(
+                f,
+                " commands={} commands_dropped={}",
+                self.commands, self.commands_dropped
+            )?;
         }
         Ok(())
     }

@@ -63,6 +63,12 @@ pub enum OpKind {
     /// out of order (one queued behind a full send buffer is overtaken), so each completion
     /// must release its own buffer, not the oldest one.
     SendDatagram = 15,
+    /// A receive of the bytes a stream output's peer sent (a subscriber's commands), into a
+    /// buffer taken when its watch said readable (`endpoint` = the output endpoint's slot).
+    PeerRecv = 16,
+    /// A write of the commanding subscriber's bytes to the producer (`endpoint` = the input's
+    /// slot; `commands = first`).
+    Command = 17,
 }
 
 impl OpKind {
@@ -83,6 +89,8 @@ impl OpKind {
             13 => OpKind::RecvMulti,
             14 => OpKind::SendZc,
             15 => OpKind::SendDatagram,
+            16 => OpKind::PeerRecv,
+            17 => OpKind::Command,
             _ => return None,
         })
     }
@@ -183,7 +191,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=13, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=17, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);

@@ -17,7 +17,7 @@
 //! |---|---|---|---|
 //! | `daemon` | `ringrelay <version>` | `running`, `stopping` | start time (ns since the epoch), then zeros |
 //! | `pool` | buffer class (`large`, `small`) | empty | in use, total, bytes per buffer, then zeros |
-//! | `input` | `<channel>/<input url>` | `up`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, 0, 0 |
+//! | `input` | `<channel>/<input url>` | `up`, `idle`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, **idle_timeouts**, 0 |
 //! | `output` | `<channel>/<output url>` | see `engine::output_state` | the columns as named |
 //!
 //! An input row starts its channel: the output rows after it belong to it. Labels are cut to
@@ -28,7 +28,7 @@ pub mod prometheus;
 pub mod table;
 
 use crate::engine::buffers::Class;
-use crate::engine::{output_backlog, output_state, Engine};
+use crate::engine::{input_state, output_backlog, output_state, Engine};
 use crate::shm::{StatRow, StatsSnapshot};
 
 /// The daemon as a whole.
@@ -61,7 +61,7 @@ pub struct PoolClass {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InputMetrics {
     pub url: String,
-    /// `up`, `listening` or `down`.
+    /// `up`, `idle` (a datagram input silent for its `idle_timeout`), `listening` or `down`.
     pub state: String,
     pub bytes: u64,
     pub datagrams: u64,
@@ -69,12 +69,14 @@ pub struct InputMetrics {
     pub malformed: u64,
     pub reconnects: u64,
     pub errors: u64,
+    /// Times the input was silent for its `idle_timeout`.
+    pub idle_timeouts: u64,
 }
 
 impl InputMetrics {
-    /// Receiving: a bound datagram socket or a connected producer.
+    /// Receiving: a bound datagram socket (idle or not) or a connected producer.
     pub fn up(&self) -> bool {
-        self.state == "up"
+        self.state == "up" || self.state == "idle"
     }
 }
 
@@ -144,13 +146,7 @@ impl Snapshot {
             .flatten()
             .map(|ch| {
                 let s = &ch.stats;
-                let state = if ch.input.is_some() {
-                    "up"
-                } else if ch.input_listener.is_some() {
-                    "listening"
-                } else {
-                    "down"
-                };
+                let state = input_state(ch);
                 ChannelMetrics {
                     name: ch.name().to_string(),
                     input: InputMetrics {
@@ -162,6 +158,7 @@ impl Snapshot {
                         malformed: s.malformed,
                         reconnects: s.reconnects,
                         errors: s.errors,
+                        idle_timeouts: s.idle_timeouts,
                     },
                     outputs: ch
                         .outputs
@@ -234,7 +231,7 @@ impl Snapshot {
                     i.malformed,
                     i.reconnects,
                     i.errors,
-                    0,
+                    i.idle_timeouts,
                     0,
                 ],
             });
@@ -304,6 +301,7 @@ impl Snapshot {
                             malformed: v[3],
                             reconnects: v[4],
                             errors: v[5],
+                            idle_timeouts: v[6],
                         },
                         outputs: Vec::new(),
                     });
@@ -388,6 +386,7 @@ pub(crate) mod tests {
                     malformed: 2,
                     reconnects: 0,
                     errors: 3,
+                    idle_timeouts: 4,
                 },
                 outputs: vec![
                     OutputMetrics {

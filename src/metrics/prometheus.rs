@@ -89,7 +89,7 @@ pub fn render(s: &Snapshot) -> String {
             ),
         );
     }
-    let inputs: [(&'static str, &str, &str, InputField); 6] = [
+    let inputs: [(&'static str, &str, &str, InputField); 7] = [
         (
             "ringrelay_input_bytes_total",
             "counter",
@@ -125,6 +125,12 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Input faults: refused producers, receive errors.",
             |i| i.errors,
+        ),
+        (
+            "ringrelay_input_idle_timeouts_total",
+            "counter",
+            "Times the input was silent for its idle_timeout (producer redialed or disconnected, datagram input marked idle).",
+            |i| i.idle_timeouts,
         ),
     ];
     for (name, kind, help, get) in inputs {

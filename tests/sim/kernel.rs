@@ -88,6 +88,20 @@ pub struct Conn {
     /// The peer vanished without a FIN or a reset (power loss): what it sent before is still
     /// read; then a read waits for good, unless keepalive ends it with ETIMEDOUT.
     pub vanished: bool,
+    /// Bytes a subscriber sent toward the relay so far (its positions are
+    /// [`talk_pos`]`(conn, k)`).
+    pub talked: u64,
+}
+
+/// Position `k` of what subscriber connection `conn` sends toward the relay (its commands):
+/// far above any producer position, and naming the connection.
+pub fn talk_pos(conn: usize, k: u64) -> u64 {
+    ((conn as u64 + 1) << 40) | k
+}
+
+/// The subscriber connection a [`talk_pos`] position came from.
+pub fn talker_of(pos: u64) -> Option<usize> {
+    (pos >> 40).checked_sub(1).map(|c| c as usize)
 }
 
 /// A descriptor's object.
@@ -599,13 +613,17 @@ impl Kernel {
         let c = &self.conns[ci];
         // Keepalive notices a vanished peer some time after its last byte.
         let timed_out = c.vanished && c.keepalive && !c.shut && c.rx.is_empty();
-        let idle = c.rx.is_empty() && !c.rx_eof && !c.rx_reset && !c.shut;
+        // A peer of an output that half-closed reads as the end of its bytes; one that is
+        // gone (reset) as ECONNRESET.
+        let eof = c.rx_eof || c.half_closed;
+        let reset = c.rx_reset || c.gone;
+        let idle = c.rx.is_empty() && !eof && !reset && !c.shut;
         if idle && !(timed_out && self.rng.chance(100)) {
             return false;
         }
         self.pending[i].executed = true;
         let c = &mut self.conns[ci];
-        if c.rx_reset {
+        if reset {
             c.rx.clear();
             self.queue(i, -libc::ECONNRESET, 0, true);
             return true;
@@ -776,7 +794,10 @@ impl Kernel {
             }
             Some(&Obj::Stream(ci)) => {
                 let c = &self.conns[ci];
-                if c.room == 0 && !c.gone && !c.shut {
+                // A producer reads what the relay writes to it (a subscriber's commands) at
+                // once: its room is not modelled.
+                let producer = matches!(c.who, Some(Who::Input(_)));
+                if c.room == 0 && !c.gone && !c.shut && !producer {
                     return false;
                 }
                 self.pending[i].executed = true;
@@ -795,7 +816,11 @@ impl Kernel {
                     self.queue(i, -libc::ENOBUFS, 0, true);
                     return true;
                 }
-                let max = (total as usize).min(c.room);
+                let max = if producer {
+                    total as usize
+                } else {
+                    (total as usize).min(c.room)
+                };
                 let n = if self.rng.chance(self.faults.short_io) {
                     self.rng.range(1, max)
                 } else {
@@ -819,11 +844,36 @@ impl Kernel {
                     left -= k;
                 }
                 let c = &mut self.conns[ci];
-                c.room -= n;
-                let last = c.received.last().copied();
-                let who = c.who;
-                c.received.extend_from_slice(&got);
-                self.check_order(last, &got, &format!("connection {ci} ({who:?})"));
+                if producer {
+                    // Commands: in order per subscriber, and only subscribers' bytes.
+                    for &p in &got {
+                        let Some(from) = talker_of(p) else {
+                            self.violation(format!(
+                                "producer connection {ci} got stream position {p}"
+                            ));
+                            break;
+                        };
+                        let c = &self.conns[ci];
+                        let last = c
+                            .received
+                            .iter()
+                            .rev()
+                            .find(|&&q| talker_of(q) == Some(from));
+                        if last.is_some_and(|&q| q >= p) {
+                            self.violation(format!(
+                                "producer connection {ci} got command position {p} of connection {from} after {}",
+                                last.unwrap()
+                            ));
+                        }
+                        self.conns[ci].received.push(p);
+                    }
+                } else {
+                    c.room -= n;
+                    let last = c.received.last().copied();
+                    let who = c.who;
+                    c.received.extend_from_slice(&got);
+                    self.check_order(last, &got, &format!("connection {ci} ({who:?})"));
+                }
                 if zc {
                     self.pending[i].notif_owed = true;
                     self.queue(i, n as i32, CQE_F_MORE, false);
@@ -912,14 +962,17 @@ impl Kernel {
             return true;
         };
         let c = &self.conns[ci];
-        if !(c.half_closed || c.gone || c.shut) {
+        if !(c.half_closed || c.gone || c.shut || !c.rx.is_empty()) {
             return false;
         }
         self.pending[i].executed = true;
         let mask = if c.shut {
             libc::POLLHUP | libc::POLLRDHUP
-        } else {
+        } else if c.half_closed || c.gone {
             libc::POLLRDHUP | libc::POLLIN
+        } else {
+            // The peer sent bytes (a subscriber's commands).
+            libc::POLLIN
         };
         self.queue(i, i32::from(mask), 0, true);
         true
