@@ -25,6 +25,7 @@
 //! value languages [`url`], [`units`], [`keepalive`] and [`sample`].
 
 pub mod keepalive;
+pub mod records;
 pub mod sample;
 pub mod splice;
 pub mod units;

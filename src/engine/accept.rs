@@ -228,6 +228,7 @@ pub(crate) fn accepted(
             let slot = ch.insert(ep);
             ch.outputs[out].subscribers.push(slot);
             watch_hangup(cx, ch, ci, slot);
+            super::framed::joined(cx, ch, ci, slot);
         }
         _ => cx.sys.close(fd),
     }

@@ -353,6 +353,8 @@ pub struct Channel {
     /// the whole batch is delivered, so that one segmented send carries all of them.
     pub batch_kicks: Vec<u16>,
     pub to_disconnect: Vec<u16>,
+    /// What a channel that cuts records holds between reads (carry, preamble).
+    pub framed: Option<super::framed::Framed>,
 }
 
 /// Buffers one output may hold. A `block` output may hold all but an eighth of the pool: when
@@ -439,6 +441,7 @@ impl Channel {
             to_kick: Vec::new(),
             batch_kicks: Vec::new(),
             to_disconnect: Vec::new(),
+            framed: super::framed::Framed::for_config(cfg),
             drain_deadline: None,
             stats: InputStats::default(),
             publisher: None,

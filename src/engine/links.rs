@@ -180,6 +180,7 @@ pub(crate) fn connected(
                     if o.scheme() != Scheme::Udp && o.file.is_none() {
                         watch_hangup(cx, ch, ci, slot);
                     }
+                    super::framed::link_up(cx, ch, out);
                     kick(cx, ch, ci, slot);
                 }
                 _ => {}

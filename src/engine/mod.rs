@@ -29,12 +29,14 @@ pub mod caps;
 pub mod channel;
 pub mod decimate;
 pub mod fileout;
+mod framed;
 mod input;
 pub mod io;
 mod links;
 pub mod loglimit;
 mod output;
 pub mod outq;
+pub mod records;
 mod reload;
 pub mod rings;
 pub mod splice;
@@ -409,6 +411,9 @@ impl Engine {
             }
         }
         ch.close_pending(sys);
+        if let Some(f) = ch.framed.as_mut() {
+            ch.stats.partial += u64::from(f.release(&mut self.pool));
+        }
         if let Some(p) = ch.publisher.take() {
             p.close();
         }

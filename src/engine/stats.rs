@@ -21,6 +21,10 @@ pub struct InputStats {
     /// Producers closed because a new one replaced them (`producer = replace`).
     pub replaced: u64,
     pub errors: u64,
+    /// Bytes cut from the input and not delivered because they made no whole record: an
+    /// incomplete frame or line at the end of a producer connection, a line longer than
+    /// `max_line`, or a record with no free buffer to carry it across reads.
+    pub partial: u64,
     /// Times a multishot receive ended and was armed again (its buffer ring ran dry, -ENOBUFS,
     /// or the kernel ended it); 0 on the single-shot path.
     pub rearms: u64,
@@ -59,6 +63,9 @@ impl fmt::Display for InputStats {
         )?;
         if self.replaced > 0 {
             write!(f, " replaced={}", self.replaced)?;
+        }
+        if self.partial > 0 {
+            write!(f, " partial={}", self.partial)?;
         }
         Ok(())
     }
