@@ -216,7 +216,10 @@ fn rtl_tcp_header_reaches_every_late_subscriber(features: Features) {
         (conf, (input, subs))
     });
     let (input, subs_addr) = ch;
-    let headers: [&[u8; 12]; 2] = [b"RTL0\x00\x00\x00\x05\x00\x00\x00\x1d", b"RTL0\x00\x00\x00\x01\x00\x00\x00\x11"];
+    let headers: [&[u8; 12]; 2] = [
+        b"RTL0\x00\x00\x00\x05\x00\x00\x00\x1d",
+        b"RTL0\x00\x00\x00\x01\x00\x00\x00\x11",
+    ];
     let mut stayed: Option<StreamSink> = None;
     for (round, header) in headers.iter().enumerate() {
         let mut p = connect_tcp(input);
@@ -258,7 +261,12 @@ fn rtl_tcp_header_reaches_every_late_subscriber(features: Features) {
         for s in &late {
             s.wait_len(2048, TRANSFER_TIMEOUT);
             s.with_data(|d| {
-                assert_eq!(&d[..12], &header[..], "{}: the header comes first", s.name());
+                assert_eq!(
+                    &d[..12],
+                    &header[..],
+                    "{}: the header comes first",
+                    s.name()
+                );
                 if let Err(e) = aligned_iq(&d[12..]) {
                     panic!("{}: {e}", s.name());
                 }
@@ -380,13 +388,7 @@ fn udp_datagram_lines_to_udp_and_tcp(features: Features) {
     let got = sink.datagrams();
     let want: Vec<Vec<u8>> = want.iter().map(|w| w.to_vec()).collect();
     assert_same_datagrams("line sink", &got[pings..], &want);
-    let text: Vec<u8> = [
-        &want[0][..],
-        &want[1][..],
-        b"$GPZDA,1\n",
-        &want[3][..],
-    ]
-    .concat();
+    let text: Vec<u8> = [&want[0][..], &want[1][..], b"$GPZDA,1\n", &want[3][..]].concat();
     wait_for("the lines on the subscriber", TRANSFER_TIMEOUT, || {
         sub.with_data(|d| d.ends_with(&text))
     });

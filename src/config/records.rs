@@ -158,6 +158,74 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse_str, SpliceMode};
+
+    const FRAMED: &str = "[global]\nsplice = on\n\
+        [channel rtl]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\npreamble = 12\nsample = u8\ninterleave = 2\n\
+        [channel gps]\ninput = tcp://h:3\noutput = udp://127.0.0.1:4\nframing = line\nmax_line = 100\n\
+        [channel ais]\ninput = udp://127.0.0.1:5\noutput = udp://127.0.0.1:6\nframing = line\n\
+        [channel dec]\ninput = tcp-listen://127.0.0.1:7\noutput = tcp://h:8\nsample = i16le\ninterleave = 2\ndecimate = mean:10\nshm = off\n";
+
+    #[test]
+    fn the_record_keys_print_and_parse_back() {
+        let c = parse_str("t.conf", FRAMED).unwrap();
+        let rtl = &c.channels[0];
+        assert_eq!(rtl.records.preamble, 12);
+        assert_eq!(rtl.records.frame_bytes(), Some(2));
+        assert!(rtl.samples.is_none());
+        // Framed: the buffer path, whatever [global] says.
+        assert!(rtl.is_framed_stream());
+        assert_eq!(rtl.splice, SpliceMode::Off);
+        assert_eq!(c.channels[1].framing, Framing::Line);
+        assert_eq!(c.channels[1].records.max_line, 100);
+        assert_eq!(c.channels[2].records.max_line, DEFAULT_MAX_LINE);
+        assert!(!c.channels[2].is_framed_stream());
+        assert_eq!(c.channels[3].records.frame_bytes(), Some(4));
+        let text = c.to_string();
+        assert!(text.contains("preamble = 12\n"), "{text}");
+        assert!(text.contains("max_line = 100\n"), "{text}");
+        assert!(text.contains("framing = line\n"), "{text}");
+        let again = parse_str("t.conf", &text).unwrap();
+        for (a, b) in again.channels.iter().zip(&c.channels) {
+            assert!(a.same_settings(b), "{a:?}\n{b:?}");
+        }
+        // A reload sees a change of any record key.
+        for (from, to) in [
+            ("preamble = 12", "preamble = 13"),
+            ("sample = u8\ninterleave = 2", "sample = u8\ninterleave = 1"),
+            ("max_line = 100", "max_line = 101"),
+        ] {
+            let changed = parse_str("t.conf", &text.replacen(from, to, 1)).unwrap();
+            assert!(
+                changed
+                    .channels
+                    .iter()
+                    .zip(&c.channels)
+                    .any(|(a, b)| !a.same_settings(b)),
+                "{from} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn record_key_errors_name_their_line() {
+        let cases: [(&str, &str, usize); 7] = [
+            ("[channel a]\ninput = udp://127.0.0.1:1\noutput = udp://127.0.0.1:2\npreamble = 12\n", "preamble", 4),
+            ("[channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\nsample = u8\nframing = line\n", "framing", 5),
+            ("[channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\npreamble = 4097\n", "preamble", 4),
+            ("[channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\nframing = line\nmax_line = 8\n", "max_line", 5),
+            ("[channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\nmax_line = 100\n", "max_line", 4),
+            ("[channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\ninterleave = 2\n", "interleave", 4),
+            ("[channel a]\ninput = tcp-listen://127.0.0.1:1\noutput = tcp://h:2\npreamble = 2\nsplice = on\n", "splice", 5),
+        ];
+        for (text, key, line) in cases {
+            let e = parse_str("t.conf", text).expect_err(text);
+            assert!(
+                e.iter().any(|e| e.line == line && e.key == key),
+                "{text}: {e:?}"
+            );
+        }
+    }
 
     #[test]
     fn ranges() {

@@ -19,7 +19,7 @@
 //! buffer an output was offered.
 
 use super::buffers::Class;
-use super::channel::Channel;
+use super::channel::{Channel, PREFIX};
 use super::input::deliver;
 use super::output::kick;
 use super::outq::{Chunk, Offer};
@@ -333,6 +333,30 @@ pub(crate) fn link_up(cx: &mut Cx, ch: &mut Channel, out: usize) {
     }
     if o.queue.push_front(c) {
         cx.pool.retain(c.buf);
+    }
+}
+
+/// The line chunks of the delivery in progress for datagram outputs (empty: not cut), and
+/// whether a `\n` follows the chunk for stream outputs (see [`Framed::lines`]).
+pub(crate) fn lines_of(f: &Option<Framed>) -> (&[Chunk], u32) {
+    f.as_ref()
+        .map_or((&[][..], 0), |f| (&f.lines[..], f.newline))
+}
+
+/// What stream outputs get of a delivery's `plain` chunk: with the u32be length prefix in
+/// front (`prefixed`), or with the `\n` appended after it (`newline`).
+pub(crate) fn stream_chunk(plain: Chunk, prefixed: bool, newline: u32) -> Chunk {
+    if prefixed {
+        Chunk {
+            buf: plain.buf,
+            off: plain.off - PREFIX,
+            len: plain.len + PREFIX,
+        }
+    } else {
+        Chunk {
+            len: plain.len + newline,
+            ..plain
+        }
     }
 }
 

@@ -477,8 +477,6 @@ pub(crate) fn deliver(
             .write_prefix(cx.mem, buf, off - PREFIX, &len.to_be_bytes());
     }
     let plain = Chunk { buf, off, len };
-    // A line channel's records: one datagram per line for datagram outputs (empty: `plain`),
-    // and a `\n` after a datagram's unterminated last line for stream outputs.
     let Channel {
         outputs,
         slots,
@@ -489,22 +487,9 @@ pub(crate) fn deliver(
         framed: cut,
         ..
     } = ch;
-    let (lines, newline) = cut
-        .as_ref()
-        .map_or((&[][..], 0), |f| (&f.lines[..], f.newline));
-    let stream_chunk = if framed {
-        Chunk {
-            buf,
-            off: off - PREFIX,
-            len: len + PREFIX,
-        }
-    } else {
-        Chunk {
-            buf,
-            off,
-            len: len + newline,
-        }
-    };
+    // A line channel's datagram outputs get one datagram per line (none: `plain`).
+    let (lines, newline) = framed::lines_of(cut);
+    let stream_chunk = framed::stream_chunk(plain, framed, newline);
     to_kick.clear();
     to_disconnect.clear();
     for o in outputs.iter_mut() {
