@@ -17,7 +17,7 @@
 //! |---|---|---|---|
 //! | `daemon` | `ringrelay <version>` | `running`, `stopping` | start time (ns since the epoch), then zeros |
 //! | `pool` | buffer class (`large`, `small`) | empty | in use, total, bytes per buffer, then zeros |
-//! | `input` | `<channel>/<input url>` | `up`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, 0, 0 |
+//! | `input` | `<channel>/<input url>` | `up`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, partial, 0 |
 //! | `output` | `<channel>/<output url>` | see `engine::output_state` | the columns as named |
 //!
 //! An input row starts its channel: the output rows after it belong to it. Labels are cut to
@@ -69,6 +69,8 @@ pub struct InputMetrics {
     pub malformed: u64,
     pub reconnects: u64,
     pub errors: u64,
+    /// Bytes cut from the input that made no whole record (frames, lines, preambles).
+    pub partial: u64,
 }
 
 impl InputMetrics {
@@ -162,6 +164,7 @@ impl Snapshot {
                         malformed: s.malformed,
                         reconnects: s.reconnects,
                         errors: s.errors,
+                        partial: s.partial,
                     },
                     outputs: ch
                         .outputs
@@ -234,7 +237,7 @@ impl Snapshot {
                     i.malformed,
                     i.reconnects,
                     i.errors,
-                    0,
+                    i.partial,
                     0,
                 ],
             });
@@ -304,6 +307,7 @@ impl Snapshot {
                             malformed: v[3],
                             reconnects: v[4],
                             errors: v[5],
+                            partial: v[6],
                         },
                         outputs: Vec::new(),
                     });
@@ -388,6 +392,7 @@ pub(crate) mod tests {
                     malformed: 2,
                     reconnects: 0,
                     errors: 3,
+                    partial: 5,
                 },
                 outputs: vec![
                     OutputMetrics {

@@ -89,7 +89,7 @@ pub fn render(s: &Snapshot) -> String {
             ),
         );
     }
-    let inputs: [(&'static str, &str, &str, InputField); 6] = [
+    let inputs: [(&'static str, &str, &str, InputField); 7] = [
         (
             "ringrelay_input_bytes_total",
             "counter",
@@ -125,6 +125,12 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Input faults: refused producers, receive errors.",
             |i| i.errors,
+        ),
+        (
+            "ringrelay_input_partial_bytes_total",
+            "counter",
+            "Bytes cut from the input that made no whole record: an incomplete frame or line at the end of a producer connection, or an over-long line.",
+            |i| i.partial,
         ),
     ];
     for (name, kind, help, get) in inputs {
