@@ -2,7 +2,7 @@
 //! `interleave`, also without `decimate`), `preamble = N` (the first bytes of every producer
 //! connection, kept and replayed to every subscriber that joins) and `max_line` (the longest
 //! line of `framing = line`), with their ranges and the checks that tie them to the input and
-//! the pool ([`check`]).
+//! the pool (`check`).
 //!
 //! What the engine does with them is in its `records` module: outputs are handed whole records
 //! only. Pure: no I/O.

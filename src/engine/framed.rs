@@ -2,14 +2,16 @@
 //! reads ([`Framed`]) and how a read, a datagram, a joining subscriber and a collector whose
 //! link comes up are handled, over the pure decisions of [`super::records`].
 //!
-//! Owns two kinds of pool buffer per channel, each held by ONE reference in a
-//! [`Held`] that nothing else names until it is offered to outputs:
+//! Owns two kinds of pool buffer per channel, each held by ONE reference of the channel in a
+//! [`Held`] (outputs that are offered its bytes retain their own):
 //! - the carry: the record that straddles the end of a read, copied out of it and completed
 //!   from the head of the next read, then delivered (the reference goes to [`deliver`]);
 //! - the preamble: the first `preamble` bytes of the current producer connection, offered
 //!   (retained once more per queue) to every subscriber that joins and every collector whose
-//!   link comes up. Bytes are appended to it only past what any queue was offered, so a send
-//!   in flight never reads a byte being written. Replaced at the next connection's first byte.
+//!   link comes up. It is the connection's first read buffer itself, kept; when that read was
+//!   shorter than the preamble, the rest is appended after its bytes, past what any queue was
+//!   offered, so a send in flight never reads a byte being written. Replaced at the next
+//!   connection's first byte.
 //!
 //! Both are given back by [`Framed::release`] when the channel goes (reload, shutdown): the pool
 //! is whole at the end. What is cut and not delivered is counted in the input's `partial`
@@ -95,6 +97,11 @@ impl Framed {
         left
     }
 
+    /// Bytes the carry holds (a record not yet complete).
+    pub fn carried(&self) -> u32 {
+        self.cutter.carry()
+    }
+
     fn is_line(&self) -> bool {
         self.cutter.is_line()
     }
@@ -146,7 +153,8 @@ fn fill_lines(cx: &mut Cx, ch: &mut Channel, buf: u16, off: u32, len: u32) {
 }
 
 /// Delivers `len` bytes at `off` of `buf` (a reference the caller gives up), its lines cut
-/// for datagram outputs; `preamble` bytes are not fed to the decimator.
+/// for datagram outputs; `preamble` bytes are not fed to the decimator, nor cut into lines (a
+/// datagram output gets them as they arrive).
 fn deliver_records(
     cx: &mut Cx,
     ch: &mut Channel,
@@ -155,7 +163,9 @@ fn deliver_records(
     datagram: bool,
     preamble: bool,
 ) {
-    fill_lines(cx, ch, buf, off, len);
+    if !preamble {
+        fill_lines(cx, ch, buf, off, len);
+    }
     let publisher = if preamble { ch.publisher.take() } else { None };
     deliver(cx, ch, ci, buf, off, len, datagram);
     if publisher.is_some() {
@@ -193,13 +203,18 @@ pub(crate) fn on_stream_read(cx: &mut Cx, ch: &mut Channel, ci: u16, gen: u32, b
         match s {
             Step::Preamble { at, len } => {
                 if f.fresh {
+                    // The connection's first read holds the preamble's first bytes at its
+                    // start: that buffer itself is kept (no copy, and no other buffer to
+                    // find in a short pool). Past them, it holds nothing any output was
+                    // offered while the preamble is incomplete, so the rest is appended there.
+                    debug_assert_eq!(at, 0);
                     f.fresh = false;
                     if let Some(old) = f.preamble.take() {
                         cx.pool.release(old.buf);
                     }
-                    f.preamble = take_held(cx);
-                }
-                if let Some(p) = f.preamble.as_mut() {
+                    cx.pool.retain(buf);
+                    f.preamble = Some(Held { buf, len });
+                } else if let Some(p) = f.preamble.as_mut() {
                     append(cx, &mut f.scratch, buf, at, len, p);
                 }
                 cx.pool.retain(buf);
@@ -323,12 +338,15 @@ pub(crate) fn joined(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
     }
 }
 
-/// A stream link (collector) came up: the preamble goes in front of what its queue holds,
-/// unless the queue's front chunk is partly sent already (its rest must follow it).
+/// A stream link (collector) came up: with nothing queued, it starts like a subscriber that
+/// joins, the preamble first and then whole records. With a backlog kept across the redial
+/// (`on_slow = block`), it goes on with the backlog, in order: a preamble put in front of it
+/// could belong to a later producer connection than the records it holds, and a write of the
+/// old link may still carry the queue's front (its completion advances the queue).
 pub(crate) fn link_up(cx: &mut Cx, ch: &mut Channel, out: usize) {
     let Some(c) = preamble_chunk(ch) else { return };
     let o = &mut ch.outputs[out];
-    if o.is_datagram() || o.file.is_some() {
+    if o.is_datagram() || o.file.is_some() || !o.queue.is_empty() {
         return;
     }
     if o.queue.push_front(c) {
@@ -357,6 +375,29 @@ pub(crate) fn stream_chunk(plain: Chunk, prefixed: bool, newline: u32) -> Chunk 
             len: plain.len + newline,
             ..plain
         }
+    }
+}
+
+/// A framed channel's stream link lost its connection (`write_ops` is what its endpoint still
+/// has in flight): with the queue's front chunk partly sent, the rest would begin the next
+/// connection mid-record, so it is dropped whole once no write can still advance the queue.
+/// The only bytes an output skips to align: counted (`skipped=` bytes, and one drop).
+pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u32) {
+    let busy = ch.outputs[out]
+        .link
+        .and_then(|s| ch.ep(s))
+        .is_some_and(|e| e.write_ops > 0);
+    let o = &mut ch.outputs[out];
+    if ch.framed.is_none() || busy || write_ops > 0 || o.is_datagram() || o.file.is_some() {
+        return;
+    }
+    let Some(rest) = o.queue.front().filter(|_| o.queue.partly_sent()) else {
+        return;
+    };
+    if let Some(b) = o.queue.skip_front() {
+        cx.pool.release(b);
+        o.stats.drops += 1;
+        o.stats.skipped += u64::from(rest.len);
     }
 }
 

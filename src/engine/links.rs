@@ -430,6 +430,8 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
             if ch.outputs[out].link == Some(slot) {
                 ch.outputs[out].link = None;
             }
+            let ops = ch.ep(slot).map_or(0, |e| e.write_ops);
+            super::framed::link_down(cx, ch, out, ops);
         }
     }
     ch.reap_if_idle(slot, cx.sys);

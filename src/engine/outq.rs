@@ -195,6 +195,11 @@ impl OutQueue {
         true
     }
 
+    /// Whether the front chunk is partly sent.
+    pub fn partly_sent(&self) -> bool {
+        self.sent > 0
+    }
+
     /// Up to `max` chunks from the front (the first one minus what already went out): what a
     /// gathered write sends next.
     pub fn peek(&self, max: usize) -> impl Iterator<Item = Chunk> + '_ {

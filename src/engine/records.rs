@@ -294,7 +294,7 @@ pub fn datagram_lines(data: &[u8], max: u32, out: &mut Vec<(u32, u32, bool)>) {
 }
 
 /// A pool buffer a framed channel holds between reads (one reference), and the bytes in it.
-/// Given back to the pool by [`Held::release`]-ing it: when it is replaced, and when the
+/// Given back to the pool (a release of its buffer) when it is replaced, and when the
 /// channel goes (a reload that removes it, or the shutdown).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Held {

@@ -45,6 +45,9 @@ pub struct OutputStats {
     pub errors: u64,
     /// Sends that left by zero-copy send (`zerocopy=on`): shown only when some did.
     pub zerocopy: u64,
+    /// Bytes skipped to begin a new connection at a record boundary (a framed channel's
+    /// collector that lost its connection mid-chunk): shown only when some were.
+    pub skipped: u64,
 }
 
 impl fmt::Display for InputStats {
@@ -80,6 +83,9 @@ impl fmt::Display for OutputStats {
         )?;
         if self.zerocopy > 0 {
             write!(f, " zerocopy={}", self.zerocopy)?;
+        }
+        if self.skipped > 0 {
+            write!(f, " skipped={}", self.skipped)?;
         }
         Ok(())
     }
