@@ -538,3 +538,50 @@ fn idle_timeout_and_commands_print_and_parse_back() {
     );
     assert_eq!(again, out, "printed config parses back to itself");
 }
+
+/// The record keys (frames, lines, preambles): a preamble on a datagram input, `framing = line`
+/// with `sample`, and out-of-range `preamble` and `max_line`, each at its line.
+#[test]
+fn record_key_errors() {
+    let stream = "[channel rec]\ninput = tcp-listen://127.0.0.1:5000\noutput = tcp-listen://127.0.0.1:5001\n";
+    expect_one_error(
+        &with_channel_line("preamble = 12"),
+        "preamble",
+        &["preamble"],
+    );
+    expect_one_error(
+        &format!("{stream}sample = i16le\nframing = line\n"),
+        "framing = line",
+        &["framing"],
+    );
+    expect_one_error(
+        &format!("{stream}preamble = 4097\n"),
+        "preamble",
+        &["preamble"],
+    );
+    expect_one_error(
+        &format!("{stream}framing = line\nmax_line = 15\n"),
+        "max_line",
+        &["max_line"],
+    );
+    expect_one_error(
+        &format!("{stream}framing = line\nmax_line = 65537\n"),
+        "max_line",
+        &["max_line"],
+    );
+    // The same keys in range pass, and `check` prints them.
+    let good = format!(
+        "{stream}preamble = 12\nsample = u8\ninterleave = 2\n\n[channel nmea]\ninput = udp://127.0.0.1:5002\noutput = udp://127.0.0.1:5003\nframing = line\nmax_line = 1KiB\n"
+    );
+    let (code, out, err) = check(&good);
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    for want in [
+        "preamble = 12",
+        "sample = u8",
+        "interleave = 2",
+        "framing = line",
+        "max_line = 1024",
+    ] {
+        assert!(out.contains(want), "summary lacks {want}:\n{out}");
+    }
+}

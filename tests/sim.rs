@@ -33,6 +33,16 @@
 //! A channel with a file whose directory never comes back must still drain (its other
 //! outputs keep flowing once the file drops).
 //!
+//! Records (`sim/records.rs`): about half the stream channels declare a frame (`sample` x
+//! `interleave`), cut lines (`framing = line`, lines of the random pattern, many over
+//! `max_line`) or keep a preamble. At the end, every subscriber and collector connection's
+//! stream and every datagram is whole records: each run of consecutive positions starts at a
+//! record boundary (counted from each producer connection's start, after its preamble) and
+//! all but a connection's last run end at one; a subscriber's first byte is a preamble; a line
+//! datagram holds one line; a `block` collector received every byte read but those counted as
+//! `partial` and `skipped`. The engine's copies (carry, preamble) get their provenance through
+//! `sim/memory.rs`, so the byte-by-byte content check covers them too.
+//!
 //! Planted bugs it catches within the default 2,000 seeds (plant one, run
 //! `cargo test --release --test sim`, take it out again). Measured 2026-12-02; the first
 //! failing seed and its message:
@@ -65,9 +75,24 @@
 //!     2026-12-02 over 300 seeds: seed 1, "c0: connection 3 commanded again after Some(10)";
 //! 11. an idle producer dropped without closing it (`idle::close_for_reopen` sets
 //!     `ch.input = None` instead of `close_ep`), 300 seeds: seed 12, the channels never drain.
+//! 12. a record that straddles two reads delivered in its two pieces instead of through the
+//!     carry (`framed::on_stream_read`: `Step::Carry` delivers the range), measured 2026-12-02
+//!     over 300 seeds: seed 3, "c1 output 0 datagram 4: a run of 76 bytes starts at position
+//!     18939, not a record boundary"; seed 4 (frames of 12 bytes) and seed 7 (frames of 2) too;
+//! 13. no preamble for a subscriber that joins (`framed::joined` returns at once), over 300
+//!     seeds: seed 3, "c1 output 1 connection 13: a subscriber's first byte is position 128541,
+//!     not a preamble".
 //!
-//! (The seeds of 1-9 were measured before subscribers talked back and producers went silent,
-//! which draw from the same generator: their numbers may have moved.)
+//! (The seeds were measured on their own branches: 1-9 before subscribers talked back,
+//! producers went silent and records were cut, 10-11 before records, 12-13 before the
+//! first two; all draw from the same generator, so their numbers may have moved.)
+//!
+//! Found by the record checks and fixed before they were committed: a preamble kept in a
+//! buffer taken from the pool was missing whenever a read had just taken the last free
+//! buffers (the connection's first read buffer is kept instead); a collector redialed with its
+//! queue's front chunk partly sent began its new connection mid-record (the rest is now
+//! skipped and counted, `skipped=`); a preamble put in front of a kept backlog could precede
+//! records of an older producer connection (only an empty queue gets it now).
 //!
 //! Found in the engine by this simulation and fixed: datagram sends completing out of order
 //! released each other's buffers; a channel stayed blocked for good when a `block` queue
@@ -75,20 +100,24 @@
 //! outputs closed; a `disconnect` link counted one drop for a whole dropped backlog.
 //!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
-//! shared-memory publishing.
+//! shared-memory publishing, `framing = line` on a UDP input (integration-tested).
 
 mod sim {
     pub mod files;
     pub mod kernel;
+    pub mod memory;
+    pub mod records;
     pub mod rng;
 }
 
 use ringrelay::config::{parse_str, Config};
-use ringrelay::engine::buffers::{BufferPool, State, VecMemory};
+use ringrelay::engine::buffers::{BufferPool, State};
 use ringrelay::engine::caps::Caps;
 use ringrelay::engine::io::Effects;
 use ringrelay::engine::{Engine, Io};
-use sim::kernel::{talk_pos, talker_of, Faults, Kernel, Obj, Pos, Who};
+use sim::kernel::{pattern, talk_pos, talker_of, Faults, Kernel, Obj, Pos, Who};
+use sim::memory::SimMemory;
+use sim::records::{check_runs, RecordSpec};
 use sim::rng::Rng;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -129,6 +158,8 @@ struct ChanSpec {
     commands: bool,
     /// `idle_timeout=1s` on the input.
     idle: bool,
+    /// Frames, lines or a preamble (stream inputs only; see `sim/records.rs`).
+    records: RecordSpec,
 }
 
 /// A channel's producer or UDP sender.
@@ -143,6 +174,8 @@ struct Source {
     held: u64,
     /// The producer (or UDP sender) is silent for a while (chaos only).
     silent: bool,
+    /// The position at which each producer connection started.
+    starts: Vec<Pos>,
 }
 
 struct World {
@@ -181,6 +214,8 @@ impl World {
              datagram_count = {dcount}\nshutdown_timeout = 30s\nstats_interval = 3600s\nsplice = off\n"
         );
         let mut spec = Vec::new();
+        // Records come from their own generator: the rest of a seed's run stays as it was.
+        let mut rrng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EC0);
         for c in 0..nchan {
             let input = rng.pick(&[InKind::Udp, InKind::Listen, InKind::Dial]);
             let n = rng.range(1, 3);
@@ -229,6 +264,11 @@ impl World {
             if commands {
                 text += "commands = first\n";
             }
+            let records = match input {
+                InKind::Udp => RecordSpec::default(),
+                _ => RecordSpec::pick(&mut rrng),
+            };
+            text += &records.keys();
             let stream_out = outputs.iter().any(|o| {
                 matches!(
                     o.kind,
@@ -266,6 +306,7 @@ impl World {
                 replace,
                 commands,
                 idle,
+                records,
             });
         }
         let cfg = parse_str("sim.conf", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
@@ -405,6 +446,8 @@ impl World {
                         let ci = self.kernel.conn(Who::Input(c), 0);
                         self.kernel.backlog.entry(l).or_default().push_back(ci);
                         self.sources[c].conn = Some(ci);
+                        let at = self.sources[c].next;
+                        self.sources[c].starts.push(at);
                     }
                 } else {
                     // Answer the relay's dial, if one waits.
@@ -417,6 +460,8 @@ impl World {
                         self.kernel.conns[ci].accepted = Some(ok);
                         if ok {
                             self.sources[c].conn = Some(ci);
+                            let at = self.sources[c].next;
+                            self.sources[c].starts.push(at);
                         }
                     }
                 }
@@ -436,6 +481,8 @@ impl World {
                         let new = self.kernel.conn(Who::Input(c), 0);
                         self.kernel.backlog.entry(l).or_default().push_back(new);
                         self.sources[c].conn = Some(new);
+                        let at = self.sources[c].next;
+                        self.sources[c].starts.push(at);
                     }
                     return;
                 }
@@ -601,7 +648,7 @@ struct Failure {
     trace: Vec<String>,
 }
 
-fn io<'a>(now: Instant, fx: &'a mut Effects, k: &'a mut Kernel, m: &'a mut VecMemory) -> Io<'a> {
+fn io<'a>(now: Instant, fx: &'a mut Effects, k: &'a mut Kernel, m: &'a mut SimMemory) -> Io<'a> {
     Io {
         now,
         fx,
@@ -616,7 +663,7 @@ fn run(seed: u64) -> Result<(), Failure> {
     if std::env::var("SIM_SEED").is_ok() {
         w.kernel.trace_len = 1_000_000;
     }
-    let mut mem = VecMemory::new(&pool);
+    let mut mem = SimMemory::new(&pool);
     let t0 = Instant::now();
     let mut now = t0;
     let mut fx = Effects::default();
@@ -662,7 +709,7 @@ fn run(seed: u64) -> Result<(), Failure> {
         }
         match w.rng.below(10) {
             0..=2 => {
-                w.kernel.execute_one(&mut mem);
+                w.kernel.execute_one(&mut mem.inner);
             }
             3..=5 => {
                 let n = w.rng.range(1, 8);
@@ -691,6 +738,7 @@ fn run(seed: u64) -> Result<(), Failure> {
                 w.kernel.submit(&mut fx);
             }
         }
+        mem.settle(&mut w.kernel);
         check_step(&w, &engine).map_err(|e| fail(&w, format!("step {step}: {e}")))?;
         if let Some(v) = w.kernel.violations.first() {
             return Err(fail(&w, format!("step {step}: {v}")));
@@ -728,7 +776,7 @@ fn run(seed: u64) -> Result<(), Failure> {
     }
     // Cancels are fire-and-forget for the engine (the driver's ring waits for them): let the
     // kernel finish them.
-    while w.kernel.execute_one(&mut mem) {}
+    while w.kernel.execute_one(&mut mem.inner) {}
     while w.kernel.pick_cqe().is_some() {}
     let counters = final_counters(&engine);
     engine.finish(&mut w.kernel);
@@ -884,11 +932,15 @@ fn drain_report(w: &World, engine: &Engine) -> String {
 /// An output's drops, datagrams sent and disconnects.
 type OutCounters = (u64, u64, u64);
 
-/// Per channel: input datagrams delivered, input drops, and each output's counters.
+/// Per channel: input datagrams delivered, input drops, and each output's counters; and the
+/// bytes the input cut and did not deliver (`partial`, and what a carry still held).
 struct Counters {
     chans: Vec<(u64, u64, Vec<OutCounters>)>,
     /// Per channel: command bytes written to producers, idle timeouts.
     talk: Vec<(u64, u64)>,
+    partial: Vec<u64>,
+    /// Per channel, each output's bytes skipped to align (`skipped=`).
+    skipped: Vec<Vec<u64>>,
 }
 
 /// Seeds' totals: idle timeouts fired, command bytes forwarded (the run shows the simulation
@@ -919,6 +971,24 @@ fn final_counters(engine: &Engine) -> Counters {
             .map(|c| {
                 c.as_ref()
                     .map_or((0, 0), |ch| (ch.stats.commands, ch.stats.idle_timeouts))
+            })
+            .collect(),
+        skipped: engine
+            .channels()
+            .iter()
+            .map(|c| {
+                c.as_ref().map_or(Vec::new(), |ch| {
+                    ch.outputs.iter().map(|o| o.stats.skipped).collect()
+                })
+            })
+            .collect(),
+        partial: engine
+            .channels()
+            .iter()
+            .map(|c| {
+                c.as_ref().map_or(0, |ch| {
+                    ch.stats.partial + ch.framed.as_ref().map_or(0, |f| u64::from(f.carried()))
+                })
             })
             .collect(),
     }
@@ -965,6 +1035,10 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
         }
         let (datagrams, in_drops, outs) = &counters.chans[c];
         let offered = datagrams - in_drops;
+        if spec.records.is_framed() {
+            check_records(w, c, spec, counters)?;
+            continue;
+        }
         for (o, os) in spec.outputs.iter().enumerate() {
             let (drops, sent, _disc) = outs[o];
             let received: Vec<Pos> = match os.kind {
@@ -1090,6 +1164,77 @@ fn check_commands(w: &World, counters: &Counters) -> Result<(), String> {
                 }
                 seen.push(from);
             }
+        }
+    }
+    Ok(())
+}
+
+/// A channel that cuts records: every output connection's stream, and every datagram, is
+/// whole records from a boundary; a `block` collector got every byte the input read but those
+/// it counted as partial.
+fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> Result<(), String> {
+    let r = &spec.records;
+    let starts = &w.sources[c].starts;
+    let all: u64 = stream_chunks(w, c).iter().map(|x| x.1).sum();
+    for (o, os) in spec.outputs.iter().enumerate() {
+        let conns: &[usize] = match os.kind {
+            OutKind::Subscribers => &w.subs[c][o],
+            OutKind::Collector => &w.collectors[c][o].1,
+            OutKind::UdpDest => {
+                for (i, d) in w
+                    .kernel
+                    .sinks
+                    .get(&(c, o))
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let what = format!("c{c} output {o} datagram {i}");
+                    if d.iter().all(|&p| r.in_preamble(starts, p)) {
+                        continue;
+                    }
+                    check_runs(r, starts, d, false, &what)?;
+                    let lines = d.iter().filter(|&&p| pattern(p) == b'\n').count();
+                    if r.line.is_some() && lines != 1 {
+                        return Err(format!("{what}: {lines} lines in one datagram"));
+                    }
+                }
+                continue;
+            }
+            OutKind::File => continue,
+        };
+        let mut set = BTreeSet::new();
+        for &ci in conns {
+            let got = &w.kernel.conns[ci].received;
+            check_runs(
+                r,
+                starts,
+                got,
+                true,
+                &format!("c{c} output {o} connection {ci}"),
+            )?;
+            // A subscriber gets the preamble first, whenever it joins.
+            if let (OutKind::Subscribers, true, Some(&first)) =
+                (os.kind, r.preamble > 0, got.first())
+            {
+                if !starts.contains(&first) {
+                    return Err(format!(
+                        "c{c} output {o} connection {ci}: a subscriber's first byte is position {first}, not a preamble (connections started at {starts:?})"
+                    ));
+                }
+            }
+            set.extend(got.iter().copied());
+        }
+        let partial = counters.partial[c];
+        let skipped = counters.skipped[c][o];
+        if os.kind == OutKind::Collector
+            && os.policy == "block"
+            && set.len() as u64 + partial + skipped != all
+        {
+            return Err(format!(
+                "c{c} output {o} (block collector): {} bytes received + {partial} partial + {skipped} skipped != {all} read",
+                set.len()
+            ));
         }
     }
     Ok(())

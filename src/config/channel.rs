@@ -9,6 +9,7 @@
 use crate::config::commands::Commands;
 use crate::config::global::{Global, DATAGRAM_HEADROOM};
 use crate::config::parse::{quote, RawChannel};
+use crate::config::records::{self, RecordLines, Records};
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use crate::config::splice::{ineligible_reason, SpliceMode};
 use crate::config::units::format_size;
@@ -23,6 +24,19 @@ pub enum Framing {
     None,
     /// Each datagram prefixed with its length as a big-endian u32.
     U32Be,
+    /// Records are lines ending in `\n`: a datagram output sends one datagram per line, stream
+    /// outputs get whole lines (see the engine's `records` module).
+    Line,
+}
+
+impl Framing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::None => "none",
+            Framing::U32Be => "u32be",
+            Framing::Line => "line",
+        }
+    }
 }
 
 /// What a listening stream input does with a producer that connects while one is connected.
@@ -75,6 +89,20 @@ pub struct ChannelConfig {
     pub producer: Producer,
     /// Subscribers' bytes: discarded, or the first subscriber's forwarded to the producer.
     pub commands: Commands,
+    /// The declared frame, the preamble and `max_line`.
+    pub records: Records,
+}
+
+impl ChannelConfig {
+    /// Whether the input's bytes are cut into records before the outputs see them: a stream
+    /// input with a declared frame, `framing = line` or a preamble. Such a channel takes the
+    /// buffer path (never splice).
+    pub fn is_framed_stream(&self) -> bool {
+        self.input.scheme.is_stream()
+            && (self.records.frame.is_some()
+                || self.framing == Framing::Line
+                || self.records.preamble > 0)
+    }
 }
 
 /// Default `max_backlog` per output.
@@ -99,6 +127,8 @@ pub(super) const CHANNEL_KEYS: &[&str] = &[
     "splice",
     "producer",
     "commands",
+    "preamble",
+    "max_line",
 ];
 
 /// Validates one channel section against the effective `[global]`; `None` after reporting
@@ -124,6 +154,8 @@ pub(super) fn parse_channel(
     let mut splice: Option<(SpliceMode, usize)> = None;
     let mut producer: Option<(Producer, usize)> = None;
     let mut commands: Option<(Commands, usize)> = None;
+    let mut recs = Records::default();
+    let mut at = RecordLines::default();
     for (k, v, line) in &rc.keys {
         let line = *line;
         let r: Result<(), String> = (|| {
@@ -157,18 +189,29 @@ pub(super) fn parse_channel(
                     });
                 }
                 "framing" => {
+                    at.framing = line;
                     framing = match v.as_str() {
                         "none" => Framing::None,
                         "u32be" => Framing::U32Be,
-                        _ => return Err(format!("{} is not one of none, u32be", quote(v))),
+                        "line" => Framing::Line,
+                        _ => return Err(format!("{} is not one of none, u32be, line", quote(v))),
                     }
                 }
                 "sample" => {
+                    at.sample = line;
                     sample = Some((SampleType::parse(v)?, line));
                 }
                 "interleave" => {
+                    at.interleave = line;
                     interleave = (parse_u32_in(v, 1, 1024)?, line);
-                    sample_lines.push(("interleave", line));
+                }
+                "preamble" => {
+                    at.preamble = line;
+                    recs.preamble = records::parse_preamble(v)?;
+                }
+                "max_line" => {
+                    at.max_line = line;
+                    recs.max_line = records::parse_max_line(v)?;
                 }
                 "header_bytes" => {
                     header_bytes = (parse_u32_in(v, 0, 65507)?, line);
@@ -271,16 +314,27 @@ pub(super) fn parse_channel(
             ok = false;
             None
         }
-        (Some((_, sline)), None) => {
-            err(
-                *sline,
-                "sample",
-                "sample is set but decimate is not (e.g. decimate = mean:10)".into(),
-            );
-            ok = false;
+        (Some(_), None) => {
+            // A declared frame only: the decimation keys have nothing to act on.
+            for (k, l) in &sample_lines {
+                err(*l, k, "only meaningful with decimate".into());
+                ok = false;
+            }
+            if let Some((true, l)) = shm {
+                err(l, "shm", "shm = on needs sample and decimate".into());
+                ok = false;
+            }
             None
         }
         (None, None) => {
+            if at.interleave > 0 {
+                err(
+                    at.interleave,
+                    "interleave",
+                    "interleave needs sample = TYPE".into(),
+                );
+                ok = false;
+            }
             for (k, l) in &sample_lines {
                 err(*l, k, "only meaningful with sample and decimate".into());
                 ok = false;
@@ -304,6 +358,17 @@ pub(super) fn parse_channel(
         );
         ok = false;
     }
+    recs.frame = sample.map(|(st, _)| (st, interleave.0));
+    if !records::check(
+        &recs,
+        framing,
+        input.scheme.is_stream(),
+        g.buffer_size,
+        at,
+        err,
+    ) {
+        ok = false;
+    }
     if framing == Framing::U32Be && input.scheme.is_stream() {
         let line = rc
             .keys
@@ -314,7 +379,7 @@ pub(super) fn parse_channel(
         err(
             line,
             "framing",
-            "framing applies to datagram (udp) inputs only: a stream has no boundaries to keep"
+            "framing = u32be applies to datagram (udp) inputs only: a stream has no boundaries to keep"
                 .into(),
         );
         ok = false;
@@ -357,6 +422,7 @@ pub(super) fn parse_channel(
         splice: SpliceMode::Off,
         producer: producer.map_or(Producer::Refuse, |p| p.0),
         commands: commands.map_or(Commands::Discard, |c| c.0),
+        records: recs,
     };
     let why_not = ineligible_reason(&c);
     c.splice = match (splice, why_not) {

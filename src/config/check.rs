@@ -103,11 +103,17 @@ impl fmt::Display for Config {
                 }
                 writeln!(f)?;
             }
-            let fr = match c.framing {
-                Framing::None => "none",
-                Framing::U32Be => "u32be",
-            };
-            writeln!(f, "framing = {fr}")?;
+            writeln!(f, "framing = {}", c.framing.name())?;
+            if c.framing == Framing::Line {
+                writeln!(f, "max_line = {}", c.records.max_line)?;
+            }
+            if c.records.preamble > 0 {
+                writeln!(f, "preamble = {}", c.records.preamble)?;
+            }
+            if let (Some((st, n)), None) = (c.records.frame, &c.samples) {
+                writeln!(f, "sample = {st}")?;
+                writeln!(f, "interleave = {n}")?;
+            }
             writeln!(f, "splice = {}", c.splice.name())?;
             if c.input.scheme.is_listen() {
                 writeln!(f, "producer = {}", c.producer.name())?;

@@ -27,6 +27,7 @@
 pub mod commands;
 pub mod idle;
 pub mod keepalive;
+pub mod records;
 pub mod sample;
 pub mod splice;
 pub mod units;

@@ -10,6 +10,7 @@ impl ChannelConfig {
         self.name == other.name
             && self.input == other.input
             && self.framing == other.framing
+            && self.records == other.records
             && self.samples == other.samples
             && self.splice == other.splice
             && self.producer == other.producer

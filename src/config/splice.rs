@@ -94,6 +94,12 @@ pub fn ineligible_reason(c: &ChannelConfig) -> Option<String> {
     if c.samples.is_some() {
         return Some("the channel decimates samples, which needs its bytes in userspace".into());
     }
+    if c.is_framed_stream() {
+        return Some(
+            "the channel cuts its stream into records (sample, framing = line or preamble), which needs its bytes in userspace"
+                .into(),
+        );
+    }
     if c.outputs.is_empty() {
         return Some("the channel has no output".into());
     }

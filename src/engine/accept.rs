@@ -229,6 +229,7 @@ pub(crate) fn accepted(
             ch.outputs[out].subscribers.push(slot);
             super::commands::joined(ch, slot);
             watch_hangup(cx, ch, ci, slot);
+            super::framed::joined(cx, ch, ci, slot);
         }
         _ => cx.sys.close(fd),
     }

@@ -333,6 +333,18 @@ impl BufferPool {
         mem.write(id, off, data);
     }
 
+    /// Writes into a buffer that holds data at `off`, past every range of it that was offered
+    /// to an output (the caller's promise: the preamble a channel assembles while subscribers
+    /// hold its first bytes, or a `\n` after a datagram), so no send reads what is written.
+    pub fn append(&self, mem: &mut dyn Memory, id: BufId, off: u32, data: &[u8]) {
+        assert!(
+            matches!(self.state[id as usize], State::Shared(_)),
+            "buffer {id} does not hold data"
+        );
+        assert!(off as usize + data.len() <= self.size_of(id) as usize);
+        mem.write(id, off, data);
+    }
+
     /// Byte offset of buffer `id` in the arena (the driver's address arithmetic).
     pub fn offset_of(&self, id: BufId) -> usize {
         self.start(id)

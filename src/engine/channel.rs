@@ -363,6 +363,8 @@ pub struct Channel {
     /// the whole batch is delivered, so that one segmented send carries all of them.
     pub batch_kicks: Vec<u16>,
     pub to_disconnect: Vec<u16>,
+    /// What a channel that cuts records holds between reads (carry, preamble).
+    pub framed: Option<super::framed::Framed>,
 }
 
 /// Buffers one output may hold. A `block` output may hold all but an eighth of the pool: when
@@ -449,6 +451,7 @@ impl Channel {
             to_kick: Vec::new(),
             batch_kicks: Vec::new(),
             to_disconnect: Vec::new(),
+            framed: super::framed::Framed::for_config(cfg),
             drain_deadline: None,
             stats: InputStats::default(),
             watchdog: super::idle::Watchdog::new(cfg.input.opts.idle_timeout),

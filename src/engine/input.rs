@@ -16,6 +16,7 @@ use super::channel::{
     Channel, Role, DATAGRAM_HEADROOM, PREFIX, STREAM_READ_BUFFERS, UDP_RECVS_IN_FLIGHT,
 };
 use super::fileout;
+use super::framed;
 use super::io::{Completion, Op};
 use super::links::close_ep;
 use super::output::kick;
@@ -271,7 +272,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             left -= n;
             if n > 0 {
                 cx.pool.filled(b);
-                deliver(cx, ch, ci_of(tok), b, 0, n, false);
+                framed::on_stream_read(cx, ch, ci_of(tok), tok.gen, b, n);
             } else {
                 cx.pool.abandon(b);
             }
@@ -287,6 +288,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             // posted again, on fewer buffers, at the end of the batch.
         } else if res <= 0 && !closing {
             // End of stream or an error: this producer is gone.
+            framed::input_ended(cx, ch);
             if res == 0 {
                 info!("channel {}: producer {} closed the stream", ch.name(), peer);
             } else {
@@ -322,7 +324,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             }
         } else {
             cx.pool.filled(buf);
-            deliver(cx, ch, ci_of(tok), buf, DATAGRAM_HEADROOM, n, true);
+            framed::on_datagram(cx, ch, ci_of(tok), buf, DATAGRAM_HEADROOM, n);
         }
     } else {
         cx.pool.abandon(buf);
@@ -375,7 +377,7 @@ pub(crate) fn on_recv_multi(cx: &mut Cx, ch: &mut Channel, tok: Token, c: Comple
                     cx.pool.release(b);
                     ch.stats.malformed += 1;
                 } else {
-                    deliver(cx, ch, ci, b, off, len, true);
+                    framed::on_datagram(cx, ch, ci, b, off, len);
                 }
             }
             Datagram::Payload { .. } => cx.pool.release(b),
@@ -478,15 +480,6 @@ pub(crate) fn deliver(
             .write_prefix(cx.mem, buf, off - PREFIX, &len.to_be_bytes());
     }
     let plain = Chunk { buf, off, len };
-    let stream_chunk = if framed {
-        Chunk {
-            buf,
-            off: off - PREFIX,
-            len: len + PREFIX,
-        }
-    } else {
-        plain
-    };
     let Channel {
         outputs,
         slots,
@@ -494,8 +487,12 @@ pub(crate) fn deliver(
         to_kick,
         to_disconnect,
         batch_kicks,
+        framed: cut,
         ..
     } = ch;
+    // A line channel's datagram outputs get one datagram per line (none: `plain`).
+    let (lines, newline) = framed::lines_of(cut);
+    let stream_chunk = framed::stream_chunk(plain, framed, newline);
     to_kick.clear();
     to_disconnect.clear();
     for o in outputs.iter_mut() {
@@ -509,28 +506,36 @@ pub(crate) fn deliver(
                 o.stats.drops += 1;
                 continue;
             }
-            match o.queue.offer(chunk) {
-                Offer::Queued => cx.pool.retain(buf),
-                Offer::QueuedBlocking => {
-                    cx.pool.retain(buf);
-                    if !*blocked {
-                        debug!(
-                            "blocked by {}: {} chunks, {} bytes queued; pool {} free",
-                            o.cfg.endpoint.url(),
-                            o.queue.len(),
-                            o.queue.backlog(),
-                            cx.pool.free_count()
-                        );
+            let chunks = if o.is_datagram() && !lines.is_empty() {
+                lines
+            } else {
+                std::slice::from_ref(&chunk)
+            };
+            for &chunk in chunks {
+                match o.queue.offer(chunk) {
+                    Offer::Queued => cx.pool.retain(buf),
+                    Offer::QueuedBlocking => {
+                        cx.pool.retain(buf);
+                        if !*blocked {
+                            debug!(
+                                "blocked by {}: {} chunks, {} bytes queued; pool {} free",
+                                o.cfg.endpoint.url(),
+                                o.queue.len(),
+                                o.queue.backlog(),
+                                cx.pool.free_count()
+                            );
+                        }
+                        *blocked = true;
                     }
-                    *blocked = true;
-                }
-                Offer::Dropped => o.stats.drops += 1,
-                Offer::Disconnect => {
-                    // A pushed output that chose `disconnect`: drop its backlog and redial.
-                    o.stats.drops += 1;
-                    o.stats.disconnects += 1;
-                    if let Some(s) = o.link {
-                        to_disconnect.push(s);
+                    Offer::Dropped => o.stats.drops += 1,
+                    Offer::Disconnect => {
+                        // A pushed output that chose `disconnect`: drop its backlog and redial.
+                        o.stats.drops += 1;
+                        o.stats.disconnects += 1;
+                        if let Some(s) = o.link {
+                            to_disconnect.push(s);
+                        }
+                        break;
                     }
                 }
             }

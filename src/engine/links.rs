@@ -204,6 +204,7 @@ pub(crate) fn connected(
                     if o.scheme() != Scheme::Udp && o.file.is_none() {
                         watch_hangup(cx, ch, ci, slot);
                     }
+                    super::framed::link_up(cx, ch, out);
                     kick(cx, ch, ci, slot);
                 }
                 _ => {}
@@ -463,6 +464,8 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
             if ch.outputs[out].link == Some(slot) {
                 ch.outputs[out].link = None;
             }
+            let ops = ch.ep(slot).map_or(0, |e| e.write_ops);
+            super::framed::link_down(cx, ch, out, ops);
         }
     }
     ch.reap_if_idle(slot, cx.sys);

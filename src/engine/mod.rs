@@ -30,6 +30,7 @@ pub mod channel;
 mod commands;
 pub mod decimate;
 pub mod fileout;
+mod framed;
 mod idle;
 mod input;
 pub mod io;
@@ -38,6 +39,7 @@ pub mod loglimit;
 pub mod mqtt;
 mod output;
 pub mod outq;
+pub mod records;
 mod reload;
 pub mod rings;
 pub mod splice;
@@ -415,6 +417,9 @@ impl Engine {
             }
         }
         ch.close_pending(sys);
+        if let Some(f) = ch.framed.as_mut() {
+            ch.stats.partial += u64::from(f.release(&mut self.pool));
+        }
         if let Some(p) = ch.publisher.take() {
             p.close();
         }

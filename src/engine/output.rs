@@ -290,6 +290,10 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             }
             ch.outputs[out].stats.bytes += res as u64;
         }
+        if let (Role::Link { out }, Some(ep)) = (role, ch.ep(slot)) {
+            let ops = ep.write_ops;
+            super::framed::link_down(cx, ch, out, ops);
+        }
         ch.reap_if_idle(slot, cx.sys);
         return;
     }

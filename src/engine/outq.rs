@@ -183,6 +183,23 @@ impl OutQueue {
         }
     }
 
+    /// Puts a chunk in front of the queue (a preamble for a link that came up), unless the
+    /// front chunk is partly sent; returns whether it did (the caller then retains the buffer).
+    /// Not subject to the limits: it is what the output must begin with.
+    pub fn push_front(&mut self, c: Chunk) -> bool {
+        if self.sent > 0 {
+            return false;
+        }
+        self.bytes += u64::from(c.len);
+        self.items.push_front(c);
+        true
+    }
+
+    /// Whether the front chunk is partly sent.
+    pub fn partly_sent(&self) -> bool {
+        self.sent > 0
+    }
+
     /// Up to `max` chunks from the front (the first one minus what already went out): what a
     /// gathered write sends next.
     pub fn peek(&self, max: usize) -> impl Iterator<Item = Chunk> + '_ {

@@ -21,6 +21,10 @@ pub struct InputStats {
     /// Producers closed because a new one replaced them (`producer = replace`).
     pub replaced: u64,
     pub errors: u64,
+    /// Bytes cut from the input and not delivered because they made no whole record: an
+    /// incomplete frame or line at the end of a producer connection, a line longer than
+    /// `max_line`, or a record with no free buffer to carry it across reads.
+    pub partial: u64,
     /// Times a multishot receive ended and was armed again (its buffer ring ran dry, -ENOBUFS,
     /// or the kernel ended it); 0 on the single-shot path.
     pub rearms: u64,
@@ -50,6 +54,9 @@ pub struct OutputStats {
     pub errors: u64,
     /// Sends that left by zero-copy send (`zerocopy=on`): shown only when some did.
     pub zerocopy: u64,
+    /// Bytes skipped to begin a new connection at a record boundary (a framed channel's
+    /// collector that lost its connection mid-chunk): shown only when some were.
+    pub skipped: u64,
 }
 
 impl fmt::Display for InputStats {
@@ -82,6 +89,9 @@ impl fmt::Display for InputStats {
                 self.commands, self.commands_dropped
             )?;
         }
+        if self.partial > 0 {
+            write!(f, " partial={}", self.partial)?;
+        }
         Ok(())
     }
 }
@@ -95,6 +105,9 @@ impl fmt::Display for OutputStats {
         )?;
         if self.zerocopy > 0 {
             write!(f, " zerocopy={}", self.zerocopy)?;
+        }
+        if self.skipped > 0 {
+            write!(f, " skipped={}", self.skipped)?;
         }
         Ok(())
     }

@@ -42,7 +42,8 @@ fn ints(o: &mut String, pairs: &[(&str, u64)]) {
 ///            "pool":{"buffers_in_use":…,"buffers_total":…,"classes":[{"class":…,
 ///            "buffer_bytes":…,"in_use":…,"total":…}]}|null},
 ///  "channels":[{"name":…,"input":{"url":…,"state":…,"up":…,"bytes":…,"datagrams":…,
-///            "drops":…,"malformed":…,"reconnects":…,"errors":…,"idle_timeouts":…},
+///            "drops":…,"malformed":…,"reconnects":…,"errors":…,"idle_timeouts":…,
+///            "partial":…},
 ///            "outputs":[{"url":…,"state":…,"up":…,"bytes":…,"datagrams":…,"drops":…,
 ///            "disconnects":…,"reconnects":…,"errors":…,"backlog":…,"clients":…}]}]}
 /// ```
@@ -108,6 +109,7 @@ pub fn render(s: &Snapshot) -> String {
                 ("reconnects", inp.reconnects),
                 ("errors", inp.errors),
                 ("idle_timeouts", inp.idle_timeouts),
+                ("partial", inp.partial),
             ],
         );
         o.push_str("},\"outputs\":[");
@@ -167,7 +169,8 @@ mod tests {
             j.contains(
                 "\"channels\":[{\"name\":\"seismo\",\"input\":{\"url\":\"udp://127.0.0.1:5000\",\
              \"state\":\"up\",\"up\":true,\"bytes\":1000,\"datagrams\":10,\"drops\":1,\
-             \"malformed\":2,\"reconnects\":0,\"errors\":3,\"idle_timeouts\":4},\"outputs\":[{\"url\":\
+             \"malformed\":2,\"reconnects\":0,\"errors\":3,\"idle_timeouts\":4,\"partial\":5},\
+             \"outputs\":[{\"url\":\
              \"tcp-listen://0.0.0.0:6000\",\"state\":\"listening\",\"up\":true,\"bytes\":900,\
              \"datagrams\":9,\"drops\":1,\"disconnects\":4,\"reconnects\":5,\"errors\":6,\
              \"backlog\":77,\"clients\":2},{\"url\":\"unix:///tmp/a\\\"b\\\\c\",\"state\":\"down\",\

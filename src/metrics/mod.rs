@@ -17,7 +17,7 @@
 //! |---|---|---|---|
 //! | `daemon` | `ringrelay <version>` | `running`, `stopping` | start time (ns since the epoch), then zeros |
 //! | `pool` | buffer class (`large`, `small`) | empty | in use, total, bytes per buffer, then zeros |
-//! | `input` | `<channel>/<input url>` | `up`, `idle`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, **idle_timeouts**, 0 |
+//! | `input` | `<channel>/<input url>` | `up`, `idle`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, **idle_timeouts**, **partial** |
 //! | `output` | `<channel>/<output url>` | see `engine::output_state` | the columns as named |
 //!
 //! An input row starts its channel: the output rows after it belong to it. Labels are cut to
@@ -71,6 +71,8 @@ pub struct InputMetrics {
     pub errors: u64,
     /// Times the input was silent for its `idle_timeout`.
     pub idle_timeouts: u64,
+    /// Bytes cut from the input that made no whole record (frames, lines, preambles).
+    pub partial: u64,
 }
 
 impl InputMetrics {
@@ -159,6 +161,7 @@ impl Snapshot {
                         reconnects: s.reconnects,
                         errors: s.errors,
                         idle_timeouts: s.idle_timeouts,
+                        partial: s.partial,
                     },
                     outputs: ch
                         .outputs
@@ -232,7 +235,7 @@ impl Snapshot {
                     i.reconnects,
                     i.errors,
                     i.idle_timeouts,
-                    0,
+                    i.partial,
                 ],
             });
             for o in &ch.outputs {
@@ -302,6 +305,7 @@ impl Snapshot {
                             reconnects: v[4],
                             errors: v[5],
                             idle_timeouts: v[6],
+                            partial: v[7],
                         },
                         outputs: Vec::new(),
                     });
@@ -387,6 +391,7 @@ pub(crate) mod tests {
                     reconnects: 0,
                     errors: 3,
                     idle_timeouts: 4,
+                    partial: 5,
                 },
                 outputs: vec![
                     OutputMetrics {

@@ -89,7 +89,7 @@ pub fn render(s: &Snapshot) -> String {
             ),
         );
     }
-    let inputs: [(&'static str, &str, &str, InputField); 7] = [
+    let inputs: [(&'static str, &str, &str, InputField); 8] = [
         (
             "ringrelay_input_bytes_total",
             "counter",
@@ -131,6 +131,12 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Times the input was silent for its idle_timeout (producer redialed or disconnected, datagram input marked idle).",
             |i| i.idle_timeouts,
+        ),
+        (
+            "ringrelay_input_partial_bytes_total",
+            "counter",
+            "Bytes cut from the input that made no whole record: an incomplete frame or line at the end of a producer connection, or an over-long line.",
+            |i| i.partial,
         ),
     ];
     for (name, kind, help, get) in inputs {

@@ -1,0 +1,90 @@
+//! The buffer arena as the simulated kernel sees it, and the copies the engine makes in it.
+//!
+//! A channel that cuts records copies bytes from one pool buffer into another (the carry of a
+//! record that straddles two reads, the preamble it keeps): the kernel never filled those
+//! buffers, so it must learn where their bytes came from to check what the outputs receive.
+//! [`SimMemory`] remembers the engine's last read of the arena; a write of exactly those bytes
+//! is a copy, and [`SimMemory::settle`] hands each copy's provenance to the kernel
+//! (`Kernel::prov`). Other engine writes (a u32be prefix, a `\n` after a datagram) are left
+//! to the kernel's own checks.
+
+use super::kernel::{Kernel, Prov};
+use ringrelay::engine::buffers::{BufId, BufferPool, VecMemory};
+use ringrelay::engine::io::Memory;
+use std::cell::Cell;
+
+/// One copy: `len` bytes from `src` at `src_off` to `dst` at `dst_off`.
+#[derive(Clone, Copy, Debug)]
+struct Copied {
+    dst: BufId,
+    dst_off: u32,
+    src: BufId,
+    src_off: u32,
+}
+
+pub struct SimMemory {
+    pub inner: VecMemory,
+    last_read: Cell<Option<(BufId, u32, u32)>>,
+    copies: Vec<Copied>,
+}
+
+impl SimMemory {
+    pub fn new(pool: &BufferPool) -> SimMemory {
+        SimMemory {
+            inner: VecMemory::new(pool),
+            last_read: Cell::new(None),
+            copies: Vec::new(),
+        }
+    }
+
+    /// Gives the kernel the provenance of every copy since the last call: a copy to offset 0
+    /// starts a buffer's provenance; a copy further on must continue it (consecutive stream
+    /// positions), or it is a violation.
+    pub fn settle(&mut self, k: &mut Kernel) {
+        for c in self.copies.drain(..) {
+            let Some(Prov::Stream { at, pos }) = k.prov[usize::from(c.src)] else {
+                k.violations.push(format!(
+                    "the engine copied from buffer {} that holds no stream",
+                    c.src
+                ));
+                continue;
+            };
+            let from = pos + u64::from(c.src_off - at);
+            if c.dst_off == 0 {
+                k.prov[usize::from(c.dst)] = Some(Prov::Stream { at: 0, pos: from });
+                continue;
+            }
+            match k.prov[usize::from(c.dst)] {
+                Some(Prov::Stream { at, pos }) if pos + u64::from(c.dst_off - at) == from => {}
+                p => k.violations.push(format!(
+                    "the engine appended position {from} at byte {} of buffer {} ({p:?}): not consecutive",
+                    c.dst_off, c.dst
+                )),
+            }
+        }
+    }
+}
+
+impl Memory for SimMemory {
+    fn bytes(&self, buf: BufId, off: u32, len: u32) -> &[u8] {
+        self.last_read.set(Some((buf, off, len)));
+        self.inner.bytes(buf, off, len)
+    }
+
+    fn write(&mut self, buf: BufId, off: u32, data: &[u8]) {
+        if let Some((src, src_off, len)) = self.last_read.get() {
+            if len as usize == data.len()
+                && src != buf
+                && self.inner.bytes(src, src_off, len) == data
+            {
+                self.copies.push(Copied {
+                    dst: buf,
+                    dst_off: off,
+                    src,
+                    src_off,
+                });
+            }
+        }
+        self.inner.write(buf, off, data);
+    }
+}
