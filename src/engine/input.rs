@@ -287,7 +287,10 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             // posted again, on fewer buffers, at the end of the batch.
         } else if res <= 0 && !closing {
             // End of stream or an error: this producer is gone.
-            if res == 0 {
+            if ch.cfg.input.scheme == Scheme::Serial {
+                ch.stats.errors += 1;
+                super::serial::gone(ch, &peer, res);
+            } else if res == 0 {
                 info!("channel {}: producer {} closed the stream", ch.name(), peer);
             } else {
                 ch.stats.errors += 1;
@@ -299,7 +302,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                 );
             }
             close_ep(cx, ch, ci_of(tok), slot);
-            if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+            if ch.cfg.input.scheme.reopens() {
                 let d = ch.input_backoff.next_delay();
                 ch.input_retry_at = Some(cx.now + d);
             }
