@@ -1,10 +1,14 @@
 //! Destinations of `ringrelay gen`: the URL vocabulary ([`Target`]), opening a plain blocking
-//! std socket to it, and writing one packet whole.
+//! std socket to it (or a serial port, set up as the relay sets up its serial inputs:
+//! [`crate::driver::serial`]), and writing one packet whole.
 //!
 //! Owns: waiting for the one consumer of a `tcp-listen://` destination, which UDP send errors
 //! count as a lost datagram (as on a network) and which end the run, and waking blocked calls
 //! to look at the stop flag and the deadline.
 
+use crate::config::serial::SerialParams;
+use crate::config::url::{Endpoint, Role, Target as UrlTarget};
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::UnixStream;
@@ -22,11 +26,21 @@ pub enum Target {
     TcpListen(String),
     /// `unix:///path`: connect to a stream socket and write.
     Unix(String),
+    /// `serial:///dev/ttyUSB0 baud=4800 ...`: open the port, set it raw, and write.
+    Serial(std::path::PathBuf, SerialParams),
 }
 
 impl Target {
     /// Parses a destination URL; query-like options after a space are not accepted here.
     pub fn parse(url: &str) -> Result<Target, String> {
+        if url.starts_with("serial://") {
+            // The same URL and options as a serial input of the relay.
+            let ep = Endpoint::parse_for(url, Role::Input)?;
+            let UrlTarget::Path(p) = ep.target else {
+                return Err(format!("'{url}' needs a path"));
+            };
+            return Ok(Target::Serial(p, ep.opts.serial.unwrap_or_default()));
+        }
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("'{url}' is not a URL (e.g. udp://127.0.0.1:5000)"))?;
@@ -44,7 +58,7 @@ impl Target {
             "unix" if rest.starts_with('/') => Ok(Target::Unix(rest.to_string())),
             "unix" => Err(format!("'{url}' needs an absolute path (unix:///path)")),
             _ => Err(format!(
-                "unknown scheme '{scheme}' in '{url}' (one of: udp tcp tcp-listen unix)"
+                "unknown scheme '{scheme}' in '{url}' (one of: udp tcp tcp-listen unix serial)"
             )),
         }
     }
@@ -67,6 +81,8 @@ pub(super) enum Conn {
     Udp(UdpSocket),
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Non-blocking: a write the port cannot take yet is tried again a moment later.
+    Serial(File),
 }
 
 /// How often blocked calls wake up to look at the stop flag and the deadline.
@@ -132,6 +148,10 @@ pub(super) fn open(
             s.set_write_timeout(Some(POLL))?;
             Ok(Conn::Unix(s))
         }
+        Target::Serial(path, params) => {
+            let fd = crate::driver::serial::open(path, params, true)?;
+            Ok(Conn::Serial(File::from(fd)))
+        }
     }
 }
 
@@ -150,6 +170,7 @@ impl Conn {
         stop: &AtomicBool,
         deadline: Option<Instant>,
     ) -> Result<(), Halt> {
+        let serial = matches!(self, Conn::Serial(_));
         let w: &mut dyn Write = match self {
             Conn::Udp(s) => loop {
                 match s.send(buf) {
@@ -175,6 +196,7 @@ impl Conn {
             },
             Conn::Tcp(s) => s,
             Conn::Unix(s) => s,
+            Conn::Serial(f) => f,
         };
         let mut off = 0;
         while off < buf.len() {
@@ -192,6 +214,10 @@ impl Conn {
                     if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
                     {
                         return Err(Halt::Stopped);
+                    }
+                    if serial {
+                        // The port's output buffer is full: it drains at the line rate.
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                 }
                 Err(e) => return Err(Halt::Failed(e)),
@@ -227,5 +253,14 @@ mod tests {
         assert!(Target::parse("sctp://1.2.3.4:5").is_err());
         assert!(Target::parse("udp://nohost").is_err());
         assert!(Target::parse("127.0.0.1:5").is_err());
+        match Target::parse("serial:///dev/ttyUSB0 baud=4800 parity=even").unwrap() {
+            Target::Serial(p, s) => {
+                assert_eq!(p, std::path::Path::new("/dev/ttyUSB0"));
+                assert_eq!((s.baud, s.databits), (4800, 8));
+            }
+            t => panic!("{t:?}"),
+        }
+        assert!(Target::parse("serial:///dev/ttyUSB0 baud=4801").is_err());
+        assert!(Target::parse("serial://ttyUSB0").is_err());
     }
 }
