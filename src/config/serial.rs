@@ -151,7 +151,10 @@ pub fn path_warning(path: &Path) -> Option<String> {
     let what = match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_char_device() => return None,
         Ok(_) => "is not a character device".to_string(),
-        Err(e) => format!("cannot be opened now ({e})"),
+        Err(e) => match e.raw_os_error() {
+            Some(n) => format!("is not there now ({})", nix::errno::Errno::from_raw(n).desc()),
+            None => format!("is not there now ({e})"),
+        },
     };
     Some(format!(
         "serial port {} {what}; the relay retries with backoff until it can open it",
