@@ -362,3 +362,54 @@ fn gen_writes_raw_bytes_to_a_serial_port() {
     let want: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
     assert_same_bytes("the pty master", &got, &want);
 }
+
+/// `ringrelay gen pty:///PATH` plays a serial device that is not there: a relay whose serial
+/// input names PATH opens it when gen creates it and records every byte; gen's end is an
+/// unplug (the link goes, the tty hangs up) and a second gen a replug. (The ARM smoke stage
+/// `serial` does the same in a busybox guest.)
+#[test]
+fn gen_plays_a_serial_device_on_a_pty() {
+    let dir = TempDir::new("serial-genpty");
+    let link = dir.join("ttyGPS");
+    let out = dir.join("gps.raw");
+    let url = format!("serial://{}", link.display());
+    let (relay, ()) = Relay::start(Features::Auto, &dir, || {
+        let conf = format!(
+            "{}[channel gps]\ninput = {url} baud=4800\noutput = file://{}\n",
+            dir.global_section(),
+            out.display()
+        );
+        (conf, ())
+    });
+    let gen = |bytes: &str| {
+        let pty = format!("pty://{}", link.display());
+        let o = output_within(
+            command(Features::Auto).args([
+                "gen", &pty, "--format", "u8", "--signal", "counter", "--rate", "20000", "--bytes",
+                bytes,
+            ]),
+            "gen to a pty",
+            TRANSFER_TIMEOUT,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!link.exists(), "gen removes its link at the end");
+    };
+    gen("3000");
+    wait_for("the unplug", READY_TIMEOUT, || {
+        relay.log().contains(" gone ")
+    });
+    gen("2000");
+    wait_for("the second unplug", READY_TIMEOUT, || {
+        count(&relay.log(), " gone ") == 2
+    });
+    let want: Vec<u8> = (0..3000u32)
+        .map(|i| i as u8)
+        .chain((0..2000u32).map(|i| i as u8))
+        .collect();
+    wait_for("every byte in the file", TRANSFER_TIMEOUT, || {
+        std::fs::metadata(&out).is_ok_and(|m| m.len() >= want.len() as u64)
+    });
+    assert_same_bytes("the file", &std::fs::read(&out).unwrap(), &want);
+    assert_eq!(count(&relay.log(), "reopened"), 1, "{}", relay.log());
+    relay.stop();
+}

@@ -152,7 +152,10 @@ pub fn path_warning(path: &Path) -> Option<String> {
         Ok(m) if m.file_type().is_char_device() => return None,
         Ok(_) => "is not a character device".to_string(),
         Err(e) => match e.raw_os_error() {
-            Some(n) => format!("is not there now ({})", nix::errno::Errno::from_raw(n).desc()),
+            Some(n) => format!(
+                "is not there now ({})",
+                nix::errno::Errno::from_raw(n).desc()
+            ),
             None => format!("is not there now ({e})"),
         },
     };

@@ -128,6 +128,20 @@ pub fn open(path: &Path, p: &SerialParams, nonblocking: bool) -> io::Result<Owne
     Ok(fd)
 }
 
+/// Bytes received on tty `fd` that no reader has taken yet (FIONREAD).
+pub fn queued_input(fd: impl AsFd) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`, alive and
+    // writable for the whole call; `fd` is borrowed, so it stays open during it.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
 /// The device node `fd` is open on (`/dev/ttyUSB1` behind a by-id link), for log lines.
 pub fn device_of(fd: impl AsFd, path: &Path) -> String {
     use std::os::fd::AsRawFd;

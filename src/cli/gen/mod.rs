@@ -68,8 +68,9 @@ use target::{open, Conn};
 #[derive(FromArgs, Debug, Clone)]
 #[argh(subcommand, name = "gen")]
 pub struct GenArgs {
-    /// destination URL (udp://, tcp://, unix://, tcp-listen://, or serial:///dev/ttyUSB0 with
-    /// its options in the same argument: "serial:///dev/ttyUSB0 baud=4800")
+    /// destination URL (udp://, tcp://, unix://, tcp-listen://, serial:///dev/ttyUSB0 with
+    /// its options in the same argument: "serial:///dev/ttyUSB0 baud=4800", or pty:///PATH: a
+    /// new pseudo-terminal linked at PATH, a serial device for a serial:// input to read)
     #[argh(positional)]
     pub url: String,
     /// sample format (u8 i8 u16le i16le i16be u32le i32le i32be f32le f32be f64le)
@@ -229,7 +230,7 @@ pub fn run(a: &GenArgs) -> i32 {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => return 0,
         Err(e) => {
             let verb = match target {
-                Target::Serial(..) => "open",
+                Target::Serial(..) | Target::Pty(..) => "open",
                 _ => "connect to",
             };
             eprintln!("ringrelay gen: cannot {verb} {}: {e}", a.url);
@@ -245,6 +246,7 @@ pub fn run(a: &GenArgs) -> i32 {
             return 1;
         }
     };
+    conn.settle(&stop);
     if let Conn::Tcp(s) = &conn {
         let _ = s.shutdown(std::net::Shutdown::Write);
     }
