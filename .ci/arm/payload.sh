@@ -361,6 +361,11 @@ stage_rss() {
 stage_serial() {
   d=$T/serial
   mkdir -p $d/by-id
+  # The guest's /dev may lack the pty file system: ptmx finds its ptys in /dev/pts.
+  if ! grep -q ' /dev/pts devpts ' /proc/mounts; then
+    mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts
+  fi
+  [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
   rm -f $d/gps.raw
   cat > $d/conf <<EOC
 [global]
