@@ -111,7 +111,8 @@ pub(super) struct PtyLink {
 
 impl Conn {
     /// A `pty://` device stays plugged in until its reader took every byte written (or `stop`,
-    /// or 10 s without progress): unplugging it with bytes still queued would lose them.
+    /// or a minute without progress: longer than the relay's longest backoff between two
+    /// opens): unplugging it with bytes still queued would lose them.
     pub(super) fn settle(&self, stop: &AtomicBool) {
         let Conn::Pty { _link: l, .. } = self else {
             return;
@@ -121,7 +122,7 @@ impl Conn {
         // Empty for 100 ms: bytes on their way from the master to the slave's queue are
         // counted there only a moment later.
         let mut empty_since: Option<Instant> = None;
-        while !stop.load(Ordering::Relaxed) && since.elapsed() < Duration::from_secs(10) {
+        while !stop.load(Ordering::Relaxed) && since.elapsed() < Duration::from_secs(60) {
             match crate::driver::serial::queued_input(&l._slave) {
                 Err(_) => return,
                 Ok(0) => {
