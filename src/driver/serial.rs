@@ -80,7 +80,7 @@ pub fn apply(t: &mut Termios, p: &SerialParams) -> io::Result<()> {
             format!("{} baud is not a termios rate", p.baud),
         )
     })?;
-    termios::cfsetspeed(t, rate)?;
+    set_speed(t, rate)?;
     let c = &mut t.control_flags;
     c.remove(
         ControlFlags::CSIZE | ControlFlags::PARENB | ControlFlags::PARODD | ControlFlags::CSTOPB,
@@ -109,6 +109,24 @@ pub fn apply(t: &mut Termios, p: &SerialParams) -> io::Result<()> {
     }
     t.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
     t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    Ok(())
+}
+
+#[cfg(not(all(target_arch = "arm", target_env = "gnu")))]
+fn set_speed(t: &mut Termios, rate: BaudRate) -> io::Result<()> {
+    Ok(termios::cfsetspeed(t, rate)?)
+}
+
+/// The armhf build links glibc statically, and the libc crate names glibc's speed functions by
+/// symbol version (`cfsetspeed@GLIBC_2.4`), which a static link cannot resolve. The rate goes
+/// into the CBAUD bits of `c_cflag` instead, as cfsetspeed does: they are what tcsetattr of
+/// that glibc hands the kernel.
+#[cfg(all(target_arch = "arm", target_env = "gnu"))]
+fn set_speed(t: &mut Termios, rate: BaudRate) -> io::Result<()> {
+    t.control_flags
+        .remove(ControlFlags::CBAUD | ControlFlags::CBAUDEX);
+    t.control_flags
+        .insert(ControlFlags::from_bits_retain(rate as libc::tcflag_t));
     Ok(())
 }
 
