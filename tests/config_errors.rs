@@ -585,3 +585,43 @@ fn record_key_errors() {
         assert!(out.contains(want), "summary lacks {want}:\n{out}");
     }
 }
+
+/// A serial input's line settings: each bad value is an error on the input's line; a rate a
+/// tty cannot take names the nearest ones. A serial port as an output is an error too.
+#[test]
+fn bad_serial_settings() {
+    let serial = |opts: &str| {
+        format!(
+            "[global]\nsqpoll = off\n\n[channel gps]\ninput = serial:///dev/ttyUSB0 {opts}\noutput = udp://127.0.0.1:5001\n"
+        )
+    };
+    for (opts, says) in [
+        ("baud=4801", "nearest: 4800 or 9600"),
+        ("baud=11520", "nearest: 9600 or 19200"),
+        ("baud=5000000", "outside 50..=4000000"),
+        ("baud=fast", "not a rate"),
+        ("databits=9", "5, 6, 7, 8"),
+        ("parity=mark", "none, even, odd"),
+        ("stopbits=1.5", "1, 2"),
+        ("flow=xonxoff", "none, rtscts"),
+        ("rcvbuf=1MiB", "does not apply"),
+    ] {
+        let text = serial(opts);
+        expect_one_error(&text, "input = serial", &["input"]);
+        let (_, _, err) = check(&text);
+        assert!(err.contains(says), "{opts}: {err}");
+    }
+    expect_one_error(
+        &with_channel_line("output = serial:///dev/ttyUSB1 baud=9600"),
+        "ttyUSB1",
+        &["output"],
+    );
+    expect_one_error(
+        &with_channel_line("output = udp://127.0.0.1:5002 baud=9600"),
+        "5002",
+        &["output"],
+    );
+    let two = "[channel a]\ninput = serial:///dev/ttyAMA0\noutput = udp://127.0.0.1:5001\n\
+               [channel b]\ninput = serial:///dev/ttyAMA0 baud=4800\noutput = udp://127.0.0.1:5002\n";
+    expect_one_error(two, "baud=4800", &["input"]);
+}

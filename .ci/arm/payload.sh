@@ -8,7 +8,7 @@ cd /payload || exit 100
 PATH=/payload:$PATH
 export PATH
 STAGES=$(cat stages 2>/dev/null || echo all)
-[ "$STAGES" = all ] && STAGES="info help probe check gen udp sqpoll tcp shm reload term splice rss"
+[ "$STAGES" = all ] && STAGES="info help probe check gen udp sqpoll tcp shm reload term splice serial rss"
 FAILED=0
 T=/tmp/smoke
 mkdir -p $T
@@ -352,6 +352,53 @@ stage_rss() {
   echo "rss: VmRSS=${rss}kB VmHWM=${hwm}kB exit=$rr"
   if [ -n "$hwm" ] && [ "$hwm" -lt 32768 ] && [ "$rr" = 0 ]; then pass rss
   else fail rss "resident memory ${hwm}kB (limit 32768kB)"; fi
+}
+
+# Serial input through an unplug and a replug. Busybox has no way to make a pseudo-terminal:
+# `ringrelay gen pty://PATH` plays the device (a new pty linked at PATH, written on its master;
+# its end is the unplug: the link goes and the tty hangs up), twice. Both runs' bytes must be in
+# the relay's file in order (two u8 counters from 0), with two unplugs and one reopen logged.
+stage_serial() {
+  d=$T/serial
+  mkdir -p $d/by-id
+  # The guest's /dev may lack the pty file system: ptmx finds its ptys in /dev/pts.
+  if ! grep -q ' /dev/pts devpts ' /proc/mounts; then
+    mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts
+  fi
+  [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
+  rm -f $d/gps.raw
+  cat > $d/conf <<EOC
+[global]
+buffer_count = 32
+[channel gps]
+input = serial://$d/by-id/usb-gps-if00 baud=4800
+output = file://$d/gps.raw
+EOC
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r; fail serial "relay not ready"; return; }
+  timeout 60 ringrelay gen pty://$d/by-id/usb-gps-if00 --format u8 --signal counter \
+    --rate 20000 --bytes 3000 > $d/gen1.log 2>&1
+  g1=$?
+  i=0; while [ "$(grep -c ' gone ' $d/relay.log)" -lt 1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  timeout 60 ringrelay gen pty://$d/by-id/usb-gps-if00 --format u8 --signal counter \
+    --rate 20000 --bytes 2000 > $d/gen2.log 2>&1
+  g2=$?
+  i=0; while [ "$(size $d/gps.raw)" -lt 5000 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  i=0; while [ "$(grep -c ' gone ' $d/relay.log)" -lt 2 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  term_wait $r; rr=$RC
+  n=$(size $d/gps.raw)
+  head -c 2000 $d/gps.raw > $d/first
+  tail -c 2000 $d/gps.raw > $d/second
+  gone=$(grep -c ' gone ' $d/relay.log)
+  again=$(grep -c 'reopened' $d/relay.log)
+  start=$(head -c 4 $d/gps.raw | od -An -tu1 | tr -s ' ')
+  if [ $g1 = 0 ] && [ $g2 = 0 ] && [ "$n" = 5000 ] && cmp -s $d/first $d/second \
+    && [ "$start" = " 0 1 2 3" ] && [ "$gone" = 2 ] && [ "$again" = 1 ] && [ "$rr" = 0 ]; then
+    pass serial
+  else
+    cat $d/relay.log $d/gen1.log $d/gen2.log
+    fail serial "gen $g1/$g2, $n of 5000 bytes, start '$start', $gone unplugs, $again reopens, exit $rr"
+  fi
 }
 
 REPEAT=$(cat repeat 2>/dev/null || echo 1)

@@ -1,6 +1,7 @@
 //! `ringrelay check`: the normalized summary of a configuration (every effective value,
 //! defaults included, in a form that parses back to the same configuration) and the command
-//! that prints it, or every error and their count.
+//! that prints it, or every error and their count (and, exit status 0, a warning for a serial
+//! port that is not there yet).
 
 use crate::config::units::{format_duration, format_size};
 use crate::config::url::Scheme;
@@ -156,6 +157,17 @@ pub fn check_command(path: &str) -> i32 {
     match load(path) {
         Ok(cfg) => {
             print!("{cfg}");
+            for c in cfg
+                .channels
+                .iter()
+                .filter(|c| c.input.scheme == Scheme::Serial)
+            {
+                if let crate::config::url::Target::Path(p) = &c.input.target {
+                    if let Some(w) = crate::config::serial::path_warning(p) {
+                        eprintln!("{}:{}: input: warning: {w}", cfg.file, c.input_line);
+                    }
+                }
+            }
             0
         }
         Err(errs) => {

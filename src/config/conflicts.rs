@@ -3,7 +3,8 @@
 //!
 //! * **Binds.** No two endpoints bind the same port of overlapping addresses (`tcp-listen`
 //!   inputs and outputs, `udp` inputs; port 0 never conflicts), open the same Unix socket
-//!   path or write the same file. A wildcard address overlaps every address of its family:
+//!   path, write the same file or read the same serial port (as written: two links to one
+//!   device are not found). A wildcard address overlaps every address of its family:
 //!   `0.0.0.0` every IPv4 one, `[::]` every IPv6 one but no IPv4 one, since the daemon binds
 //!   IPv6 sockets `IPV6_V6ONLY` (`src/driver/net.rs`). Multicast inputs share their port
 //!   (`SO_REUSEADDR`), so two of them overlap only on the very same address.
@@ -68,6 +69,11 @@ fn claim<'a>(ep: &'a Endpoint, key: &str) -> Option<Claim<'a>> {
         }),
         (Scheme::File, Target::Path(p), _) => Some(Claim::Path {
             kind: "file",
+            path: p,
+        }),
+        // Two readers of one port would each get some of its bytes.
+        (Scheme::Serial, Target::Path(p), _) => Some(Claim::Path {
+            kind: "serial",
             path: p,
         }),
         _ => None,

@@ -22,13 +22,16 @@
 //! shared-memory names, UDP loops), `values` (value forms both share),
 //! [`splice`] (the splice mode and which channels may splice), `reload` (which channels a
 //! reload keeps running), `check` (the normalized summary and `ringrelay check`), and the
-//! value languages [`url`], [`units`], [`keepalive`] and [`sample`].
+//! value languages [`url`] (with [`cidr`] and [`serial`]), [`units`], [`keepalive`] and
+//! [`sample`].
 
+pub mod cidr;
 pub mod commands;
 pub mod idle;
 pub mod keepalive;
 pub mod records;
 pub mod sample;
+pub mod serial;
 pub mod splice;
 pub mod units;
 pub mod url;

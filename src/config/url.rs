@@ -1,13 +1,16 @@
 //! Endpoint URLs: `udp://HOST:PORT`, `tcp://`, `tcp-listen://`, `unix://`, `unix-listen://`,
-//! `file://`, each followed by space-separated `key=value` options.
+//! `file://`, `serial://`, each followed by space-separated `key=value` options.
 //!
 //! Owns: the syntax of an endpoint and the validation of its options for the role it plays
 //! (input or output). It never resolves names or touches a socket: the driver does that
-//! (`src/driver/net.rs`).
+//! (`src/driver/net.rs`). Address ranges are [`crate::config::cidr`]'s, a serial port's line
+//! settings [`crate::config::serial`]'s.
 
+pub use crate::config::cidr::Cidr;
 use crate::config::idle::{format_idle_timeout, parse_idle_timeout};
 use crate::config::keepalive::{format_keepalive, parse_keepalive, Keepalive, DEFAULT_IDLE_SECS};
 use crate::config::parse::quote;
+use crate::config::serial::{self, SerialParams};
 use crate::config::units::{format_duration, parse_duration, parse_size};
 use std::fmt;
 use std::net::IpAddr;
@@ -29,6 +32,8 @@ pub enum Scheme {
     Unix,
     UnixListen,
     File,
+    /// A serial port (an input): `serial:///dev/ttyUSB0 baud=4800`.
+    Serial,
 }
 
 impl Scheme {
@@ -40,6 +45,7 @@ impl Scheme {
             Scheme::Unix => "unix",
             Scheme::UnixListen => "unix-listen",
             Scheme::File => "file",
+            Scheme::Serial => "serial",
         }
     }
 
@@ -51,6 +57,12 @@ impl Scheme {
     /// Listening schemes accept connections from peers.
     pub fn is_listen(self) -> bool {
         matches!(self, Scheme::TcpListen | Scheme::UnixListen)
+    }
+
+    /// Inputs the relay opens itself and opens again with backoff when they end or fail:
+    /// dialed producers and serial ports.
+    pub fn reopens(self) -> bool {
+        matches!(self, Scheme::Tcp | Scheme::Unix | Scheme::Serial)
     }
 }
 
@@ -120,68 +132,6 @@ impl OnFin {
     }
 }
 
-/// An address range for `allow=`: `192.168.0.0/16`, `::1/128`, or a bare address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{} is not an address range (e.g. 192.168.0.0/16)", quote(s)))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(|| format!("{}: prefix length must be 0..={max}", quote(s)))?,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` lies in this range. IPv4-mapped IPv6 peers match IPv4 ranges.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix)
-                };
-                (u32::from(net) & mask) == (u32::from(a) & mask)
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix)
-                };
-                (u128::from(net) & mask) == (u128::from(a) & mask)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
 /// Typed options; `None` means "the default for this role".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Options {
@@ -220,6 +170,8 @@ pub struct Options {
     /// An input silent this long is redialed, disconnected or marked idle (`idle_timeout=`;
     /// none by default); see [`crate::config::idle`].
     pub idle_timeout: Option<Duration>,
+    /// A serial port's line settings (filled in with the defaults on every `serial://` URL).
+    pub serial: Option<SerialParams>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -252,15 +204,16 @@ impl Endpoint {
             "unix" => Scheme::Unix,
             "unix-listen" => Scheme::UnixListen,
             "file" => Scheme::File,
+            "serial" => Scheme::Serial,
             other => {
                 return Err(format!(
-                    "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file)",
+                    "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file, serial)",
                     quote(&format!("{other}://"))
                 ))
             }
         };
         let target = match scheme {
-            Scheme::Unix | Scheme::UnixListen | Scheme::File => {
+            Scheme::Unix | Scheme::UnixListen | Scheme::File | Scheme::Serial => {
                 if !rest.starts_with('/') {
                     return Err(format!(
                         "{} needs an absolute path ({}:///path)",
@@ -391,6 +344,11 @@ impl Endpoint {
                 }
                 "keepalive" => opts.keepalive = Some(parse_keepalive(v).map_err(bad)?),
                 "idle_timeout" => opts.idle_timeout = Some(parse_idle_timeout(v).map_err(bad)?),
+                k if serial::KEYS.contains(&k) => opts
+                    .serial
+                    .get_or_insert_with(SerialParams::default)
+                    .set(k, v)
+                    .map_err(bad)?,
                 "ttl" => {
                     opts.ttl = Some(
                         v.parse::<u32>()
@@ -401,6 +359,9 @@ impl Endpoint {
                 }
                 _ => return Err(format!("unknown option {}", quote(k))),
             }
+        }
+        if scheme == Scheme::Serial {
+            opts.serial.get_or_insert_with(SerialParams::default);
         }
         Ok(Endpoint {
             scheme,
@@ -416,12 +377,16 @@ impl Endpoint {
         let sc = ep.scheme;
         let mut allowed: Vec<&str> = Vec::new();
         match (role, sc) {
-            (Role::Input, Scheme::File) => {
+            (Role::Input, Scheme::File) => return Err(
+                "file:// is an output; inputs are udp, tcp, tcp-listen, unix, unix-listen, serial"
+                    .into(),
+            ),
+            (Role::Output, Scheme::Serial) => {
                 return Err(
-                    "file:// is an output; inputs are udp, tcp, tcp-listen, unix, unix-listen"
-                        .into(),
+                    "serial:// is an input (ringrelay gen can write to a serial port)".into(),
                 )
             }
+            (Role::Input, Scheme::Serial) => {}
             (Role::Input, Scheme::Udp) => allowed.extend(["group", "iface", "rcvbuf"]),
             (Role::Input, Scheme::TcpListen) => allowed.extend(["allow", "rcvbuf", "keepalive"]),
             (Role::Input, Scheme::Tcp) => allowed.extend(["rcvbuf", "keepalive"]),
@@ -457,6 +422,12 @@ impl Endpoint {
         }
         if o.idle_timeout.is_some() && role == Role::Output {
             return Err("idle_timeout watches an input; outputs have on_slow and keepalive".into());
+        }
+        if sc != Scheme::Serial && o.serial.is_some() {
+            return Err(format!(
+                "options {} apply to serial:// inputs only",
+                serial::KEYS.join(", ")
+            ));
         }
         let set: [(&str, bool); 16] = [
             ("group", o.group.is_some()),
@@ -530,7 +501,7 @@ impl Endpoint {
         match self.scheme {
             Scheme::Udp => OnSlow::Drop,
             Scheme::TcpListen | Scheme::UnixListen => OnSlow::Disconnect,
-            Scheme::Tcp | Scheme::Unix | Scheme::File => OnSlow::Block,
+            Scheme::Tcp | Scheme::Unix | Scheme::File | Scheme::Serial => OnSlow::Block,
         }
     }
 
@@ -607,6 +578,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(d) = o.idle_timeout {
             write!(f, " idle_timeout={}", format_idle_timeout(d))?;
+        }
+        if let Some(s) = &o.serial {
+            write!(f, " {s}")?;
         }
         Ok(())
     }
@@ -766,14 +740,26 @@ mod tests {
     }
 
     #[test]
-    fn cidr_edges() {
-        let all = Cidr::parse("0.0.0.0/0").unwrap();
-        assert!(all.contains("8.8.8.8".parse().unwrap()));
-        assert!(all.contains("::ffff:1.2.3.4".parse().unwrap()));
-        let one = Cidr::parse("::1").unwrap();
-        assert!(one.contains("::1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("1.2.3.4/33").is_err());
+    fn serial_inputs_only_with_their_options() {
+        let e = Endpoint::parse_for("serial:///dev/ttyUSB0 baud=4800", Role::Input).unwrap();
+        assert_eq!(e.scheme, Scheme::Serial);
+        assert_eq!(e.opts.serial.unwrap().baud, 4800);
+        assert_eq!(
+            e.to_string(),
+            "serial:///dev/ttyUSB0 baud=4800 databits=8 parity=none stopbits=1 flow=none"
+        );
+        for (bad, role) in [
+            ("serial:///dev/ttyUSB0", Role::Output),
+            ("serial://ttyUSB0", Role::Input),
+            ("serial:///dev/ttyUSB0 baud=4801", Role::Input),
+            ("serial:///dev/ttyUSB0 rcvbuf=1MiB", Role::Input),
+            ("serial:///dev/ttyUSB0 keepalive=10s", Role::Input),
+            ("tcp://h:1 baud=9600", Role::Input),
+            ("udp://h:1 parity=even", Role::Output),
+        ] {
+            assert!(Endpoint::parse_for(bad, role).is_err(), "{bad}");
+        }
+        assert_eq!(Endpoint::parse("serial:///x").unwrap().keepalive(), None);
     }
 
     #[test]
@@ -787,6 +773,8 @@ mod tests {
             "tcp://127.0.0.1:7000 zerocopy=on",
             "tcp://127.0.0.1:7000 keepalive=90s",
             "tcp-listen://127.0.0.1:7000 keepalive=off",
+            "serial:///dev/ttyUSB0",
+            "serial:///dev/serial/by-id/usb-u-blox-if00 baud=4800 parity=odd flow=rtscts",
         ] {
             let e = Endpoint::parse(s).unwrap();
             assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);

@@ -1,6 +1,6 @@
 //! The driver: the one io_uring ring ([`ring`], built by [`setup`]), the registered buffer
 //! arena ([`arena`]), provided-buffer rings ([`bufring`]), sockets, files and pipes ([`net`],
-//! [`sys`]), and the loop that feeds completions to the engine ([`event_loop`]).
+//! [`sys`]), serial ports ([`serial`]), and the loop that feeds completions to the engine ([`event_loop`]).
 //!
 //! The border: the engine ([`crate::engine`]) decides and names buffers and descriptors by
 //! number; the driver turns its operations into SQEs, owns every pointer the kernel is given
@@ -15,6 +15,7 @@ pub mod event_loop;
 pub mod net;
 #[allow(unsafe_code)]
 pub mod ring;
+pub mod serial;
 #[allow(unsafe_code)]
 pub mod setup;
 pub mod sys;

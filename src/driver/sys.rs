@@ -9,6 +9,7 @@
 
 use super::net;
 use super::ring::RingSys;
+use super::serial;
 use crate::config::keepalive::Keepalive;
 use crate::config::url::{Endpoint, Scheme, Target};
 use crate::config::ChannelConfig;
@@ -68,6 +69,9 @@ pub fn bind_channel(cfg: &ChannelConfig) -> Result<Bound, String> {
                 net::resolve(&cfg.input).map_err(|e| fail(cfg.input.url(), e))?;
             }
         }
+        // Opened once the loop runs, and again whenever it goes away: a port that is not
+        // there yet is not an error.
+        Scheme::Serial => {}
         Scheme::File => unreachable!("rejected by the config parser"),
     }
     let mut outputs: Vec<Option<(OwnedFd, u64)>> = Vec::new();
@@ -91,6 +95,7 @@ pub fn bind_channel(cfg: &ChannelConfig) -> Result<Bound, String> {
                 }
                 None
             }
+            Scheme::Serial => unreachable!("rejected by the config parser"),
         };
         outputs.push(fd);
     }
@@ -143,6 +148,15 @@ impl Sys for Kernel<'_> {
 
     fn finish_connect(&mut self, fd: Fd) -> io::Result<()> {
         net::finish_connect(fd)
+    }
+
+    fn open_serial(&mut self, ep: &Endpoint) -> io::Result<(Fd, String)> {
+        let (Target::Path(p), Some(params)) = (&ep.target, ep.opts.serial) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let fd = serial::open(p, &params, false)?;
+        let dev = serial::device_of(&fd, p);
+        Ok((fd.into_raw_fd(), dev))
     }
 
     fn udp_output(&mut self, ep: &Endpoint) -> io::Result<Fd> {

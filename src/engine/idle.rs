@@ -131,6 +131,11 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
                 ch.name(),
                 ch.cfg.input.url()
             );
+            if ch.cfg.input.scheme == Scheme::Serial {
+                // As for an unplugged port: the cancelled read may still return bytes, and
+                // the reopened port's first read waits for it.
+                ch.replaced = Some((slot, gen));
+            }
             close_for_reopen(cx, ch, ci, slot);
         }
     }

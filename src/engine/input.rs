@@ -289,7 +289,10 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         } else if res <= 0 && !closing {
             // End of stream or an error: this producer is gone.
             framed::input_ended(cx, ch);
-            if res == 0 {
+            if ch.cfg.input.scheme == Scheme::Serial {
+                ch.stats.errors += 1;
+                super::serial::gone(ch, &peer, res);
+            } else if res == 0 {
                 info!("channel {}: producer {} closed the stream", ch.name(), peer);
             } else {
                 ch.stats.errors += 1;
@@ -301,7 +304,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                 );
             }
             close_ep(cx, ch, ci_of(tok), slot);
-            if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+            if ch.cfg.input.scheme.reopens() {
                 let d = ch.input_backoff.next_delay();
                 ch.input_retry_at = Some(cx.now + d);
             }

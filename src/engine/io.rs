@@ -213,6 +213,10 @@ pub trait Sys {
     fn dial(&mut self, ep: &UrlEndpoint) -> io::Result<Dialing>;
     /// The outcome of a connect whose socket became writable.
     fn finish_connect(&mut self, fd: Fd) -> io::Result<()>;
+    /// Opens the serial port of a `serial://` input (its path followed if it is a symlink, at
+    /// every call) and sets it raw with the URL's line settings; returns it and the device
+    /// node it names, for log lines. Not a terminal, missing or refused: an error.
+    fn open_serial(&mut self, ep: &UrlEndpoint) -> io::Result<(Fd, String)>;
     /// A connected UDP socket for a `udp://` output.
     fn udp_output(&mut self, ep: &UrlEndpoint) -> io::Result<Fd>;
     /// Opens `path` for appending; returns it and its size.

@@ -242,6 +242,9 @@ pub(crate) fn connected(
 }
 
 pub(crate) fn dial_input(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
+    if ch.cfg.input.scheme == Scheme::Serial {
+        return super::serial::open_input(cx, ch, ci, now);
+    }
     ch.input_retry_at = None;
     match cx.sys.dial(&ch.cfg.input) {
         Ok(d) => {
@@ -347,7 +350,7 @@ pub(crate) fn tick_channel(
     }
     let due = |t: Option<Instant>| t.is_some_and(|t| now >= t);
     if !ch.draining {
-        if ch.input.is_none() && matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+        if ch.input.is_none() && ch.cfg.input.scheme.reopens() {
             if due(ch.input_retry_at) || ch.input_retry_at.is_none() {
                 dial_input(cx, ch, ci, now);
             }
@@ -366,6 +369,9 @@ pub(crate) fn tick_channel(
         }
     }
     fileout::tick(cx, ch, ci, now);
+    if !ch.draining {
+        super::serial::tick(cx, ch, ci, now);
+    }
     for oi in 0..ch.outputs.len() {
         let o = &ch.outputs[oi];
         if !o.is_link() || !due(o.retry_at) {
@@ -477,9 +483,10 @@ pub(crate) fn close_intake(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     // A connected stream input is shut down, not closed: a read returns what its socket
     // already holds, then the end of stream, which closes it as any producer's FIN does. The
     // drain is bounded by the shutdown or reload deadline, which closes whatever is left.
+    // A serial port has no end of stream to wait for: it is closed at once.
     let stream_input = ch
         .input
-        .filter(|_| !ch.input_is_datagram())
+        .filter(|_| !ch.input_is_datagram() && ch.cfg.input.scheme != Scheme::Serial)
         .and_then(|s| ch.ep(s).map(|e| (s, e.link == Link::Up, e.raw_fd())));
     // A datagram input is read on while datagrams wait in its socket (they were accepted by
     // the kernel before the stop), at most its receive buffer's worth, so that a flood that

@@ -4,7 +4,7 @@
 //! Owns: the channels ([`channel`]) with their endpoints, output queues and the slow-output
 //! policy ([`outq`]), read and write planning (`input`, `output`), file outputs ([`fileout`]:
 //! rotation, a deleted file or directory, `fault_grace`), accept and dial policy
-//! and endpoint life (`links`), the splice and tee data path (`splicing`, [`splice`]),
+//! and endpoint life (`links`), serial inputs (`serial`: opened, gone, opened again), the splice and tee data path (`splicing`, [`splice`]),
 //! reload planning (`reload`), zero-copy records ([`zerocopy`]), the buffer pool's accounting
 //! ([`buffers`], [`rings`]), counters ([`stats`]), backoff ([`backoff`]), decimation
 //! ([`decimate`]), the input's idle watchdog (`idle`) and subscribers' bytes (`commands`).
@@ -42,6 +42,7 @@ pub mod outq;
 pub mod records;
 mod reload;
 pub mod rings;
+mod serial;
 pub mod splice;
 mod splicing;
 pub mod spoolfmt;

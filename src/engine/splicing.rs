@@ -16,7 +16,6 @@ use super::io::{Fd, Op};
 use super::links::{close_all, close_ep};
 use super::token::{OpKind, Token};
 use super::{errno_str, input::post_reads, Cx};
-use crate::config::url::Scheme;
 use log::{debug, error, info, warn};
 
 /// Starts the splice-in of a splicing channel (input socket -> pipe) if the input is up, the
@@ -224,7 +223,7 @@ pub(crate) fn on_splice_in(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) 
             );
         }
         close_ep(cx, ch, ci, slot);
-        if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+        if ch.cfg.input.scheme.reopens() {
             let d = ch.input_backoff.next_delay();
             ch.input_retry_at = Some(cx.now + d);
         }

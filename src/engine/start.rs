@@ -232,7 +232,7 @@ impl Engine {
             ch.input_listener = Some(slot);
             arm_accept(cx, ch, ci16, slot);
         }
-        if matches!(ch.cfg.input.scheme, Scheme::Tcp | Scheme::Unix) {
+        if ch.cfg.input.scheme.reopens() {
             dial_input(cx, ch, ci16, now);
         }
         for oi in 0..ch.outputs.len() {

@@ -111,6 +111,15 @@ impl Sys for FakeSys {
         Ok(())
     }
 
+    fn open_serial(&mut self, ep: &Endpoint) -> io::Result<(Fd, String)> {
+        self.dials.push(ep.url());
+        if self.open_fails > 0 {
+            self.open_fails -= 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok((self.fd(), "/dev/ttyFAKE0".into()))
+    }
+
     fn udp_output(&mut self, _ep: &Endpoint) -> io::Result<Fd> {
         Ok(self.fd())
     }

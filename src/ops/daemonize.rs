@@ -308,7 +308,9 @@ pub fn lookup_group(name: &str) -> Result<Gid, String> {
 
 /// Drops root to `user` (and `group`, else the user's primary group) for good.
 ///
-/// Supplementary groups are cleared (only the one group is kept), then the gid and the uid are
+/// Supplementary groups become the user's own from the group database (initgroups(3): `adduser
+/// ringrelay dialout` gives the relay its serial ports), or only the one group when no user is
+/// named or the user is no name the database knows; then the gid and the uid are
 /// set, and the result is verified, including that root cannot be regained. With neither name
 /// given nothing changes. Run as a non-root user, it succeeds only when that user already is
 /// the one asked for.
@@ -338,7 +340,15 @@ pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), St
             nix::unistd::geteuid()
         ));
     }
-    nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups for {who}: {e}"))?;
+    let by_name = user
+        .and_then(|u| std::ffi::CString::new(u).ok())
+        .filter(|u| nix::unistd::User::from_name(&u.to_string_lossy()).is_ok_and(|p| p.is_some()));
+    match by_name {
+        Some(u) => {
+            nix::unistd::initgroups(&u, gid).map_err(|e| format!("initgroups for {who}: {e}"))?
+        }
+        None => nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups for {who}: {e}"))?,
+    }
     nix::unistd::setgid(gid).map_err(|e| format!("setgid for {who}: {e}"))?;
     if let Some(uid) = uid {
         nix::unistd::setuid(uid).map_err(|e| format!("setuid for {who}: {e}"))?;

@@ -67,6 +67,10 @@ pub struct Conn {
     pub rx: VecDeque<u64>,
     pub rx_eof: bool,
     pub rx_reset: bool,
+    /// A serial port whose device was unplugged: what it held is lost, reads fail with EIO.
+    pub rx_eio: bool,
+    /// A serial port the relay opened (`Sys::open_serial`), not a socket.
+    pub serial: bool,
     /// Free room in the peer's receive buffer (a send waits when it is 0).
     pub room: usize,
     /// What the peer received from the relay, as positions.
@@ -186,6 +190,8 @@ pub struct Kernel {
     /// The segmented-send refusal was injected once.
     pub gso_refused: bool,
     pub bound_channels: usize,
+    /// Channels whose serial device is plugged in (opens of their port succeed).
+    pub serial_plugged: BTreeMap<usize, bool>,
     pub trace: VecDeque<String>,
     pub trace_len: usize,
 }
@@ -216,6 +222,7 @@ impl Kernel {
             closed_fds: 0,
             gso_refused: false,
             bound_channels: 0,
+            serial_plugged: BTreeMap::new(),
             trace: VecDeque::new(),
             trace_len: 300,
         }
@@ -617,15 +624,20 @@ impl Kernel {
         // gone (reset) as ECONNRESET.
         let eof = c.rx_eof || c.half_closed;
         let reset = c.rx_reset || c.gone;
-        let idle = c.rx.is_empty() && !eof && !reset && !c.shut;
+        let idle = c.rx.is_empty() && !eof && !reset && !c.rx_eio && !c.shut;
         if idle && !(timed_out && self.rng.chance(100)) {
             return false;
         }
         self.pending[i].executed = true;
         let c = &mut self.conns[ci];
-        if reset {
+        if reset || c.rx_eio {
             c.rx.clear();
-            self.queue(i, -libc::ECONNRESET, 0, true);
+            let e = if c.rx_eio {
+                libc::EIO
+            } else {
+                libc::ECONNRESET
+            };
+            self.queue(i, -e, 0, true);
             return true;
         }
         if timed_out {
@@ -1047,6 +1059,24 @@ impl Sys for Kernel {
         })
     }
 
+    /// A serial port opens while its device is plugged in (and the seed does not make it
+    /// busy), as a stream the relay reads.
+    fn open_serial(&mut self, ep: &ringrelay::config::url::Endpoint) -> io::Result<(Fd, String)> {
+        let chan = match self.urls.get(&ep.url()) {
+            Some(&Who::Input(c)) if self.serial_plugged.get(&c) == Some(&true) => c,
+            _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        if self.rng.chance(self.faults.error / 2) {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let ci = self.conn(Who::Input(chan), 0);
+        self.conns[ci].serial = true;
+        self.conns[ci].accepted = Some(true);
+        let fd = self.fd(Obj::Stream(ci));
+        self.note(format!("open serial of c{chan} -> fd {fd} conn {ci}"));
+        Ok((fd, format!("/dev/ttySIM{ci}")))
+    }
+
     fn finish_connect(&mut self, fd: Fd) -> io::Result<()> {
         let Some(ci) = self.stream(fd) else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -1090,6 +1120,16 @@ impl Sys for Kernel {
         let out = self.files.out_of(path).ok();
         match self.objs.get(&fd) {
             Some(&Obj::File(c, o)) if out == Some((c, o)) => self.files.state(fd),
+            // A serial port: its device unplugged, and maybe another one plugged in since.
+            Some(&Obj::Stream(ci)) if self.conns[ci].serial => {
+                let k = &self.conns[ci];
+                let plugged = matches!(k.who, Some(Who::Input(c)) if self.serial_plugged.get(&c) == Some(&true));
+                match (k.rx_eio || k.rx_eof, plugged) {
+                    (false, _) => FileState::Linked,
+                    (true, false) => FileState::Deleted,
+                    (true, true) => FileState::Replaced,
+                }
+            }
             obj => {
                 let s = format!("file_state of fd {fd} ({obj:?}) for {}", path.display());
                 self.violation(s);

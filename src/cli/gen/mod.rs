@@ -1,5 +1,5 @@
-//! `ringrelay gen`: a test-signal generator that sends synthesized samples over UDP, TCP or a
-//! Unix socket, paced at a frame rate or as fast as possible.
+//! `ringrelay gen`: a test-signal generator that sends synthesized samples over UDP, TCP, a
+//! Unix socket or a serial port, paced at a frame rate or as fast as possible.
 //!
 //! Owns: its arguments ([`GenArgs`]), the signal vocabulary (`sine:HZ`, `square:HZ`, `ramp`,
 //! `counter`, `noise`), the pure sample synthesis that tests and the demo use to compute the
@@ -64,11 +64,13 @@ use argh::FromArgs;
 use pace::{send_loop, Plan};
 use target::{open, Conn};
 
-/// Send a test signal over UDP, TCP or a Unix socket.
+/// Send a test signal over UDP, TCP, a Unix socket or a serial port.
 #[derive(FromArgs, Debug, Clone)]
 #[argh(subcommand, name = "gen")]
 pub struct GenArgs {
-    /// destination URL (udp://, tcp://, unix://, tcp-listen://)
+    /// destination URL (udp://, tcp://, unix://, tcp-listen://, serial:///dev/ttyUSB0 with
+    /// its options in the same argument: "serial:///dev/ttyUSB0 baud=4800", or pty:///PATH: a
+    /// new pseudo-terminal linked at PATH, a serial device for a serial:// input to read)
     #[argh(positional)]
     pub url: String,
     /// sample format (u8 i8 u16le i16le i16be u32le i32le i32be f32le f32be f64le)
@@ -227,7 +229,11 @@ pub fn run(a: &GenArgs) -> i32 {
         Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => return 0,
         Err(e) => {
-            eprintln!("ringrelay gen: cannot connect to {}: {e}", a.url);
+            let verb = match target {
+                Target::Serial(..) | Target::Pty(..) => "open",
+                _ => "connect to",
+            };
+            eprintln!("ringrelay gen: cannot {verb} {}: {e}", a.url);
             return 1;
         }
     };
@@ -240,6 +246,7 @@ pub fn run(a: &GenArgs) -> i32 {
             return 1;
         }
     };
+    conn.settle(&stop);
     if let Conn::Tcp(s) = &conn {
         let _ = s.shutdown(std::net::Shutdown::Write);
     }

@@ -1,10 +1,14 @@
 //! Destinations of `ringrelay gen`: the URL vocabulary ([`Target`]), opening a plain blocking
-//! std socket to it, and writing one packet whole.
+//! std socket to it (or a serial port, set up as the relay sets up its serial inputs:
+//! [`crate::driver::serial`]), and writing one packet whole.
 //!
 //! Owns: waiting for the one consumer of a `tcp-listen://` destination, which UDP send errors
 //! count as a lost datagram (as on a network) and which end the run, and waking blocked calls
 //! to look at the stop flag and the deadline.
 
+use crate::config::serial::SerialParams;
+use crate::config::url::{Endpoint, Role, Target as UrlTarget};
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::UnixStream;
@@ -22,11 +26,32 @@ pub enum Target {
     TcpListen(String),
     /// `unix:///path`: connect to a stream socket and write.
     Unix(String),
+    /// `serial:///dev/ttyUSB0 baud=4800 ...`: open the port, set it raw, and write.
+    Serial(std::path::PathBuf, SerialParams),
+    /// `pty:///path`: a device that is not there: a new pseudo-terminal whose slave is linked
+    /// at the path (as udev links `/dev/serial/by-id` names), written on its master, for trying
+    /// a `serial://` input without hardware. Its end (the generator exits) is an unplug: the
+    /// link is removed and the slave hangs up.
+    Pty(std::path::PathBuf),
 }
 
 impl Target {
     /// Parses a destination URL; query-like options after a space are not accepted here.
     pub fn parse(url: &str) -> Result<Target, String> {
+        if url.starts_with("serial://") {
+            // The same URL and options as a serial input of the relay.
+            let ep = Endpoint::parse_for(url, Role::Input)?;
+            let UrlTarget::Path(p) = ep.target else {
+                return Err(format!("'{url}' needs a path"));
+            };
+            return Ok(Target::Serial(p, ep.opts.serial.unwrap_or_default()));
+        }
+        if let Some(path) = url.strip_prefix("pty://") {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(format!("'{url}' needs an absolute path (pty:///path)"));
+            }
+            return Ok(Target::Pty(path.into()));
+        }
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("'{url}' is not a URL (e.g. udp://127.0.0.1:5000)"))?;
@@ -44,7 +69,7 @@ impl Target {
             "unix" if rest.starts_with('/') => Ok(Target::Unix(rest.to_string())),
             "unix" => Err(format!("'{url}' needs an absolute path (unix:///path)")),
             _ => Err(format!(
-                "unknown scheme '{scheme}' in '{url}' (one of: udp tcp tcp-listen unix)"
+                "unknown scheme '{scheme}' in '{url}' (one of: udp tcp tcp-listen unix serial pty)"
             )),
         }
     }
@@ -67,6 +92,96 @@ pub(super) enum Conn {
     Udp(UdpSocket),
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Non-blocking: a write the port cannot take yet is tried again a moment later.
+    Serial(File),
+    /// A pseudo-terminal's master (non-blocking too), its slave and the link to it.
+    Pty {
+        master: File,
+        _link: PtyLink,
+    },
+}
+
+/// What keeps a `pty://` device plugged in: the slave held open (set raw, so nothing written
+/// echoes back) and the link at the path, removed on drop if it still names this slave.
+pub(super) struct PtyLink {
+    _slave: std::os::fd::OwnedFd,
+    slave_path: std::path::PathBuf,
+    link: std::path::PathBuf,
+}
+
+impl Conn {
+    /// A `pty://` device stays plugged in until its reader took every byte written (or `stop`,
+    /// or a minute without progress: longer than the relay's longest backoff between two
+    /// opens): unplugging it with bytes still queued would lose them.
+    pub(super) fn settle(&self, stop: &AtomicBool) {
+        let Conn::Pty { _link: l, .. } = self else {
+            return;
+        };
+        let mut last = usize::MAX;
+        let mut since = Instant::now();
+        // Empty for 100 ms: bytes on their way from the master to the slave's queue are
+        // counted there only a moment later.
+        let mut empty_since: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) && since.elapsed() < Duration::from_secs(60) {
+            match crate::driver::serial::queued_input(&l._slave) {
+                Err(_) => return,
+                Ok(0) => {
+                    let t = *empty_since.get_or_insert_with(Instant::now);
+                    if t.elapsed() >= Duration::from_millis(100) {
+                        return;
+                    }
+                }
+                Ok(n) if n != last => {
+                    empty_since = None;
+                    last = n;
+                    since = Instant::now();
+                }
+                Ok(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PtyLink {
+    fn drop(&mut self) {
+        if std::fs::read_link(&self.link).is_ok_and(|t| t == self.slave_path) {
+            let _ = std::fs::remove_file(&self.link);
+        }
+    }
+}
+
+/// A new pseudo-terminal with its slave linked at `link` (a new link renamed over whatever
+/// was there, so a reader never finds the name missing).
+fn open_pty(link: &std::path::Path) -> io::Result<Conn> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let slave_path = std::path::PathBuf::from(nix::pty::ptsname_r(&master)?);
+    let slave = crate::driver::serial::open(&slave_path, &SerialParams::default(), true)?;
+    let master = File::from(std::os::fd::OwnedFd::from(master));
+    let fl = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)?;
+    let fl = OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+    let mut tmp = link.as_os_str().to_owned();
+    tmp.push(".ringrelay-new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&slave_path, &tmp)?;
+    std::fs::rename(&tmp, link)?;
+    eprintln!(
+        "ringrelay gen: pseudo-terminal {} at {}",
+        slave_path.display(),
+        link.display()
+    );
+    Ok(Conn::Pty {
+        master,
+        _link: PtyLink {
+            _slave: slave,
+            slave_path,
+            link: link.to_path_buf(),
+        },
+    })
 }
 
 /// How often blocked calls wake up to look at the stop flag and the deadline.
@@ -132,6 +247,11 @@ pub(super) fn open(
             s.set_write_timeout(Some(POLL))?;
             Ok(Conn::Unix(s))
         }
+        Target::Serial(path, params) => {
+            let fd = crate::driver::serial::open(path, params, true)?;
+            Ok(Conn::Serial(File::from(fd)))
+        }
+        Target::Pty(link) => open_pty(link),
     }
 }
 
@@ -150,6 +270,7 @@ impl Conn {
         stop: &AtomicBool,
         deadline: Option<Instant>,
     ) -> Result<(), Halt> {
+        let serial = matches!(self, Conn::Serial(_) | Conn::Pty { .. });
         let w: &mut dyn Write = match self {
             Conn::Udp(s) => loop {
                 match s.send(buf) {
@@ -175,6 +296,7 @@ impl Conn {
             },
             Conn::Tcp(s) => s,
             Conn::Unix(s) => s,
+            Conn::Serial(f) | Conn::Pty { master: f, .. } => f,
         };
         let mut off = 0;
         while off < buf.len() {
@@ -192,6 +314,10 @@ impl Conn {
                     if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
                     {
                         return Err(Halt::Stopped);
+                    }
+                    if serial {
+                        // The port's output buffer is full: it drains at the line rate.
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                 }
                 Err(e) => return Err(Halt::Failed(e)),
@@ -227,5 +353,19 @@ mod tests {
         assert!(Target::parse("sctp://1.2.3.4:5").is_err());
         assert!(Target::parse("udp://nohost").is_err());
         assert!(Target::parse("127.0.0.1:5").is_err());
+        match Target::parse("serial:///dev/ttyUSB0 baud=4800 parity=even").unwrap() {
+            Target::Serial(p, s) => {
+                assert_eq!(p, std::path::Path::new("/dev/ttyUSB0"));
+                assert_eq!((s.baud, s.databits), (4800, 8));
+            }
+            t => panic!("{t:?}"),
+        }
+        assert!(Target::parse("serial:///dev/ttyUSB0 baud=4801").is_err());
+        assert!(Target::parse("serial://ttyUSB0").is_err());
+        assert_eq!(
+            Target::parse("pty:///tmp/ttyGPS").unwrap(),
+            Target::Pty("/tmp/ttyGPS".into())
+        );
+        assert!(Target::parse("pty://tmp").is_err());
     }
 }
