@@ -26,6 +26,8 @@ in_both_feature_sets!(
     unplug_and_replug_behind_a_by_id_link,
     a_link_repointed_to_another_device_is_followed,
     a_port_missing_at_start_is_opened_when_it_appears,
+    nmea_from_a_serial_port_leaves_one_datagram_per_sentence,
+    a_silent_serial_port_is_reopened_after_idle_timeout,
 );
 
 /// A pseudo-terminal: the master the test writes on, and the slave's path.
@@ -411,5 +413,141 @@ fn gen_plays_a_serial_device_on_a_pty() {
     });
     assert_same_bytes("the file", &std::fs::read(&out).unwrap(), &want);
     assert_eq!(count(&relay.log(), "reopened"), 1, "{}", relay.log());
+    relay.stop();
+}
+
+/// Receives datagrams in a thread and keeps each one whole.
+fn datagram_collector(sock: UdpSocket) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        // Ends with the test process.
+        loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                g.lock().unwrap().push(buf[..n].to_vec());
+            }
+        }
+    });
+    got
+}
+
+/// The sentences of `bytes`, each with its CR LF.
+fn split_sentences(bytes: &[u8]) -> Vec<Vec<u8>> {
+    bytes
+        .split_inclusive(|&b| b == b'\n')
+        .map(|l| l.to_vec())
+        .collect()
+}
+
+/// A GPS on a serial port, cut into lines (`framing = line`): written in pieces that split
+/// sentences, each sentence leaves as one datagram, byte-exact with its CR LF, before and
+/// after the adapter is unplugged and plugged back in behind the same by-id name.
+fn nmea_from_a_serial_port_leaves_one_datagram_per_sentence(features: Features) {
+    let dir = TempDir::new("serial-nmea");
+    let link = dir.join("usb-u-blox_AG_u-blox_7_-_GPS_GNSS_Receiver-if00");
+    let mut gps = Pty::new();
+    point(&link, &gps.path);
+    let udp = UdpSocket::bind((LOCALHOST4, 0)).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    let got = datagram_collector(udp);
+    let url = format!("serial://{}", link.display());
+    let (mut relay, ()) = Relay::start(features, &dir, || {
+        let conf = format!(
+            "{}[channel nmea]\ninput = {url} baud=9600\nframing = line\noutput = udp://{udp_addr}\n",
+            dir.global_section()
+        );
+        (conf, ())
+    });
+    wait_for("the port opened", READY_TIMEOUT, || {
+        relay.log().contains(&format!("serial port {url} opened"))
+    });
+    gps.release_slave();
+    let before = sentences(0, 60);
+    write_slowly(&mut gps.master, &before);
+    let want_before = split_sentences(&before);
+    wait_for("the first sentences", TRANSFER_TIMEOUT, || {
+        got.lock().unwrap().len() >= want_before.len()
+    });
+
+    drop(gps);
+    wait_for("the unplug noticed", READY_TIMEOUT, || {
+        relay.log().contains(" gone ")
+    });
+    let mut gps = Pty::new();
+    point(&link, &gps.path);
+    wait_for("the port reopened", Duration::from_secs(15), || {
+        relay.log().contains(&format!("serial port {url} reopened"))
+    });
+    gps.release_slave();
+    let after = sentences(60, 150);
+    write_slowly(&mut gps.master, &after);
+    let want: Vec<Vec<u8>> = [want_before, split_sentences(&after)].concat();
+    wait_for("every sentence", TRANSFER_TIMEOUT, || {
+        got.lock().unwrap().len() >= want.len()
+    });
+    thread::sleep(Duration::from_millis(200));
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), want.len(), "one datagram per sentence");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g,
+            w,
+            "datagram {i}: {:?} is not sentence {:?}",
+            String::from_utf8_lossy(g),
+            String::from_utf8_lossy(w)
+        );
+    }
+    relay.assert_running("after the replug");
+    let c = input_counters(&relay, "nmea");
+    assert_eq!(counter_in(&c, "reconnects"), 1, "{c}");
+    relay.stop();
+}
+
+/// A serial port that stays open but sends nothing (a GPS that hung) is closed and opened
+/// again after `idle_timeout`, logged once and counted; what it sends after that arrives.
+fn a_silent_serial_port_is_reopened_after_idle_timeout(features: Features) {
+    let dir = TempDir::new("serial-idle");
+    let link = dir.join("usb-Prolific_Technology_Inc._USB-Serial_Controller-if00-port0");
+    let mut gps = Pty::new();
+    point(&link, &gps.path);
+    let udp = UdpSocket::bind((LOCALHOST4, 0)).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    let got = datagram_collector(udp);
+    let url = format!("serial://{}", link.display());
+    let (relay, ()) = Relay::start(features, &dir, || {
+        let conf = format!(
+            "{}[channel gps]\ninput = {url} baud=4800 idle_timeout=1s\nframing = line\noutput = udp://{udp_addr}\n",
+            dir.global_section()
+        );
+        (conf, ())
+    });
+    wait_for("the port opened", READY_TIMEOUT, || {
+        relay.log().contains(&format!("serial port {url} opened"))
+    });
+    gps.release_slave();
+    wait_for("the idle timeout", Duration::from_secs(10), || {
+        relay.log().contains("sent nothing for 1s")
+    });
+    wait_for("the port reopened", Duration::from_secs(15), || {
+        relay.log().contains(&format!("serial port {url} reopened"))
+    });
+    // The same pty is still there: the reopened port reads what the GPS sends now.
+    let s = sentences(0, 5);
+    write_slowly(&mut gps.master, &s);
+    wait_for("the sentences", TRANSFER_TIMEOUT, || {
+        got.lock().unwrap().len() >= 5
+    });
+    assert_eq!(*got.lock().unwrap(), split_sentences(&s));
+    let c = input_counters(&relay, "gps");
+    assert!(counter_in(&c, "idle_timeouts") >= 1, "{c}");
+    let log = relay.log();
+    assert_eq!(
+        count(&log, "sent nothing for 1s"),
+        counter_in(&c, "idle_timeouts") as usize,
+        "one line per timeout:\n{log}"
+    );
     relay.stop();
 }

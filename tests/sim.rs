@@ -564,6 +564,11 @@ impl World {
                     && k.serial
                     && !(k.closed || k.shut || k.rx_eio || k.rx_eof)
             });
+            if s.conn.is_some() {
+                // A port opened: its bytes are a new producer connection (frames count anew).
+                let at = s.next;
+                s.starts.push(at);
+            }
             return;
         };
         let k = &mut self.kernel.conns[ci];
@@ -969,10 +974,14 @@ fn drain_report(w: &World, engine: &Engine) -> String {
         );
         if let Some(Some(ch)) = engine.channels().get(c) {
             s += &format!(
-                "drained={} queued={} blocked={}\n",
+                "drained={} queued={} blocked={} starved={} replaced={:?} retry={:?} pool_free={}\n",
                 ch.drained(),
                 ch.queued_bytes(),
-                ch.blocked
+                ch.blocked,
+                ch.input_starved,
+                ch.replaced,
+                ch.input_retry_at.is_some(),
+                engine.pool().free_count()
             );
         } else {
             s += "gone\n";
@@ -983,8 +992,8 @@ fn drain_report(w: &World, engine: &Engine) -> String {
         for (i, e) in ch.slots.iter().enumerate() {
             if let Some(e) = e {
                 s += &format!(
-                    "  c{c} slot {i}: {:?} {:?} in_flight={} write_ops={} fd={}\n",
-                    e.role, e.link, e.in_flight, e.write_ops, e.fd
+                    "  c{c} slot {i}: {:?} {:?} in_flight={} write_ops={} fd={} queue={:?} reading={}\n",
+                    e.role, e.link, e.in_flight, e.write_ops, e.fd, e.queue.as_ref().map(|q| q.len()), e.reading.len()
                 );
             }
         }

@@ -8,7 +8,7 @@ cd /payload || exit 100
 PATH=/payload:$PATH
 export PATH
 STAGES=$(cat stages 2>/dev/null || echo all)
-[ "$STAGES" = all ] && STAGES="info help probe check gen udp sqpoll tcp shm reload term splice serial rss"
+[ "$STAGES" = all ] && STAGES="info help probe check gen udp sqpoll tcp shm reload term splice serial lines rss"
 FAILED=0
 T=/tmp/smoke
 mkdir -p $T
@@ -398,6 +398,46 @@ EOC
   else
     cat $d/relay.log $d/gen1.log $d/gen2.log
     fail serial "gen $g1/$g2, $n of 5000 bytes, start '$start', $gone unplugs, $again reopens, exit $rr"
+  fi
+}
+
+# Line framing (NMEA 0183): 300 sentences of 67 bytes reach a tcp-listen input in two writes
+# that cut a sentence in half; the channel (framing = line) sends one datagram per sentence to
+# a second channel, which records each datagram behind its length (framing = u32be), so the
+# file shows where the datagrams began and ended.
+stage_lines() {
+  d=$T/lines; mkdir -p $d
+  cat > $d/conf <<EOC
+[global]
+buffer_count = 32
+shm_dir = $d/shm
+[channel nmea]
+input = tcp-listen://127.0.0.1:5300
+framing = line
+output = udp://127.0.0.1:5301
+output = file://$d/lines.raw
+[channel rec]
+input = udp://127.0.0.1:5301
+framing = u32be
+output = file://$d/dgrams.raw
+EOC
+  rm -f $d/in.txt $d/want.raw
+  i=1
+  while [ $i -le 300 ]; do
+    printf '$GPGGA,%06d,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n' $i >> $d/in.txt
+    printf '\000\000\000\103$GPGGA,%06d,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n' $i >> $d/want.raw
+    i=$((i + 1))
+  done
+  ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
+  wait_ready $d/relay.log || { kill $r; fail lines "relay not ready"; return; }
+  { head -c 10000 $d/in.txt; sleep 1; tail -c +10001 $d/in.txt; } | timeout 30 nc 127.0.0.1 5300
+  i=0; while [ "$(size $d/dgrams.raw)" -lt "$(size $d/want.raw)" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  term_wait $r; rr=$RC
+  echo "lines: in=$(size $d/in.txt) lines=$(size $d/lines.raw) dgrams=$(size $d/dgrams.raw) want=$(size $d/want.raw) exit=$rr"
+  if cmp -s $d/in.txt $d/lines.raw && cmp -s $d/want.raw $d/dgrams.raw && [ "$rr" = 0 ]; then
+    pass lines
+  else
+    tail -5 $d/relay.log; fail lines "sentences are not one datagram each"
   fi
 }
 

@@ -21,7 +21,7 @@
 //! buffer an output was offered.
 
 use super::buffers::Class;
-use super::channel::{Channel, PREFIX};
+use super::channel::{Channel, Link, Role, PREFIX};
 use super::input::deliver;
 use super::output::kick;
 use super::outq::{Chunk, Offer};
@@ -383,6 +383,7 @@ pub(crate) fn stream_chunk(plain: Chunk, prefixed: bool, newline: u32) -> Chunk 
 /// connection mid-record, so it is dropped whole once no write can still advance the queue.
 /// The only bytes an output skips to align: counted (`skipped=` bytes, and one drop).
 pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u32) {
+    // A next connection that is up already has not written: `old_link_writing` held it.
     let busy = ch.outputs[out]
         .link
         .and_then(|s| ch.ep(s))
@@ -394,15 +395,36 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u3
     let Some(rest) = o.queue.front().filter(|_| o.queue.partly_sent()) else {
         return;
     };
+    // A preamble cut short is not stream bytes lost: the next connection gets it whole.
+    let replay = preamble_chunk_of(&ch.framed)
+        .is_some_and(|p| rest.buf == p.buf && rest.off + rest.len <= p.len);
+    let o = &mut ch.outputs[out];
     if let Some(b) = o.queue.skip_front() {
         cx.pool.release(b);
-        o.stats.drops += 1;
-        o.stats.skipped += u64::from(rest.len);
+        if !replay {
+            o.stats.drops += 1;
+            o.stats.skipped += u64::from(rest.len);
+        }
     }
 }
 
+/// Whether a closed connection of link output `out` of a record channel still has writes in
+/// flight: its next connection must not write before they complete.
+pub(crate) fn old_link_writing(ch: &Channel, out: usize) -> bool {
+    ch.framed.is_some()
+        && ch
+            .slots
+            .iter()
+            .flatten()
+            .any(|e| e.role == Role::Link { out } && e.link == Link::Closing && e.write_ops > 0)
+}
+
 fn preamble_chunk(ch: &Channel) -> Option<Chunk> {
-    let p = ch.framed.as_ref()?.preamble.as_ref()?;
+    preamble_chunk_of(&ch.framed)
+}
+
+fn preamble_chunk_of(f: &Option<Framed>) -> Option<Chunk> {
+    let p = f.as_ref()?.preamble.as_ref()?;
     (p.len > 0).then_some(Chunk {
         buf: p.buf,
         off: 0,

@@ -123,6 +123,8 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
                 ch.name(),
                 ch.cfg.input.url()
             );
+            // As below: the next producer's first read waits for this one's last.
+            ch.replaced = Some((slot, gen));
             close_ep(cx, ch, ci, slot);
         }
         _ => {
@@ -131,11 +133,9 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
                 ch.name(),
                 ch.cfg.input.url()
             );
-            if ch.cfg.input.scheme == Scheme::Serial {
-                // As for an unplugged port: the cancelled read may still return bytes, and
-                // the reopened port's first read waits for it.
-                ch.replaced = Some((slot, gen));
-            }
+            // The cancelled read may still return bytes: the next input's first read
+            // waits for it, so the two streams never interleave on the outputs.
+            ch.replaced = Some((slot, gen));
             close_for_reopen(cx, ch, ci, slot);
         }
     }

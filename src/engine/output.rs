@@ -53,6 +53,11 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
         Role::Subscriber { out } | Role::Link { out } => out,
         _ => return,
     };
+    if matches!(ep.role, Role::Link { .. }) && super::framed::old_link_writing(ch, out) {
+        // The old connection's last write decides where the queue stands: the new one starts
+        // on a record boundary after it (`framed::link_down`), then is kicked again.
+        return;
+    }
     if ch.outputs[out].file.is_some() && !fileout::rotate_if_due(cx, ch, ci, slot, out) {
         return;
     }
@@ -293,6 +298,12 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         if let (Role::Link { out }, Some(ep)) = (role, ch.ep(slot)) {
             let ops = ep.write_ops;
             super::framed::link_down(cx, ch, out, ops);
+            // A next connection that waited for this one's writes may go now.
+            if let Some(next) = ch.outputs[out].link.filter(|_| ops == 0) {
+                ch.reap_if_idle(slot, cx.sys);
+                kick(cx, ch, tok.chan, next);
+                return;
+            }
         }
         ch.reap_if_idle(slot, cx.sys);
         return;

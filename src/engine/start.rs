@@ -30,7 +30,23 @@ pub(crate) fn class_count(cfg: &Config, c: &ChannelConfig) -> u32 {
     if c.input.scheme == Scheme::Udp && g.datagram_count > 0 {
         g.datagram_count
     } else {
-        g.buffer_count
+        // Buffers held outside any output's queue are not the queues' to share: a record
+        // channel's carry and preamble, and the command bytes waiting for a producer. Left in,
+        // a stuck `block` subscriber could take the reserve that keeps other channels reading.
+        let held: u32 = cfg
+            .channels
+            .iter()
+            .map(|c| {
+                let framed = if c.is_framed_stream() { 2 } else { 0 };
+                let commands = if c.commands == crate::config::commands::Commands::First {
+                    super::commands::COMMAND_BUFFERS as u32
+                } else {
+                    0
+                };
+                framed + commands
+            })
+            .sum();
+        g.buffer_count.saturating_sub(held).max(g.buffer_count / 2)
     }
 }
 
