@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::counters::counter_in;
+use common::counters::{counter_in, input_counters_line};
 use common::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -51,24 +51,6 @@ fn wait_closed_by_relay(s: &mut TcpStream, limit: Duration, what: &str) -> Insta
     }
 }
 
-/// The latest SIGUSR1 counters line of channel `channel`'s input.
-fn input_line(relay: &Relay, channel: &str) -> String {
-    let prefix = format!("counters: channel {channel} input ");
-    let count = |log: &str| log.lines().filter(|l| l.contains(&prefix)).count();
-    let before = count(&relay.log());
-    relay.signal(nix::sys::signal::Signal::SIGUSR1);
-    wait_for("an input counters line", READY_TIMEOUT, || {
-        count(&relay.log()) > before
-    });
-    relay
-        .log()
-        .lines()
-        .rev()
-        .find(|l| l.contains(&prefix))
-        .unwrap()
-        .to_string()
-}
-
 fn idle_timeouts(line: &str) -> u64 {
     if line.contains("idle_timeouts=") {
         counter_in(line, "idle_timeouts")
@@ -109,7 +91,7 @@ fn a_silent_dialed_producer_is_redialed(features: Features) {
     second.write_all(&data).unwrap();
     sub.wait_len(data.len(), TRANSFER_TIMEOUT);
     assert_same_bytes("the subscriber", &sub.data(), &data);
-    let line = input_line(&relay, "radio");
+    let line = input_counters_line(&relay, "radio");
     assert_eq!(idle_timeouts(&line), 1, "{line}");
     let log = relay.log();
     assert_eq!(
@@ -150,7 +132,7 @@ fn a_silent_accepted_producer_is_disconnected(features: Features) {
     let data = pattern(8, 256 << 10);
     talker.write_all(&data).unwrap();
     expect_after_pings(&sub, &data, TRANSFER_TIMEOUT);
-    let line = input_line(&relay, "radio");
+    let line = input_counters_line(&relay, "radio");
     assert_eq!(idle_timeouts(&line), 1, "{line}");
     assert!(line.contains(" [up]: "), "{line}");
     let log = relay.log();
@@ -189,7 +171,7 @@ fn a_silent_udp_input_is_marked_idle_until_data_comes_again(features: Features) 
         Duration::from_secs(10),
         || relay.log().contains("idle (idle_timeout)"),
     );
-    let line = input_line(&relay, "gps");
+    let line = input_counters_line(&relay, "gps");
     assert!(line.contains(" [idle]: "), "{line}");
     assert_eq!(idle_timeouts(&line), 1, "{line}");
     let json = stat_json(&dir);
@@ -201,7 +183,7 @@ fn a_silent_udp_input_is_marked_idle_until_data_comes_again(features: Features) 
     wait_for("data again to be logged", READY_TIMEOUT, || {
         relay.log().contains("data again")
     });
-    let line = input_line(&relay, "gps");
+    let line = input_counters_line(&relay, "gps");
     assert!(line.contains(" [up]: "), "{line}");
     let log = relay.log();
     assert_eq!(log.matches("idle (idle_timeout)").count(), 1, "{log}");

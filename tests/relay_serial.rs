@@ -11,7 +11,7 @@
 #[macro_use]
 mod common;
 
-use common::counters::counter_in;
+use common::counters::{counter_in, input_counters_line};
 use common::*;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -111,24 +111,6 @@ fn write_slowly(master: &mut File, data: &[u8]) {
     }
 }
 
-/// The input counters line of channel `name`, fresh after SIGUSR1.
-fn input_counters(relay: &Relay, name: &str) -> String {
-    let prefix = format!("counters: channel {name} input ");
-    let n = |log: &str| count(log, &prefix);
-    let before = n(&relay.log());
-    relay.signal(nix::sys::signal::Signal::SIGUSR1);
-    wait_for("an input counters line", READY_TIMEOUT, || {
-        n(&relay.log()) > before
-    });
-    relay
-        .log()
-        .lines()
-        .rev()
-        .find(|l| l.contains(&prefix))
-        .unwrap()
-        .to_string()
-}
-
 /// A GPS on a by-id link is unplugged and plugged back in as a new pty: the relay logs each
 /// once, reopens it with backoff and goes on; its subscriber and UDP destination get every
 /// byte written while it was plugged in, in order, and never lose their connection; another
@@ -217,7 +199,7 @@ fn unplug_and_replug_behind_a_by_id_link(features: Features) {
         0,
         "failed reopens after an unplug are not worth a line each:\n{log}"
     );
-    let c = input_counters(&relay, "gps");
+    let c = input_counters_line(&relay, "gps");
     assert_eq!(counter_in(&c, "reconnects"), 1, "{c}");
     relay.stop();
 }
@@ -501,7 +483,7 @@ fn nmea_from_a_serial_port_leaves_one_datagram_per_sentence(features: Features) 
         );
     }
     relay.assert_running("after the replug");
-    let c = input_counters(&relay, "nmea");
+    let c = input_counters_line(&relay, "nmea");
     assert_eq!(counter_in(&c, "reconnects"), 1, "{c}");
     relay.stop();
 }
@@ -541,7 +523,7 @@ fn a_silent_serial_port_is_reopened_after_idle_timeout(features: Features) {
         got.lock().unwrap().len() >= 5
     });
     assert_eq!(*got.lock().unwrap(), split_sentences(&s));
-    let c = input_counters(&relay, "gps");
+    let c = input_counters_line(&relay, "gps");
     assert!(counter_in(&c, "idle_timeouts") >= 1, "{c}");
     let log = relay.log();
     assert_eq!(

@@ -401,15 +401,15 @@ EOC
   fi
 }
 
-# Line framing (NMEA 0183): 300 sentences of 67 bytes reach a tcp-listen input in two writes
-# that cut a sentence in half; the channel (framing = line) sends one datagram per sentence to
+# Line framing (NMEA 0183): 300 sentences of 67 bytes reach a tcp-listen input in writes of
+# 200 bytes that cut sentences; the channel (framing = line) sends one datagram per sentence to
 # a second channel, which records each datagram behind its length (framing = u32be), so the
 # file shows where the datagrams began and ended.
 stage_lines() {
   d=$T/lines; mkdir -p $d
   cat > $d/conf <<EOC
 [global]
-buffer_count = 32
+buffer_count = 64
 shm_dir = $d/shm
 [channel nmea]
 input = tcp-listen://127.0.0.1:5300
@@ -430,7 +430,10 @@ EOC
   done
   ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
   wait_ready $d/relay.log || { kill $r; fail lines "relay not ready"; return; }
-  { head -c 10000 $d/in.txt; sleep 1; tail -c +10001 $d/in.txt; } | timeout 30 nc 127.0.0.1 5300
+  # Paced as a receiver sends (a few sentences at a time), in writes that cut sentences: a
+  # UDP output queues one chunk per line against its buffer quota (8 here), so one read of
+  # more lines than that would drop the rest, counted.
+  { i=0; while [ $i -lt 101 ]; do dd if=$d/in.txt bs=200 skip=$i count=1 2>/dev/null; sleep 0.02; i=$((i + 1)); done; } | timeout 60 nc 127.0.0.1 5300
   i=0; while [ "$(size $d/dgrams.raw)" -lt "$(size $d/want.raw)" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
   term_wait $r; rr=$RC
   echo "lines: in=$(size $d/in.txt) lines=$(size $d/lines.raw) dgrams=$(size $d/dgrams.raw) want=$(size $d/want.raw) exit=$rr"

@@ -23,6 +23,24 @@ pub fn output_counters_line(relay: &Relay, url: &str) -> String {
         .to_string()
 }
 
+/// The latest counters line of channel `channel`'s input, after SIGUSR1 asks for a fresh one.
+pub fn input_counters_line(relay: &Relay, channel: &str) -> String {
+    let prefix = format!("counters: channel {channel} input ");
+    let count = |log: &str| log.lines().filter(|l| l.contains(&prefix)).count();
+    let before = count(&relay.log());
+    relay.signal(nix::sys::signal::Signal::SIGUSR1);
+    wait_for("an input counters line", READY_TIMEOUT, || {
+        count(&relay.log()) > before
+    });
+    relay
+        .log()
+        .lines()
+        .rev()
+        .find(|l| l.contains(&prefix))
+        .unwrap()
+        .to_string()
+}
+
 /// Counter `name` (as `name=`) of a fresh counters line for output `url`.
 pub fn output_counter(relay: &Relay, url: &str, name: &str) -> u64 {
     counter_in(&output_counters_line(relay, url), name)
