@@ -272,7 +272,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             left -= n;
             if n > 0 {
                 cx.pool.filled(b);
-                framed::on_stream_read(cx, ch, ci_of(tok), tok.gen, b, n);
+                framed::on_stream_read(cx, ch, tok.chan, tok.gen, b, n);
             } else {
                 cx.pool.abandon(b);
             }
@@ -303,7 +303,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                     timed_out_hint(res)
                 );
             }
-            close_ep(cx, ch, ci_of(tok), slot);
+            close_ep(cx, ch, tok.chan, slot);
             if ch.cfg.input.scheme.reopens() {
                 let d = ch.input_backoff.next_delay();
                 ch.input_retry_at = Some(cx.now + d);
@@ -327,7 +327,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             }
         } else {
             cx.pool.filled(buf);
-            framed::on_datagram(cx, ch, ci_of(tok), buf, DATAGRAM_HEADROOM, n);
+            framed::on_datagram(cx, ch, tok.chan, buf, DATAGRAM_HEADROOM, n);
         }
     } else {
         cx.pool.abandon(buf);
@@ -437,13 +437,8 @@ pub(crate) fn timed_out_hint(res: i32) -> &'static str {
     }
 }
 
-pub(crate) fn ci_of(tok: Token) -> u16 {
-    tok.chan
-}
-
 /// Offers a filled buffer to every output: `len` bytes at `off`. A datagram keeps
 /// [`PREFIX`] free bytes before `off` for the framing length prefix.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn deliver(
     cx: &mut Cx,
     ch: &mut Channel,
