@@ -177,6 +177,19 @@ pub fn tcp_listen(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((into_fd(s), local))
 }
 
+/// Binds and listens on the metrics server's address (`metrics = HOST:PORT`).
+pub fn metrics_listen(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(64)?;
+    let local = s.local_addr()?.as_socket().unwrap_or(addr);
+    Ok((into_fd(s), local))
+}
+
 /// Binds and listens on a Unix stream socket, replacing a stale socket file (never any other
 /// kind of file).
 pub fn unix_listen(ep: &Endpoint) -> io::Result<OwnedFd> {

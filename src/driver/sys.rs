@@ -126,6 +126,10 @@ impl Publish for Publisher {
     fn close(self: Box<Self>) {
         Publisher::close(*self)
     }
+
+    fn frames_written(&self) -> Vec<u64> {
+        self.counters().frames_out_per_level
+    }
 }
 
 /// The engine's outside world on this machine.

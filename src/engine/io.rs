@@ -195,6 +195,10 @@ pub trait Publish {
     fn tick(&mut self);
     /// The channel is gone: mark the region closed.
     fn close(self: Box<Self>);
+    /// Frames written into each of the channel's regions (level 0 first); empty when unknown.
+    fn frames_written(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// The bytes of the buffer arena. The engine's [`super::buffers::BufferPool`] says who owns
