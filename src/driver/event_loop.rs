@@ -281,6 +281,7 @@ impl Daemon {
             let mut cq = std::mem::take(&mut self.cq);
             cq.clear();
             self.ring.reap(&mut cq);
+            self.engine.note_ring_in_flight(self.ring.in_flight());
             for c in &cq {
                 self.dispatch(*c);
             }

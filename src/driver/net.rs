@@ -365,6 +365,12 @@ pub fn shutdown(fd: RawFd) {
     let _ = s.shutdown(std::net::Shutdown::Both);
 }
 
+/// Shuts the sending side of `fd` down (the peer reads the end of the stream).
+pub fn shutdown_write(fd: RawFd) {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
 /// Whether data wait to be read on `fd` (poll with a zero timeout; errors count as "no").
 #[allow(unsafe_code)]
 pub fn readable(fd: RawFd) -> bool {

@@ -213,6 +213,10 @@ impl Sys for Kernel<'_> {
         net::shutdown(fd);
     }
 
+    fn shutdown_write(&mut self, fd: Fd) {
+        net::shutdown_write(fd)
+    }
+
     fn close(&mut self, fd: Fd) {
         if fd >= 0 {
             drop(net::own_fd(fd));

@@ -233,6 +233,12 @@ pub trait Sys {
     fn file_state(&mut self, fd: Fd, path: &Path) -> FileState;
     /// Shuts a socket down both ways (its operations in flight then complete).
     fn shutdown(&mut self, fd: Fd);
+    /// Shuts the sending side of a socket down: the peer reads the end of the stream and may
+    /// still send. A model that cannot half-close may ignore it (the metrics server then
+    /// closes the connection at its linger deadline).
+    fn shutdown_write(&mut self, fd: Fd) {
+        let _ = fd;
+    }
     /// Closes a descriptor nothing is in flight on any more.
     fn close(&mut self, fd: Fd);
     /// The peer of a connected socket: a printable name and its IP address.

@@ -21,7 +21,8 @@
 //! closed at once (counted).
 //!
 //! Closing: the connection is shut down (its operations in flight complete), its poll
-//! cancelled, and its descriptor closed once nothing is in flight; only then is its slot free.
+//! cancelled, and its slot freed at once: it waits among the closing ones (found by its
+//! generation) until its last completion, and only then is its descriptor closed.
 //!
 //! Must never: make a system call other than through [`super::io::Sys`], read a clock, or
 //! hold a pool buffer past the completion of the operation it was taken for.
@@ -39,10 +40,13 @@ use std::time::{Duration, Instant};
 
 /// Most connections open at once.
 pub const MAX_CONNECTIONS: usize = 16;
-/// Slots, with room for connections still closing.
-const SLOTS: usize = 2 * MAX_CONNECTIONS;
+/// Most connections waiting for their last completions after they were closed (beyond, a
+/// newcomer is refused).
+const MAX_CLOSING: usize = 4 * MAX_CONNECTIONS;
 /// Time a connection has for each request, from its accept or its previous response.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a rejected request's connection is drained before it closes.
+pub const LINGER: Duration = Duration::from_secs(1);
 /// Most pool buffers the server holds at once.
 pub const MAX_BUFFERS: usize = 4;
 
@@ -93,6 +97,11 @@ struct Conn {
     /// The request being answered: its head's length (dropped from `req` once answered).
     answering: Option<usize>,
     close_after: bool,
+    /// The response rejects the request: after it, what the peer still sends is read and
+    /// dropped until it closes or [`LINGER`] passes (closing with unread bytes would reset the
+    /// connection and lose the response).
+    linger: bool,
+    lingering: bool,
     closing: bool,
 }
 
@@ -115,10 +124,13 @@ pub struct MetricsServer {
     /// Shutting down: the listener closes once its accept completed.
     stopping: bool,
     conns: Vec<Option<Conn>>,
+    /// Connections closed with operations still in flight, out of their slots (a completion
+    /// finds one by its generation); each goes once its last completion arrived.
+    closing: Vec<Conn>,
     held: usize,
     pub counters: HttpCounters,
     pub down_since: DownSince,
-    /// Operations in flight on the ring at the last tick (the page's `ringrelay_ring_inflight`).
+    /// Operations in flight on the ring at the last batch (the page's `ringrelay_ring_inflight`).
     pub ring_in_flight: usize,
 }
 
@@ -133,7 +145,8 @@ impl MetricsServer {
             accepting: false,
             accept_failing: false,
             stopping: false,
-            conns: (0..SLOTS).map(|_| None).collect(),
+            conns: (0..MAX_CONNECTIONS).map(|_| None).collect(),
+            closing: Vec::new(),
             held: 0,
             counters: HttpCounters::default(),
             down_since: DownSince::default(),
@@ -143,7 +156,10 @@ impl MetricsServer {
 
     /// Nothing open and nothing in flight.
     pub fn idle(&self) -> bool {
-        self.listener.is_none() && !self.accepting && self.conns.iter().all(Option::is_none)
+        self.listener.is_none()
+            && !self.accepting
+            && self.closing.is_empty()
+            && self.conns.iter().all(Option::is_none)
     }
 
     fn open_conns(&self) -> usize {
@@ -213,7 +229,8 @@ impl MetricsServer {
                 }
             }
         }
-        let Some(slot) = self.conns.iter().position(Option::is_none) else {
+        let free = self.conns.iter().position(Option::is_none);
+        let Some(slot) = free.filter(|_| self.closing.len() < MAX_CLOSING) else {
             self.counters.refused += 1;
             cx.sys.close(fd);
             self.arm_accept(cx);
@@ -233,6 +250,8 @@ impl MetricsServer {
             sent: 0,
             answering: None,
             close_after: false,
+            linger: false,
+            lingering: false,
             closing: false,
         });
         self.poll(cx, slot);
@@ -348,9 +367,40 @@ impl MetricsServer {
                 cx.sys.shutdown(c.fd);
             }
         }
-        if !c.in_flight() {
+        let c = self.conns[slot].take().expect("checked above");
+        if c.in_flight() {
+            self.closing.push(c);
+        } else {
             cx.sys.close(c.fd);
-            self.conns[slot] = None;
+        }
+    }
+
+    /// A completion of a connection closed earlier (found by generation): what the operation
+    /// held goes back; the descriptor closes with the last one.
+    fn on_closed_conn(&mut self, cx: &mut Cx, gen: u32, kind: OpKind) {
+        let Some(i) = self.closing.iter().position(|c| c.gen == gen) else {
+            return;
+        };
+        let c = &mut self.closing[i];
+        match kind {
+            OpKind::HttpPoll => c.polling = false,
+            OpKind::HttpRecv => {
+                if let Some(b) = c.reading.take() {
+                    cx.pool.abandon(b);
+                    self.held -= 1;
+                }
+            }
+            OpKind::HttpSend => {
+                if let Some(b) = c.writing.take() {
+                    cx.pool.release(b);
+                    self.held -= 1;
+                }
+            }
+            _ => {}
+        }
+        if !self.closing[i].in_flight() {
+            let c = self.closing.swap_remove(i);
+            cx.sys.close(c.fd);
         }
     }
 
@@ -369,6 +419,12 @@ impl MetricsServer {
             }
             OpKind::HttpRecv => {
                 let buf = c.reading.take().expect("a read in flight holds its buffer");
+                if res > 0 && c.lingering && !c.closing {
+                    cx.pool.abandon(buf);
+                    self.held -= 1;
+                    self.poll(cx, slot);
+                    return None;
+                }
                 if res > 0 && !c.closing {
                     cx.pool.filled(buf);
                     let bytes = cx.pool.bytes(cx.mem, buf, 0, res as u32);
@@ -396,6 +452,15 @@ impl MetricsServer {
                 c.sent += res as usize;
                 if c.sent < c.out.len() {
                     self.write(cx, slot);
+                    return None;
+                }
+                if c.close_after && c.linger {
+                    c.lingering = true;
+                    c.answering = None;
+                    c.req = Vec::new();
+                    c.deadline = cx.now + LINGER;
+                    cx.sys.shutdown_write(c.fd);
+                    self.poll(cx, slot);
                     return None;
                 }
                 if c.close_after {
@@ -438,10 +503,18 @@ impl MetricsServer {
     }
 
     /// Sends `bytes` as the response of connection `slot`'s request.
-    fn respond(&mut self, cx: &mut Cx, slot: usize, bytes: Vec<u8>, close_after: bool) {
+    fn respond(
+        &mut self,
+        cx: &mut Cx,
+        slot: usize,
+        bytes: Vec<u8>,
+        close_after: bool,
+        linger: bool,
+    ) {
         let Some(c) = self.conns[slot].as_mut() else {
             return;
         };
+        c.linger = linger;
         self.counters.requests += 1;
         c.out = bytes;
         c.sent = 0;
@@ -459,7 +532,7 @@ impl MetricsServer {
                 continue;
             }
             if cx.now >= c.deadline {
-                self.counters.timeouts += 1;
+                self.counters.timeouts += u64::from(!c.lingering);
                 self.close(cx, slot);
             } else if c.read_parked {
                 self.read(cx, slot);
@@ -497,6 +570,14 @@ impl Engine {
         self.http = Some(srv);
     }
 
+    /// Operations in flight on the ring now (the driver says so at each batch; the page's
+    /// `ringrelay_ring_inflight`).
+    pub fn note_ring_in_flight(&mut self, n: usize) {
+        if let Some(s) = self.http.as_mut() {
+            s.ring_in_flight = n;
+        }
+    }
+
     /// The metrics server's counters, if it runs.
     pub fn http_counters(&self) -> Option<HttpCounters> {
         self.http.as_ref().map(|s| s.counters)
@@ -527,12 +608,10 @@ impl Engine {
                     .get(slot)
                     .and_then(|c| c.as_ref())
                     .is_some_and(|c| c.gen == tok.gen);
-                // A connection's slot is freed only once nothing is in flight on it, so a
-                // completion of another generation cannot arrive.
-                debug_assert!(current, "stale metrics completion {tok:?}");
                 if current {
                     srv.on_conn(&mut cx, slot, tok.kind, c.res)
                 } else {
+                    srv.on_closed_conn(&mut cx, tok.gen, tok.kind);
                     None
                 }
             }
@@ -543,7 +622,7 @@ impl Engine {
                 srv.counters.rejected += u64::from(req.is_err());
             }
             let (_, mut cx) = split!(self, io);
-            srv.respond(&mut cx, slot, bytes, close_after);
+            srv.respond(&mut cx, slot, bytes, close_after, req.is_err());
         }
         self.http = Some(srv);
     }
@@ -650,11 +729,10 @@ impl Engine {
 
     /// The metrics server's part of the tick: what is down since when, deadlines, parked
     /// buffers.
-    pub(super) fn http_tick(&mut self, io: &mut Io, in_flight: usize) {
+    pub(super) fn http_tick(&mut self, io: &mut Io) {
         let Some(mut srv) = self.http.take() else {
             return;
         };
-        srv.ring_in_flight = in_flight;
         let now = io.now;
         for ch in self.channels.iter().flatten() {
             let name = ch.name();

@@ -566,7 +566,7 @@ impl Engine {
                 }
             }
         }
-        self.http_tick(io, in_flight);
+        self.http_tick(io);
         self.logs.log_summaries(now, false);
         if now.duration_since(self.last_stats_log) >= self.cfg.global.stats_interval {
             self.last_stats_log = now;

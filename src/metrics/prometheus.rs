@@ -275,7 +275,7 @@ fn render_live(o: &mut String, s: &Snapshot, l: &super::LiveInfo) {
         o,
         "ringrelay_ring_inflight",
         "gauge",
-        "Operations submitted to the io_uring ring and not yet completed (at the last tick).",
+        "Operations submitted to the io_uring ring and not yet completed.",
     )
     .sample(&[], l.ring_in_flight);
     {
