@@ -1,8 +1,8 @@
 //! The HTTP server of `metrics = HOST:PORT`: `/metrics` and `/healthz` served on the one ring.
 //!
-//! Owns: the listener the driver bound (handed over by [`Engine::start_metrics`]), its
-//! connections and their state machine, and the engine's side of a scrape (rendering the
-//! page from the live engine). Every operation is tagged with a daemon-level token (channel
+//! Owns: the listener the driver bound (handed over by [`super::Engine::start_metrics`]), its
+//! connections and their state machine. The engine's side (dispatch, rendering the page) is
+//! `metrics_page`. Every operation is tagged with a daemon-level token (channel
 //! [`DAEMON_CHANNEL`]; `HttpAccept`, `HttpPoll`, `HttpRecv`, `HttpSend`, endpoint = the
 //! connection's slot, its generation).
 //!
@@ -31,10 +31,9 @@ use super::buffers::{BufId, Class};
 use super::io::{Completion, Fd, Op};
 use super::outq::Chunk;
 use super::token::{OpKind, Token, DAEMON_CHANNEL};
-use super::{errno_str, input_state, output_state, split, Cx, Engine, Io};
-use crate::metrics::health::{self, DownSince};
-use crate::metrics::http::{self, Parsed, Request, Status, Target, MAX_REQUEST};
-use crate::metrics::{prometheus, LiveInfo, Snapshot};
+use super::{errno_str, Cx};
+use crate::metrics::health::DownSince;
+use crate::metrics::http::{self, Parsed, Request, Status, MAX_REQUEST};
 use log::{info, warn};
 use std::time::{Duration, Instant};
 
@@ -77,9 +76,9 @@ pub struct ProcessInfo {
     pub features: String,
 }
 
-struct Conn {
+pub(super) struct Conn {
     fd: Fd,
-    gen: u32,
+    pub(super) gen: u32,
     /// Request bytes received and not yet answered.
     req: Vec<u8>,
     deadline: Instant,
@@ -118,12 +117,12 @@ impl Conn {
 /// The listener and its connections.
 pub struct MetricsServer {
     listener: Option<Fd>,
-    gen: u32,
+    pub(super) gen: u32,
     accepting: bool,
     accept_failing: bool,
     /// Shutting down: the listener closes once its accept completed.
     stopping: bool,
-    conns: Vec<Option<Conn>>,
+    pub(super) conns: Vec<Option<Conn>>,
     /// Connections closed with operations still in flight, out of their slots (a completion
     /// finds one by its generation); each goes once its last completion arrived.
     closing: Vec<Conn>,
@@ -135,10 +134,10 @@ pub struct MetricsServer {
 }
 
 /// A request parsed and waiting for its page.
-type Want = (usize, Result<Request, Status>);
+pub(super) type Want = (usize, Result<Request, Status>);
 
 impl MetricsServer {
-    fn new(listener: Fd, gen: u32) -> MetricsServer {
+    pub(super) fn new(listener: Fd, gen: u32) -> MetricsServer {
         MetricsServer {
             listener: Some(listener),
             gen,
@@ -166,7 +165,7 @@ impl MetricsServer {
         self.conns.iter().flatten().filter(|c| !c.closing).count()
     }
 
-    fn arm_accept(&mut self, cx: &mut Cx) {
+    pub(super) fn arm_accept(&mut self, cx: &mut Cx) {
         let Some(fd) = self.listener else { return };
         if self.accepting || self.stopping {
             return;
@@ -178,7 +177,12 @@ impl MetricsServer {
         );
     }
 
-    fn on_accept(&mut self, cx: &mut Cx, c: Completion, allow: &[crate::config::cidr::Cidr]) {
+    pub(super) fn on_accept(
+        &mut self,
+        cx: &mut Cx,
+        c: Completion,
+        allow: &[crate::config::cidr::Cidr],
+    ) {
         if !c.more() {
             self.accepting = false;
         }
@@ -377,7 +381,7 @@ impl MetricsServer {
 
     /// A completion of a connection closed earlier (found by generation): what the operation
     /// held goes back; the descriptor closes with the last one.
-    fn on_closed_conn(&mut self, cx: &mut Cx, gen: u32, kind: OpKind) {
+    pub(super) fn on_closed_conn(&mut self, cx: &mut Cx, gen: u32, kind: OpKind) {
         let Some(i) = self.closing.iter().position(|c| c.gen == gen) else {
             return;
         };
@@ -405,7 +409,13 @@ impl MetricsServer {
     }
 
     /// A completion of connection `slot` (already matched by generation).
-    fn on_conn(&mut self, cx: &mut Cx, slot: usize, kind: OpKind, res: i32) -> Option<Want> {
+    pub(super) fn on_conn(
+        &mut self,
+        cx: &mut Cx,
+        slot: usize,
+        kind: OpKind,
+        res: i32,
+    ) -> Option<Want> {
         let c = self.conns[slot].as_mut()?;
         match kind {
             OpKind::HttpPoll => {
@@ -503,7 +513,7 @@ impl MetricsServer {
     }
 
     /// Sends `bytes` as the response of connection `slot`'s request.
-    fn respond(
+    pub(super) fn respond(
         &mut self,
         cx: &mut Cx,
         slot: usize,
@@ -523,7 +533,7 @@ impl MetricsServer {
     }
 
     /// The tick: deadlines, parked reads and writes, the listener re-armed after a failure.
-    fn tick(&mut self, cx: &mut Cx) {
+    pub(super) fn tick(&mut self, cx: &mut Cx) {
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_ref() else {
                 continue;
@@ -544,7 +554,7 @@ impl MetricsServer {
     }
 
     /// Stops: the listener and every connection close.
-    fn stop(&mut self, cx: &mut Cx) {
+    pub(super) fn stop(&mut self, cx: &mut Cx) {
         if self.stopping {
             return;
         }
@@ -559,214 +569,181 @@ impl MetricsServer {
     }
 }
 
-impl Engine {
-    /// Starts the metrics server on `listener` (bound and listening, by the driver); `info`
-    /// is what the page says about the process.
-    pub fn start_metrics(&mut self, listener: Fd, info: ProcessInfo, io: &mut Io) {
-        let mut srv = MetricsServer::new(listener, self.gens.fresh());
-        self.process = info;
-        let (_, mut cx) = split!(self, io);
-        srv.arm_accept(&mut cx);
-        self.http = Some(srv);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::io::Submission;
+    use crate::engine::testkit::Rig;
+
+    const CONF: &str =
+        "[global]\nmetrics = 127.0.0.1:9100\n\n[channel a]\ninput = udp://127.0.0.1:5000\noutput = udp://127.0.0.1:5001\n";
+
+    fn only(rig: &Rig, kind: OpKind) -> Submission {
+        let s = rig.subs_of(kind);
+        assert_eq!(s.len(), 1, "{kind:?}: {s:?}");
+        s[0]
     }
 
-    /// Operations in flight on the ring now (the driver says so at each batch; the page's
-    /// `ringrelay_ring_inflight`).
-    pub fn note_ring_in_flight(&mut self, n: usize) {
-        if let Some(s) = self.http.as_mut() {
-            s.ring_in_flight = n;
-        }
+    /// A rig with the server started on listener fd 7; returns its accept token.
+    fn serving() -> (Rig, Token) {
+        let mut rig = Rig::new(CONF);
+        rig.take();
+        rig.io(|e, io| e.start_metrics(7, ProcessInfo::default(), io));
+        let acc = only(&rig, OpKind::HttpAccept);
+        assert_eq!(acc.op, Op::Accept { fd: 7 });
+        rig.take();
+        (rig, acc.token)
     }
 
-    /// The metrics server's counters, if it runs.
-    pub fn http_counters(&self) -> Option<HttpCounters> {
-        self.http.as_ref().map(|s| s.counters)
+    /// A connection from 127.0.0.1 (the accept re-armed); returns its poll token and fd.
+    fn connect(rig: &mut Rig, acc: Token) -> (Token, Fd) {
+        let fd = rig.accept_from(acc, Some("127.0.0.1".parse().unwrap()));
+        let poll = only(rig, OpKind::HttpPoll);
+        assert_eq!(poll.op, Op::PollIn { fd });
+        rig.take();
+        (poll.token, fd)
     }
 
-    /// A completion of the metrics server.
-    pub(super) fn on_http(&mut self, c: Completion, tok: Token, io: &mut Io) {
-        let Some(mut srv) = self.http.take() else {
-            if tok.kind == OpKind::HttpAccept && c.res >= 0 {
-                io.sys.close(c.res);
-            }
-            return;
+    /// The peer sends `bytes`: the poll completes, the read lands them in its buffer.
+    fn send(rig: &mut Rig, poll: Token, bytes: &[u8]) {
+        rig.complete(poll, libc::POLLIN as i32);
+        let read = only(rig, OpKind::HttpRecv);
+        let Op::ReadStream { buf, len, .. } = read.op else {
+            panic!("{read:?}")
         };
-        let want = {
-            let allow = self.cfg.global.metrics_allow.clone();
-            let (_, mut cx) = split!(self, io);
-            if tok.kind == OpKind::HttpAccept {
-                if tok.gen == srv.gen {
-                    srv.on_accept(&mut cx, c, &allow);
-                } else if c.res >= 0 {
-                    cx.sys.close(c.res);
-                }
-                None
-            } else {
-                let slot = tok.ep as usize;
-                let current = srv
-                    .conns
-                    .get(slot)
-                    .and_then(|c| c.as_ref())
-                    .is_some_and(|c| c.gen == tok.gen);
-                if current {
-                    srv.on_conn(&mut cx, slot, tok.kind, c.res)
-                } else {
-                    srv.on_closed_conn(&mut cx, tok.gen, tok.kind);
-                    None
-                }
-            }
+        let n = bytes.len().min(len as usize);
+        crate::engine::io::Memory::write(&mut rig.mem, buf, 0, &bytes[..n]);
+        rig.take();
+        rig.complete(read.token, n as i32);
+    }
+
+    /// Completes every write of the response in full; returns the bytes written.
+    fn written(rig: &mut Rig) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let w = rig.subs_of(OpKind::HttpSend);
+            let Some(w) = w.first().copied() else {
+                return out;
+            };
+            let Op::Write { chunk, .. } = w.op else {
+                panic!("{w:?}")
+            };
+            out.extend_from_slice(crate::engine::io::Memory::bytes(
+                &rig.mem, chunk.buf, chunk.off, chunk.len,
+            ));
+            rig.take();
+            rig.complete(w.token, chunk.len as i32);
+        }
+    }
+
+    fn server(rig: &Rig) -> &MetricsServer {
+        rig.engine.http.as_ref().expect("serving")
+    }
+
+    #[test]
+    fn a_scrape_keep_alive_and_the_books_whole_after() {
+        let (mut rig, acc) = serving();
+        let in_use = rig.engine.pool().in_use();
+        let (poll, fd) = connect(&mut rig, acc);
+        // The head in two pieces: the first is only read, the second answered.
+        send(&mut rig, poll, b"GET /metrics HTTP/1.1\r\n");
+        assert!(rig.subs_of(OpKind::HttpSend).is_empty());
+        let poll = only(&rig, OpKind::HttpPoll).token;
+        rig.take();
+        send(&mut rig, poll, b"Host: x\r\n\r\n");
+        let out = String::from_utf8(written(&mut rig)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(
+            out.contains("ringrelay_input_bytes_total{channel=\"a\"} 0\n"),
+            "{out}"
+        );
+        // Counted once answered: this page is rendered before its own request counts.
+        assert!(out.contains("ringrelay_http_requests_total 0\n"), "{out}");
+        // Keep-alive: polled again; the server holds no buffer between requests.
+        let poll = only(&rig, OpKind::HttpPoll).token;
+        rig.take();
+        assert_eq!(server(&rig).held, 0);
+        assert_eq!(rig.engine.pool().in_use(), in_use);
+        send(&mut rig, poll, b"GET /nope HTTP/1.0\r\n\r\n");
+        let out = String::from_utf8(written(&mut rig)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
+        // HTTP/1.0: closed after the response, nothing in flight, the fd closed once.
+        assert!(rig.sys.closes.contains(&fd));
+        assert!(server(&rig).conns.iter().all(Option::is_none));
+        assert!(server(&rig).closing.is_empty());
+        assert_eq!(server(&rig).held, 0);
+        assert_eq!(rig.engine.pool().in_use(), in_use);
+    }
+
+    #[test]
+    fn deadlines_refusals_and_shutdown() {
+        let (mut rig, acc) = serving();
+        let in_use = rig.engine.pool().in_use();
+        // A peer outside metrics_allow: closed at once.
+        let fd = rig.accept_from(acc, Some("10.1.2.3".parse().unwrap()));
+        assert!(rig.sys.closes.contains(&fd));
+        assert_eq!(server(&rig).counters.denied, 1);
+        rig.take();
+        // 16 connections, then a 17th evicts the oldest (its poll cancelled, its slot freed).
+        let mut polls = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            polls.push(connect(&mut rig, acc));
+            rig.now += Duration::from_millis(1);
+        }
+        let (_, newest) = connect(&mut rig, acc);
+        assert_eq!(server(&rig).counters.evicted, 1);
+        assert_eq!(server(&rig).open_conns(), MAX_CONNECTIONS);
+        assert_eq!(server(&rig).closing.len(), 1);
+        // The evicted one's cancelled poll completes: its descriptor closes now.
+        let (oldest_poll, oldest_fd) = polls[0];
+        assert!(!rig.sys.closes.contains(&oldest_fd));
+        rig.complete(oldest_poll, -libc::ECANCELED);
+        assert!(rig.sys.closes.contains(&oldest_fd));
+        assert!(server(&rig).closing.is_empty());
+        // A slowloris: bytes, but never a whole head; closed by the tick at its deadline.
+        let (p, _) = polls[1];
+        send(&mut rig, p, b"GET /metrics HTTP/1.1\r\nX: ");
+        rig.take();
+        rig.tick(REQUEST_DEADLINE);
+        assert_eq!(server(&rig).counters.timeouts, MAX_CONNECTIONS as u64);
+        // Every connection is closing (polls cancelled); their completions close them.
+        for (p, _) in polls.iter().skip(1) {
+            rig.complete(*p, -libc::ECANCELED);
+        }
+        let cancels: Vec<Token> = rig
+            .subs_of(OpKind::Cancel)
+            .iter()
+            .filter_map(|s| match s.op {
+                Op::Cancel { target } => Some(target),
+                _ => None,
+            })
+            .filter(|t| t.kind == OpKind::HttpPoll && !polls.iter().any(|(p, _)| p == t))
+            .collect();
+        for t in cancels {
+            rig.complete(t, -libc::ECANCELED);
+        }
+        assert!(rig.sys.closes.contains(&newest));
+        // SIGTERM: the accept is cancelled, the listener closes once it completed.
+        rig.take();
+        rig.io(|e, io| e.terminate(io));
+        assert!(!rig.sys.closes.contains(&7));
+        let mut c = Completion {
+            user_data: acc.encode(),
+            res: -libc::ECANCELED,
+            flags: 0,
         };
-        if let Some((slot, req)) = want {
-            let (bytes, close_after) = self.page(&srv, req, io.now);
-            if !matches!(req, Ok(r) if r.allowed_method && r.target != Target::Unknown) {
-                srv.counters.rejected += u64::from(req.is_err());
-            }
-            let (_, mut cx) = split!(self, io);
-            srv.respond(&mut cx, slot, bytes, close_after, req.is_err());
-        }
-        self.http = Some(srv);
-    }
-
-    /// The whole response to `req` (head and body), and whether the connection closes after.
-    fn page(
-        &self,
-        srv: &MetricsServer,
-        req: Result<Request, Status>,
-        now: Instant,
-    ) -> (Vec<u8>, bool) {
-        let (status, ctype, body, keep, head_only) = match req {
-            Err(s) => (
-                s,
-                http::TEXT_TYPE,
-                format!("{}\n", s.reason()),
-                false,
-                false,
-            ),
-            Ok(r) if !r.allowed_method => (
-                Status::MethodNotAllowed,
-                http::TEXT_TYPE,
-                "only GET and HEAD\n".to_string(),
-                r.keep_alive,
-                false,
-            ),
-            Ok(r) => match r.target {
-                Target::Unknown => (
-                    Status::NotFound,
-                    http::TEXT_TYPE,
-                    "not found: try /metrics or /healthz\n".to_string(),
-                    r.keep_alive,
-                    r.head,
-                ),
-                Target::Metrics => (
-                    Status::Ok,
-                    http::PROMETHEUS_TYPE,
-                    self.render_metrics(srv, now),
-                    r.keep_alive,
-                    r.head,
-                ),
-                Target::Healthz => {
-                    let snap = self.snapshot(srv, now);
-                    let p =
-                        health::problems(&snap, &srv.down_since, now, self.cfg.global.health_grace);
-                    if p.is_empty() {
-                        (
-                            Status::Ok,
-                            http::TEXT_TYPE,
-                            "ok\n".to_string(),
-                            r.keep_alive,
-                            r.head,
-                        )
-                    } else {
-                        let mut b = p.join("\n");
-                        b.push('\n');
-                        (
-                            Status::ServiceUnavailable,
-                            http::TEXT_TYPE,
-                            b,
-                            r.keep_alive,
-                            r.head,
-                        )
-                    }
-                }
-            },
-        };
-        let keep = keep && !self.stopping();
-        let mut out = http::response_head(status, ctype, body.len(), keep).into_bytes();
-        if !head_only {
-            out.extend_from_slice(body.as_bytes());
-        }
-        (out, !keep)
-    }
-
-    fn snapshot(&self, srv: &MetricsServer, now: Instant) -> Snapshot {
-        let p = &self.process;
-        let elapsed = p
-            .started
-            .map_or(0, |s| now.saturating_duration_since(s).as_nanos() as i64);
-        let mut s = Snapshot::from_engine(self, p.started_real_ns, p.started_real_ns + elapsed);
-        s.live = Some(LiveInfo {
-            ring_in_flight: srv.ring_in_flight as u64,
-            kernel: p.kernel.clone(),
-            features: p.features.clone(),
-            regions: self
-                .channels
-                .iter()
-                .flatten()
-                .filter_map(|ch| {
-                    ch.publisher
-                        .as_ref()
-                        .map(|pb| (ch.name().to_string(), pb.frames_written()))
-                })
-                .collect(),
-            http: srv.counters,
-        });
-        s
-    }
-
-    fn render_metrics(&self, srv: &MetricsServer, now: Instant) -> String {
-        prometheus::render(&self.snapshot(srv, now))
-    }
-
-    /// The metrics server's part of the tick: what is down since when, deadlines, parked
-    /// buffers.
-    pub(super) fn http_tick(&mut self, io: &mut Io) {
-        let Some(mut srv) = self.http.take() else {
-            return;
-        };
-        let now = io.now;
-        for ch in self.channels.iter().flatten() {
-            let name = ch.name();
-            srv.down_since
-                .observe(now, name, 0, health::input_down(input_state(ch)));
-            for (k, o) in ch.outputs.iter().enumerate() {
-                srv.down_since
-                    .observe(now, name, k + 1, health::output_down(output_state(ch, o)));
-            }
-        }
-        let chans = &self.channels;
-        srv.down_since
-            .retain(|n| chans.iter().flatten().any(|c| c.name() == n));
-        {
-            let (_, mut cx) = split!(self, io);
-            srv.tick(&mut cx);
-        }
-        self.http = Some(srv);
-    }
-
-    /// Shutdown: the metrics server closes its listener and connections.
-    pub(super) fn http_stop(&mut self, io: &mut Io) {
-        let Some(mut srv) = self.http.take() else {
-            return;
-        };
-        {
-            let (_, mut cx) = split!(self, io);
-            srv.stop(&mut cx);
-        }
-        self.http = Some(srv);
-    }
-
-    /// Whether the metrics server (if any) has nothing open or in flight.
-    pub(super) fn http_idle(&self) -> bool {
-        self.http.as_ref().is_none_or(MetricsServer::idle)
+        rig.io(|e, io| e.complete(c, io));
+        assert!(rig.sys.closes.contains(&7));
+        assert!(server(&rig).idle());
+        assert_eq!(server(&rig).held, 0);
+        // A late accept after the end is closed, not served.
+        c.res = 555;
+        rig.io(|e, io| e.complete(c, io));
+        assert!(rig.sys.closes.contains(&555));
+        assert_eq!(
+            rig.engine.pool().in_use(),
+            in_use,
+            "the server returned every buffer"
+        );
     }
 }

@@ -36,6 +36,7 @@ mod input;
 pub mod io;
 mod links;
 pub mod loglimit;
+mod metrics_page;
 pub mod metrics_server;
 pub mod mqtt;
 mod output;

@@ -259,7 +259,7 @@ mod tests {
         let r = req("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(r.allowed_method && !r.head && r.keep_alive);
         assert_eq!(r.target, Target::Metrics);
-        assert_eq!(r.len, 36);
+        assert_eq!(r.len, 34);
         let r = req("HEAD /healthz?x=1 HTTP/1.0\n\n");
         assert!(r.head && !r.keep_alive);
         assert_eq!(r.target, Target::Healthz);
