@@ -625,3 +625,29 @@ fn bad_serial_settings() {
                [channel b]\ninput = serial:///dev/ttyAMA0 baud=4800\noutput = udp://127.0.0.1:5002\n";
     expect_one_error(two, "baud=4800", &["input"]);
 }
+
+#[test]
+fn bad_metrics_keys() {
+    for (line, key) in [
+        ("metrics = localhost:9100", "metrics"),
+        ("metrics = 127.0.0.1", "metrics"),
+        ("metrics = 127.0.0.1:99999", "metrics"),
+        ("metrics_allow = 10.0.0.0/33", "metrics_allow"),
+        ("metrics_allow = 127.0.0.1, nonsense", "metrics_allow"),
+        ("metrics_allow = ,", "metrics_allow"),
+        ("health_grace = soon", "health_grace"),
+    ] {
+        expect_one_error(&with_global(line), line, &[key]);
+    }
+    // All three wrong at once: three errors, one run.
+    let text = with_global("metrics = x\nmetrics_allow = ::1/129\nhealth_grace = -1s");
+    let (code, _out, err) = check(&text);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(error_lines(&err).len(), 3, "{err}");
+    // And good values pass.
+    let text = with_global(
+        "metrics = [::1]:9100\nmetrics_allow = 127.0.0.0/8, ::1, 192.168.0.0/16\nhealth_grace = 30s",
+    );
+    let (code, _out, err) = check(&text);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -7,7 +7,7 @@
 //! parent, and to systemd when `NOTIFY_SOCKET` is set), run.
 
 use crate::config::{self, LogDest};
-use crate::driver::event_loop::{bind_all, Daemon};
+use crate::driver::event_loop::{bind_all, bind_metrics, Daemon};
 use crate::ops::notify::Notifier;
 use crate::ops::{daemonize, logging};
 use argh::FromArgs;
@@ -138,7 +138,8 @@ pub fn run(a: RunArgs) -> i32 {
         }
         None => None,
     };
-    let channels = match bind_all(&cfg) {
+    let bound = bind_all(&cfg).and_then(|c| Ok((c, bind_metrics(&cfg)?)));
+    let (channels, metrics) = match bound {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -180,6 +181,9 @@ pub fn run(a: RunArgs) -> i32 {
             return 1;
         }
     };
+    if let Some((fd, addr)) = metrics {
+        d.serve_metrics(fd, addr);
+    }
     if user.is_some() || group.is_some() {
         if let Err(e) = daemonize::drop_privileges(user.as_deref(), group.as_deref()) {
             fail_start(readiness, &e);

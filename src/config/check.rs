@@ -87,6 +87,13 @@ impl fmt::Display for Config {
         if let Some(p) = &g.pidfile {
             writeln!(f, "pidfile = {}", p.display())?;
         }
+        match g.metrics {
+            Some(a) => writeln!(f, "metrics = {a}")?,
+            None => writeln!(f, "metrics = off")?,
+        }
+        let allow: Vec<String> = g.metrics_allow.iter().map(|c| c.to_string()).collect();
+        writeln!(f, "metrics_allow = {}", allow.join(","))?;
+        writeln!(f, "health_grace = {}", format_duration(g.health_grace))?;
         for c in &self.channels {
             writeln!(f)?;
             writeln!(f, "[channel {}]", c.name)?;

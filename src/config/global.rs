@@ -1,12 +1,14 @@
 //! The `[global]` section: its keys ([`GLOBAL_KEYS`]), their values and defaults
 //! ([`Global`]), each key's range, and the limits that span keys (registered buffers, pool
-//! size). Also the datagram slot headroom ([`DATAGRAM_HEADROOM`]) that, with `datagram_size`,
+//! size), the metrics server's address and peers. Also the datagram slot headroom ([`DATAGRAM_HEADROOM`]) that, with `datagram_size`,
 //! bounds the largest datagram relayed whole.
 
+use crate::config::cidr::Cidr;
 use crate::config::parse::quote;
 use crate::config::splice::{SpliceMode, DEFAULT_PIPE_SIZE};
 use crate::config::units::{parse_duration, parse_size};
 use crate::config::values::{parse_bool, parse_u32_in};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,6 +75,21 @@ pub struct Global {
     pub group: Option<String>,
     pub require_user: bool,
     pub pidfile: Option<PathBuf>,
+    /// Where the HTTP `/metrics` and `/healthz` server listens (off when `None`).
+    pub metrics: Option<SocketAddr>,
+    /// Peers the metrics server answers; others are closed at once.
+    pub metrics_allow: Vec<Cidr>,
+    /// How long an output may be down (or an input without its producer) before `/healthz`
+    /// says 503.
+    pub health_grace: Duration,
+}
+
+/// The default `metrics_allow`: loopback only.
+pub fn loopback_only() -> Vec<Cidr> {
+    vec![
+        Cidr::parse("127.0.0.0/8").expect("literal"),
+        Cidr::parse("::1").expect("literal"),
+    ]
 }
 
 impl Default for Global {
@@ -102,6 +119,9 @@ impl Default for Global {
             group: None,
             require_user: false,
             pidfile: None,
+            metrics: None,
+            metrics_allow: loopback_only(),
+            health_grace: Duration::from_secs(60),
         }
     }
 }
@@ -132,6 +152,9 @@ pub(super) const GLOBAL_KEYS: &[&str] = &[
     "group",
     "require_user",
     "pidfile",
+    "metrics",
+    "metrics_allow",
+    "health_grace",
 ];
 
 /// Validates the `[global]` keys (name, value, line) into a [`Global`], reporting each bad
@@ -250,6 +273,9 @@ pub(super) fn parse_global(
                 "group" => g.group = Some(name_value(v)?),
                 "require_user" => g.require_user = parse_bool(v)?,
                 "pidfile" => g.pidfile = Some(abs_path(v)?),
+                "metrics" => g.metrics = parse_metrics_addr(v)?,
+                "metrics_allow" => g.metrics_allow = parse_allow_list(v)?,
+                "health_grace" => g.health_grace = parse_duration(v)?,
                 _ => unreachable!("key list checked before"),
             }
             Ok(())
@@ -283,6 +309,33 @@ pub(super) fn parse_global(
         );
     }
     g
+}
+
+/// `metrics = HOST:PORT` with a numeric host (`127.0.0.1:9100`, `[::1]:9100`), or `off`.
+fn parse_metrics_addr(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| {
+        format!(
+            "{} is not HOST:PORT with a numeric address (e.g. 127.0.0.1:9100 or [::1]:9100)",
+            quote(v)
+        )
+    })
+}
+
+/// `metrics_allow = CIDR,...` (at least one range).
+fn parse_allow_list(v: &str) -> Result<Vec<Cidr>, String> {
+    let list: Vec<Cidr> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Cidr::parse)
+        .collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err("needs at least one address range (e.g. 127.0.0.0/8)".into());
+    }
+    Ok(list)
 }
 
 fn abs_path(v: &str) -> Result<PathBuf, String> {

@@ -16,6 +16,7 @@ use crate::config::{self, Config, FeatureSet, LogDest};
 use crate::engine::buffers::BufferPool;
 use crate::engine::channel::Channel;
 use crate::engine::io::{Bound, Completion, Effects};
+use crate::engine::metrics_server::ProcessInfo;
 use crate::engine::token::{OpKind, Token, DAEMON_CHANNEL};
 use crate::engine::{Engine, Io};
 use crate::metrics::Snapshot;
@@ -24,6 +25,8 @@ use crate::ops::notify::{Notifier, Totals};
 use crate::ops::signals::Signals;
 use crate::shm::{ShmOptions, StatsWriter};
 use log::{error, info, warn};
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How often the counters region is rewritten (at the next tick after this much time).
@@ -90,6 +93,25 @@ pub fn seed() -> u64 {
 /// Binds every channel of `cfg`: the part of start-up that can fail on addresses.
 pub fn bind_all(cfg: &Config) -> Result<Vec<Bound>, String> {
     cfg.channels.iter().map(bind_channel).collect()
+}
+
+/// Binds the metrics server's listener when `metrics` is set: a port in use (or any other
+/// failure) is a start-up error naming the address and its port.
+pub fn bind_metrics(cfg: &Config) -> Result<Option<(OwnedFd, SocketAddr)>, String> {
+    let Some(addr) = cfg.global.metrics else {
+        return Ok(None);
+    };
+    match super::net::metrics_listen(addr) {
+        Ok(x) => Ok(Some(x)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "metrics = {addr}: port {} is in use by another process: {e}",
+            addr.port()
+        )),
+        Err(e) => Err(format!(
+            "metrics = {addr}: cannot listen on port {}: {e}",
+            addr.port()
+        )),
+    }
 }
 
 /// Runs `$body` with an [`Io`] over the daemon's ring, then submits what the engine asked for.
@@ -207,6 +229,33 @@ impl Daemon {
         }
     }
 
+    /// Serves `/metrics` and `/healthz` on `listener` (bound by [`bind_metrics`] to `addr`).
+    pub fn serve_metrics(&mut self, listener: OwnedFd, addr: SocketAddr) {
+        let caps = self.engine.caps();
+        let mut features = vec![if caps.baseline { "baseline" } else { "auto" }];
+        for (on, name) in [
+            (caps.sqpoll, "sqpoll"),
+            (caps.registered_buffers, "registered_buffers"),
+            (caps.multishot_accept, "multishot_accept"),
+            (caps.multishot_recvmsg, "multishot_recv"),
+            (caps.splice_channels > 0, "splice"),
+            (caps.has_op("SEND_ZC"), "send_zc"),
+        ] {
+            if on {
+                features.push(name);
+            }
+        }
+        let info = ProcessInfo {
+            started_real_ns: self.started_real_ns,
+            started: Some(self.started),
+            kernel: caps.kernel.clone(),
+            features: features.join(","),
+        };
+        let fd = listener.into_raw_fd();
+        with_io!(self, |engine, io| engine.start_metrics(fd, info, io));
+        info!("metrics: serving /metrics and /healthz on http://{addr}/");
+    }
+
     /// Writes every counter into the counters region, if there is one.
     fn publish_stats(&mut self) {
         if let Some(w) = self.stats_writer.as_mut() {
@@ -232,6 +281,7 @@ impl Daemon {
             let mut cq = std::mem::take(&mut self.cq);
             cq.clear();
             self.ring.reap(&mut cq);
+            self.engine.note_ring_in_flight(self.ring.in_flight());
             for c in &cq {
                 self.dispatch(*c);
             }

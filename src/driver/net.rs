@@ -177,6 +177,19 @@ pub fn tcp_listen(ep: &Endpoint) -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((into_fd(s), local))
 }
 
+/// Binds and listens on the metrics server's address (`metrics = HOST:PORT`).
+pub fn metrics_listen(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(64)?;
+    let local = s.local_addr()?.as_socket().unwrap_or(addr);
+    Ok((into_fd(s), local))
+}
+
 /// Binds and listens on a Unix stream socket, replacing a stale socket file (never any other
 /// kind of file).
 pub fn unix_listen(ep: &Endpoint) -> io::Result<OwnedFd> {
@@ -350,6 +363,12 @@ pub fn peer_name(fd: RawFd) -> String {
 pub fn shutdown(fd: RawFd) {
     let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
     let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Shuts the sending side of `fd` down (the peer reads the end of the stream).
+pub fn shutdown_write(fd: RawFd) {
+    let s = std::mem::ManuallyDrop::new(unsafe_socket(fd));
+    let _ = s.shutdown(std::net::Shutdown::Write);
 }
 
 /// Whether data wait to be read on `fd` (poll with a zero timeout; errors count as "no").

@@ -126,6 +126,10 @@ impl Publish for Publisher {
     fn close(self: Box<Self>) {
         Publisher::close(*self)
     }
+
+    fn frames_written(&self) -> Vec<u64> {
+        self.counters().frames_out_per_level
+    }
 }
 
 /// The engine's outside world on this machine.
@@ -207,6 +211,10 @@ impl Sys for Kernel<'_> {
 
     fn shutdown(&mut self, fd: Fd) {
         net::shutdown(fd);
+    }
+
+    fn shutdown_write(&mut self, fd: Fd) {
+        net::shutdown_write(fd)
     }
 
     fn close(&mut self, fd: Fd) {

@@ -195,6 +195,10 @@ pub trait Publish {
     fn tick(&mut self);
     /// The channel is gone: mark the region closed.
     fn close(self: Box<Self>);
+    /// Frames written into each of the channel's regions (level 0 first); empty when unknown.
+    fn frames_written(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// The bytes of the buffer arena. The engine's [`super::buffers::BufferPool`] says who owns
@@ -229,6 +233,12 @@ pub trait Sys {
     fn file_state(&mut self, fd: Fd, path: &Path) -> FileState;
     /// Shuts a socket down both ways (its operations in flight then complete).
     fn shutdown(&mut self, fd: Fd);
+    /// Shuts the sending side of a socket down: the peer reads the end of the stream and may
+    /// still send. A model that cannot half-close may ignore it (the metrics server then
+    /// closes the connection at its linger deadline).
+    fn shutdown_write(&mut self, fd: Fd) {
+        let _ = fd;
+    }
     /// Closes a descriptor nothing is in flight on any more.
     fn close(&mut self, fd: Fd);
     /// The peer of a connected socket: a printable name and its IP address.

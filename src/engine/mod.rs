@@ -36,6 +36,8 @@ mod input;
 pub mod io;
 mod links;
 pub mod loglimit;
+mod metrics_page;
+pub mod metrics_server;
 pub mod mqtt;
 mod output;
 pub mod outq;
@@ -186,6 +188,10 @@ pub struct Engine {
     iowq_cap: u32,
     /// Which channel goes first in the next batch's re-arming (see `after_batch`).
     turn: usize,
+    /// The HTTP `/metrics` and `/healthz` server, when `metrics` is set.
+    http: Option<metrics_server::MetricsServer>,
+    /// What the metrics page says about the process.
+    process: metrics_server::ProcessInfo,
 }
 
 /// Splits the engine into its channels and a [`Cx`] over everything else and `io`.
@@ -233,6 +239,8 @@ impl Engine {
             pipe_warned: false,
             iowq_cap: 0,
             turn: 0,
+            http: None,
+            process: metrics_server::ProcessInfo::default(),
             cfg,
         }
     }
@@ -285,6 +293,7 @@ impl Engine {
     /// Shutting down and every endpoint of every channel is closed: the loop may end.
     pub fn done(&self) -> bool {
         self.closing_all
+            && self.http_idle()
             && self
                 .channels
                 .iter()
@@ -308,6 +317,12 @@ impl Engine {
             return;
         };
         if tok.chan == DAEMON_CHANNEL || tok.kind == OpKind::Cancel {
+            if matches!(
+                tok.kind,
+                OpKind::HttpAccept | OpKind::HttpPoll | OpKind::HttpRecv | OpKind::HttpSend
+            ) {
+                self.on_http(c, tok, io);
+            }
             return;
         }
         let count_n = self.cfg.channels.len();
@@ -507,6 +522,7 @@ impl Engine {
             t
         );
         self.shutdown_deadline = Some(io.now + t);
+        self.http_stop(io);
         let (channels, mut cx) = split!(self, io);
         for (ci, ch) in channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
@@ -551,6 +567,7 @@ impl Engine {
                 }
             }
         }
+        self.http_tick(io);
         self.logs.log_summaries(now, false);
         if now.duration_since(self.last_stats_log) >= self.cfg.global.stats_interval {
             self.last_stats_log = now;

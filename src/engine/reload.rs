@@ -24,6 +24,9 @@ pub fn merge_global(old: &config::Global, new: &config::Global) -> config::Globa
     // own settings, so a change restarts the channels it affects.
     g.pipe_size = new.pipe_size;
     g.splice = new.splice;
+    // The metrics server's peers and health rule apply to its next request.
+    g.metrics_allow = new.metrics_allow.clone();
+    g.health_grace = new.health_grace;
     g
 }
 
@@ -49,6 +52,7 @@ impl Engine {
                 g.buffer_size != old_g.buffer_size || g.buffer_count != old_g.buffer_count,
             ),
             ("features", g.features != old_g.features),
+            ("metrics", g.metrics != old_g.metrics),
             ("user/group", g.user != old_g.user || g.group != old_g.group),
             (
                 "shm_dir/shm_group/shm_mode",

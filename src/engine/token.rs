@@ -20,7 +20,8 @@
 //!   occupant's completions have all arrived long before, because a slot is only reused once its
 //!   in-flight count is zero).
 //! * `channel` and `endpoint` index the daemon's channel table and the channel's endpoint slab.
-//!   Daemon-level operations (signal pipe, timer tick) use channel [`DAEMON_CHANNEL`].
+//!   Daemon-level operations (signal pipe, timer tick, the metrics server) use channel
+//!   [`DAEMON_CHANNEL`].
 
 /// Which operation a submission is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +70,16 @@ pub enum OpKind {
     /// A write of the commanding subscriber's bytes to the producer (`endpoint` = the input's
     /// slot; `commands = first`).
     Command = 17,
+    /// Accept on the metrics server's listener (channel [`DAEMON_CHANNEL`], endpoint 0, the
+    /// listener's generation).
+    HttpAccept = 18,
+    /// Wait until a metrics connection has bytes (channel [`DAEMON_CHANNEL`], endpoint = the
+    /// connection's slot, its generation).
+    HttpPoll = 19,
+    /// Read a metrics connection's request bytes into a pool buffer (tagged as `HttpPoll`).
+    HttpRecv = 20,
+    /// Write part of a metrics response from a pool buffer (tagged as `HttpPoll`).
+    HttpSend = 21,
 }
 
 impl OpKind {
@@ -91,6 +102,10 @@ impl OpKind {
             15 => OpKind::SendDatagram,
             16 => OpKind::PeerRecv,
             17 => OpKind::Command,
+            18 => OpKind::HttpAccept,
+            19 => OpKind::HttpPoll,
+            20 => OpKind::HttpRecv,
+            21 => OpKind::HttpSend,
             _ => return None,
         })
     }
@@ -191,7 +206,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=17, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=21, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);

@@ -23,6 +23,8 @@
 //! An input row starts its channel: the output rows after it belong to it. Labels are cut to
 //! 63 bytes, so a long URL may be shortened.
 
+pub mod health;
+pub mod http;
 pub mod json;
 pub mod prometheus;
 pub mod table;
@@ -114,11 +116,29 @@ pub struct ChannelMetrics {
     pub outputs: Vec<OutputMetrics>,
 }
 
+/// What only the running daemon knows (the metrics server's page; the counters region does not
+/// carry it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveInfo {
+    /// Operations in flight on the ring.
+    pub ring_in_flight: u64,
+    /// `uname -r` of the running kernel.
+    pub kernel: String,
+    /// The io_uring features in use, comma-separated.
+    pub features: String,
+    /// Per decimating channel: frames written into each of its regions (level 0 first).
+    pub regions: Vec<(String, Vec<u64>)>,
+    /// The metrics server's own counters.
+    pub http: crate::engine::metrics_server::HttpCounters,
+}
+
 /// Everything the relay reports at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub daemon: DaemonInfo,
     pub channels: Vec<ChannelMetrics>,
+    /// Set for the live page only.
+    pub live: Option<LiveInfo>,
 }
 
 /// The relay's version as reported.
@@ -201,6 +221,7 @@ impl Snapshot {
                 pool,
             },
             channels,
+            live: None,
         }
     }
 
@@ -270,6 +291,7 @@ impl Snapshot {
                 ..DaemonInfo::default()
             },
             channels: Vec::new(),
+            live: None,
         };
         for r in &s.rows {
             let v = &r.values;
@@ -413,6 +435,7 @@ pub(crate) mod tests {
                     },
                 ],
             }],
+            live: None,
         }
     }
 

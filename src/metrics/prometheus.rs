@@ -245,7 +245,102 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+    if let Some(t) = s.daemon.started_real_ns {
+        let mut f = Family::new(
+            &mut o,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+        );
+        f.sample(&[], seconds(t));
+    }
+    if let Some(l) = &s.live {
+        render_live(&mut o, s, l);
+    }
     o
+}
+
+/// `ns` since the epoch as seconds with nine decimals.
+fn seconds(ns: i64) -> String {
+    format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    )
+}
+
+/// What only the live page has: the ring, the regions, the build, the server itself.
+fn render_live(o: &mut String, s: &Snapshot, l: &super::LiveInfo) {
+    Family::new(
+        o,
+        "ringrelay_ring_inflight",
+        "gauge",
+        "Operations submitted to the io_uring ring and not yet completed.",
+    )
+    .sample(&[], l.ring_in_flight);
+    {
+        let mut f = Family::new(
+            o,
+            "ringrelay_shm_frames_written_total",
+            "counter",
+            "Frames written into a channel's shared-memory region, per decimation level.",
+        );
+        for (ch, levels) in &l.regions {
+            for (i, n) in levels.iter().enumerate() {
+                f.sample(&[("channel", ch), ("level", &i.to_string())], n);
+            }
+        }
+    }
+    Family::new(
+        o,
+        "ringrelay_build_info",
+        "gauge",
+        "Always 1; the labels say the relay's version, the kernel it runs on and the io_uring features in use.",
+    )
+    .sample(
+        &[
+            ("version", &s.daemon.version),
+            ("kernel", &l.kernel),
+            ("features", &l.features),
+        ],
+        1,
+    );
+    let h = &l.http;
+    let http: [(&'static str, &str, u64); 6] = [
+        (
+            "ringrelay_http_requests_total",
+            "Requests the metrics server answered, any status.",
+            h.requests,
+        ),
+        (
+            "ringrelay_http_rejected_total",
+            "Malformed or too large requests (answered 400, 431 or 505, then closed).",
+            h.rejected,
+        ),
+        (
+            "ringrelay_http_denied_total",
+            "Connections from outside metrics_allow, closed at once.",
+            h.denied,
+        ),
+        (
+            "ringrelay_http_refused_total",
+            "Connections closed at once: every connection slot was busy answering.",
+            h.refused,
+        ),
+        (
+            "ringrelay_http_evicted_total",
+            "Idle connections closed to make room for a new one.",
+            h.evicted,
+        ),
+        (
+            "ringrelay_http_timeouts_total",
+            "Connections closed at their 5 s request deadline.",
+            h.timeouts,
+        ),
+    ];
+    for (name, help, v) in http {
+        Family::new(o, name, "counter", help).sample(&[], v);
+    }
 }
 
 #[cfg(test)]
