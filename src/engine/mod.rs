@@ -45,7 +45,9 @@ pub mod rings;
 mod serial;
 pub mod splice;
 mod splicing;
+pub mod spool;
 pub mod spoolfmt;
+mod spooling;
 mod start;
 pub mod stats;
 #[cfg(test)]
@@ -186,6 +188,8 @@ pub struct Engine {
     iowq_cap: u32,
     /// Which channel goes first in the next batch's re-arming (see `after_batch`).
     turn: usize,
+    /// The time of the last tick (for ages in the counters lines).
+    last_tick: Instant,
 }
 
 /// Splits the engine into its channels and a [`Cx`] over everything else and `io`.
@@ -233,6 +237,7 @@ impl Engine {
             pipe_warned: false,
             iowq_cap: 0,
             turn: 0,
+            last_tick: now,
             cfg,
         }
     }
@@ -289,7 +294,7 @@ impl Engine {
                 .channels
                 .iter()
                 .flatten()
-                .all(|c| c.live_endpoints() == 0)
+                .all(|c| c.live_endpoints() == 0 && spooling::settled(c))
     }
 
     /// Whether the driver keeps its timer running (until everything is being closed).
@@ -326,7 +331,12 @@ impl Engine {
         match tok.kind {
             OpKind::Recv => input::on_recv(cx, ch, tok, c.res),
             OpKind::RecvMulti => input::on_recv_multi(cx, ch, tok, c),
-            OpKind::Send | OpKind::SendDatagram => output::on_write(cx, ch, tok, c.res),
+            OpKind::Send | OpKind::SendDatagram => {
+                output::on_write(cx, ch, tok, c.res);
+                spooling::after_sends(cx, ch, tok.chan);
+            }
+            OpKind::SpoolDisk => spooling::on_disk(cx, ch, tok, c.res),
+            OpKind::SpoolRead => spooling::on_read(cx, ch, tok, c.res),
             OpKind::SendZc => output::on_send_zc(cx, ch, tok, c),
             OpKind::Accept => accept::on_accept(cx, ch, tok, c.res, c.more(), (count, count_n)),
             OpKind::Connect => links::on_connect(cx, ch, tok, c.res),
@@ -412,6 +422,7 @@ impl Engine {
                 self.pool.release(b);
             }
         }
+        spooling::close(&mut self.pool, sys, &mut ch);
         if let Some(sp) = ch.splice.take() {
             for fd in sp.fds() {
                 sys.close(fd);
@@ -443,6 +454,7 @@ impl Engine {
         ch.draining = true;
         ch.drain_deadline = Some(deadline);
         links::close_intake(&mut cx, ch, ci as u16);
+        spooling::stopping(&mut cx, ch, ci as u16, false);
     }
 
     /// Ends the drains of channels stopped by a reload: once a channel's outputs are flushed,
@@ -472,6 +484,7 @@ impl Engine {
                 );
             }
             ch.drain_deadline = None;
+            spooling::stopping(&mut cx, ch, ci as u16, true);
             links::close_all(&mut cx, ch, ci as u16);
         }
     }
@@ -512,6 +525,7 @@ impl Engine {
             let Some(ch) = ch else { continue };
             ch.draining = true;
             links::close_intake(&mut cx, ch, ci as u16);
+            spooling::stopping(&mut cx, ch, ci as u16, false);
         }
     }
 
@@ -521,6 +535,7 @@ impl Engine {
         let (channels, mut cx) = split!(self, io);
         for (ci, ch) in channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
+            spooling::stopping(&mut cx, ch, ci as u16, true);
             links::close_all(&mut cx, ch, ci as u16);
         }
     }
@@ -537,6 +552,7 @@ impl Engine {
     /// The timer: redials, retries, accept re-arming, heartbeats, the periodic counters line.
     pub fn tick(&mut self, io: &mut Io, in_flight: usize) {
         let now = io.now;
+        self.last_tick = now;
         let shutting_down = self.shutdown_deadline.is_some();
         {
             let (channels, mut cx) = split!(self, io);
@@ -545,6 +561,7 @@ impl Engine {
                 let Some(ch) = ch else { continue };
                 links::tick_channel(&mut cx, ch, ci as u16, now, shutting_down);
                 idle::tick(&mut cx, ch, ci as u16, now);
+                spooling::tick(&mut cx, ch, ci as u16);
                 commands::tick(&mut cx, ch, ci as u16);
                 if starved {
                     input::unpark_reads(&mut cx, ch, ci as u16);
@@ -582,15 +599,30 @@ impl Engine {
             );
             for o in &ch.outputs {
                 let (backlog, clients) = output_backlog(ch, o);
+                let spool = o.spool.as_ref().map_or(String::new(), |sp| {
+                    let s = sp.stats;
+                    format!(
+                        " spooled_bytes={} spooled_records={} replayed_bytes={} replayed_records={} spool_dropped={} spool_errors={} spool_bytes={} spool_oldest_age={}s",
+                        s.spooled_bytes,
+                        s.spooled_records,
+                        s.replayed_bytes,
+                        s.replayed_records,
+                        s.dropped,
+                        s.errors,
+                        sp.size(),
+                        spooling::oldest_age_secs(sp, self.last_tick)
+                    )
+                });
                 log::log!(
                     level,
-                    "counters: channel {} output {} [{}]: {} backlog={} clients={}",
+                    "counters: channel {} output {} [{}]: {} backlog={} clients={}{}",
                     ch.name(),
                     o.url(),
                     output_state(ch, o),
                     o.stats,
                     backlog,
-                    clients
+                    clients,
+                    spool
                 );
             }
         }

@@ -69,6 +69,11 @@ pub enum OpKind {
     /// A write of the commanding subscriber's bytes to the producer (`endpoint` = the input's
     /// slot; `commands = first`).
     Command = 17,
+    /// A disk operation of an output's spool (a positioned write, an fsync, or the position
+    /// file's write; `endpoint` = the output index). One is in flight per spool.
+    SpoolDisk = 18,
+    /// A replay read of an output's spool (`endpoint` = the output index).
+    SpoolRead = 19,
 }
 
 impl OpKind {
@@ -91,6 +96,8 @@ impl OpKind {
             15 => OpKind::SendDatagram,
             16 => OpKind::PeerRecv,
             17 => OpKind::Command,
+            18 => OpKind::SpoolDisk,
+            19 => OpKind::SpoolRead,
             _ => return None,
         })
     }
