@@ -18,6 +18,8 @@ in_both_feature_sets!(
     collector_down_at_start_gets_every_record_in_order,
     sigterm_during_an_outage_keeps_records_for_the_next_start,
     spool_max_drops_are_counted,
+    sigkill_during_an_outage_loses_nothing_synced,
+    collector_away_and_back_twice,
 );
 
 /// Datagram `i`: its sequence number and a body of `i % 200` bytes.
@@ -43,6 +45,10 @@ fn send(range: std::ops::Range<u32>, to: SocketAddr) {
 fn seqs(stream: &[u8]) -> Vec<u32> {
     let (frames, rest) = split_frames(stream);
     assert_eq!(rest, 0, "the stream ends mid-record");
+    whole_seqs(&frames)
+}
+
+fn whole_seqs(frames: &[&[u8]]) -> Vec<u32> {
     frames
         .iter()
         .map(|f| {
@@ -205,4 +211,82 @@ fn a_spool_dir_others_can_write_is_refused() {
     );
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("writable by group or others"), "{err}");
+}
+
+/// SIGKILL while the collector is away, after a sync point: the next start replays every
+/// record spooled before it (some may come twice; none is missing), then the new ones.
+fn sigkill_during_an_outage_loses_nothing_synced(features: Features) {
+    let dir = TempDir::new("spool-kill");
+    let spool = dir.join("spool").display().to_string();
+    let collector_addr = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
+    let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+    let url = format!("tcp://{collector_addr}");
+    let (mut relay, ()) = Relay::start(features, &dir, || {
+        (config(&dir, input, collector_addr, &spool), ())
+    });
+    send(0..5000, input);
+    wait_for("the records spooled", TRANSFER_TIMEOUT, || {
+        output_counter(&relay, &url, "spooled_records") >= 5000
+    });
+    // Longer than spool_sync (200ms): a sync point came after the last record.
+    std::thread::sleep(Duration::from_millis(600));
+    relay.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(relay.wait_exit(Duration::from_secs(10)).is_some());
+    drop(relay);
+    let (relay, ()) = Relay::start(features, &dir, || {
+        (config(&dir, input, collector_addr, &spool), ())
+    });
+    send(5000..6000, input);
+    let collector = Collector::listen(collector_addr, None);
+    wait_for("every record at the collector", TRANSFER_TIMEOUT, || {
+        split_frames(&collector.concatenated()).0.len() >= 6000
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = seqs(&collector.concatenated());
+    let n = got.len();
+    got.dedup();
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
+    assert_eq!(got, (0..6000).collect::<Vec<_>>(), "records lost ({n} received)");
+    relay.stop();
+}
+
+/// The collector goes away (FIN) and comes back, twice, while records flow: the connections
+/// together carry every record once, in order.
+fn collector_away_and_back_twice(features: Features) {
+    let dir = TempDir::new("spool-twice");
+    let spool = dir.join("spool").display().to_string();
+    let mut first = Collector::listen("127.0.0.1:0".parse().unwrap(), Some(64 * 1024));
+    let collector_addr = first.addr;
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        (config(&dir, input, collector_addr, &spool), input)
+    });
+    const N: u32 = 30_000;
+    let sender = std::thread::spawn(move || send(0..N, input));
+    let total = |c: &[&common::StreamSink]| {
+        c.iter()
+            .map(|s| split_frames(&s.data()).0.len())
+            .sum::<usize>()
+    };
+    let conn1 = first.leave_mid_stream(100_000, usize::MAX);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = Collector::listen(collector_addr, Some(64 * 1024));
+    let conn2 = second.leave_mid_stream(conn1.len().min(100_000), usize::MAX);
+    std::thread::sleep(Duration::from_millis(500));
+    let third = Collector::listen(collector_addr, None);
+    join_with_timeout(sender, TRANSFER_TIMEOUT, "the sender");
+    wait_for("every record at a collector", TRANSFER_TIMEOUT, || {
+        let conns = third.connections();
+        let mut all: Vec<&common::StreamSink> = vec![&conn1, &conn2];
+        all.extend(conns.iter().map(|c| &**c));
+        total(&all) >= N as usize
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = Vec::new();
+    let conns3 = third.connections();
+    for c in [&conn1, &conn2].into_iter().chain(conns3.iter()) {
+        got.extend(whole_seqs(&split_frames(&c.data()).0));
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "records lost, repeated or out of order");
+    relay.stop();
 }
