@@ -89,7 +89,11 @@ fn collector_down_at_start_gets_every_record_in_order(features: Features) {
         split_frames(&collector.concatenated()).0.len() >= N as usize
     });
     let got = seqs(&collector.concatenated());
-    assert_eq!(got, (0..N).collect::<Vec<_>>(), "records out of order, lost or repeated");
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "records out of order, lost or repeated"
+    );
     let line = input_counters_line(&relay, "sp");
     assert_eq!(counter_in(&line, "drops"), 0, "{line}");
     assert_eq!(output_counter(&relay, &url, "spool_dropped"), 0);
@@ -97,7 +101,14 @@ fn collector_down_at_start_gets_every_record_in_order(features: Features) {
     wait_for("the consumed segments removed", TRANSFER_TIMEOUT, || {
         std::fs::read_dir(&spool)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().ends_with(".seg"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .ends_with(".seg")
+            })
             .count()
             <= 1
     });
@@ -130,7 +141,11 @@ fn sigterm_during_an_outage_keeps_records_for_the_next_start(features: Features)
     });
     std::thread::sleep(Duration::from_millis(300));
     let got = seqs(&collector.concatenated());
-    assert_eq!(got, (0..6000).collect::<Vec<_>>(), "not exactly once, in order");
+    assert_eq!(
+        got,
+        (0..6000).collect::<Vec<_>>(),
+        "not exactly once, in order"
+    );
     relay.stop();
 }
 
@@ -246,7 +261,11 @@ fn sigkill_during_an_outage_loses_nothing_synced(features: Features) {
     let n = got.len();
     got.dedup();
     assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
-    assert_eq!(got, (0..6000).collect::<Vec<_>>(), "records lost ({n} received)");
+    assert_eq!(
+        got,
+        (0..6000).collect::<Vec<_>>(),
+        "records lost ({n} received)"
+    );
     relay.stop();
 }
 
@@ -287,6 +306,10 @@ fn collector_away_and_back_twice(features: Features) {
     for c in [&conn1, &conn2].into_iter().chain(conns3.iter()) {
         got.extend(whole_seqs(&split_frames(&c.data()).0));
     }
-    assert_eq!(got, (0..N).collect::<Vec<_>>(), "records lost, repeated or out of order");
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "records lost, repeated or out of order"
+    );
     relay.stop();
 }

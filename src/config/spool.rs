@@ -45,6 +45,24 @@ pub fn may_spool(scheme: Scheme) -> bool {
     matches!(scheme, Scheme::Tcp | Scheme::Unix)
 }
 
+/// Whether spool options may stand on an endpoint of `scheme` (an input: never).
+pub fn check_placement(input: bool, scheme: Scheme) -> Result<(), String> {
+    if input {
+        return Err(format!(
+            "a spool keeps an output's data (spool on {} outputs)",
+            spool_schemes()
+        ));
+    }
+    if !may_spool(scheme) {
+        return Err(format!(
+            "option \"spool\" does not apply to {} outputs (only {})",
+            scheme.name(),
+            spool_schemes()
+        ));
+    }
+    Ok(())
+}
+
 /// The schemes of [`may_spool`], for messages.
 pub fn spool_schemes() -> &'static str {
     "tcp://, unix://"

@@ -431,18 +431,8 @@ impl Endpoint {
         if o.idle_timeout.is_some() && role == Role::Output {
             return Err("idle_timeout watches an input; outputs have on_slow and keepalive".into());
         }
-        if o.spool.is_some() && role == Role::Input {
-            return Err(format!(
-                "a spool keeps an output's data (spool on {} outputs)",
-                spool::spool_schemes()
-            ));
-        }
-        if o.spool.is_some() && !spool::may_spool(sc) {
-            return Err(format!(
-                "option \"spool\" does not apply to {} outputs (only {})",
-                sc.name(),
-                spool::spool_schemes()
-            ));
+        if o.spool.is_some() {
+            spool::check_placement(role == Role::Input, sc)?;
         }
         if sc != Scheme::Serial && o.serial.is_some() {
             return Err(format!(

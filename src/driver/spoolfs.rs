@@ -58,7 +58,9 @@ pub fn open(dir: &Path, run_as: Option<u32>) -> io::Result<SpoolFiles> {
         let bytes = std::fs::read(&path)?;
         let mut records = 0u64;
         let mut before = 0u64;
-        let at = recorded.filter(|p| p.segment == seq).map_or(0, |p| p.offset);
+        let at = recorded
+            .filter(|p| p.segment == seq)
+            .map_or(0, |p| p.offset);
         let (end, how) = spoolfmt::scan(&bytes, 0, |f| {
             records += 1;
             if ((f.offset + f.len) as u64) <= at {

@@ -501,19 +501,9 @@ pub(crate) fn deliver(
                 .link
                 .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
                 .is_some_and(|e| e.link == Link::Up);
-            let at = super::spooling::At {
-                ci,
-                oi,
-                up,
-                draining: *draining,
-            };
-            if super::spooling::takes(cx, o, at, chunk.len) {
-                // Behind what the spool holds: copied there, the input's buffer not kept.
-                super::spooling::append(cx, o, at, chunk);
-                continue;
-            }
-            if !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
-                o.stats.drops += 1;
+            let spooled = super::spooling::diverts(cx, o, (ci, oi), up, *draining, chunk);
+            if spooled || !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
+                o.stats.drops += u64::from(!spooled);
                 continue;
             }
             let chunks = if o.is_datagram() && !lines.is_empty() {

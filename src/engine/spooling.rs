@@ -80,6 +80,30 @@ pub(crate) fn takes(cx: &mut Cx, o: &mut Output, at: At, len: u32) -> bool {
     true
 }
 
+/// Offers a record to output `oi` of channel `ci` (its link `up` or not, the channel
+/// `draining` or not): true when its spool took it (copied there behind what it holds; the
+/// input's buffer is not kept), false when it goes to the queue as without a spool.
+pub(crate) fn diverts(
+    cx: &mut Cx,
+    o: &mut Output,
+    (ci, oi): (u16, usize),
+    up: bool,
+    draining: bool,
+    c: Chunk,
+) -> bool {
+    let at = At {
+        ci,
+        oi,
+        up,
+        draining,
+    };
+    if !takes(cx, o, at, c.len) {
+        return false;
+    }
+    append(cx, o, at, c);
+    true
+}
+
 /// Where an output is, for the calls that work on the output alone.
 #[derive(Clone, Copy)]
 pub(crate) struct At {
@@ -184,7 +208,10 @@ pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
         cx.pool.append(cx.mem, buf, at, &rec);
         off += len;
     }
-    if sp.staging.is_some_and(|(_, used)| used + RECORD_HEADER as u32 >= sp.buffer_size) {
+    if sp
+        .staging
+        .is_some_and(|(_, used)| used + RECORD_HEADER as u32 >= sp.buffer_size)
+    {
         sp.flush_staging();
     }
     pump(cx, o, at);
@@ -289,13 +316,15 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
     }
     if sp.is_empty() && sp.disk_busy.is_none() {
         // Caught up: from now on records go straight to the queue, behind the replayed ones.
-        if let Some(n) = sp.disk.iter().position(|d| matches!(d, DiskOp::Write { .. })) {
-            let _ = n;
+        if sp.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
             return;
         }
         let n = sp.stats.replayed_records;
         o.live = true;
-        info!("output {}: spool replayed ({n} records); live again", o.url());
+        info!(
+            "output {}: spool replayed ({n} records); live again",
+            o.url()
+        );
     }
 }
 
@@ -307,7 +336,10 @@ pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
     let url = o.cfg.endpoint.url();
     let Some(sp) = o.spool.as_mut() else { return };
     let was = sp.disk_busy;
-    if let Some(DiskOp::Write { seq: u64::MAX, buf, .. }) = was {
+    if let Some(DiskOp::Write {
+        seq: u64::MAX, buf, ..
+    }) = was
+    {
         // The position file's slot.
         sp.disk_busy = None;
         cx.pool.release(buf);
@@ -424,7 +456,11 @@ pub(crate) fn after_sends(cx: &mut Cx, ch: &mut Channel, ci: u16) {
 }
 
 /// Closes what a removed channel's spools hold open and gives back their buffers.
-pub(crate) fn close(cx_pool: &mut super::buffers::BufferPool, sys: &mut dyn super::io::Sys, ch: &mut Channel) {
+pub(crate) fn close(
+    cx_pool: &mut super::buffers::BufferPool,
+    sys: &mut dyn super::io::Sys,
+    ch: &mut Channel,
+) {
     for o in &mut ch.outputs {
         let Some(sp) = o.spool.take() else { continue };
         if let Some((b, _)) = sp.staging {

@@ -11,8 +11,8 @@ use super::buffers::{BufferPool, VecMemory};
 use super::caps::Caps;
 use super::channel::Channel;
 use super::io::{
-    Bound, Completion, Dialing, Effects, Fd, FileState, Op, Pipe, Publish, SpoolFiles,
-    Submission, Sys,
+    Bound, Completion, Dialing, Effects, Fd, FileState, Op, Pipe, Publish, SpoolFiles, Submission,
+    Sys,
 };
 use super::token::{OpKind, Token};
 use super::{Engine, Io};

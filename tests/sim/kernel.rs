@@ -13,8 +13,7 @@ use super::files::Files;
 use super::rng::Rng;
 use ringrelay::engine::buffers::{BufId, VecMemory};
 use ringrelay::engine::io::{
-    Bound, Completion, Dialing, Effects, Fd, FileState, Memory, Op, Pipe, Publish, SpoolFiles,
-    Sys,
+    Bound, Completion, Dialing, Effects, Fd, FileState, Memory, Op, Pipe, Publish, SpoolFiles, Sys,
     CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, CQE_F_NOTIF,
 };
 use ringrelay::engine::outq::Chunk;
