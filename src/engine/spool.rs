@@ -23,7 +23,7 @@ use std::time::Instant;
 
 /// Staged buffers waiting for the disk, at most: beyond, the disk is too slow and records are
 /// dropped (counted) rather than held in the pool.
-pub const MAX_STAGED: usize = 8;
+pub const MAX_STAGED: usize = 16;
 /// Pool buffers a spool holds outside any queue at most: its staged buffers, the one being
 /// filled and the position file's write.
 pub const HELD_BUFFERS: u32 = MAX_STAGED as u32 + 2;
@@ -238,7 +238,12 @@ impl Spool {
     /// records lost are returned through `deleted`).
     pub fn admit(&mut self, len: u32, deleted: &mut Vec<Segment>) -> Admit {
         let need = RECORD_HEADER as u64 + u64::from(len);
-        if self.disk.len() >= MAX_STAGED {
+        let staged = self
+            .disk
+            .iter()
+            .filter(|d| matches!(d, DiskOp::Write { .. }))
+            .count();
+        if staged >= MAX_STAGED {
             self.stats.dropped += 1;
             return Admit::Drop;
         }
