@@ -650,4 +650,57 @@ fn bad_metrics_keys() {
     );
     let (code, _out, err) = check(&text);
     assert_eq!(code, Some(0), "{err}");
+/// A spool belongs to a dialed stream output, in an absolute directory that exists or whose
+/// parent does, of at least one segment, and to that output alone; every error in one run.
+#[test]
+fn spool_errors() {
+    let dir = TempDir::new("spoolcheck");
+    let d = dir.path().display().to_string();
+    for (line, says) in [
+        (
+            "output = udp://127.0.0.1:6000 spool=/var/spool/x",
+            "does not apply",
+        ),
+        (
+            "output = file:///tmp/x6000.raw spool=/var/spool/x",
+            "does not apply",
+        ),
+        (
+            "output = tcp-listen://127.0.0.1:6000 spool=/var/spool/x",
+            "does not apply",
+        ),
+        ("output = tcp://127.0.0.1:6000 spool=spool/x", "relative"),
+        (
+            "output = tcp://127.0.0.1:6000 spool=/nonexistent-rr/a/b",
+            "parent",
+        ),
+        (
+            &format!("output = tcp://127.0.0.1:6000 spool={d}/s spool_max=1MiB spool_segment=2MiB"),
+            "smaller than one segment",
+        ),
+        (
+            "output = tcp://127.0.0.1:6000 spool_max=1GiB",
+            "need spool=DIR",
+        ),
+        (
+            "output = tcp://127.0.0.1:6000 spool=/s spool_full=later",
+            "drop-oldest",
+        ),
+    ] {
+        let text = with_channel_line(line);
+        expect_one_error(&text, "6000", &["output"]);
+        let (_, _, err) = check(&text);
+        assert!(err.contains(says), "{line}: {err}");
+    }
+    let text = format!(
+        "[channel a]\ninput = udp://127.0.0.1:5000\noutput = tcp://127.0.0.1:6000 spool={d}\n\
+         [channel b]\ninput = udp://127.0.0.1:5002\noutput = unix:///tmp/rr.sock spool={d}\n"
+    );
+    expect_one_error(&text, "unix://", &["output"]);
+    let text = format!(
+        "[channel a]\ninput = udp://127.0.0.1:5000\noutput = tcp://127.0.0.1:6000 spool={d}/new spool_max=64MiB spool_full=drop-newest spool_segment=1MiB spool_sync=200ms\n"
+    );
+    let (code, out, err) = check(&text);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("spool_full=drop-newest"), "{out}");
 }

@@ -12,6 +12,7 @@ use crate::config::parse::{quote, RawChannel};
 use crate::config::records::{self, RecordLines, Records};
 use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use crate::config::splice::{ineligible_reason, SpliceMode};
+use crate::config::spool::SpoolConfig;
 use crate::config::units::format_size;
 use crate::config::url::{Endpoint, OnSlow, Role, DEFAULT_FAULT_GRACE};
 use crate::config::values::{parse_bool, parse_u32_in};
@@ -66,6 +67,8 @@ pub struct OutputConfig {
     pub max_backlog: u64,
     /// How long a faulted file output holds its data before it drops (file outputs only).
     pub fault_grace: Duration,
+    /// Where the output's data waits while its collector is away or slow (`spool=`).
+    pub spool: Option<SpoolConfig>,
     pub line: usize,
 }
 
@@ -180,11 +183,20 @@ pub(super) fn parse_channel(
                             format_size(u64::from(g.buffer_size))
                         ));
                     }
+                    let spool = match ep.opts.spool.take() {
+                        Some(o) => {
+                            SpoolConfig::from_opts(&o, ep.scheme, u64::from(g.buffer_size), &|p| {
+                                p.is_dir()
+                            })?
+                        }
+                        None => None,
+                    };
                     outputs.push(OutputConfig {
                         endpoint: ep,
                         on_slow,
                         max_backlog,
                         fault_grace,
+                        spool,
                         line,
                     });
                 }

@@ -109,6 +109,17 @@ impl fmt::Display for Config {
                 if o.endpoint.scheme == Scheme::File {
                     write!(f, " fault_grace={}", format_duration(o.fault_grace))?;
                 }
+                if let Some(sp) = &o.spool {
+                    write!(
+                        f,
+                        " spool={} spool_max={} spool_full={} spool_segment={} spool_sync={}",
+                        sp.dir.display(),
+                        sp.max,
+                        sp.full.name(),
+                        sp.segment,
+                        format_duration(sp.sync)
+                    )?;
+                }
                 writeln!(f)?;
             }
             writeln!(f, "framing = {}", c.framing.name())?;

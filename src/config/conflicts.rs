@@ -15,6 +15,8 @@
 //!   same address, or a local one (`127.0.0.0/8`, `::1`, the wildcard) when the input binds
 //!   the wildcard of its family, or the group the input joined (multicast loopback is on).
 //!
+//! * **Spool directories.** No two outputs share one spool directory.
+//!
 //! Host names are compared as written, never resolved. A conflict is reported at the later of
 //! its two lines, naming the earlier.
 
@@ -31,6 +33,32 @@ pub(super) fn check_conflicts(chans: &[ChannelConfig], err: &mut dyn FnMut(usize
     check_binds(chans, err);
     check_region_names(chans, err);
     check_loops(chans, err);
+    check_spool_dirs(chans, err);
+}
+
+/// No two outputs keep their spool in one directory (each would replay and delete the
+/// other's segments). Paths are compared as written.
+fn check_spool_dirs(chans: &[ChannelConfig], err: &mut dyn FnMut(usize, &str, String)) {
+    let mut seen: Vec<(&Path, usize, &str)> = Vec::new();
+    for c in chans {
+        for o in &c.outputs {
+            let Some(sp) = &o.spool else { continue };
+            let dir = sp.dir.as_path();
+            match seen.iter().find(|(d, _, _)| *d == dir) {
+                Some((_, l, ch)) => err(
+                    o.line,
+                    "output",
+                    format!(
+                        "spool directory {} is already the spool of an output of channel {} at \
+                         line {l}: every output needs its own",
+                        dir.display(),
+                        quote(ch)
+                    ),
+                ),
+                None => seen.push((dir, o.line, &c.name)),
+            }
+        }
+    }
 }
 
 /// What an endpoint takes for itself on this host.

@@ -33,6 +33,7 @@ pub mod records;
 pub mod sample;
 pub mod serial;
 pub mod splice;
+pub mod spool;
 pub mod units;
 pub mod url;
 

@@ -21,6 +21,7 @@ impl ChannelConfig {
                     && a.on_slow == b.on_slow
                     && a.max_backlog == b.max_backlog
                     && a.fault_grace == b.fault_grace
+                    && a.spool == b.spool
             })
     }
 }

@@ -110,6 +110,12 @@ pub fn ineligible_reason(c: &ChannelConfig) -> Option<String> {
                 quote(&o.endpoint.url())
             ));
         }
+        if o.spool.is_some() {
+            return Some(format!(
+                "output {} has a spool, which needs its records in userspace",
+                quote(&o.endpoint.url())
+            ));
+        }
         if o.on_slow != OnSlow::Block {
             return Some(format!(
                 "output {} has on_slow={}, and a pipe can only push back on the producer (on_slow=block)",

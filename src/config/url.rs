@@ -11,6 +11,7 @@ use crate::config::idle::{format_idle_timeout, parse_idle_timeout};
 use crate::config::keepalive::{format_keepalive, parse_keepalive, Keepalive, DEFAULT_IDLE_SECS};
 use crate::config::parse::quote;
 use crate::config::serial::{self, SerialParams};
+use crate::config::spool::{self, SpoolOpts};
 use crate::config::units::{format_duration, parse_duration, parse_size};
 use std::fmt;
 use std::net::IpAddr;
@@ -172,6 +173,8 @@ pub struct Options {
     pub idle_timeout: Option<Duration>,
     /// A serial port's line settings (filled in with the defaults on every `serial://` URL).
     pub serial: Option<SerialParams>,
+    /// The spool options as written (`spool=`, `spool_max=`, ...; see [`crate::config::spool`]).
+    pub spool: Option<SpoolOpts>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -344,6 +347,11 @@ impl Endpoint {
                 }
                 "keepalive" => opts.keepalive = Some(parse_keepalive(v).map_err(bad)?),
                 "idle_timeout" => opts.idle_timeout = Some(parse_idle_timeout(v).map_err(bad)?),
+                k if spool::KEYS.contains(&k) => opts
+                    .spool
+                    .get_or_insert_with(SpoolOpts::default)
+                    .set(k, v)
+                    .map_err(bad)?,
                 k if serial::KEYS.contains(&k) => opts
                     .serial
                     .get_or_insert_with(SerialParams::default)
@@ -422,6 +430,9 @@ impl Endpoint {
         }
         if o.idle_timeout.is_some() && role == Role::Output {
             return Err("idle_timeout watches an input; outputs have on_slow and keepalive".into());
+        }
+        if o.spool.is_some() {
+            spool::check_placement(role == Role::Input, sc)?;
         }
         if sc != Scheme::Serial && o.serial.is_some() {
             return Err(format!(
@@ -581,6 +592,9 @@ impl fmt::Display for Endpoint {
         }
         if let Some(s) = &o.serial {
             write!(f, " {s}")?;
+        }
+        if let Some(s) = &o.spool {
+            write!(f, "{s}")?;
         }
         Ok(())
     }

@@ -18,4 +18,5 @@ pub mod ring;
 pub mod serial;
 #[allow(unsafe_code)]
 pub mod setup;
+pub mod spoolfs;
 pub mod sys;

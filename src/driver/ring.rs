@@ -350,6 +350,36 @@ impl Ring {
                     opcode::Write::new(types::Fd(fd), ptr, chunk.len).build()
                 }
             }
+            Op::WriteAt { fd, chunk, offset } => {
+                let ptr = addrs.addr(chunk.buf, chunk.off);
+                if registered {
+                    opcode::WriteFixed::new(types::Fd(fd), ptr, chunk.len, chunk.buf)
+                        .offset(offset)
+                        .build()
+                } else {
+                    opcode::Write::new(types::Fd(fd), ptr, chunk.len)
+                        .offset(offset)
+                        .build()
+                }
+            }
+            Op::ReadAt {
+                fd,
+                buf,
+                len,
+                offset,
+            } => {
+                let ptr = addrs.addr(buf, 0);
+                if registered {
+                    opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf)
+                        .offset(offset)
+                        .build()
+                } else {
+                    opcode::Read::new(types::Fd(fd), ptr, len)
+                        .offset(offset)
+                        .build()
+                }
+            }
+            Op::Fsync { fd } => opcode::Fsync::new(types::Fd(fd)).build(),
             Op::Writev { fd, chunks: span } => {
                 let span = &chunks[span.start as usize..(span.start + span.n) as usize];
                 let m = self.hold(ud);

@@ -14,7 +14,7 @@ use crate::config::keepalive::Keepalive;
 use crate::config::url::{Endpoint, Scheme, Target};
 use crate::config::ChannelConfig;
 use crate::engine::buffers::BufId;
-use crate::engine::io::{Bound, Dialing, Fd, FileState, Pipe, Publish, Sys};
+use crate::engine::io::{Bound, Dialing, Fd, FileState, Pipe, Publish, SpoolFiles, Sys};
 use crate::shm::{Publisher, ShmOptions};
 use std::io;
 use std::net::IpAddr;
@@ -287,5 +287,17 @@ impl Sys for Kernel<'_> {
 
     fn cap_workers(&mut self, n: u32) -> io::Result<()> {
         self.ring.cap_unbounded_workers(n)
+    }
+
+    fn spool_open(&mut self, dir: &Path) -> io::Result<SpoolFiles> {
+        super::spoolfs::open(dir, self.shm.run_as)
+    }
+
+    fn spool_create(&mut self, dir: &Path, seq: u64) -> io::Result<Fd> {
+        super::spoolfs::create(dir, seq)
+    }
+
+    fn spool_remove(&mut self, dir: &Path, seq: u64) {
+        super::spoolfs::remove(dir, seq)
     }
 }

@@ -182,6 +182,11 @@ pub struct Output {
     /// Stream chunks of at least [`crate::engine::zerocopy::MIN_BYTES`] leave by zero-copy send
     /// (`zerocopy=on` where the kernel has it; cleared for good when the socket refuses).
     pub zerocopy: bool,
+    /// Its disk spool (`spool=`), opened at start.
+    pub spool: Option<super::spool::Spool>,
+    /// A spooling output whose records go straight to its queue (false: they go to the
+    /// spool, behind what it holds).
+    pub live: bool,
 }
 
 impl Output {
@@ -426,6 +431,8 @@ impl Channel {
                 connected_once: false,
                 gso: oc.endpoint.scheme == Scheme::Udp && oc.endpoint.opts.gso != Some(false),
                 zerocopy: oc.endpoint.opts.zerocopy == Some(true),
+                spool: None,
+                live: true,
             });
         }
         Channel {
@@ -560,6 +567,12 @@ impl Channel {
         // keep the channel (and so the pipes) alive the same way.
         self.slots.iter().filter(|s| s.is_some()).count()
             + self.splice.as_ref().map_or(0, |s| s.round_ops())
+            + self
+                .outputs
+                .iter()
+                .filter_map(|o| o.spool.as_ref())
+                .map(|s| s.in_flight())
+                .sum::<usize>()
     }
 
     /// Whether every output's queue is empty and no write is in flight.

@@ -486,6 +486,7 @@ pub(crate) fn deliver(
         to_disconnect,
         batch_kicks,
         framed: cut,
+        draining,
         ..
     } = ch;
     // A line channel's datagram outputs get one datagram per line (none: `plain`).
@@ -493,15 +494,16 @@ pub(crate) fn deliver(
     let stream_chunk = framed::stream_chunk(plain, framed, newline);
     to_kick.clear();
     to_disconnect.clear();
-    for o in outputs.iter_mut() {
+    for (oi, o) in outputs.iter_mut().enumerate() {
         let chunk = if o.is_datagram() { plain } else { stream_chunk };
         if o.is_link() {
             let up = o
                 .link
                 .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
                 .is_some_and(|e| e.link == Link::Up);
-            if !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
-                o.stats.drops += 1;
+            let spooled = super::spooling::diverts(cx, o, (ci, oi), up, *draining, chunk);
+            if spooled || !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
+                o.stats.drops += u64::from(!spooled);
                 continue;
             }
             let chunks = if o.is_datagram() && !lines.is_empty() {

@@ -114,6 +114,30 @@ pub enum Op {
     Splice { fd_in: Fd, fd_out: Fd, len: u32 },
     /// Duplicate `len` bytes from pipe `fd_in` into pipe `fd_out` without consuming them.
     Tee { fd_in: Fd, fd_out: Fd, len: u32 },
+    /// Write a chunk to a file at `offset` (a spool segment or position file).
+    WriteAt { fd: Fd, chunk: Chunk, offset: u64 },
+    /// Read `len` bytes of a file at `offset` into `buf` (a spool segment, for replay).
+    ReadAt {
+        fd: Fd,
+        buf: BufId,
+        len: u32,
+        offset: u64,
+    },
+    /// Flush a file's written bytes to its device (IORING_OP_FSYNC).
+    Fsync { fd: Fd },
+}
+
+/// A spool directory as found at start: its segments (oldest first) with a scan of each
+/// (a torn tail already cut off), and its position file.
+#[derive(Debug, Default)]
+pub struct SpoolFiles {
+    /// (sequence number, descriptor, bytes of whole records, records, records before the
+    /// recorded position).
+    pub segments: Vec<(u64, Fd, u64, u64, u64)>,
+    pub position: Vec<u8>,
+    pub position_fd: Fd,
+    /// Torn tails cut off, for the log: (segment, bytes cut).
+    pub cut: Vec<(u64, u64)>,
 }
 
 /// One submission: an operation, its tag, and whether the next submission is linked to it
@@ -266,4 +290,11 @@ pub trait Sys {
     fn close_buf_ring(&mut self, group: u16) -> bool;
     /// Caps the ring's unbounded io-wq workers (those socket splices block in).
     fn cap_workers(&mut self, n: u32) -> io::Result<()>;
+    /// Opens the spool directory `dir` (created 0700 when missing; refused when others may
+    /// write to it), scans its segments and cuts a torn tail, opens its position file.
+    fn spool_open(&mut self, dir: &Path) -> io::Result<SpoolFiles>;
+    /// Creates segment `seq` of the spool in `dir` (0600).
+    fn spool_create(&mut self, dir: &Path, seq: u64) -> io::Result<Fd>;
+    /// Removes segment `seq` of the spool in `dir` (its descriptor is closed by the caller).
+    fn spool_remove(&mut self, dir: &Path, seq: u64);
 }

@@ -47,7 +47,9 @@ pub mod rings;
 mod serial;
 pub mod splice;
 mod splicing;
+pub mod spool;
 pub mod spoolfmt;
+mod spooling;
 mod start;
 pub mod stats;
 #[cfg(test)]
@@ -192,6 +194,8 @@ pub struct Engine {
     http: Option<metrics_server::MetricsServer>,
     /// What the metrics page says about the process.
     process: metrics_server::ProcessInfo,
+    /// The time of the last tick (for ages in the counters lines).
+    last_tick: Instant,
 }
 
 /// Splits the engine into its channels and a [`Cx`] over everything else and `io`.
@@ -241,6 +245,7 @@ impl Engine {
             turn: 0,
             http: None,
             process: metrics_server::ProcessInfo::default(),
+            last_tick: now,
             cfg,
         }
     }
@@ -298,7 +303,7 @@ impl Engine {
                 .channels
                 .iter()
                 .flatten()
-                .all(|c| c.live_endpoints() == 0)
+                .all(|c| c.live_endpoints() == 0 && spooling::settled(c))
     }
 
     /// Whether the driver keeps its timer running (until everything is being closed).
@@ -341,7 +346,12 @@ impl Engine {
         match tok.kind {
             OpKind::Recv => input::on_recv(cx, ch, tok, c.res),
             OpKind::RecvMulti => input::on_recv_multi(cx, ch, tok, c),
-            OpKind::Send | OpKind::SendDatagram => output::on_write(cx, ch, tok, c.res),
+            OpKind::Send | OpKind::SendDatagram => {
+                output::on_write(cx, ch, tok, c.res);
+                spooling::after_sends(cx, ch, tok.chan);
+            }
+            OpKind::SpoolDisk => spooling::on_disk(cx, ch, tok, c.res),
+            OpKind::SpoolRead => spooling::on_read(cx, ch, tok, c.res),
             OpKind::SendZc => output::on_send_zc(cx, ch, tok, c),
             OpKind::Accept => accept::on_accept(cx, ch, tok, c.res, c.more(), (count, count_n)),
             OpKind::Connect => links::on_connect(cx, ch, tok, c.res),
@@ -427,6 +437,7 @@ impl Engine {
                 self.pool.release(b);
             }
         }
+        spooling::close(&mut self.pool, sys, &mut ch);
         if let Some(sp) = ch.splice.take() {
             for fd in sp.fds() {
                 sys.close(fd);
@@ -458,6 +469,7 @@ impl Engine {
         ch.draining = true;
         ch.drain_deadline = Some(deadline);
         links::close_intake(&mut cx, ch, ci as u16);
+        spooling::stopping(&mut cx, ch, ci as u16, false);
     }
 
     /// Ends the drains of channels stopped by a reload: once a channel's outputs are flushed,
@@ -487,6 +499,7 @@ impl Engine {
                 );
             }
             ch.drain_deadline = None;
+            spooling::stopping(&mut cx, ch, ci as u16, true);
             links::close_all(&mut cx, ch, ci as u16);
         }
     }
@@ -528,6 +541,7 @@ impl Engine {
             let Some(ch) = ch else { continue };
             ch.draining = true;
             links::close_intake(&mut cx, ch, ci as u16);
+            spooling::stopping(&mut cx, ch, ci as u16, false);
         }
     }
 
@@ -537,6 +551,7 @@ impl Engine {
         let (channels, mut cx) = split!(self, io);
         for (ci, ch) in channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
+            spooling::stopping(&mut cx, ch, ci as u16, true);
             links::close_all(&mut cx, ch, ci as u16);
         }
     }
@@ -553,6 +568,7 @@ impl Engine {
     /// The timer: redials, retries, accept re-arming, heartbeats, the periodic counters line.
     pub fn tick(&mut self, io: &mut Io, in_flight: usize) {
         let now = io.now;
+        self.last_tick = now;
         let shutting_down = self.shutdown_deadline.is_some();
         {
             let (channels, mut cx) = split!(self, io);
@@ -561,6 +577,7 @@ impl Engine {
                 let Some(ch) = ch else { continue };
                 links::tick_channel(&mut cx, ch, ci as u16, now, shutting_down);
                 idle::tick(&mut cx, ch, ci as u16, now);
+                spooling::tick(&mut cx, ch, ci as u16);
                 commands::tick(&mut cx, ch, ci as u16);
                 if starved {
                     input::unpark_reads(&mut cx, ch, ci as u16);
@@ -599,15 +616,30 @@ impl Engine {
             );
             for o in &ch.outputs {
                 let (backlog, clients) = output_backlog(ch, o);
+                let spool = o.spool.as_ref().map_or(String::new(), |sp| {
+                    let s = sp.stats;
+                    format!(
+                        " spooled_bytes={} spooled_records={} replayed_bytes={} replayed_records={} spool_dropped={} spool_errors={} spool_bytes={} spool_oldest_age={}s",
+                        s.spooled_bytes,
+                        s.spooled_records,
+                        s.replayed_bytes,
+                        s.replayed_records,
+                        s.dropped,
+                        s.errors,
+                        sp.size(),
+                        spooling::oldest_age_secs(sp, self.last_tick)
+                    )
+                });
                 log::log!(
                     level,
-                    "counters: channel {} output {} [{}]: {} backlog={} clients={}",
+                    "counters: channel {} output {} [{}]: {} backlog={} clients={}{}",
                     ch.name(),
                     o.url(),
                     output_state(ch, o),
                     o.stats,
                     backlog,
-                    clients
+                    clients,
+                    spool
                 );
             }
         }

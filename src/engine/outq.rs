@@ -73,6 +73,8 @@ pub enum Offer {
 #[derive(Debug)]
 pub struct OutQueue {
     items: VecDeque<Chunk>,
+    /// Chunks sent whole since the queue began (a spool's consumption mark).
+    sent_total: u64,
     bytes: u64,
     sent: u32,
     pub policy: OnSlow,
@@ -84,6 +86,7 @@ impl OutQueue {
     pub fn new(policy: OnSlow, max_bytes: u64, max_buffers: usize) -> OutQueue {
         OutQueue {
             items: VecDeque::with_capacity(max_buffers + 1),
+            sent_total: 0,
             bytes: 0,
             sent: 0,
             policy,
@@ -108,6 +111,40 @@ impl OutQueue {
     fn over(&self, extra_bytes: u64, extra_items: usize) -> bool {
         self.backlog() + extra_bytes > self.max_bytes
             || self.items.len() + extra_items > self.max_buffers
+    }
+
+    /// Whether one more chunk of `len` bytes would put the queue over a limit.
+    pub fn would_exceed(&self, len: u32) -> bool {
+        self.over(u64::from(len), 1)
+    }
+
+    /// Chunks sent whole so far.
+    pub fn sent_total(&self) -> u64 {
+        self.sent_total
+    }
+
+    /// The mark of the chunk at the back: the value [`OutQueue::sent_total`] reaches once it
+    /// is sent.
+    pub fn back_mark(&self) -> u64 {
+        self.sent_total + self.items.len() as u64
+    }
+
+    /// Takes every chunk from the one of mark `from` + 1 on (those not begun), in order: the
+    /// chunks a spool takes over.
+    pub fn take_from(&mut self, from: u64) -> Vec<Chunk> {
+        let first = (from.saturating_sub(self.sent_total) as usize).max(usize::from(self.sent > 0));
+        if first >= self.items.len() {
+            return Vec::new();
+        }
+        let taken: Vec<Chunk> = self.items.drain(first..).collect();
+        self.bytes -= taken.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        taken
+    }
+
+    /// Queues a record read back from a spool (the spool reads only while the queue is below
+    /// half its limit: not subject to the limits).
+    pub fn push_replayed(&mut self, c: Chunk) {
+        self.push(c);
     }
 
     /// Whether the queue is over a limit now.
@@ -175,6 +212,7 @@ impl OutQueue {
         self.sent += n;
         if self.sent == front.len {
             self.items.pop_front();
+            self.sent_total += 1;
             self.bytes -= u64::from(front.len);
             self.sent = 0;
             Some(front.buf)
@@ -237,6 +275,7 @@ impl OutQueue {
         let front = self.items.pop_front()?;
         self.bytes -= u64::from(front.len);
         self.sent = 0;
+        self.sent_total += 1;
         Some(front.buf)
     }
 

@@ -43,7 +43,8 @@ pub(crate) fn class_count(cfg: &Config, c: &ChannelConfig) -> u32 {
                 } else {
                     0
                 };
-                framed + commands
+                let spools = c.outputs.iter().filter(|o| o.spool.is_some()).count() as u32;
+                framed + commands + spools * super::spool::HELD_BUFFERS
             })
             .sum();
         g.buffer_count.saturating_sub(held).max(g.buffer_count / 2)
@@ -200,6 +201,7 @@ impl Engine {
         r?;
         let (_, mut cx) = split!(self, io);
         let cx = &mut cx;
+        super::spooling::open(cx, ch)?;
         if ch.cfg.samples.as_ref().is_some_and(|s| s.shm) {
             ch.publisher = Some(cx.sys.publisher(&ch.cfg)?);
         }

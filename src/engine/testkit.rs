@@ -11,7 +11,8 @@ use super::buffers::{BufferPool, VecMemory};
 use super::caps::Caps;
 use super::channel::Channel;
 use super::io::{
-    Bound, Completion, Dialing, Effects, Fd, FileState, Op, Pipe, Publish, Submission, Sys,
+    Bound, Completion, Dialing, Effects, Fd, FileState, Op, Pipe, Publish, SpoolFiles, Submission,
+    Sys,
 };
 use super::token::{OpKind, Token};
 use super::{Engine, Io};
@@ -203,6 +204,16 @@ impl Sys for FakeSys {
     fn cap_workers(&mut self, _n: u32) -> io::Result<()> {
         Ok(())
     }
+
+    fn spool_open(&mut self, _dir: &Path) -> io::Result<SpoolFiles> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn spool_create(&mut self, _dir: &Path, _seq: u64) -> io::Result<Fd> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn spool_remove(&mut self, _dir: &Path, _seq: u64) {}
 }
 
 /// The kernel of every rig: no splice or tee, no zero-copy send, single-shot receives.

@@ -80,6 +80,11 @@ pub enum OpKind {
     HttpRecv = 20,
     /// Write part of a metrics response from a pool buffer (tagged as `HttpPoll`).
     HttpSend = 21,
+    /// A disk operation of an output's spool (a positioned write, an fsync, or the position
+    /// file's write; `endpoint` = the output index). One is in flight per spool.
+    SpoolDisk = 22,
+    /// A replay read of an output's spool (`endpoint` = the output index).
+    SpoolRead = 23,
 }
 
 impl OpKind {
@@ -106,6 +111,8 @@ impl OpKind {
             19 => OpKind::HttpPoll,
             20 => OpKind::HttpRecv,
             21 => OpKind::HttpSend,
+            22 => OpKind::SpoolDisk,
+            23 => OpKind::SpoolRead,
             _ => return None,
         })
     }
@@ -206,7 +213,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(k in 1u8..=21, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
+        fn round_trip(k in 1u8..=23, gen in any::<u32>(), chan in any::<u16>(), ep in any::<u16>()) {
             let t = Token::new(OpKind::from_u8(k).unwrap(), chan, ep, gen);
             prop_assert_eq!(Token::decode(t.encode()), Some(t));
             prop_assert_eq!(t.gen, gen & GEN_MASK);

@@ -13,7 +13,7 @@ use super::files::Files;
 use super::rng::Rng;
 use ringrelay::engine::buffers::{BufId, VecMemory};
 use ringrelay::engine::io::{
-    Bound, Completion, Dialing, Effects, Fd, FileState, Memory, Op, Pipe, Publish, Sys,
+    Bound, Completion, Dialing, Effects, Fd, FileState, Memory, Op, Pipe, Publish, SpoolFiles, Sys,
     CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, CQE_F_NOTIF,
 };
 use ringrelay::engine::outq::Chunk;
@@ -320,7 +320,10 @@ impl Kernel {
             | Op::Accept { fd }
             | Op::PollOut { fd }
             | Op::PollIn { fd }
-            | Op::PollHangup { fd } => fd,
+            | Op::PollHangup { fd }
+            | Op::WriteAt { fd, .. }
+            | Op::ReadAt { fd, .. }
+            | Op::Fsync { fd } => fd,
             Op::Splice { fd_in, .. } | Op::Tee { fd_in, .. } => fd_in,
             Op::Cancel { .. } => return None,
         })
@@ -468,6 +471,11 @@ impl Kernel {
             Op::Accept { fd } => self.exec_accept(i, fd),
             Op::PollOut { fd } => self.exec_connect(i, fd),
             Op::PollHangup { fd } => self.exec_hangup(i, fd),
+            Op::WriteAt { .. } | Op::ReadAt { .. } | Op::Fsync { .. } => {
+                self.violation(format!("unexpected spool op {op:?} (no spool configured)"));
+                self.fail(i, -libc::EINVAL);
+                true
+            }
             Op::PollIn { .. } | Op::Splice { .. } | Op::Tee { .. } => {
                 self.violation(format!("unexpected splice-path op {op:?}"));
                 self.fail(i, -libc::EINVAL);
@@ -1269,4 +1277,16 @@ impl Sys for Kernel {
     fn cap_workers(&mut self, _n: u32) -> io::Result<()> {
         Ok(())
     }
+
+    // The simulation's configurations have no spool yet (see the module docs of sim.rs).
+
+    fn spool_open(&mut self, _dir: &Path) -> io::Result<SpoolFiles> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn spool_create(&mut self, _dir: &Path, _seq: u64) -> io::Result<Fd> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    fn spool_remove(&mut self, _dir: &Path, _seq: u64) {}
 }

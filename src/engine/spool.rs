@@ -1,0 +1,717 @@
+//! One output's disk spool, as books: which segments exist, where the next record goes, how
+//! far replay read and how far the collector consumed, and what to ask the disk next.
+//!
+//! Owns: the segment list (oldest first; the last is the write head), the staging of records
+//! into pool buffers for large sequential writes, the one disk operation in flight (a
+//! positioned write, an fsync, or a write of the position file: one at a time, in order, so a
+//! sync covers every write before it), the read cursor of replay, the consumed position, the
+//! `spool_max` policy and the spool's counters. Pure: it never touches a file; its caller
+//! (`spooling`) turns the [`DiskOp`]s and reads it plans into ring operations and feeds the
+//! completions back.
+//!
+//! The interface an output kind uses: [`Spool::admit`] and [`Spool::stage`] to append a
+//! record, [`Spool::next_read`] and [`Spool::read_done`] to replay the next records, and
+//! [`Spool::consumed_to`] once the collector took them (a stream link: the queue sent them;
+//! an MQTT output would call it at PUBACK).
+
+use super::buffers::BufId;
+use super::io::Fd;
+use super::spoolfmt::{self, Position, RECORD_HEADER};
+use crate::config::spool::{SpoolConfig, SpoolFull};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Staged buffers waiting for the disk, at most: beyond, the disk is too slow and records are
+/// dropped (counted) rather than held in the pool.
+pub const MAX_STAGED: usize = 16;
+/// Pool buffers a spool holds outside any queue at most: its staged buffers, the one being
+/// filled and the position file's write.
+pub const HELD_BUFFERS: u32 = MAX_STAGED as u32 + 2;
+
+/// One segment file.
+#[derive(Debug)]
+pub struct Segment {
+    pub seq: u64,
+    pub fd: Fd,
+    /// Bytes assigned to it (written, being written, or staged).
+    pub size: u64,
+    /// Bytes whose write completed: replay reads only below this.
+    pub written: u64,
+    /// Records assigned to it, and those replay has read from it.
+    pub records: u64,
+    pub read_records: u64,
+    /// When its first record came (the oldest-age gauge).
+    pub born: Instant,
+    /// No more records go to it (it was rolled over).
+    pub sealed: bool,
+}
+
+/// A disk operation of the spool, run one at a time in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Write `len` bytes of staged buffer `buf` at `offset` of segment `seq`.
+    Write {
+        seq: u64,
+        buf: BufId,
+        /// Where the bytes start in `buf` (past what a short write already wrote).
+        at: u32,
+        len: u32,
+        offset: u64,
+    },
+    /// Sync segment `seq`.
+    Sync { seq: u64 },
+    /// Record the consumed position (the caller encodes the slot).
+    Position,
+}
+
+/// What a new record may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Stage it (the caller then calls [`Spool::stage`]).
+    Yes,
+    /// Drop it, counted (`drop-newest` at `spool_max`, or the disk far behind).
+    Drop,
+}
+
+/// Spool counters (shown with the output's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub spooled_bytes: u64,
+    pub spooled_records: u64,
+    pub replayed_bytes: u64,
+    pub replayed_records: u64,
+    /// Records dropped at `spool_max` (or with the disk too far behind).
+    pub dropped: u64,
+    /// Disk faults (a failed write, sync or read).
+    pub errors: u64,
+}
+
+/// The spool of one output.
+#[derive(Debug)]
+pub struct Spool {
+    pub cfg: SpoolConfig,
+    pub segs: VecDeque<Segment>,
+    /// The staging buffer being filled: (buffer, bytes used).
+    pub staging: Option<(BufId, u32)>,
+    /// Filled staging buffers waiting to be written, and other disk work, in order.
+    pub disk: VecDeque<DiskOp>,
+    /// The disk operation in flight.
+    pub disk_busy: Option<DiskOp>,
+    /// Replay's next read: segment and offset of the next record not yet queued.
+    pub read: Position,
+    /// A replay read in flight: (buffer, segment, offset, len).
+    pub reading: Option<(BufId, u64, u64, u32)>,
+    /// Replayed records handed to the output, oldest first: (the output's consumption mark
+    /// once they are taken, the position just past them).
+    pub handed: VecDeque<(u64, Position)>,
+    /// Consumed up to here (the collector took every record before it).
+    pub consumed: Position,
+    /// Last position recorded in the position file, and the file's bytes as written.
+    pub recorded: Position,
+    pub position_file: Vec<u8>,
+    pub position_fd: Fd,
+    /// Records were written since the last sync.
+    pub dirty: bool,
+    pub last_sync: Instant,
+    /// A disk fault: retry at this time (logged once per episode).
+    pub fault_until: Option<Instant>,
+    pub faulted: bool,
+    pub stats: SpoolStats,
+    /// Buffer size of the pool: the most bytes of one read or staged write.
+    pub buffer_size: u32,
+    /// Sequence number of the next segment.
+    pub next_seq: u64,
+}
+
+impl Spool {
+    /// A spool over the segments found at start (`(seq, fd, valid bytes, records, records
+    /// before the recorded position)`, oldest first) and the position file's bytes.
+    pub fn new(
+        cfg: SpoolConfig,
+        found: Vec<(u64, Fd, u64, u64, u64)>,
+        position_file: Vec<u8>,
+        position_fd: Fd,
+        buffer_size: u32,
+        now: Instant,
+    ) -> Spool {
+        let recorded = spoolfmt::decode_position(&position_file).unwrap_or(Position {
+            segment: 0,
+            offset: 0,
+        });
+        let mut segs: VecDeque<Segment> = found
+            .into_iter()
+            .map(|(seq, fd, len, records, read_records)| Segment {
+                seq,
+                fd,
+                size: len,
+                written: len,
+                records,
+                read_records,
+                born: now,
+                sealed: true,
+            })
+            .collect();
+        if let Some(last) = segs.back_mut() {
+            last.sealed = false;
+        }
+        let next_seq = segs.back().map_or(1, |s| s.seq + 1);
+        // Replay resumes at the recorded position, or at the oldest segment after it.
+        let read = match segs.iter().find(|s| s.seq >= recorded.segment) {
+            Some(s) if s.seq == recorded.segment => Position {
+                segment: s.seq,
+                offset: recorded.offset.min(s.written),
+            },
+            Some(s) => Position {
+                segment: s.seq,
+                offset: 0,
+            },
+            None => Position {
+                segment: next_seq,
+                offset: 0,
+            },
+        };
+        Spool {
+            cfg,
+            segs,
+            staging: None,
+            disk: VecDeque::new(),
+            disk_busy: None,
+            read,
+            reading: None,
+            handed: VecDeque::new(),
+            consumed: read,
+            recorded: read,
+            position_file,
+            position_fd,
+            dirty: false,
+            last_sync: now,
+            fault_until: None,
+            faulted: false,
+            stats: SpoolStats::default(),
+            buffer_size,
+            next_seq,
+        }
+    }
+
+    /// Bytes of segments on disk or staged (what `spool_max` limits).
+    pub fn size(&self) -> u64 {
+        self.segs.iter().map(|s| s.size).sum()
+    }
+
+    /// Records in the spool not yet handed to the output.
+    pub fn unread_records(&self) -> u64 {
+        self.segs
+            .iter()
+            .map(|s| s.records - s.read_records)
+            .sum::<u64>()
+    }
+
+    /// Nothing left to replay: every record was handed to the output.
+    pub fn is_empty(&self) -> bool {
+        self.reading.is_none()
+            && self.segs.back().is_none_or(|h| {
+                self.read.segment > h.seq
+                    || (self.read.segment == h.seq && self.read.offset >= h.size)
+            })
+    }
+
+    /// When the oldest record still in the spool came.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.segs
+            .iter()
+            .find(|s| s.records > s.read_records)
+            .map(|s| s.born)
+    }
+
+    /// The largest record payload one staged buffer (and one replay read) holds.
+    pub fn max_payload(&self) -> u32 {
+        self.buffer_size - RECORD_HEADER as u32
+    }
+
+    /// Operations (disk and replay read) in flight.
+    pub fn in_flight(&self) -> usize {
+        usize::from(self.disk_busy.is_some()) + usize::from(self.reading.is_some())
+    }
+
+    /// Whether a record of `len` payload bytes may be staged; applies `spool_max` (a
+    /// `drop-oldest` spool gives up its oldest whole segments first: their fds and the
+    /// records lost are returned through `deleted`).
+    pub fn admit(&mut self, len: u32, deleted: &mut Vec<Segment>) -> Admit {
+        let need = RECORD_HEADER as u64 + u64::from(len);
+        let staged = self
+            .disk
+            .iter()
+            .filter(|d| matches!(d, DiskOp::Write { .. }))
+            .count();
+        if staged >= MAX_STAGED {
+            self.stats.dropped += 1;
+            return Admit::Drop;
+        }
+        while self.size() + need > self.cfg.max {
+            if self.cfg.full == SpoolFull::DropNewest || !self.drop_oldest(deleted) {
+                self.stats.dropped += 1;
+                return Admit::Drop;
+            }
+        }
+        Admit::Yes
+    }
+
+    /// Gives up the oldest segment if nothing is in flight on it and it is not the write
+    /// head; its unread records are counted dropped.
+    fn drop_oldest(&mut self, deleted: &mut Vec<Segment>) -> bool {
+        if self.segs.len() < 2 {
+            return false;
+        }
+        let seq = self.segs[0].seq;
+        let busy = self.reading.is_some_and(|r| r.1 == seq)
+            || self.disk_busy.is_some_and(|d| op_seq(d) == Some(seq))
+            || self.disk.iter().any(|d| op_seq(*d) == Some(seq));
+        if busy {
+            return false;
+        }
+        let s = self.segs.pop_front().expect("two segments");
+        self.stats.dropped += s.records - s.read_records;
+        if self.read.segment <= seq {
+            let next = self.segs[0].seq;
+            self.read = Position {
+                segment: next,
+                offset: 0,
+            };
+            if self.consumed.segment <= seq {
+                self.consumed = self.read;
+            }
+        }
+        deleted.push(s);
+        true
+    }
+
+    /// The segment a record of `len` payload bytes goes to: the write head, unless it is
+    /// full (then it is sealed and the caller opens segment [`Spool::next_seq`] and passes
+    /// it to [`Spool::open_head`]). Returns whether a new segment is needed.
+    pub fn needs_new_head(&self, len: u32) -> bool {
+        let need = RECORD_HEADER as u64 + u64::from(len);
+        match self.segs.back() {
+            Some(h) => h.sealed || h.size + need > self.cfg.segment,
+            None => true,
+        }
+    }
+
+    /// Seals the current head (its staging is flushed and a sync queued) and makes `fd` the
+    /// new head, segment [`Spool::next_seq`].
+    pub fn open_head(&mut self, fd: Fd, now: Instant) {
+        self.flush_staging();
+        if let Some(h) = self.segs.back_mut() {
+            if !h.sealed {
+                h.sealed = true;
+                self.disk.push_back(DiskOp::Sync { seq: h.seq });
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.segs.is_empty() && self.read.segment < seq {
+            self.read = Position {
+                segment: seq,
+                offset: 0,
+            };
+            self.consumed = self.consumed.max(self.read);
+        }
+        self.segs.push_back(Segment {
+            seq,
+            fd,
+            size: 0,
+            written: 0,
+            records: 0,
+            read_records: 0,
+            born: now,
+            sealed: false,
+        });
+    }
+
+    /// Whether the staging buffer has room for a record of `len` payload bytes (none: the
+    /// caller takes a pool buffer and passes it to [`Spool::stage`]).
+    pub fn staging_fits(&self, len: u32) -> bool {
+        self.staging
+            .is_some_and(|(_, used)| used + RECORD_HEADER as u32 + len <= self.buffer_size)
+    }
+
+    /// Queues the staged buffer for writing at the head's end.
+    pub fn flush_staging(&mut self) {
+        let Some((buf, used)) = self.staging.take() else {
+            return;
+        };
+        let h = self.segs.back().expect("staging belongs to the head");
+        let offset = h.size - u64::from(used);
+        self.disk.push_back(DiskOp::Write {
+            seq: h.seq,
+            buf,
+            at: 0,
+            len: used,
+            offset,
+        });
+    }
+
+    /// Books a record of `len` payload bytes staged at `at` of the staging buffer `buf` (a
+    /// fresh one when the old was full: the old is flushed). Returns the offset in `buf` the
+    /// record's header goes to.
+    pub fn stage(&mut self, fresh: Option<BufId>, len: u32, now: Instant) -> (BufId, u32) {
+        if let Some(b) = fresh {
+            self.flush_staging();
+            self.staging = Some((b, 0));
+        }
+        let (buf, used) = self.staging.expect("a staging buffer");
+        let rec = RECORD_HEADER as u32 + len;
+        self.staging = Some((buf, used + rec));
+        let h = self.segs.back_mut().expect("a head");
+        if h.records == h.read_records && h.records == 0 {
+            h.born = now;
+        }
+        h.size += u64::from(rec);
+        h.records += 1;
+        self.stats.spooled_records += 1;
+        self.stats.spooled_bytes += u64::from(len);
+        (buf, used)
+    }
+
+    /// The next disk operation to submit, if none is in flight and no fault waits.
+    pub fn next_disk(&mut self, now: Instant) -> Option<DiskOp> {
+        if self.disk_busy.is_some() || self.fault_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        let op = self.disk.pop_front()?;
+        self.disk_busy = Some(op);
+        Some(op)
+    }
+
+    /// The fd of segment `seq`.
+    pub fn fd_of(&self, seq: u64) -> Option<Fd> {
+        self.segs.iter().find(|s| s.seq == seq).map(|s| s.fd)
+    }
+
+    /// The disk operation in flight completed with `res` (bytes for a write). Returns the
+    /// staged buffer to release when a write is whole, and whether the operation failed
+    /// (it is then retried from the front after the caller's backoff).
+    pub fn disk_done(&mut self, res: i32, now: Instant) -> (Option<BufId>, bool) {
+        let op = self.disk_busy.take().expect("a disk op in flight");
+        if res < 0 {
+            self.stats.errors += 1;
+            self.disk.push_front(op);
+            return (None, true);
+        }
+        match op {
+            DiskOp::Write {
+                seq,
+                buf,
+                at,
+                len,
+                offset,
+            } => {
+                let n = (res as u32).min(len);
+                if n < len {
+                    // A short write: the rest goes next, from where it stopped.
+                    self.disk.push_front(DiskOp::Write {
+                        seq,
+                        buf,
+                        at: at + n,
+                        len: len - n,
+                        offset: offset + u64::from(n),
+                    });
+                    return (None, false);
+                }
+                if let Some(s) = self.segs.iter_mut().find(|s| s.seq == seq) {
+                    s.written = s.written.max(offset + u64::from(len));
+                }
+                self.dirty = true;
+                (Some(buf), false)
+            }
+            DiskOp::Sync { .. } => {
+                self.last_sync = now;
+                (None, false)
+            }
+            DiskOp::Position => (None, false),
+        }
+    }
+
+    /// A sync point: flush staging, sync the head, then record the position.
+    pub fn sync_point(&mut self, now: Instant) {
+        self.flush_staging();
+        if let Some(h) = self.segs.back() {
+            if self.dirty || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
+                self.disk.push_back(DiskOp::Sync { seq: h.seq });
+                self.dirty = false;
+            }
+        }
+        if self.consumed != self.recorded && !self.disk.contains(&DiskOp::Position) {
+            self.disk.push_back(DiskOp::Position);
+        }
+        self.last_sync = now;
+    }
+
+    /// The bytes of the position file's next slot for the consumed position, and where they go.
+    pub fn encode_position(&mut self) -> (u64, Vec<u8>) {
+        let (slot, bytes) = spoolfmt::encode_position(&self.position_file, self.consumed);
+        let at = slot * bytes.len();
+        if self.position_file.len() < at + bytes.len() {
+            self.position_file.resize(at + bytes.len(), 0);
+        }
+        self.position_file[at..at + bytes.len()].copy_from_slice(&bytes);
+        self.recorded = self.consumed;
+        (at as u64, bytes.to_vec())
+    }
+
+    /// Replay's next read, if replay may read now: (segment fd, segment, offset, len). Reads
+    /// only written bytes; staged ones are flushed first (the caller pumps the disk).
+    pub fn next_read(&mut self) -> Option<(Fd, u64, u64, u32)> {
+        if self.reading.is_some() {
+            return None;
+        }
+        loop {
+            let Some(i) = self.segs.iter().position(|s| s.seq == self.read.segment) else {
+                // Its segment was deleted once consumed: go on at the next one.
+                let next = self.segs.iter().find(|s| s.seq > self.read.segment)?;
+                self.read = Position {
+                    segment: next.seq,
+                    offset: 0,
+                };
+                continue;
+            };
+            let s = &self.segs[i];
+            if self.read.offset < s.written {
+                let len = (s.written - self.read.offset).min(u64::from(self.buffer_size)) as u32;
+                return Some((s.fd, s.seq, self.read.offset, len));
+            }
+            if self.read.offset < s.size {
+                // Its last records are staged or being written: flush and wait.
+                if self.staging.is_some() && self.segs.back().is_some_and(|h| h.seq == s.seq) {
+                    self.flush_staging();
+                }
+                return None;
+            }
+            if !s.sealed || i + 1 >= self.segs.len() {
+                return None;
+            }
+            self.read = Position {
+                segment: self.segs[i + 1].seq,
+                offset: 0,
+            };
+        }
+    }
+
+    /// A replay read of `got` bytes at (`seq`, `offset`) came back in `buf`: `records` are the
+    /// whole records found (payload offset and length in the buffer) and `end` the bytes they
+    /// take. The caller queues them, then calls [`Spool::handed_to`] with its mark.
+    pub fn read_done(&mut self, seq: u64, offset: u64, end: usize, records: u64, bytes: u64) {
+        self.reading = None;
+        if self.read.segment != seq || self.read.offset != offset {
+            return; // dropped by drop-oldest meanwhile
+        }
+        self.read.offset += end as u64;
+        if let Some(s) = self.segs.iter_mut().find(|s| s.seq == seq) {
+            s.read_records += records;
+        }
+        self.stats.replayed_records += records;
+        self.stats.replayed_bytes += bytes;
+    }
+
+    /// The records handed so far are consumed once the output's mark reaches `mark`.
+    pub fn handed_to(&mut self, mark: u64) {
+        self.handed.push_back((mark, self.read));
+    }
+
+    /// The output's consumption mark is now `mark`: records handed before it were taken.
+    /// Returns the segments wholly consumed, to delete.
+    pub fn consumed_to(&mut self, mark: u64, gone: &mut Vec<Segment>) {
+        while let Some(&(m, pos)) = self.handed.front() {
+            if m > mark {
+                break;
+            }
+            self.handed.pop_front();
+            self.consumed = self.consumed.max(pos);
+        }
+        // Segments before the consumed one, sealed, with nothing in flight, go whole.
+        while self.segs.len() > 1 {
+            let s = &self.segs[0];
+            let whole = s.seq < self.consumed.segment
+                || (s.sealed && s.seq == self.consumed.segment && self.consumed.offset >= s.size);
+            let busy = self.reading.is_some_and(|r| r.1 == s.seq)
+                || self.disk_busy.is_some_and(|d| op_seq(d) == Some(s.seq))
+                || self.disk.iter().any(|d| op_seq(*d) == Some(s.seq));
+            if !whole || busy {
+                break;
+            }
+            let s = self.segs.pop_front().expect("checked");
+            if !self.disk.contains(&DiskOp::Position) && self.consumed != self.recorded {
+                self.disk.push_back(DiskOp::Position);
+            }
+            gone.push(s);
+        }
+    }
+}
+
+fn op_seq(d: DiskOp) -> Option<u64> {
+    match d {
+        DiskOp::Write { seq, .. } | DiskOp::Sync { seq } => Some(seq),
+        DiskOp::Position => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn cfg(max: u64, full: SpoolFull) -> SpoolConfig {
+        SpoolConfig {
+            dir: PathBuf::from("/s"),
+            max,
+            full,
+            segment: 1000,
+            sync: Duration::from_secs(1),
+        }
+    }
+
+    /// Appends one record of `len` bytes the way `spooling` does, with fds counting up.
+    fn append(sp: &mut Spool, len: u32, now: Instant, next_buf: &mut u16) -> bool {
+        let mut gone = Vec::new();
+        if sp.admit(len, &mut gone) == Admit::Drop {
+            return false;
+        }
+        if sp.needs_new_head(len) {
+            sp.open_head(100 + sp.next_seq as i32, now);
+        }
+        let fresh = (!sp.staging_fits(len)).then(|| {
+            *next_buf += 1;
+            *next_buf
+        });
+        sp.stage(fresh, len, now);
+        true
+    }
+
+    /// Runs every queued disk op to completion.
+    fn settle(sp: &mut Spool, now: Instant) {
+        sp.flush_staging();
+        while let Some(op) = sp.next_disk(now) {
+            let res = match op {
+                DiskOp::Write { len, .. } => len as i32,
+                _ => 0,
+            };
+            sp.disk_done(res, now);
+        }
+    }
+
+    #[test]
+    fn records_roll_segments_and_replay_in_order_then_delete_whole_segments() {
+        let now = Instant::now();
+        let mut sp = Spool::new(
+            cfg(10_000, SpoolFull::DropOldest),
+            vec![],
+            vec![],
+            9,
+            256,
+            now,
+        );
+        let mut b = 0;
+        for _ in 0..30 {
+            assert!(append(&mut sp, 92, now, &mut b));
+            settle(&mut sp, now);
+        }
+        // 100 bytes a record, 1000 a segment: three segments of ten.
+        assert_eq!(sp.segs.len(), 3);
+        assert_eq!(sp.unread_records(), 30);
+        let mut mark = 0;
+        let mut gone = Vec::new();
+        while let Some((_, seq, off, len)) = sp.next_read() {
+            sp.reading = Some((0, seq, off, len));
+            let whole = (len / 100) as u64;
+            sp.read_done(seq, off, (whole * 100) as usize, whole, whole * 92);
+            mark += whole;
+            sp.handed_to(mark);
+            sp.consumed_to(mark, &mut gone);
+        }
+        assert_eq!(sp.stats.replayed_records, 30);
+        assert!(sp.is_empty(), "{:?} {:?}", sp.read, sp.segs);
+        // The first two segments went whole; the head stays.
+        assert_eq!(gone.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn drop_newest_refuses_and_drop_oldest_gives_up_a_whole_segment_counted() {
+        let now = Instant::now();
+        for (full, kept_first) in [(SpoolFull::DropNewest, 1), (SpoolFull::DropOldest, 2)] {
+            let mut sp = Spool::new(cfg(2000, full), vec![], vec![], 9, 256, now);
+            let mut b = 0;
+            let mut ok = 0;
+            for _ in 0..25 {
+                ok += u64::from(append(&mut sp, 92, now, &mut b));
+                settle(&mut sp, now);
+            }
+            assert!(sp.size() <= 2000);
+            assert_eq!(
+                ok + sp.stats.dropped - if kept_first == 2 { 10 } else { 0 },
+                25
+            );
+            assert_eq!(sp.segs[0].seq, kept_first);
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_and_a_short_one_continues() {
+        let now = Instant::now();
+        let mut sp = Spool::new(
+            cfg(10_000, SpoolFull::DropOldest),
+            vec![],
+            vec![],
+            9,
+            256,
+            now,
+        );
+        let mut b = 0;
+        append(&mut sp, 92, now, &mut b);
+        sp.flush_staging();
+        let op = sp.next_disk(now).unwrap();
+        assert_eq!(sp.disk_done(-28, now), (None, true));
+        assert_eq!(sp.next_disk(now), Some(op));
+        assert_eq!(sp.disk_done(40, now), (None, false));
+        assert!(matches!(
+            sp.next_disk(now),
+            Some(DiskOp::Write {
+                at: 40,
+                len: 60,
+                offset: 40,
+                ..
+            })
+        ));
+        assert_eq!(sp.disk_done(60, now).0, Some(1));
+        assert_eq!(sp.segs[0].written, 100);
+    }
+
+    #[test]
+    fn a_restart_resumes_at_the_recorded_position() {
+        let now = Instant::now();
+        let (_, slot) = spoolfmt::encode_position(
+            &[],
+            Position {
+                segment: 2,
+                offset: 300,
+            },
+        );
+        let sp = Spool::new(
+            cfg(10_000, SpoolFull::DropOldest),
+            vec![(2, 5, 1000, 10, 3), (3, 6, 500, 5, 0)],
+            slot.to_vec(),
+            9,
+            256,
+            now,
+        );
+        assert_eq!(
+            sp.read,
+            Position {
+                segment: 2,
+                offset: 300
+            }
+        );
+        assert_eq!(sp.next_seq, 4);
+        assert!(!sp.segs[1].sealed);
+        assert_eq!(sp.unread_records(), 12);
+    }
+}

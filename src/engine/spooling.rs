@@ -1,0 +1,527 @@
+//! The spool of a dialed stream output at work: records into segments while the collector is
+//! away or slow, replay through the output's queue when it is back, and the disk operations
+//! on the ring.
+//!
+//! Owns: the output's mode (live: records to its queue; spooling: records to the spool,
+//! behind whatever it holds, so nothing reorders), copying records into staging buffers (the
+//! input's buffers are released at once: a spooling output holds none of them), submitting
+//! the spool's disk operations and replay reads ([`super::spool::Spool`] plans them) and
+//! handling their completions, sync points at `spool_sync`, and spilling what the queue
+//! holds in memory into the spool when the output leaves live mode or the relay stops.
+//! Must never: read or write a file itself ([`super::io::Sys`] opens, creates and removes
+//! them; the ring does the rest), or let a replayed record overtake an older one.
+//!
+//! Modes: live -> spooling (link down, or one more record would put the queue over
+//! `max_backlog`; the queue's records not yet begun go to the spool first) -> replaying (the
+//! link is up and the spool holds records: they are read a buffer at a time whenever the
+//! queue is below half its limit) -> live again once every record was read and the queue
+//! holds them.
+
+use super::channel::{Channel, Link, Output};
+use super::io::Op;
+use super::outq::Chunk;
+use super::spool::{Admit, DiskOp, Segment, Spool};
+use super::spoolfmt::{self, Position, RECORD_HEADER};
+use super::token::{OpKind, Token};
+use super::{errno_str, Cx};
+use log::{info, warn};
+use std::time::Duration;
+
+/// Wait before retrying a failed disk operation.
+const DISK_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens the spools of channel `ch`'s outputs (at start).
+pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
+    let bsize = cx.pool.buffer_size();
+    for o in &mut ch.outputs {
+        let Some(sc) = o.cfg.spool.clone() else {
+            continue;
+        };
+        let f = cx
+            .sys
+            .spool_open(&sc.dir)
+            .map_err(|e| format!("output {}: spool {}: {e}", o.url(), sc.dir.display()))?;
+        for (seq, cut) in &f.cut {
+            warn!(
+                "output {}: spool segment {} had a torn tail of {cut} bytes (written up to a crash), cut off",
+                o.url(),
+                spoolfmt::segment_name(*seq)
+            );
+        }
+        let sp = Spool::new(sc, f.segments, f.position, f.position_fd, bsize, cx.now);
+        if !sp.is_empty() {
+            info!(
+                "output {}: spool {} holds {} records ({} bytes) to replay first",
+                o.url(),
+                sp.cfg.dir.display(),
+                sp.unread_records(),
+                sp.size()
+            );
+            o.live = false;
+        }
+        o.spool = Some(sp);
+    }
+    Ok(())
+}
+
+/// Whether output `oi` takes a record of `len` bytes into its spool rather than its queue
+/// (switching to spooling when it must: the link is not up, or the queue would go over).
+pub(crate) fn takes(cx: &mut Cx, o: &mut Output, at: At, len: u32) -> bool {
+    if o.spool.is_none() {
+        return false;
+    }
+    if o.live && at.up && !o.queue.would_exceed(len) {
+        return false;
+    }
+    if o.live {
+        o.live = false;
+        spill(cx, o, at, false);
+    }
+    true
+}
+
+/// Offers a record to output `oi` of channel `ci` (its link `up` or not, the channel
+/// `draining` or not): true when its spool took it (copied there behind what it holds; the
+/// input's buffer is not kept), false when it goes to the queue as without a spool.
+pub(crate) fn diverts(
+    cx: &mut Cx,
+    o: &mut Output,
+    (ci, oi): (u16, usize),
+    up: bool,
+    draining: bool,
+    c: Chunk,
+) -> bool {
+    let at = At {
+        ci,
+        oi,
+        up,
+        draining,
+    };
+    if !takes(cx, o, at, c.len) {
+        return false;
+    }
+    append(cx, o, at, c);
+    true
+}
+
+/// Where an output is, for the calls that work on the output alone.
+#[derive(Clone, Copy)]
+pub(crate) struct At {
+    pub ci: u16,
+    pub oi: usize,
+    /// Its link is up.
+    pub up: bool,
+    /// Its channel is stopping.
+    pub draining: bool,
+}
+
+/// Where output `oi` of `ch` is.
+pub(crate) fn at(ch: &Channel, ci: u16, oi: usize) -> At {
+    At {
+        ci,
+        oi,
+        up: ch.outputs[oi]
+            .link
+            .and_then(|s| ch.ep(s))
+            .is_some_and(|e| e.link == Link::Up),
+        draining: ch.draining,
+    }
+}
+
+/// Moves the records of output `oi`'s queue not yet begun and not read from the spool into
+/// the spool, in order; with `all`, also gives back the replayed ones (they stay on disk and
+/// are read again: replay rewinds to the consumed position).
+pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
+    let Some(sp) = o.spool.as_mut() else { return };
+    let from = sp.handed.back().map_or(0, |h| h.0);
+    let memory = o.queue.take_from(from);
+    for c in &memory {
+        append(cx, o, at, *c);
+        cx.pool.release(c.buf);
+    }
+    if all {
+        let sp = o.spool.as_mut().expect("checked");
+        for c in o.queue.take_from(0) {
+            cx.pool.release(c.buf);
+        }
+        // What the queue still holds (a begun record) keeps its mark; the rest is read again.
+        let keep = o.queue.back_mark();
+        while sp.handed.back().is_some_and(|h| h.0 > keep) {
+            sp.handed.pop_back();
+        }
+        sp.read = sp.handed.back().map_or(sp.consumed, |h| h.1);
+    }
+    pump(cx, o, at);
+}
+
+/// Copies a record (a pool chunk the caller keeps its reference to) into output `oi`'s spool.
+pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
+    let url = o.cfg.endpoint.url();
+    let sp = o.spool.as_mut().expect("a spooling output");
+    // A record longer than one staged buffer goes as several (an unframed chunk's bytes
+    // replay the same); framed records fit, being at most a pool buffer less its headroom.
+    let most = sp.max_payload();
+    let mut off = 0;
+    while off < c.len {
+        let len = (c.len - off).min(most);
+        let mut gone = Vec::new();
+        let admit = sp.admit(len, &mut gone);
+        remove_segments(cx, &sp.cfg.dir, gone);
+        if admit == Admit::Drop {
+            o.stats.drops += 1;
+            return;
+        }
+        if sp.needs_new_head(len) {
+            match cx.sys.spool_create(&sp.cfg.dir, sp.next_seq) {
+                Ok(fd) => sp.open_head(fd, cx.now),
+                Err(e) => {
+                    sp.stats.errors += 1;
+                    sp.stats.dropped += 1;
+                    o.stats.drops += 1;
+                    if !sp.faulted {
+                        sp.faulted = true;
+                        warn!("output {url}: spool: cannot create a segment: {e}; records dropped (counted) until it can");
+                    }
+                    return;
+                }
+            }
+        }
+        let fresh = if sp.staging_fits(len) {
+            None
+        } else {
+            match cx.pool.take() {
+                Some(b) => {
+                    cx.pool.filled(b);
+                    Some(b)
+                }
+                None => {
+                    sp.stats.dropped += 1;
+                    o.stats.drops += 1;
+                    return;
+                }
+            }
+        };
+        let (buf, at) = sp.stage(fresh, len, cx.now);
+        let payload = cx.pool.bytes(cx.mem, c.buf, c.off + off, len).to_vec();
+        let mut rec = Vec::with_capacity(RECORD_HEADER + payload.len());
+        spoolfmt::append_record(&mut rec, &payload);
+        cx.pool.append(cx.mem, buf, at, &rec);
+        off += len;
+    }
+    if sp
+        .staging
+        .is_some_and(|(_, used)| used + RECORD_HEADER as u32 >= sp.buffer_size)
+    {
+        sp.flush_staging();
+    }
+    pump(cx, o, at);
+}
+
+fn remove_segments(cx: &mut Cx, dir: &std::path::Path, gone: Vec<Segment>) {
+    for s in gone {
+        cx.sys.close(s.fd);
+        cx.sys.spool_remove(dir, s.seq);
+    }
+}
+
+/// Submits the spool's next disk operation and, when the link is up and the queue has room,
+/// its next replay read; goes live once replay caught up.
+pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
+    let At {
+        ci,
+        oi,
+        up,
+        draining,
+    } = at;
+    let Some(sp) = o.spool.as_mut() else { return };
+    let tok = |kind| Token::new(kind, ci, oi as u16, 0);
+    if let Some(op) = sp.next_disk(cx.now) {
+        match op {
+            DiskOp::Write {
+                seq,
+                buf,
+                at,
+                len,
+                offset,
+            } => {
+                let fd = sp.fd_of(seq).expect("a write's segment exists");
+                cx.push(
+                    Op::WriteAt {
+                        fd,
+                        chunk: Chunk { buf, off: at, len },
+                        offset,
+                    },
+                    tok(OpKind::SpoolDisk),
+                );
+            }
+            DiskOp::Sync { seq } => {
+                let fd = sp.fd_of(seq).expect("a sync's segment exists");
+                cx.push(Op::Fsync { fd }, tok(OpKind::SpoolDisk));
+            }
+            DiskOp::Position => {
+                let (at, bytes) = sp.encode_position();
+                match cx.pool.take() {
+                    Some(b) => {
+                        cx.pool.filled(b);
+                        cx.pool.append(cx.mem, b, 0, &bytes);
+                        // The position op holds this buffer: a write like the others.
+                        sp.disk_busy = Some(DiskOp::Write {
+                            seq: u64::MAX,
+                            buf: b,
+                            at: 0,
+                            len: bytes.len() as u32,
+                            offset: at,
+                        });
+                        cx.push(
+                            Op::WriteAt {
+                                fd: sp.position_fd,
+                                chunk: Chunk {
+                                    buf: b,
+                                    off: 0,
+                                    len: bytes.len() as u32,
+                                },
+                                offset: at,
+                            },
+                            tok(OpKind::SpoolDisk),
+                        );
+                    }
+                    None => {
+                        // No buffer now: the next sync point records it.
+                        sp.disk_busy = None;
+                        sp.recorded = Position {
+                            segment: 0,
+                            offset: 0,
+                        };
+                    }
+                }
+            }
+        }
+    }
+    if !up || draining || o.queue.backlog() > o.cfg.max_backlog / 2 || o.live {
+        return;
+    }
+    if let Some((fd, seq, offset, len)) = sp.next_read() {
+        let Some(b) = cx.pool.take() else { return };
+        sp.reading = Some((b, seq, offset, len));
+        cx.push(
+            Op::ReadAt {
+                fd,
+                buf: b,
+                len,
+                offset,
+            },
+            tok(OpKind::SpoolRead),
+        );
+        return;
+    }
+    if sp.is_empty() && sp.disk_busy.is_none() {
+        // Caught up: from now on records go straight to the queue, behind the replayed ones.
+        if sp.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
+            return;
+        }
+        let n = sp.stats.replayed_records;
+        o.live = true;
+        info!(
+            "output {}: spool replayed ({n} records); live again",
+            o.url()
+        );
+    }
+}
+
+/// A disk operation of output `tok.ep`'s spool completed.
+pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
+    let oi = tok.ep as usize;
+    let ci = tok.chan;
+    let o = &mut ch.outputs[oi];
+    let url = o.cfg.endpoint.url();
+    let Some(sp) = o.spool.as_mut() else { return };
+    let was = sp.disk_busy;
+    if let Some(DiskOp::Write {
+        seq: u64::MAX, buf, ..
+    }) = was
+    {
+        // The position file's slot.
+        sp.disk_busy = None;
+        cx.pool.release(buf);
+        if res < 0 {
+            sp.stats.errors += 1;
+            sp.recorded = Position {
+                segment: 0,
+                offset: 0,
+            };
+        }
+        let a = at(ch, ci, oi);
+        pump(cx, &mut ch.outputs[oi], a);
+        return;
+    }
+    let (done, failed) = sp.disk_done(res, cx.now);
+    if failed {
+        sp.fault_until = Some(cx.now + DISK_RETRY);
+        if !sp.faulted {
+            sp.faulted = true;
+            warn!(
+                "output {url}: spool {}: {:?} failed: {}; retrying every {DISK_RETRY:?}",
+                sp.cfg.dir.display(),
+                was,
+                errno_str(res)
+            );
+        }
+        return;
+    }
+    if sp.faulted && sp.fault_until.is_some() {
+        sp.faulted = false;
+        sp.fault_until = None;
+        info!("output {url}: spool writes again");
+    }
+    if let Some(b) = done {
+        cx.pool.release(b);
+    }
+    let a = at(ch, ci, oi);
+    pump(cx, &mut ch.outputs[oi], a);
+}
+
+/// A replay read of output `tok.ep`'s spool completed: its whole records join the queue.
+pub(crate) fn on_read(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
+    let oi = tok.ep as usize;
+    let ci = tok.chan;
+    let draining = ch.draining;
+    let o = &mut ch.outputs[oi];
+    let url = o.cfg.endpoint.url();
+    let Some(sp) = o.spool.as_mut() else { return };
+    let Some((b, seq, offset, _len)) = sp.reading else {
+        return;
+    };
+    if res <= 0 || draining {
+        sp.reading = None;
+        cx.pool.abandon(b);
+        if res < 0 {
+            sp.stats.errors += 1;
+            sp.fault_until = Some(cx.now + DISK_RETRY);
+            warn!("output {url}: spool read failed: {}", errno_str(res));
+        }
+        return;
+    }
+    cx.pool.filled(b);
+    let bytes = cx.pool.bytes(cx.mem, b, 0, res as u32);
+    let mut found = Vec::new();
+    let (end, _) = spoolfmt::scan(bytes, 0, |f| found.push(f));
+    let payload: u64 = found.iter().map(|f| f.len as u64).sum();
+    sp.read_done(seq, offset, end, found.len() as u64, payload);
+    for f in &found {
+        if f.len == 0 {
+            continue;
+        }
+        cx.pool.retain(b);
+        o.queue.push_replayed(Chunk {
+            buf: b,
+            off: f.offset as u32,
+            len: f.len as u32,
+        });
+        let mark = o.queue.back_mark();
+        let pos = Position {
+            segment: seq,
+            offset: offset + (f.offset + f.len) as u64,
+        };
+        sp.handed.push_back((mark, pos));
+    }
+    cx.pool.release(b);
+    if let Some(s) = o.link {
+        super::output::kick(cx, ch, ci, s);
+    }
+    let a = at(ch, ci, oi);
+    pump(cx, &mut ch.outputs[oi], a);
+}
+
+/// The output's queue sent some chunks: consumed records advance the position and whole
+/// consumed segments go.
+pub(crate) fn sent(cx: &mut Cx, ch: &mut Channel, ci: u16, oi: usize) {
+    let o = &mut ch.outputs[oi];
+    let mark = o.queue.sent_total();
+    let Some(sp) = o.spool.as_mut() else { return };
+    let mut gone = Vec::new();
+    sp.consumed_to(mark, &mut gone);
+    let dir = sp.cfg.dir.clone();
+    remove_segments(cx, &dir, gone);
+    let a = at(ch, ci, oi);
+    pump(cx, &mut ch.outputs[oi], a);
+}
+
+/// After writes of channel `ci`: every spooling output's consumption.
+pub(crate) fn after_sends(cx: &mut Cx, ch: &mut Channel, ci: u16) {
+    for oi in 0..ch.outputs.len() {
+        if ch.outputs[oi].spool.is_some() {
+            sent(cx, ch, ci, oi);
+        }
+    }
+}
+
+/// Closes what a removed channel's spools hold open and gives back their buffers.
+pub(crate) fn close(
+    cx_pool: &mut super::buffers::BufferPool,
+    sys: &mut dyn super::io::Sys,
+    ch: &mut Channel,
+) {
+    for o in &mut ch.outputs {
+        let Some(sp) = o.spool.take() else { continue };
+        if let Some((b, _)) = sp.staging {
+            cx_pool.release(b);
+        }
+        for d in &sp.disk {
+            if let DiskOp::Write { buf, .. } = d {
+                cx_pool.release(*buf);
+            }
+        }
+        for s in &sp.segs {
+            sys.close(s.fd);
+        }
+        sys.close(sp.position_fd);
+    }
+}
+
+/// Whether every spool of the engine's channels has nothing left to write (or is faulted:
+/// a stop does not wait for a disk that fails).
+pub(crate) fn settled(ch: &Channel) -> bool {
+    ch.outputs
+        .iter()
+        .filter_map(|o| o.spool.as_ref())
+        .all(|s| s.in_flight() == 0 && (s.disk.is_empty() || s.fault_until.is_some()))
+}
+
+/// Once per tick: sync points at `spool_sync`, retries after a fault, replay.
+pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16) {
+    for oi in 0..ch.outputs.len() {
+        let Some(sp) = ch.outputs[oi].spool.as_mut() else {
+            continue;
+        };
+        if cx.now.duration_since(sp.last_sync) >= sp.cfg.sync {
+            sp.sync_point(cx.now);
+        }
+        let a = at(ch, ci, oi);
+        pump(cx, &mut ch.outputs[oi], a);
+    }
+}
+
+/// The relay stops (or the channel is replaced): what a spooling output holds in memory goes
+/// to its spool (all of it with `all`; else only when its link is not up), then a sync point.
+pub(crate) fn stopping(cx: &mut Cx, ch: &mut Channel, ci: u16, all: bool) {
+    for oi in 0..ch.outputs.len() {
+        if ch.outputs[oi].spool.is_none() {
+            continue;
+        }
+        let a = at(ch, ci, oi);
+        let o = &mut ch.outputs[oi];
+        if all || !a.up {
+            o.live = false;
+            spill(cx, o, a, true);
+        }
+        let sp = o.spool.as_mut().expect("checked");
+        sp.sync_point(cx.now);
+        pump(cx, o, a);
+    }
+}
+
+/// The oldest record's age in whole seconds (0 when empty).
+pub fn oldest_age_secs(sp: &Spool, now: std::time::Instant) -> u64 {
+    sp.oldest()
+        .map_or(0, |t| now.saturating_duration_since(t).as_secs())
+}
