@@ -166,6 +166,13 @@ pub(super) fn parse_channel(
                 }
                 "output" => {
                     let mut ep = Endpoint::parse_for(v, Role::Output)?;
+                    if let Some(m) = ep.opts.mqtt.as_mut() {
+                        // Read here, at start and at every reload; never by the engine.
+                        m.for_channel(&rc.name);
+                        if let Some(p) = m.password_file.clone() {
+                            m.password = Some(crate::config::mqtt::read_password(&p)?.0);
+                        }
+                    }
                     let on_slow = ep
                         .opts
                         .on_slow
