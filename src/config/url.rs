@@ -512,6 +512,9 @@ impl Endpoint {
         }
         if let Some(m) = &o.mqtt {
             m.check()?;
+            if o.on_slow == Some(OnSlow::Disconnect) {
+                return Err("an mqtt:// output keeps its session: on_slow=block or drop".into());
+            }
             if o.keepalive.is_some_and(|k| k > 65_535) {
                 return Err("keepalive on an mqtt:// output is at most 65535s".into());
             }

@@ -182,6 +182,10 @@ pub struct Output {
     /// Stream chunks of at least [`crate::engine::zerocopy::MIN_BYTES`] leave by zero-copy send
     /// (`zerocopy=on` where the kernel has it; cleared for good when the socket refuses).
     pub zerocopy: bool,
+    /// An `mqtt://` output's session ([`super::mqtt_session`]).
+    pub mqtt: Option<super::mqtt_session::Session>,
+    /// The write in flight of an `mqtt://` output (on its current or an old connection).
+    pub mqtt_write: Option<super::mqtt_link::MqttWrite>,
 }
 
 impl Output {
@@ -426,6 +430,8 @@ impl Channel {
                 connected_once: false,
                 gso: oc.endpoint.scheme == Scheme::Udp && oc.endpoint.opts.gso != Some(false),
                 zerocopy: oc.endpoint.opts.zerocopy == Some(true),
+                mqtt: super::mqtt_link::session_for(cfg, &oc.endpoint),
+                mqtt_write: None,
             });
         }
         Channel {
@@ -571,6 +577,7 @@ impl Channel {
         self.splice.as_ref().is_none_or(|s| s.drained())
             && !(self.input_draining && self.input_is_datagram())
             && self.outputs.iter().all(|o| o.queue.is_empty())
+            && self.outputs.iter().all(super::mqtt_link::settled)
             && self.slots.iter().flatten().all(|e| {
                 e.write_ops == 0
                     && e.queue.as_ref().is_none_or(|q| q.is_empty())

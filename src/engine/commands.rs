@@ -164,6 +164,17 @@ pub(crate) fn on_peer_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) 
         return;
     }
     let n = res as u32;
+    if let Role::Link { out } = ep.role {
+        if ch.outputs[out].mqtt.is_some() {
+            // A broker's packets: decoded by the output's session.
+            cx.pool.filled(buf);
+            let bytes = cx.pool.bytes(cx.mem, buf, 0, n).to_vec();
+            cx.pool.release(buf);
+            super::mqtt_link::received(cx, ch, ci, slot, out, &bytes);
+            watch_hangup(cx, ch, ci, slot);
+            return;
+        }
+    }
     let commands =
         ch.cfg.commands == Commands::First && ch.commander.order.first() == Some(&(slot, gen));
     if commands {

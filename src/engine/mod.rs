@@ -37,6 +37,8 @@ pub mod io;
 mod links;
 pub mod loglimit;
 pub mod mqtt;
+mod mqtt_link;
+pub mod mqtt_session;
 mod output;
 pub mod outq;
 pub mod records;
@@ -584,13 +586,14 @@ impl Engine {
                 let (backlog, clients) = output_backlog(ch, o);
                 log::log!(
                     level,
-                    "counters: channel {} output {} [{}]: {} backlog={} clients={}",
+                    "counters: channel {} output {} [{}]: {} backlog={} clients={}{}",
                     ch.name(),
                     o.url(),
                     output_state(ch, o),
                     o.stats,
                     backlog,
-                    clients
+                    clients,
+                    mqtt_link::counters(o)
                 );
             }
         }

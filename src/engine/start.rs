@@ -43,7 +43,9 @@ pub(crate) fn class_count(cfg: &Config, c: &ChannelConfig) -> u32 {
                 } else {
                     0
                 };
-                framed + commands
+                // An MQTT output's header buffer and its read of the broker's packets.
+                let mqtt = 2 * c.outputs.iter().filter(|o| o.endpoint.scheme == Scheme::Mqtt).count() as u32;
+                framed + commands + mqtt
             })
             .sum();
         g.buffer_count.saturating_sub(held).max(g.buffer_count / 2)
