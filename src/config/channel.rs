@@ -168,7 +168,11 @@ pub(super) fn parse_channel(
                     let mut ep = Endpoint::parse_for(v, Role::Output)?;
                     if let Some(m) = ep.opts.mqtt.as_mut() {
                         // Read here, at start and at every reload; never by the engine.
-                        m.for_channel(&rc.name);
+                        let nth = outputs
+                            .iter()
+                            .filter(|o: &&OutputConfig| o.endpoint.opts.mqtt.is_some())
+                            .count();
+                        m.for_channel(&rc.name, nth);
                         if let Some(p) = m.password_file.clone() {
                             m.password = Some(crate::config::mqtt::read_password(&p)?.0);
                         }

@@ -124,21 +124,30 @@ impl MqttParams {
         Ok(())
     }
 
-    /// The topic with `{channel}` replaced by `channel`, and the client id defaulted.
-    pub fn for_channel(&mut self, channel: &str) {
+    /// The topic with `{channel}` replaced by `channel`, and the client id defaulted:
+    /// `ringrelay-CHANNEL` for its first MQTT output (`nth` 0), `ringrelay-CHANNEL-2` for
+    /// the second, and so on (a broker drops the older of two connections with one id).
+    pub fn for_channel(&mut self, channel: &str, nth: usize) {
         self.topic = self.topic.replace("{channel}", channel);
         if self.client_id.is_none() {
-            self.client_id = Some(format!("ringrelay-{channel}"));
+            self.client_id = Some(match nth {
+                0 => format!("ringrelay-{channel}"),
+                n => format!("ringrelay-{channel}-{}", n + 1),
+            });
         }
     }
 
     /// Checks the settings together (after every option was set).
     pub fn check(&self) -> Result<(), String> {
         if self.password_file.is_some() && self.username.is_none() {
-            return Err("password_file needs username= (MQTT 3.1.1 sends no password alone)".into());
+            return Err(
+                "password_file needs username= (MQTT 3.1.1 sends no password alone)".into(),
+            );
         }
         if self.client_id.as_deref() == Some("") && !self.clean {
-            return Err("an empty client_id needs clean=on (the broker picks one per connection)".into());
+            return Err(
+                "an empty client_id needs clean=on (the broker picks one per connection)".into(),
+            );
         }
         Ok(())
     }
@@ -208,7 +217,10 @@ pub fn parse_target(rest: &str) -> Result<(String, u16, MqttParams), String> {
             .ok_or_else(|| format!("{} is not a port number (1-65535)", quote(p)))?,
     };
     if topic.len() > MAX_TOPIC {
-        return Err(format!("the topic is {} bytes, over {MAX_TOPIC}", topic.len()));
+        return Err(format!(
+            "the topic is {} bytes, over {MAX_TOPIC}",
+            topic.len()
+        ));
     }
     check_topic(&topic.replace("{channel}", "c"))?;
     Ok((host.to_string(), port, MqttParams::new(topic.to_string())))
@@ -223,7 +235,10 @@ pub fn read_password(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
     if line.len() > 65_535 {
-        return Err(format!("password_file {}: over 65535 bytes", path.display()));
+        return Err(format!(
+            "password_file {}: over 65535 bytes",
+            path.display()
+        ));
     }
     let warn = std::fs::metadata(path)
         .ok()
@@ -250,7 +265,9 @@ mod tests {
         assert_eq!((m.qos, m.clean, m.retain), (0, true, false));
         let (h, p, _) = parse_target("[::1]:1884/t").unwrap();
         assert_eq!((h.as_str(), p), ("::1", 1884));
-        for bad in ["h", "h/", "h/a/+", "h/#", ":1/t", "h:0/t", "h:x/t", "h/$SYS/x"] {
+        for bad in [
+            "h", "h/", "h/a/+", "h/#", ":1/t", "h:0/t", "h:x/t", "h/$SYS/x",
+        ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
     }
@@ -267,7 +284,7 @@ mod tests {
         m.set("password_file", "/p").unwrap();
         assert!(m.check().is_err(), "a password needs a user name");
         m.set("username", "u").unwrap();
-        m.for_channel("gps");
+        m.for_channel("gps", 0);
         assert!(m.check().is_ok());
         assert_eq!(m.client_id.as_deref(), Some("ringrelay-gps"));
         assert_eq!(

@@ -9,8 +9,8 @@
 
 pub use crate::config::cidr::Cidr;
 use crate::config::idle::{format_idle_timeout, parse_idle_timeout};
-use crate::config::mqtt::{self, MqttParams};
 use crate::config::keepalive::{format_keepalive, parse_keepalive, Keepalive, DEFAULT_IDLE_SECS};
+use crate::config::mqtt::{self, MqttParams};
 use crate::config::parse::quote;
 use crate::config::serial::{self, SerialParams};
 use crate::config::units::{format_duration, parse_duration, parse_size};
@@ -215,9 +215,9 @@ impl Endpoint {
             "mqtt" => Scheme::Mqtt,
             other => {
                 return Err(format!(
-                    "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file, serial, mqtt)",
-                    quote(&format!("{other}://"))
-                ))
+                "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file, serial, mqtt)",
+                quote(&format!("{other}://"))
+            ))
             }
         };
         let mut mqtt_params = None;
@@ -410,7 +410,9 @@ impl Endpoint {
             }
             (Role::Input, Scheme::Serial) => {}
             (Role::Input, Scheme::Mqtt) => {
-                return Err("mqtt:// is an output (the relay publishes; it does not subscribe)".into())
+                return Err(
+                    "mqtt:// is an output (the relay publishes; it does not subscribe)".into(),
+                )
             }
             (Role::Output, Scheme::Mqtt) => {
                 allowed.extend(["max_backlog", "on_slow", "sndbuf", "keepalive"])
@@ -624,7 +626,12 @@ impl fmt::Display for Endpoint {
         if let Some(s) = &o.serial {
             write!(f, " {s}")?;
         }
-        if let Some(m) = o.mqtt.as_ref().map(|m| m.to_string()).filter(|m| !m.is_empty()) {
+        if let Some(m) = o
+            .mqtt
+            .as_ref()
+            .map(|m| m.to_string())
+            .filter(|m| !m.is_empty())
+        {
             write!(f, " {m}")?;
         }
         Ok(())

@@ -4,8 +4,8 @@ use super::*;
 
 #[test]
 fn parses_the_issue_examples() {
-    let e = Endpoint::parse_for("udp://0.0.0.0:5000 group=239.1.1.1 iface=eth0", Role::Input)
-        .unwrap();
+    let e =
+        Endpoint::parse_for("udp://0.0.0.0:5000 group=239.1.1.1 iface=eth0", Role::Input).unwrap();
     assert_eq!(e.scheme, Scheme::Udp);
     assert_eq!(e.opts.group, Some("239.1.1.1".parse().unwrap()));
     let e = Endpoint::parse_for(
@@ -17,8 +17,8 @@ fn parses_the_issue_examples() {
     assert_eq!(e.opts.max_clients, Some(64));
     assert!(e.opts.allow[0].contains("192.168.3.4".parse().unwrap()));
     assert!(!e.opts.allow[0].contains("10.0.0.1".parse().unwrap()));
-    let e = Endpoint::parse_for("tcp://collector.example:7000 on_slow=block", Role::Output)
-        .unwrap();
+    let e =
+        Endpoint::parse_for("tcp://collector.example:7000 on_slow=block", Role::Output).unwrap();
     assert_eq!(
         e.target,
         Target::Inet {

@@ -127,7 +127,11 @@ pub(crate) fn peer_ended(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, rese
                 );
                 return;
             }
+            let mqtt = o.mqtt.is_some();
             o.fault(cx.now, log::Level::Warn, |url| {
+                if mqtt {
+                    return format!("channel {name}: output {url}: the broker closed the connection; reconnecting");
+                }
                 format!(
                 "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept; on_fin=keep if this collector only half-closes)",
                 url

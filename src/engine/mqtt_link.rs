@@ -84,8 +84,8 @@ pub(crate) fn connected(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: 
 
 /// A pool buffer for the headers of one write, held once, with room for `need` bytes.
 fn header_buffer(cx: &mut Cx, need: usize) -> Option<BufId> {
-    let small = cx.pool.class_size(Class::Small) as usize >= need
-        && cx.pool.free_of(Class::Small).0 > 0;
+    let small =
+        cx.pool.class_size(Class::Small) as usize >= need && cx.pool.free_of(Class::Small).0 > 0;
     let class = if small { Class::Small } else { Class::Large };
     if (cx.pool.class_size(class) as usize) < need {
         return None;
@@ -147,8 +147,16 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: usize
                 }
                 let at = hdr.len();
                 let dup = msg.sent;
-                encode_publish_header(&m.topic, qos, m.retain, dup, msg.id, msg.payload.len as usize, &mut hdr)
-                    .expect("a payload of one buffer fits");
+                encode_publish_header(
+                    &m.topic,
+                    qos,
+                    m.retain,
+                    dup,
+                    msg.id,
+                    msg.payload.len as usize,
+                    &mut hdr,
+                )
+                .expect("a payload of one buffer fits");
                 msg.due = false;
                 msg.writing = true;
                 if dup {
@@ -171,7 +179,12 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: usize
                 };
                 skip = 0;
                 cuts.clear();
-                cut(c, cx.pool.bytes(cx.mem, c.buf, c.off, c.len), s.how, &mut cuts);
+                cut(
+                    c,
+                    cx.pool.bytes(cx.mem, c.buf, c.off, c.len),
+                    s.how,
+                    &mut cuts,
+                );
                 for &(span, payload) in &cuts {
                     if !room(&parts) || !s.has_room() {
                         break 'chunks;
@@ -181,8 +194,16 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: usize
                         continue;
                     }
                     let at = hdr.len();
-                    encode_publish_header(&m.topic, qos, m.retain, false, msg.id, payload.len as usize, &mut hdr)
-                        .expect("a payload of one buffer fits");
+                    encode_publish_header(
+                        &m.topic,
+                        qos,
+                        m.retain,
+                        false,
+                        msg.id,
+                        payload.len as usize,
+                        &mut hdr,
+                    )
+                    .expect("a payload of one buffer fits");
                     parts.push((at, hdr.len(), Some(payload)));
                 }
             }
@@ -283,7 +304,9 @@ fn submit(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize, fd: i32) {
 /// A write of output `out` completed (`res`: bytes, or an error).
 pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, out: usize, res: i32) {
     let (ci, slot) = (tok.chan, tok.ep);
-    let Some(ep) = ch.ep_gen(slot, tok.gen) else { return };
+    let Some(ep) = ch.ep_gen(slot, tok.gen) else {
+        return;
+    };
     ep.in_flight -= 1;
     ep.write_ops = 0;
     let live = ep.link == Link::Up;
@@ -364,7 +387,14 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
 }
 
 /// Bytes the broker sent on endpoint `slot` of output `out`: each whole packet acted on.
-pub(crate) fn received(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: usize, bytes: &[u8]) {
+pub(crate) fn received(
+    cx: &mut Cx,
+    ch: &mut Channel,
+    ci: u16,
+    slot: u16,
+    out: usize,
+    bytes: &[u8],
+) {
     let name = ch.cfg.name.clone();
     let o = &mut ch.outputs[out];
     let Some(s) = o.mqtt.as_mut() else { return };
@@ -388,7 +418,10 @@ pub(crate) fn received(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: u
             }
         };
         match packet {
-            Incoming::ConnAck { code: 0, session_present } => {
+            Incoming::ConnAck {
+                code: 0,
+                session_present,
+            } => {
                 s.phase = Phase::Ready;
                 s.connect_sent = None;
                 s.last_refusal = None;
@@ -443,12 +476,16 @@ pub(crate) fn received(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: u
 /// DISCONNECT of a stopping channel.
 pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
     for out in 0..ch.outputs.len() {
-        let Some(slot) = ch.outputs[out].link else { continue };
+        let Some(slot) = ch.outputs[out].link else {
+            continue;
+        };
         if ch.outputs[out].mqtt.is_none() || ch.ep(slot).is_none_or(|e| e.link != Link::Up) {
             continue;
         }
         let ka = keepalive(ch, out);
-        let wait = ka.unwrap_or(Duration::from_secs(30)).max(Duration::from_secs(5));
+        let wait = ka
+            .unwrap_or(Duration::from_secs(30))
+            .max(Duration::from_secs(5));
         let name = ch.cfg.name.clone();
         let o = &mut ch.outputs[out];
         let s = o.mqtt.as_mut().expect("checked");
@@ -461,7 +498,10 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
         };
         if let Some(what) = silent {
             o.fault(now, log::Level::Warn, |url| {
-                format!("channel {name}: output {url}: no {what} within {}s; reconnecting", wait.as_secs())
+                format!(
+                    "channel {name}: output {url}: no {what} within {}s; reconnecting",
+                    wait.as_secs()
+                )
             });
             close_ep(cx, ch, ci, slot);
             continue;

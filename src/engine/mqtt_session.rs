@@ -309,11 +309,7 @@ mod tests {
         cut(chunk(100, data.len() as u32), data, Cut::Lines, &mut out);
         assert_eq!(
             out,
-            [
-                (10, chunk(100, 8)),
-                (1, chunk(110, 0)),
-                (4, chunk(111, 4))
-            ]
+            [(10, chunk(100, 8)), (1, chunk(110, 0)), (4, chunk(111, 4))]
         );
         let total: u32 = out.iter().map(|m| m.0).sum();
         assert_eq!(total as usize, data.len());

@@ -44,7 +44,11 @@ pub(crate) fn class_count(cfg: &Config, c: &ChannelConfig) -> u32 {
                     0
                 };
                 // An MQTT output's header buffer and its read of the broker's packets.
-                let mqtt = 2 * c.outputs.iter().filter(|o| o.endpoint.scheme == Scheme::Mqtt).count() as u32;
+                let mqtt = 2 * c
+                    .outputs
+                    .iter()
+                    .filter(|o| o.endpoint.scheme == Scheme::Mqtt)
+                    .count() as u32;
                 framed + commands + mqtt
             })
             .sum();
