@@ -277,21 +277,35 @@ fn mqtt_broker_restart_loses_nothing_at_qos1(features: Features) {
         &dir,
         "r",
         "",
-        &[format!("{url} qos=1 clean=off keepalive=2s")],
+        &[format!(
+            "{url} qos=1 clean=off keepalive=1s max_inflight=16"
+        )],
     );
     let want = messages("r", 1500);
     send(input, &want[..500]);
     wait_for(
         "the first messages acknowledged",
         Duration::from_secs(20),
-        || counter_in(&output_counters_line(&relay, &url), "acknowledged") >= 300,
+        || counter_in(&output_counters_line(&relay, &url), "acknowledged") == 500,
     );
+    // A broker that stops answering: the relay's messages wait unacknowledged until the
+    // keepalive gives up on the connection; they are re-sent (DUP) on the next one.
+    let pid = nix::unistd::Pid::from_raw(broker.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    send(input, &want[500..800]);
+    wait_for(
+        "the keepalive to end the connection",
+        Duration::from_secs(20),
+        || relay.log().contains("no PINGRESP"),
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Then a restart: while the broker is down, the output keeps its messages
+    // (on_slow = block).
     broker.stop();
-    // While the broker is down, the output keeps its messages (on_slow = block).
-    send(input, &want[500..1000]);
+    send(input, &want[800..1100]);
     std::thread::sleep(Duration::from_millis(500));
     broker.run();
-    send(input, &want[1000..]);
+    send(input, &want[1100..]);
     // Duplicates may take the place of some messages in a read of `want.len()`: read on
     // until every one was seen, or a read brings nothing.
     let mut got = broker.read("keep", "r/t", want.len(), 60, &[]);
