@@ -351,7 +351,7 @@ fn mqtt_refused_connect_is_named_and_retried(features: Features) {
         &format!("allow_anonymous false\npassword_file {}\n", pw.display()),
     );
     let url = broker.url("x");
-    let (relay, _input) = relay(features, &dir, "f", "", &[url.clone()]);
+    let (relay, _input) = relay(features, &dir, "f", "", std::slice::from_ref(&url));
     wait_for("two refusals", Duration::from_secs(30), || {
         counter_in(&output_counters_line(&relay, &url), "refused") >= 2
     });

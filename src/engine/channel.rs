@@ -216,6 +216,12 @@ impl Output {
         self.scheme() == Scheme::Udp
     }
 
+    /// Whether it takes each delivery plain: without the u32be frame or an appended `\n`
+    /// (datagram outputs, and MQTT outputs, which publish records as messages).
+    pub fn takes_plain(&self) -> bool {
+        self.is_datagram() || self.mqtt.is_some()
+    }
+
     pub fn url(&self) -> String {
         self.cfg.endpoint.url()
     }

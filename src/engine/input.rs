@@ -494,12 +494,7 @@ pub(crate) fn deliver(
     to_kick.clear();
     to_disconnect.clear();
     for o in outputs.iter_mut() {
-        // An MQTT output publishes records without their frame or added line end.
-        let chunk = if o.is_datagram() || o.mqtt.is_some() {
-            plain
-        } else {
-            stream_chunk
-        };
+        let chunk = if o.takes_plain() { plain } else { stream_chunk };
         if o.is_link() {
             let up = o
                 .link
