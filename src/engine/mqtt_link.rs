@@ -236,8 +236,14 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: usize
     };
     cx.pool.write_prefix(cx.mem, hb, 0, &hdr);
     let mut chunks = Vec::with_capacity(parts.len() * 2);
-    let mut hold = vec![hb];
-    for &(a, b, p) in &parts {
+    // One reference per chunk that names a buffer, the header buffer's too: each iovec
+    // entry holds its own.
+    let mut hold = Vec::with_capacity(parts.len() * 2);
+    for (i, &(a, b, p)) in parts.iter().enumerate() {
+        if i > 0 {
+            cx.pool.retain(hb);
+        }
+        hold.push(hb);
         chunks.push(Chunk {
             buf: hb,
             off: a as u32,

@@ -233,12 +233,14 @@ impl Session {
         }
     }
 
-    /// A PUBACK for `id`: returns whether a message waited for it.
+    /// A PUBACK for `id`: returns whether a message waited for it. The PUBACK may come
+    /// before the completion of the write that carried the PUBLISH (the two completions are
+    /// not ordered): a message in the write in flight is acknowledged all the same.
     pub fn acknowledged(&mut self, id: u16) -> bool {
         let Some(m) = self
             .unacked
             .iter_mut()
-            .find(|m| !m.done && m.id == id && m.sent)
+            .find(|m| !m.done && m.id == id && (m.sent || m.writing))
         else {
             return false;
         };
@@ -260,6 +262,12 @@ impl Session {
         let mut lost = 0;
         let qos1 = self.qos1;
         for m in self.unacked.iter_mut().filter(|m| !m.done) {
+            if m.writing && !m.sent {
+                // Handed to the kernel: it may have reached the broker, so a re-send is a
+                // duplicate (DUP set, counted).
+                m.sent = true;
+                self.stats.published += 1;
+            }
             m.writing = false;
             if qos1 {
                 m.due = true;
@@ -338,12 +346,17 @@ mod tests {
         assert!(s.acknowledged(b.id));
         assert_eq!(s.pop_done(), 0);
         assert!(!s.acknowledged(b.id), "a second PUBACK finds nothing");
+        // A PUBACK that overtakes its write's completion counts.
+        let c = s.add(1, chunk(8, 1));
+        assert!(s.acknowledged(c.id));
+        s.written();
+        assert_eq!(s.stats.published, 3);
         assert_eq!(s.disconnected(), 0);
         let due: Vec<u16> = s.not_acknowledged().map(|m| m.id).collect();
         assert_eq!(due, [a.id]);
         assert!(s.unacked[0].due && s.unacked[0].sent);
         assert!(s.acknowledged(a.id));
-        assert_eq!(s.pop_done(), 8);
+        assert_eq!(s.pop_done(), 9);
         assert!(s.settled());
         assert_eq!(s.covered, 0);
     }
