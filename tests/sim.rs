@@ -118,9 +118,10 @@
 //! after a write lost with its connection carried no DUP; the starved-read tick armed a
 //! hang-up watch on file and UDP links. Open (2026-12-02, 2,000 seeds with SIM_MQTT=1):
 //! seeds 320 and 1134 end with a QoS 1 `block` output one and three messages short, with no
-//! drop counted; not yet explained, so MQTT is not in the default run. Planted bug: QoS 1
-//! messages done at their write's completion instead of their PUBACK
-//! (`Session::written` marks them done) is caught, see the report of this branch.
+//! drop counted; not yet explained, so MQTT is not in the default run. Planted bug NOT caught
+//! (200 seeds): QoS 1 messages done at their write's completion instead of their PUBACK
+//! (`Session::written` marks them done): this broker keeps every message it parsed, so it
+//! cannot see the loss; it needs to forget unacknowledged messages when a connection drops.
 //!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
 //! shared-memory publishing, `framing = line` on a UDP input (integration-tested).
