@@ -107,10 +107,27 @@
 //! emptied without a write; at SIGTERM a closing input's last read could land after the
 //! outputs closed; a `disconnect` link counted one drop for a whole dropped backlog.
 //!
+//! MQTT (`sim/broker.rs`, opt-in with `SIM_MQTT=1`): a datagram channel may get an `mqtt://`
+//! output (QoS 0 or 1, `block` or `drop`, `max_inflight` 1, 3 or 64, keepalive off, 1s or
+//! 30s) whose broker refuses some CONNECTs (codes 2 to 5), sends its PUBACKs at once, late or
+//! never (it goes away first) and answers PINGREQ. Checked: every PUBLISH parses and its
+//! payload is one whole datagram as the kernel received it; new messages come in delivery
+//! order, a message comes again only as a re-send with DUP; a QoS 1 `block` output lost none,
+//! and other losses are counted as drops. Found in the engine this way and fixed: a PUBACK
+//! that overtook its write's completion was ignored (the output stalled); a message re-sent
+//! after a write lost with its connection carried no DUP; the starved-read tick armed a
+//! hang-up watch on file and UDP links. Open (2026-12-02, 2,000 seeds with SIM_MQTT=1):
+//! seeds 320 and 1134 end with a QoS 1 `block` output one and three messages short, with no
+//! drop counted; not yet explained, so MQTT is not in the default run. Planted bug NOT caught
+//! (200 seeds): QoS 1 messages done at their write's completion instead of their PUBACK
+//! (`Session::written` marks them done): this broker keeps every message it parsed, so it
+//! cannot see the loss; it needs to forget unacknowledged messages when a connection drops.
+//!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
 //! shared-memory publishing, `framing = line` on a UDP input (integration-tested).
 
 mod sim {
+    pub mod broker;
     pub mod files;
     pub mod kernel;
     pub mod memory;
@@ -145,6 +162,8 @@ enum OutKind {
     Collector,
     UdpDest,
     File,
+    /// An `mqtt://` output and its broker (`sim/broker.rs`).
+    Broker,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +175,8 @@ struct OutSpec {
     keep_fin: bool,
     /// A file whose directory is removed at some point and never comes back.
     lost: bool,
+    /// An MQTT output at QoS 1.
+    qos1: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +230,7 @@ fn policy(rng: &mut Rng, kind: OutKind) -> &'static str {
         OutKind::Collector => rng.pick(&["block", "block", "drop", "disconnect"]),
         OutKind::UdpDest => "drop",
         OutKind::File => "block",
+        OutKind::Broker => rng.pick(&["block", "block", "drop"]),
     }
 }
 
@@ -252,6 +274,22 @@ impl World {
                     zerocopy,
                     keep_fin,
                     lost,
+                    qos1: false,
+                });
+            }
+            // An MQTT output on a datagram channel, from its own generator (the other choices
+            // of a seed stay as they were). Opt-in (SIM_MQTT=1) until the two seeds named in
+            // the module doc are understood.
+            let mut mrng = Rng::new(seed.wrapping_mul(0x4D51_5454).wrapping_add(c as u64 + 7));
+            let mqtt = std::env::var_os("SIM_MQTT").is_some();
+            if input == InKind::Udp && mqtt && mrng.chance(500) {
+                outputs.push(OutSpec {
+                    kind: OutKind::Broker,
+                    policy: policy(&mut mrng, OutKind::Broker),
+                    zerocopy: false,
+                    keep_fin: false,
+                    lost: false,
+                    qos1: mrng.chance(700),
                 });
             }
             let replace = input == InKind::Listen && rng.chance(400);
@@ -311,6 +349,13 @@ impl World {
                         if os.zerocopy { " zerocopy=on" } else { "" }
                     ),
                     OutKind::UdpDest => format!("output = udp://127.0.0.1:{port}\n"),
+                    OutKind::Broker => format!(
+                        "output = mqtt://127.0.0.1:{port}/sim/{{channel}} qos={} on_slow={} max_backlog={backlog} max_inflight={} keepalive={}\n",
+                        u8::from(os.qos1),
+                        os.policy,
+                        rng.pick(&[1, 3, 64]),
+                        rng.pick(&["off", "1s", "30s"]),
+                    ),
                     OutKind::File => format!(
                         "output = file:///nonexistent/sim-c{c}-o{o}.raw fault_grace={}{}\n",
                         rng.pick(&["300ms", "2s", "10s"]),
@@ -412,6 +457,7 @@ impl World {
                 match spec.outputs[o].kind {
                     OutKind::Subscribers => self.subscriber_step(c, o, spec.outputs[o].policy),
                     OutKind::Collector => self.collector_step(c, o),
+                    OutKind::Broker => self.broker_step(c, o),
                     OutKind::UdpDest => {
                         if !self.calm && self.rng.chance(100) {
                             let r = self.kernel.refusing.entry((c, o)).or_default();
@@ -675,6 +721,55 @@ impl World {
             _ => return,
         };
         self.kernel.note(format!("c{c} output {o}: {what}"));
+    }
+
+    /// A broker: accepts the relay's dials (or is down), refuses some CONNECTs, sends the
+    /// PUBACKs it owes at once, late or not at all (a connection dropped before them).
+    fn broker_step(&mut self, c: usize, o: usize) {
+        let calm = self.calm;
+        let (up, conns) = &mut self.collectors[c][o];
+        if !calm && self.rng.chance(60) {
+            *up = !*up;
+            if !*up {
+                if let Some(&ci) = conns.last() {
+                    self.kernel.conns[ci].gone = true;
+                }
+            }
+        }
+        if calm {
+            *up = true;
+        }
+        let up = *up;
+        for ci in 0..self.kernel.conns.len() {
+            let k = &mut self.kernel.conns[ci];
+            if k.who == Some(Who::Output(c, o)) && k.accepted.is_none() && !k.closed {
+                k.accepted = Some(up);
+                if up {
+                    k.room = 65_536;
+                    let refuse = if !calm && self.rng.chance(150) {
+                        self.rng.pick(&[2, 3, 4, 5])
+                    } else {
+                        0
+                    };
+                    k.broker = Some(sim::broker::BrokerConn::new(refuse));
+                    self.collectors[c][o].1.push(ci);
+                }
+            }
+        }
+        if let Some(&ci) = self.collectors[c][o].1.last() {
+            let n = if calm {
+                usize::MAX
+            } else {
+                self.rng.range(0, 8)
+            };
+            let k = &mut self.kernel.conns[ci];
+            if !k.gone {
+                k.room = (k.room + 65_536).min(262_144);
+                if let Some(b) = k.broker.as_mut() {
+                    b.release(n);
+                }
+            }
+        }
     }
 
     fn collector_step(&mut self, c: usize, o: usize) {
@@ -1133,6 +1228,10 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     .map(|d| d.iter().flatten().copied().collect())
                     .unwrap_or_default(),
                 OutKind::Subscribers => continue,
+                OutKind::Broker => {
+                    check_broker(w, c, o, os, offered, drops)?;
+                    continue;
+                }
             };
             if spec.input == InKind::Udp {
                 let recs = records(&received);
@@ -1188,6 +1287,70 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// An MQTT output's messages, over all its broker connections: each one whole datagram, new
+/// ones in the order the channel delivered them, a message seen again only as a re-send with
+/// DUP; a QoS 1 `block` output lost none, and every other loss is counted as a drop.
+fn check_broker(
+    w: &World,
+    c: usize,
+    o: usize,
+    os: &OutSpec,
+    offered: u64,
+    drops: u64,
+) -> Result<(), String> {
+    let what = format!(
+        "c{c} output {o} (mqtt qos {} {})",
+        u8::from(os.qos1),
+        os.policy
+    );
+    let mut seen = BTreeSet::new();
+    let mut last: Option<u64> = None;
+    for &ci in &w.collectors[c][o].1 {
+        let Some(b) = w.kernel.conns[ci].broker.as_ref() else {
+            continue;
+        };
+        for (m, (pos, dup)) in b.msgs.iter().enumerate() {
+            let seq = pos[0] >> 20;
+            let whole = pos
+                .iter()
+                .enumerate()
+                .all(|(k, &p)| p == (seq << 20) | (4 + k as u64));
+            if !whole {
+                return Err(format!(
+                    "{what}: message {m} of connection {ci} is not one whole datagram"
+                ));
+            }
+            if !seen.insert(seq) {
+                if !dup {
+                    return Err(format!(
+                        "{what}: datagram {seq} published twice, the second time without DUP"
+                    ));
+                }
+                continue;
+            }
+            if last.is_some_and(|l| seq <= l) {
+                return Err(format!(
+                    "{what}: datagram {seq} first published after {}",
+                    last.unwrap()
+                ));
+            }
+            last = Some(seq);
+        }
+    }
+    let got = seen.len() as u64;
+    if os.qos1 && os.policy == "block" && (got != offered || drops != 0) {
+        return Err(format!(
+            "{what}: {got} messages of {offered} delivered, {drops} drops"
+        ));
+    }
+    if got + drops < offered {
+        return Err(format!(
+            "{what}: {got} received + {drops} drops < {offered} delivered"
+        ));
     }
     Ok(())
 }
@@ -1280,7 +1443,8 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
                 }
                 continue;
             }
-            OutKind::File => continue,
+            // MQTT outputs are on datagram channels only.
+            OutKind::File | OutKind::Broker => continue,
         };
         let mut set = BTreeSet::new();
         for &ci in conns {

@@ -169,6 +169,17 @@ pub(super) fn parse_channel(
                 }
                 "output" => {
                     let mut ep = Endpoint::parse_for(v, Role::Output)?;
+                    if let Some(m) = ep.opts.mqtt.as_mut() {
+                        // Read here, at start and at every reload; never by the engine.
+                        let nth = outputs
+                            .iter()
+                            .filter(|o: &&OutputConfig| o.endpoint.opts.mqtt.is_some())
+                            .count();
+                        m.for_channel(&rc.name, nth);
+                        if let Some(p) = m.password_file.clone() {
+                            m.password = Some(crate::config::mqtt::read_password(&p)?.0);
+                        }
+                    }
                     let on_slow = ep
                         .opts
                         .on_slow

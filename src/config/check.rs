@@ -186,6 +186,18 @@ pub fn check_command(path: &str) -> i32 {
                     }
                 }
             }
+            for o in cfg.channels.iter().flat_map(|c| c.outputs.iter()) {
+                let file = o
+                    .endpoint
+                    .opts
+                    .mqtt
+                    .as_ref()
+                    .and_then(|m| m.password_file.as_ref());
+                if let Some(Ok((_, Some(w)))) = file.map(|p| crate::config::mqtt::read_password(p))
+                {
+                    eprintln!("{}:{}: output: warning: {w}", cfg.file, o.line);
+                }
+            }
             0
         }
         Err(errs) => {

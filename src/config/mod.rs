@@ -29,6 +29,7 @@ pub mod cidr;
 pub mod commands;
 pub mod idle;
 pub mod keepalive;
+pub mod mqtt;
 pub mod records;
 pub mod sample;
 pub mod serial;

@@ -1,14 +1,16 @@
 //! Endpoint URLs: `udp://HOST:PORT`, `tcp://`, `tcp-listen://`, `unix://`, `unix-listen://`,
-//! `file://`, `serial://`, each followed by space-separated `key=value` options.
+//! `file://`, `serial://`, `mqtt://HOST[:PORT]/TOPIC`, each followed by space-separated
+//! `key=value` options.
 //!
 //! Owns: the syntax of an endpoint and the validation of its options for the role it plays
 //! (input or output). It never resolves names or touches a socket: the driver does that
 //! (`src/driver/net.rs`). Address ranges are [`crate::config::cidr`]'s, a serial port's line
-//! settings [`crate::config::serial`]'s.
+//! settings [`crate::config::serial`]'s, an MQTT output's [`crate::config::mqtt`]'s.
 
 pub use crate::config::cidr::Cidr;
 use crate::config::idle::{format_idle_timeout, parse_idle_timeout};
 use crate::config::keepalive::{format_keepalive, parse_keepalive, Keepalive, DEFAULT_IDLE_SECS};
+use crate::config::mqtt::{self, MqttParams};
 use crate::config::parse::quote;
 use crate::config::serial::{self, SerialParams};
 use crate::config::spool::{self, SpoolOpts};
@@ -35,6 +37,8 @@ pub enum Scheme {
     File,
     /// A serial port (an input): `serial:///dev/ttyUSB0 baud=4800`.
     Serial,
+    /// An MQTT 3.1.1 broker (an output): `mqtt://broker:1883/site/{channel}`.
+    Mqtt,
 }
 
 impl Scheme {
@@ -47,6 +51,7 @@ impl Scheme {
             Scheme::UnixListen => "unix-listen",
             Scheme::File => "file",
             Scheme::Serial => "serial",
+            Scheme::Mqtt => "mqtt",
         }
     }
 
@@ -175,6 +180,8 @@ pub struct Options {
     pub serial: Option<SerialParams>,
     /// The spool options as written (`spool=`, `spool_max=`, ...; see [`crate::config::spool`]).
     pub spool: Option<SpoolOpts>,
+    /// An MQTT output's topic and options (present on every `mqtt://` URL).
+    pub mqtt: Option<MqttParams>,
 }
 
 /// A parsed endpoint URL with its options.
@@ -208,14 +215,22 @@ impl Endpoint {
             "unix-listen" => Scheme::UnixListen,
             "file" => Scheme::File,
             "serial" => Scheme::Serial,
+            "mqtt" => Scheme::Mqtt,
             other => {
                 return Err(format!(
-                    "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file, serial)",
-                    quote(&format!("{other}://"))
-                ))
+                "unknown scheme {} (udp, tcp, tcp-listen, unix, unix-listen, file, serial, mqtt)",
+                quote(&format!("{other}://"))
+            ))
             }
         };
+        let mut mqtt_params = None;
         let target = match scheme {
+            Scheme::Mqtt => {
+                let (host, port, m) =
+                    mqtt::parse_target(rest).map_err(|e| format!("{}: {e}", quote(url)))?;
+                mqtt_params = Some(m);
+                Target::Inet { host, port }
+            }
             Scheme::Unix | Scheme::UnixListen | Scheme::File | Scheme::Serial => {
                 if !rest.starts_with('/') {
                     return Err(format!(
@@ -237,7 +252,10 @@ impl Endpoint {
             }
             _ => parse_host_port(rest).map_err(|e| format!("{}: {e}", quote(url)))?,
         };
-        let mut opts = Options::default();
+        let mut opts = Options {
+            mqtt: mqtt_params,
+            ..Options::default()
+        };
         for w in words {
             let (k, v) = w
                 .split_once('=')
@@ -357,6 +375,10 @@ impl Endpoint {
                     .get_or_insert_with(SerialParams::default)
                     .set(k, v)
                     .map_err(bad)?,
+                k if mqtt::KEYS.contains(&k) => match opts.mqtt.as_mut() {
+                    Some(m) => m.set(k, v).map_err(bad)?,
+                    None => return Err(format!("option {k} applies to mqtt:// outputs only")),
+                },
                 "ttl" => {
                     opts.ttl = Some(
                         v.parse::<u32>()
@@ -395,6 +417,14 @@ impl Endpoint {
                 )
             }
             (Role::Input, Scheme::Serial) => {}
+            (Role::Input, Scheme::Mqtt) => {
+                return Err(
+                    "mqtt:// is an output (the relay publishes; it does not subscribe)".into(),
+                )
+            }
+            (Role::Output, Scheme::Mqtt) => {
+                allowed.extend(["max_backlog", "on_slow", "sndbuf", "keepalive"])
+            }
             (Role::Input, Scheme::Udp) => allowed.extend(["group", "iface", "rcvbuf"]),
             (Role::Input, Scheme::TcpListen) => allowed.extend(["allow", "rcvbuf", "keepalive"]),
             (Role::Input, Scheme::Tcp) => allowed.extend(["rcvbuf", "keepalive"]),
@@ -493,6 +523,15 @@ impl Endpoint {
         if sc == Scheme::Udp && role == Role::Input && o.iface.is_some() && o.group.is_none() {
             return Err("iface= needs group= on a udp input".into());
         }
+        if let Some(m) = &o.mqtt {
+            m.check()?;
+            if o.on_slow == Some(OnSlow::Disconnect) {
+                return Err("an mqtt:// output keeps its session: on_slow=block or drop".into());
+            }
+            if o.keepalive.is_some_and(|k| k > 65_535) {
+                return Err("keepalive on an mqtt:// output is at most 65535s".into());
+            }
+        }
         if let Target::Inet { port: 0, .. } = ep.target {
             if !(sc.is_listen() || sc == Scheme::Udp || role == Role::Output && sc == Scheme::Tcp) {
                 return Err("port 0 is only valid for listening or udp input endpoints".into());
@@ -512,7 +551,9 @@ impl Endpoint {
         match self.scheme {
             Scheme::Udp => OnSlow::Drop,
             Scheme::TcpListen | Scheme::UnixListen => OnSlow::Disconnect,
-            Scheme::Tcp | Scheme::Unix | Scheme::File | Scheme::Serial => OnSlow::Block,
+            Scheme::Tcp | Scheme::Unix | Scheme::File | Scheme::Serial | Scheme::Mqtt => {
+                OnSlow::Block
+            }
         }
     }
 
@@ -530,7 +571,10 @@ impl Endpoint {
 
     /// The URL without options.
     pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme.name(), self.target)
+        match &self.opts.mqtt {
+            Some(m) => format!("mqtt://{}/{}", self.target, m.topic),
+            None => format!("{}://{}", self.scheme.name(), self.target),
+        }
     }
 }
 
@@ -596,6 +640,14 @@ impl fmt::Display for Endpoint {
         if let Some(s) = &o.spool {
             write!(f, "{s}")?;
         }
+        if let Some(m) = o
+            .mqtt
+            .as_ref()
+            .map(|m| m.to_string())
+            .filter(|m| !m.is_empty())
+        {
+            write!(f, " {m}")?;
+        }
         Ok(())
     }
 }
@@ -636,162 +688,5 @@ fn parse_host_port(s: &str) -> Result<Target, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_issue_examples() {
-        let e = Endpoint::parse_for("udp://0.0.0.0:5000 group=239.1.1.1 iface=eth0", Role::Input)
-            .unwrap();
-        assert_eq!(e.scheme, Scheme::Udp);
-        assert_eq!(e.opts.group, Some("239.1.1.1".parse().unwrap()));
-        let e = Endpoint::parse_for(
-            "tcp-listen://0.0.0.0:6000 max_backlog=8MiB on_slow=disconnect max_clients=64 allow=192.168.0.0/16",
-            Role::Output,
-        )
-        .unwrap();
-        assert_eq!(e.opts.max_backlog, Some(8 << 20));
-        assert_eq!(e.opts.max_clients, Some(64));
-        assert!(e.opts.allow[0].contains("192.168.3.4".parse().unwrap()));
-        assert!(!e.opts.allow[0].contains("10.0.0.1".parse().unwrap()));
-        let e = Endpoint::parse_for("tcp://collector.example:7000 on_slow=block", Role::Output)
-            .unwrap();
-        assert_eq!(
-            e.target,
-            Target::Inet {
-                host: "collector.example".into(),
-                port: 7000
-            }
-        );
-        let e = Endpoint::parse_for(
-            "file:///var/lib/ringrelay/seismo.raw rotate=256MiB",
-            Role::Output,
-        )
-        .unwrap();
-        assert_eq!(e.opts.rotate, Some(256 << 20));
-        let e = Endpoint::parse_for("udp://[::1]:5000", Role::Input).unwrap();
-        assert_eq!(e.url(), "udp://[::1]:5000");
-    }
-
-    #[test]
-    fn rejects_misuse() {
-        assert!(Endpoint::parse("http://x:1").is_err());
-        assert!(Endpoint::parse("udp://::1:5000").is_err());
-        assert!(Endpoint::parse("udp://host").is_err());
-        assert!(Endpoint::parse("udp://h:99999").is_err());
-        assert!(Endpoint::parse("unix://relative").is_err());
-        assert!(Endpoint::parse("udp://h:1 bogus=1").is_err());
-        assert!(Endpoint::parse("udp://h:1 group=10.0.0.1").is_err());
-        assert!(Endpoint::parse_for("file:///x", Role::Input).is_err());
-        assert!(Endpoint::parse_for("udp://h:1 on_slow=block", Role::Output).is_err());
-        assert!(Endpoint::parse_for("udp://h:1 rotate=1MiB", Role::Output).is_err());
-        assert!(Endpoint::parse_for("tcp://h:0", Role::Output).is_err());
-        assert!(Endpoint::parse_for("unix-listen:///x allow=1.2.3.4", Role::Output).is_err());
-        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Output).is_ok());
-        assert!(Endpoint::parse_for("unix-listen:///x on_fin=close", Role::Output).is_ok());
-        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=redial", Role::Output).is_err());
-        assert!(Endpoint::parse_for("tcp://h:1 on_fin=close", Role::Output).is_err());
-        assert!(Endpoint::parse_for("tcp-listen://h:1 on_fin=keep", Role::Input).is_err());
-        assert!(Endpoint::parse_for("tcp://h:1 on_fin=maybe", Role::Output).is_err());
-        assert!(Endpoint::parse_for("unix:///x on_fin=keep", Role::Output).is_ok());
-        // Zero-copy sends are for TCP outputs only.
-        for ok in ["tcp://h:1 zerocopy=on", "tcp-listen://h:1 zerocopy=off"] {
-            assert!(Endpoint::parse_for(ok, Role::Output).is_ok(), "{ok}");
-        }
-        for bad in [
-            "unix:///x zerocopy=on",
-            "unix-listen:///x zerocopy=on",
-            "udp://h:1 zerocopy=on",
-            "file:///x zerocopy=on",
-            "tcp://h:1 zerocopy=maybe",
-        ] {
-            assert!(Endpoint::parse_for(bad, Role::Output).is_err(), "{bad}");
-        }
-        assert!(Endpoint::parse_for("tcp-listen://h:1 zerocopy=on", Role::Input).is_err());
-        // fault_grace is a file output's.
-        let e = Endpoint::parse_for("file:///x fault_grace=2s", Role::Output).unwrap();
-        assert_eq!(e.opts.fault_grace, Some(Duration::from_secs(2)));
-        assert!(Endpoint::parse_for("file:///x fault_grace=0", Role::Output).is_ok());
-        for bad in [
-            "tcp://h:1 fault_grace=2s",
-            "tcp-listen://h:1 fault_grace=2s",
-            "file:///x fault_grace=2 s",
-            "file:///x fault_grace=2y",
-            "file:///x fault_grace=25h",
-        ] {
-            assert!(Endpoint::parse_for(bad, Role::Output).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn keepalive_on_tcp_endpoints_only() {
-        for (url, role) in [
-            ("tcp-listen://h:1", Role::Input),
-            ("tcp://h:1", Role::Input),
-            ("tcp-listen://h:1", Role::Output),
-            ("tcp://h:1", Role::Output),
-        ] {
-            let e = Endpoint::parse_for(url, role).unwrap();
-            assert_eq!(e.keepalive(), Some(Keepalive { idle: 60 }), "{url}");
-            let e = Endpoint::parse_for(&format!("{url} keepalive=2s"), role).unwrap();
-            assert_eq!(e.keepalive(), Some(Keepalive { idle: 2 }), "{url}");
-            let e = Endpoint::parse_for(&format!("{url} keepalive=off"), role).unwrap();
-            assert_eq!(e.keepalive(), None, "{url}");
-            assert!(Endpoint::parse_for(&format!("{url} keepalive=bogus"), role).is_err());
-        }
-        for (url, role) in [
-            ("unix-listen:///x", Role::Input),
-            ("unix:///x", Role::Output),
-            ("udp://h:1", Role::Input),
-            ("udp://h:1", Role::Output),
-            ("file:///x", Role::Output),
-        ] {
-            let e = Endpoint::parse_for(url, role).unwrap();
-            assert_eq!(e.keepalive(), None, "{url}");
-            let with = format!("{url} keepalive=60s");
-            assert!(Endpoint::parse_for(&with, role).is_err(), "{with}");
-        }
-    }
-
-    #[test]
-    fn serial_inputs_only_with_their_options() {
-        let e = Endpoint::parse_for("serial:///dev/ttyUSB0 baud=4800", Role::Input).unwrap();
-        assert_eq!(e.scheme, Scheme::Serial);
-        assert_eq!(e.opts.serial.unwrap().baud, 4800);
-        assert_eq!(
-            e.to_string(),
-            "serial:///dev/ttyUSB0 baud=4800 databits=8 parity=none stopbits=1 flow=none"
-        );
-        for (bad, role) in [
-            ("serial:///dev/ttyUSB0", Role::Output),
-            ("serial://ttyUSB0", Role::Input),
-            ("serial:///dev/ttyUSB0 baud=4801", Role::Input),
-            ("serial:///dev/ttyUSB0 rcvbuf=1MiB", Role::Input),
-            ("serial:///dev/ttyUSB0 keepalive=10s", Role::Input),
-            ("tcp://h:1 baud=9600", Role::Input),
-            ("udp://h:1 parity=even", Role::Output),
-        ] {
-            assert!(Endpoint::parse_for(bad, role).is_err(), "{bad}");
-        }
-        assert_eq!(Endpoint::parse("serial:///x").unwrap().keepalive(), None);
-    }
-
-    #[test]
-    fn display_round_trips() {
-        for s in [
-            "tcp-listen://127.0.0.1:6000 allow=10.0.0.0/8 max_clients=3 max_backlog=1024 on_slow=drop",
-            "udp://[::1]:7000 ttl=4",
-            "file:///tmp/x.raw rotate=65536 keep=3",
-            "file:///tmp/x.raw fault_grace=1500ms",
-            "tcp://127.0.0.1:7000 on_slow=block on_fin=keep",
-            "tcp://127.0.0.1:7000 zerocopy=on",
-            "tcp://127.0.0.1:7000 keepalive=90s",
-            "tcp-listen://127.0.0.1:7000 keepalive=off",
-            "serial:///dev/ttyUSB0",
-            "serial:///dev/serial/by-id/usb-u-blox-if00 baud=4800 parity=odd flow=rtscts",
-        ] {
-            let e = Endpoint::parse(s).unwrap();
-            assert_eq!(Endpoint::parse(&e.to_string()).unwrap(), e);
-        }
-    }
-}
+#[path = "url_tests.rs"]
+mod tests;

@@ -72,7 +72,7 @@ pub fn bind_channel(cfg: &ChannelConfig) -> Result<Bound, String> {
         // Opened once the loop runs, and again whenever it goes away: a port that is not
         // there yet is not an error.
         Scheme::Serial => {}
-        Scheme::File => unreachable!("rejected by the config parser"),
+        Scheme::File | Scheme::Mqtt => unreachable!("rejected by the config parser"),
     }
     let mut outputs: Vec<Option<(OwnedFd, u64)>> = Vec::new();
     for oc in &cfg.outputs {
@@ -89,7 +89,7 @@ pub fn bind_channel(cfg: &ChannelConfig) -> Result<Bound, String> {
                 let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
                 Some((fd, size))
             }
-            Scheme::Tcp | Scheme::Unix => {
+            Scheme::Tcp | Scheme::Unix | Scheme::Mqtt => {
                 if let Target::Inet { .. } = ep.target {
                     net::resolve(ep).map_err(|e| fail(ep.url(), e))?;
                 }

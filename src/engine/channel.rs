@@ -187,6 +187,10 @@ pub struct Output {
     /// A spooling output whose records go straight to its queue (false: they go to the
     /// spool, behind what it holds).
     pub live: bool,
+    /// An `mqtt://` output's session ([`super::mqtt_session`]).
+    pub mqtt: Option<super::mqtt_session::Session>,
+    /// The write in flight of an `mqtt://` output (on its current or an old connection).
+    pub mqtt_write: Option<super::mqtt_link::MqttWrite>,
 }
 
 impl Output {
@@ -215,6 +219,12 @@ impl Output {
     /// Whether chunks go out as datagrams.
     pub fn is_datagram(&self) -> bool {
         self.scheme() == Scheme::Udp
+    }
+
+    /// Whether it takes each delivery plain: without the u32be frame or an appended `\n`
+    /// (datagram outputs, and MQTT outputs, which publish records as messages).
+    pub fn takes_plain(&self) -> bool {
+        self.is_datagram() || self.mqtt.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -433,6 +443,8 @@ impl Channel {
                 zerocopy: oc.endpoint.opts.zerocopy == Some(true),
                 spool: None,
                 live: true,
+                mqtt: super::mqtt_link::session_for(cfg, &oc.endpoint),
+                mqtt_write: None,
             });
         }
         Channel {
@@ -584,6 +596,7 @@ impl Channel {
         self.splice.as_ref().is_none_or(|s| s.drained())
             && !(self.input_draining && self.input_is_datagram())
             && self.outputs.iter().all(|o| o.queue.is_empty())
+            && self.outputs.iter().all(super::mqtt_link::settled)
             && self.slots.iter().flatten().all(|e| {
                 e.write_ops == 0
                     && e.queue.as_ref().is_none_or(|q| q.is_empty())

@@ -131,12 +131,14 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16) {
         return;
     }
     for s in 0..ch.slots.len() as u16 {
+        // Stream peers only: a file or UDP link has no peer to watch.
+        let stream = |role: Role| match role {
+            Role::Subscriber { .. } => true,
+            Role::Link { out } => ch.outputs[out].file.is_none() && !ch.outputs[out].is_datagram(),
+            _ => false,
+        };
         let again = ch.ep(s).is_some_and(|e| {
-            matches!(e.role, Role::Subscriber { .. } | Role::Link { .. })
-                && e.link == Link::Up
-                && !e.watching
-                && e.talk.is_none()
-                && !e.fin_kept
+            stream(e.role) && e.link == Link::Up && !e.watching && e.talk.is_none() && !e.fin_kept
         });
         if again {
             watch_hangup(cx, ch, ci, s);
@@ -164,6 +166,17 @@ pub(crate) fn on_peer_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) 
         return;
     }
     let n = res as u32;
+    if let Role::Link { out } = ep.role {
+        if ch.outputs[out].mqtt.is_some() {
+            // A broker's packets: decoded by the output's session.
+            cx.pool.filled(buf);
+            let bytes = cx.pool.bytes(cx.mem, buf, 0, n).to_vec();
+            cx.pool.release(buf);
+            super::mqtt_link::received(cx, ch, ci, slot, out, &bytes);
+            watch_hangup(cx, ch, ci, slot);
+            return;
+        }
+    }
     let commands =
         ch.cfg.commands == Commands::First && ch.commander.order.first() == Some(&(slot, gen));
     if commands {

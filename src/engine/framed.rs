@@ -346,7 +346,7 @@ pub(crate) fn joined(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
 pub(crate) fn link_up(cx: &mut Cx, ch: &mut Channel, out: usize) {
     let Some(c) = preamble_chunk(ch) else { return };
     let o = &mut ch.outputs[out];
-    if o.is_datagram() || o.file.is_some() || !o.queue.is_empty() {
+    if o.is_datagram() || o.file.is_some() || o.mqtt.is_some() || !o.queue.is_empty() {
         return;
     }
     if o.queue.push_front(c) {

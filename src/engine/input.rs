@@ -495,7 +495,7 @@ pub(crate) fn deliver(
     to_kick.clear();
     to_disconnect.clear();
     for (oi, o) in outputs.iter_mut().enumerate() {
-        let chunk = if o.is_datagram() { plain } else { stream_chunk };
+        let chunk = if o.takes_plain() { plain } else { stream_chunk };
         if o.is_link() {
             let up = o
                 .link

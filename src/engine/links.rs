@@ -117,6 +117,7 @@ pub(crate) fn peer_ended(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, rese
             }
             close_ep(cx, ch, ci, slot);
         }
+        Role::Link { .. } if super::mqtt_link::said_bye(ch, role) => close_ep(cx, ch, ci, slot),
         Role::Link { out } => {
             let o = &mut ch.outputs[out];
             if o.cfg.endpoint.opts.on_fin == Some(OnFin::Keep) && !reset {
@@ -126,7 +127,11 @@ pub(crate) fn peer_ended(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, rese
                 );
                 return;
             }
+            let mqtt = o.mqtt.is_some();
             o.fault(cx.now, log::Level::Warn, |url| {
+                if mqtt {
+                    return format!("channel {name}: output {url}: the broker closed the connection; reconnecting");
+                }
                 format!(
                 "channel {name}: output {} closed by the peer; reconnecting (data not yet handed to the old connection is kept; on_fin=keep if this collector only half-closes)",
                 url
@@ -185,6 +190,9 @@ pub(crate) fn connected(
                         ch.cfg.input.url()
                     );
                     post_reads(cx, ch, ci);
+                }
+                Role::Link { out } if ch.outputs[out].mqtt.is_some() => {
+                    super::mqtt_link::connected(cx, ch, ci, slot, out);
                 }
                 Role::Link { out } if ch.outputs[out].file.is_some() => {
                     fileout::opened(ch, out);
@@ -279,7 +287,9 @@ pub(crate) fn dial_output(cx: &mut Cx, ch: &mut Channel, ci: u16, oi: usize, now
     let o = &mut ch.outputs[oi];
     o.retry_at = None;
     let res = match o.scheme() {
-        Scheme::Tcp | Scheme::Unix => cx.sys.dial(&o.cfg.endpoint).map(|d| (d.fd, d.in_progress)),
+        Scheme::Tcp | Scheme::Unix | Scheme::Mqtt => {
+            cx.sys.dial(&o.cfg.endpoint).map(|d| (d.fd, d.in_progress))
+        }
         Scheme::Udp => cx.sys.udp_output(&o.cfg.endpoint).map(|fd| (fd, false)),
         Scheme::File => match o.file.as_mut() {
             Some(f) => cx.sys.open_append(&f.path).map(|(fd, size)| {
@@ -369,6 +379,7 @@ pub(crate) fn tick_channel(
         }
     }
     fileout::tick(cx, ch, ci, now);
+    super::mqtt_link::tick(cx, ch, ci, now);
     if !ch.draining {
         super::serial::tick(cx, ch, ci, now);
     }
@@ -472,6 +483,7 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
             }
             let ops = ch.ep(slot).map_or(0, |e| e.write_ops);
             super::framed::link_down(cx, ch, out, ops);
+            super::mqtt_link::link_down(cx, ch, out);
         }
     }
     ch.reap_if_idle(slot, cx.sys);

@@ -39,6 +39,8 @@ pub mod loglimit;
 mod metrics_page;
 pub mod metrics_server;
 pub mod mqtt;
+mod mqtt_link;
+pub mod mqtt_session;
 mod output;
 pub mod outq;
 pub mod records;
@@ -632,14 +634,15 @@ impl Engine {
                 });
                 log::log!(
                     level,
-                    "counters: channel {} output {} [{}]: {} backlog={} clients={}{}",
+                    "counters: channel {} output {} [{}]: {} backlog={} clients={}{}{}",
                     ch.name(),
                     o.url(),
                     output_state(ch, o),
                     o.stats,
                     backlog,
                     clients,
-                    spool
+                    spool,
+                    mqtt_link::counters(o)
                 );
             }
         }

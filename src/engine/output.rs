@@ -53,6 +53,9 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
         Role::Subscriber { out } | Role::Link { out } => out,
         _ => return,
     };
+    if ch.outputs[out].mqtt.is_some() {
+        return super::mqtt_link::kick(cx, ch, ci, slot, out);
+    }
     if matches!(ep.role, Role::Link { .. }) && super::framed::old_link_writing(ch, out) {
         // The old connection's last write decides where the queue stands: the new one starts
         // on a record boundary after it (`framed::link_down`), then is kicked again.
@@ -259,6 +262,11 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         debug!("stale write completion {tok:?}");
         return;
     };
+    if let Role::Link { out } = role {
+        if ch.outputs[out].mqtt.is_some() {
+            return super::mqtt_link::on_write(cx, ch, tok, out, res);
+        }
+    }
     let datagram = out_is_datagram(ch, role);
     let ep = ch.ep_mut(slot).expect("checked above");
     ep.in_flight -= 1;

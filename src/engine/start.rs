@@ -44,7 +44,13 @@ pub(crate) fn class_count(cfg: &Config, c: &ChannelConfig) -> u32 {
                     0
                 };
                 let spools = c.outputs.iter().filter(|o| o.spool.is_some()).count() as u32;
-                framed + commands + spools * super::spool::HELD_BUFFERS
+                // An MQTT output's header buffer and its read of the broker's packets.
+                let mqtt = 2 * c
+                    .outputs
+                    .iter()
+                    .filter(|o| o.endpoint.scheme == Scheme::Mqtt)
+                    .count() as u32;
+                framed + commands + spools * super::spool::HELD_BUFFERS + mqtt
             })
             .sum();
         g.buffer_count.saturating_sub(held).max(g.buffer_count / 2)

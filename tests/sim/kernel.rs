@@ -9,6 +9,7 @@
 //! holds its descriptor and its buffers until its final completion is delivered; the checks of
 //! `sim.rs` hold the engine to that.
 
+use super::broker::BrokerConn;
 use super::files::Files;
 use super::rng::Rng;
 use ringrelay::engine::buffers::{BufId, VecMemory};
@@ -95,6 +96,15 @@ pub struct Conn {
     /// Bytes a subscriber sent toward the relay so far (its positions are
     /// [`talk_pos`]`(conn, k)`).
     pub talked: u64,
+    /// The peer is an MQTT broker (a `mqtt://` output's connection).
+    pub broker: Option<BrokerConn>,
+}
+
+impl Conn {
+    /// The peer has bytes for the relay to read.
+    fn has_rx(&self) -> bool {
+        !self.rx.is_empty() || self.broker.as_ref().is_some_and(|b| !b.out.is_empty())
+    }
 }
 
 /// Position `k` of what subscriber connection `conn` sends toward the relay (its commands):
@@ -632,7 +642,7 @@ impl Kernel {
         // gone (reset) as ECONNRESET.
         let eof = c.rx_eof || c.half_closed;
         let reset = c.rx_reset || c.gone;
-        let idle = c.rx.is_empty() && !eof && !reset && !c.rx_eio && !c.shut;
+        let idle = !c.has_rx() && !eof && !reset && !c.rx_eio && !c.shut;
         if idle && !(timed_out && self.rng.chance(100)) {
             return false;
         }
@@ -650,6 +660,31 @@ impl Kernel {
         }
         if timed_out {
             self.queue(i, -libc::ETIMEDOUT, 0, true);
+            return true;
+        }
+        if let Some(b) = c.broker.as_mut().filter(|b| !b.out.is_empty()) {
+            // A broker's packets: literal bytes.
+            let chunks = self.pending[i].chunks.clone();
+            let total: usize = chunks.iter().map(|c| c.len as usize).sum();
+            let avail = b.out.len().min(total);
+            let n = if self.rng.chance(self.faults.short_io) {
+                self.rng.range(1, avail)
+            } else {
+                avail
+            };
+            let mut left = n;
+            for ch in &chunks {
+                let k = left.min(ch.len as usize);
+                if k == 0 {
+                    break;
+                }
+                let b = self.conns[ci].broker.as_mut().expect("a broker");
+                let bytes: Vec<u8> = b.out.drain(..k).collect();
+                mem.write(ch.buf, ch.off, &bytes);
+                self.prov[usize::from(ch.buf)] = None;
+                left -= k;
+            }
+            self.queue(i, n as i32, 0, true);
             return true;
         }
         if c.rx.is_empty() {
@@ -846,6 +881,12 @@ impl Kernel {
                 } else {
                     max
                 };
+                if self.conns[ci].broker.is_some() {
+                    self.broker_write(ci, &chunks, n as u32, mem);
+                    self.conns[ci].room -= n;
+                    self.queue(i, n as i32, 0, true);
+                    return true;
+                }
                 let mut left = n as u32;
                 let mut got = Vec::new();
                 for ch in &chunks {
@@ -907,6 +948,39 @@ impl Kernel {
                 self.fail(i, -libc::EBADF);
                 true
             }
+        }
+    }
+
+    /// The first `n` bytes of `chunks` reach broker connection `ci`: whole PUBLISHes among
+    /// them are checked (their payload's bytes must be what the kernel put in the buffer) and
+    /// kept.
+    fn broker_write(&mut self, ci: usize, chunks: &[Chunk], n: u32, mem: &VecMemory) {
+        let mut bytes = Vec::new();
+        let mut src = Vec::new();
+        let mut left = n;
+        for ch in chunks {
+            let k = left.min(ch.len);
+            bytes.extend_from_slice(mem.bytes(ch.buf, ch.off, k));
+            src.extend((0..k).map(|x| (ch.buf, ch.off + x)));
+            left -= k;
+        }
+        let b = self.conns[ci].broker.as_mut().expect("a broker");
+        match b.take(&bytes, &src) {
+            Ok(payloads) => {
+                for p in payloads {
+                    let pos = self.positions(
+                        mem,
+                        Chunk {
+                            buf: p.buf,
+                            off: p.off,
+                            len: p.len,
+                        },
+                    );
+                    let b = self.conns[ci].broker.as_mut().expect("a broker");
+                    b.msgs.push((pos, p.dup));
+                }
+            }
+            Err(e) => self.violation(format!("broker connection {ci}: {e}")),
         }
     }
 
@@ -982,7 +1056,7 @@ impl Kernel {
             return true;
         };
         let c = &self.conns[ci];
-        if !(c.half_closed || c.gone || c.shut || !c.rx.is_empty()) {
+        if !(c.half_closed || c.gone || c.shut || c.has_rx()) {
             return false;
         }
         self.pending[i].executed = true;
