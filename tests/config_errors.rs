@@ -650,6 +650,8 @@ fn bad_metrics_keys() {
     );
     let (code, _out, err) = check(&text);
     assert_eq!(code, Some(0), "{err}");
+}
+
 /// A spool belongs to a dialed stream output, in an absolute directory that exists or whose
 /// parent does, of at least one segment, and to that output alone; every error in one run.
 #[test]
