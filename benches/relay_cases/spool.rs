@@ -40,7 +40,7 @@ fn free_port() -> SocketAddr {
 
 /// `total` bytes of line records.
 fn lines(total: u64) -> Vec<u8> {
-    let mut line = vec![b'r'; LINE];
+    let mut line = [b'r'; LINE];
     line[LINE - 1] = b'\n';
     line.repeat((total as usize) / LINE)
 }
