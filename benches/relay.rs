@@ -28,10 +28,13 @@
 //!   `tcp://` outputs; ringrelay with `splice = on` (tee) and `splice = off` (buffers) against
 //!   the blocking relay (a thread per output). Gbit/s per output, to the last sink's last
 //!   byte; relay CPU seconds per GB of input.
+//! * (g) a spooling `tcp://` output against the plain path: MB/s while records go to disk
+//!   (collector away) and while they are replayed, and their ratios to the plain path
+//!   ([`spool_case`]).
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
-//! (a, b, b2, b3, d, d2, e, f); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
+//! (a, b, b2, b3, d, d2, e, f, g); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
 //! exit). `RELAY_BENCH_TCP_OUTPUT` / `RELAY_BENCH_UDP_OUTPUT` add URL options to ringrelay's
 //! tcp / udp outputs (`zerocopy=on`, `gso=off`). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
@@ -44,6 +47,9 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[path = "relay_cases/spool.rs"]
+mod spool_case;
 
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{kill, Signal};
@@ -1038,6 +1044,41 @@ fn main() {
         false,
         &fan_rows,
     );
+
+    if case("g") {
+        // Case (g): one run per cell set; 128 MiB (quick: 32 MiB) of 100-byte lines.
+        let bytes = if quick { 32u64 << 20 } else { 128u64 << 20 };
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            match spool_case::run(&b.ringrelay, &b.tmp, bytes, limit) {
+                Ok(s) => samples.push(s),
+                Err(e) => println!("(g) spool: FAILED: {e}"),
+            }
+        }
+        if !samples.is_empty() {
+            let med =
+                |f: fn(&spool_case::SpoolSample) -> f64| median(samples.iter().map(f).collect());
+            let (plain, spooling, replaying) =
+                (med(|s| s.plain), med(|s| s.spooling), med(|s| s.replaying));
+            println!(
+                "\n(g) spool, TCP lines of 100 B, {} MiB (MB/s of records; ratio to plain)",
+                bytes >> 20
+            );
+            println!("  plain (no spool)        {plain:8.1} MB/s");
+            println!(
+                "  spooling (to disk)      {spooling:8.1} MB/s  x{:.2}",
+                spooling / plain
+            );
+            println!(
+                "  replaying (from disk)   {replaying:8.1} MB/s  x{:.2}",
+                replaying / plain
+            );
+            println!(
+                "  records dropped by the spool while spooling (disk behind): {:.1} %",
+                100.0 * med(|s| s.dropped)
+            );
+        }
+    }
 
     let mut udp_rows = Vec::new();
     // socat cannot fan out; the blocking relay's buffer size does not matter for datagrams.

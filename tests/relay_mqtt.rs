@@ -1,5 +1,5 @@
 //! `mqtt://` outputs against a real mosquitto: QoS 0 and QoS 1 (datagrams become messages,
-//! exact payloads in order), a broker restart under a persistent QoS 1 subscriber (nothing
+//! exact payloads in order, and the published and acknowledged counts in `stat`), a broker restart under a persistent QoS 1 subscriber (nothing
 //! lost, duplicates allowed), a broker that refuses the CONNECT (the reason named in the log,
 //! and retried), `{channel}` topics with a user name and `password_file`, and the `check`
 //! errors of MQTT outputs. Each relay scenario runs with both feature sets.
@@ -14,6 +14,7 @@
 #[macro_use]
 mod common;
 
+use common::counters::{prometheus_sample, stat_json, stat_output};
 use common::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -256,6 +257,46 @@ fn mqtt_qos0_and_qos1_publish_every_datagram_in_order(features: Features) {
     let line = output_counters_line(&relay, &broker.url("t/q0"));
     assert_eq!(counter_in(&line, "published"), 2000, "{line}");
     assert_eq!(counter_in(&line, "drops"), 0, "{line}");
+    // The same counters through the counters region: `stat --format json` and `prometheus`.
+    let shm = dir.join("shm");
+    let mut doc = serde_json::Value::Null;
+    wait_for("the PUBACKs in stat", Duration::from_secs(10), || {
+        doc = stat_json(&shm);
+        doc["channels"][0]["outputs"][1]["mqtt"]["acknowledged"] == 2000
+    });
+    let outs_json = &doc["channels"][0]["outputs"];
+    for (i, acked) in [(0, 0), (1, 2000)] {
+        let m = &outs_json[i]["mqtt"];
+        assert_eq!(m["published"], 2000, "{doc:#}");
+        assert_eq!(m["acknowledged"], acked, "{doc:#}");
+        assert_eq!(m["duplicates"], 0, "{doc:#}");
+        assert_eq!(m["refused"], 0, "{doc:#}");
+        assert_eq!(outs_json[i]["spool"], serde_json::Value::Null);
+    }
+    let prom = stat_output(&shm, &["--format", "prometheus"]);
+    let labels = |o: &str| format!("channel=\"q\",output=\"{o}\"");
+    let q1 = labels(&broker.url("t/q1"));
+    for (name, want) in [
+        ("ringrelay_mqtt_published_total", 2000),
+        ("ringrelay_mqtt_acknowledged_total", 2000),
+        ("ringrelay_mqtt_duplicates_total", 0),
+        ("ringrelay_mqtt_refused_total", 0),
+    ] {
+        assert_eq!(
+            prometheus_sample(&prom, name, &q1),
+            Some(want),
+            "{name}{{{q1}}}:\n{prom}"
+        );
+    }
+    assert_eq!(
+        prometheus_sample(
+            &prom,
+            "ringrelay_mqtt_acknowledged_total",
+            &labels(&broker.url("t/q0"))
+        ),
+        Some(0),
+        "QoS 0 has no PUBACK:\n{prom}"
+    );
     relay.stop();
     let log = broker.log();
     assert!(

@@ -525,3 +525,11 @@ pub fn oldest_age_secs(sp: &Spool, now: std::time::Instant) -> u64 {
     sp.oldest()
         .map_or(0, |t| now.saturating_duration_since(t).as_secs())
 }
+
+impl super::Engine {
+    /// The oldest record's age in `sp`, in whole seconds at the engine's last tick (for the
+    /// metrics snapshot, which reads no clock).
+    pub fn spool_oldest_age_secs(&self, sp: &Spool) -> u64 {
+        oldest_age_secs(sp, self.last_tick)
+    }
+}

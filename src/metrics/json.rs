@@ -45,7 +45,11 @@ fn ints(o: &mut String, pairs: &[(&str, u64)]) {
 ///            "drops":…,"malformed":…,"reconnects":…,"errors":…,"idle_timeouts":…,
 ///            "partial":…},
 ///            "outputs":[{"url":…,"state":…,"up":…,"bytes":…,"datagrams":…,"drops":…,
-///            "disconnects":…,"reconnects":…,"errors":…,"backlog":…,"clients":…}]}]}
+///            "disconnects":…,"reconnects":…,"errors":…,"backlog":…,"clients":…,
+///            "spool":{"spooled_bytes":…,"spooled_records":…,"replayed_bytes":…,
+///            "replayed_records":…,"dropped_records":…,"errors":…,"bytes":…,
+///            "oldest_age_seconds":…}|null,
+///            "mqtt":{"published":…,"acknowledged":…,"duplicates":…,"refused":…,"lost":…}|null}]}]}
 /// ```
 pub fn render(s: &Snapshot) -> String {
     let d = &s.daemon;
@@ -137,6 +141,43 @@ pub fn render(s: &Snapshot) -> String {
                     ("clients", out.clients),
                 ],
             );
+            o.push_str(",\"spool\":");
+            match &out.spool {
+                None => o.push_str("null"),
+                Some(sp) => {
+                    let _ = write!(o, "{{\"spooled_bytes\":{}", sp.spooled_bytes);
+                    ints(
+                        &mut o,
+                        &[
+                            ("spooled_records", sp.spooled_records),
+                            ("replayed_bytes", sp.replayed_bytes),
+                            ("replayed_records", sp.replayed_records),
+                            ("dropped_records", sp.dropped_records),
+                            ("errors", sp.errors),
+                            ("bytes", sp.bytes),
+                            ("oldest_age_seconds", sp.oldest_age_secs),
+                        ],
+                    );
+                    o.push('}');
+                }
+            }
+            o.push_str(",\"mqtt\":");
+            match &out.mqtt {
+                None => o.push_str("null"),
+                Some(m) => {
+                    let _ = write!(o, "{{\"published\":{}", m.published);
+                    ints(
+                        &mut o,
+                        &[
+                            ("acknowledged", m.acknowledged),
+                            ("duplicates", m.duplicates),
+                            ("refused", m.refused),
+                            ("lost", m.lost),
+                        ],
+                    );
+                    o.push('}');
+                }
+            }
             o.push('}');
         }
         o.push_str("]}");
@@ -173,8 +214,28 @@ mod tests {
              \"outputs\":[{\"url\":\
              \"tcp-listen://0.0.0.0:6000\",\"state\":\"listening\",\"up\":true,\"bytes\":900,\
              \"datagrams\":9,\"drops\":1,\"disconnects\":4,\"reconnects\":5,\"errors\":6,\
-             \"backlog\":77,\"clients\":2},{\"url\":\"unix:///tmp/a\\\"b\\\\c\",\"state\":\"down\",\
+             \"backlog\":77,\"clients\":2,\"spool\":null,\"mqtt\":null},{\"url\":\"unix:///tmp/a\\\"b\\\\c\",\"state\":\"down\",\
              \"up\":false,"
+            ),
+            "{j}"
+        );
+    }
+
+    #[test]
+    fn spool_and_mqtt_objects() {
+        let j = render(&sample());
+        assert!(
+            j.contains(
+                "\"clients\":0,\"spool\":{\"spooled_bytes\":4000,\"spooled_records\":40,\
+                 \"replayed_bytes\":1000,\"replayed_records\":10,\"dropped_records\":3,\
+                 \"errors\":1,\"bytes\":3000,\"oldest_age_seconds\":12},\"mqtt\":null}"
+            ),
+            "{j}"
+        );
+        assert!(
+            j.contains(
+                "\"spool\":null,\"mqtt\":{\"published\":20,\"acknowledged\":18,\
+                 \"duplicates\":2,\"refused\":1,\"lost\":0}}]}]}"
             ),
             "{j}"
         );

@@ -19,9 +19,12 @@
 //! | `pool` | buffer class (`large`, `small`) | empty | in use, total, bytes per buffer, then zeros |
 //! | `input` | `<channel>/<input url>` | `up`, `idle`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, **idle_timeouts**, **partial** |
 //! | `output` | `<channel>/<output url>` | see `engine::output_state` | the columns as named |
+//! | `spool` | as its output's | empty | spooled bytes, spooled records, replayed bytes, replayed records, dropped records, errors, spool bytes, oldest age (s) |
+//! | `mqtt` | as its output's | empty | published, acknowledged, duplicates, refused, lost, then zeros |
 //!
-//! An input row starts its channel: the output rows after it belong to it. Labels are cut to
-//! 63 bytes, so a long URL may be shortened.
+//! An input row starts its channel: the output rows after it belong to it. A `spool` or `mqtt`
+//! row follows the row of the output it belongs to (rather than widening every row). Labels are
+//! cut to 63 bytes, so a long URL may be shortened.
 
 pub mod health;
 pub mod http;
@@ -99,6 +102,44 @@ pub struct OutputMetrics {
     pub backlog: u64,
     /// Subscribers connected (0 for a pushed output).
     pub clients: u64,
+    /// The output's disk spool, if it has one (`spool =`).
+    pub spool: Option<SpoolMetrics>,
+    /// An `mqtt://` output's session counters.
+    pub mqtt: Option<MqttMetrics>,
+}
+
+/// An output's disk spool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolMetrics {
+    /// Bytes and records written to the spool.
+    pub spooled_bytes: u64,
+    pub spooled_records: u64,
+    /// Bytes and records read back from the spool and handed to the output.
+    pub replayed_bytes: u64,
+    pub replayed_records: u64,
+    /// Records dropped at `spool_max` (or with the disk far behind).
+    pub dropped_records: u64,
+    /// Disk faults: failed writes, syncs, reads.
+    pub errors: u64,
+    /// Bytes in the spool's segment files now.
+    pub bytes: u64,
+    /// Age of the oldest record still spooled, in seconds (0 when empty).
+    pub oldest_age_secs: u64,
+}
+
+/// An `mqtt://` output's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MqttMetrics {
+    /// Messages written to a broker, each once.
+    pub published: u64,
+    /// QoS 1 messages the broker acknowledged.
+    pub acknowledged: u64,
+    /// QoS 1 messages written again (DUP) after a reconnect.
+    pub duplicates: u64,
+    /// CONNECTs the broker refused.
+    pub refused: u64,
+    /// QoS 0 messages lost under their write when the connection failed (in `drops` too).
+    pub lost: u64,
 }
 
 impl OutputMetrics {
@@ -200,6 +241,29 @@ impl Snapshot {
                                 errors: st.errors,
                                 backlog,
                                 clients,
+                                spool: o.spool.as_ref().map(|sp| {
+                                    let x = sp.stats;
+                                    SpoolMetrics {
+                                        spooled_bytes: x.spooled_bytes,
+                                        spooled_records: x.spooled_records,
+                                        replayed_bytes: x.replayed_bytes,
+                                        replayed_records: x.replayed_records,
+                                        dropped_records: x.dropped,
+                                        errors: x.errors,
+                                        bytes: sp.size(),
+                                        oldest_age_secs: engine.spool_oldest_age_secs(sp),
+                                    }
+                                }),
+                                mqtt: o.mqtt.as_ref().map(|m| {
+                                    let x = m.stats;
+                                    MqttMetrics {
+                                        published: x.published,
+                                        acknowledged: x.acknowledged,
+                                        duplicates: x.duplicates,
+                                        refused: x.refused,
+                                        lost: x.lost,
+                                    }
+                                }),
                             }
                         })
                         .collect(),
@@ -275,13 +339,48 @@ impl Snapshot {
                         o.clients,
                     ],
                 });
+                let label = format!("{}/{}", ch.name, o.url);
+                if let Some(sp) = &o.spool {
+                    rows.push(StatRow {
+                        label: label.clone(),
+                        kind: "spool".into(),
+                        state: String::new(),
+                        values: [
+                            sp.spooled_bytes,
+                            sp.spooled_records,
+                            sp.replayed_bytes,
+                            sp.replayed_records,
+                            sp.dropped_records,
+                            sp.errors,
+                            sp.bytes,
+                            sp.oldest_age_secs,
+                        ],
+                    });
+                }
+                if let Some(m) = &o.mqtt {
+                    rows.push(StatRow {
+                        label,
+                        kind: "mqtt".into(),
+                        state: String::new(),
+                        values: [
+                            m.published,
+                            m.acknowledged,
+                            m.duplicates,
+                            m.refused,
+                            m.lost,
+                            0,
+                            0,
+                            0,
+                        ],
+                    });
+                }
             }
         }
         rows
     }
 
     /// The snapshot a reader of the counters region sees. Rows of unknown kinds are skipped, and
-    /// output rows before any input row too.
+    /// output rows before any input row too (and `spool` or `mqtt` rows before any output row).
     pub fn from_rows(s: &StatsSnapshot) -> Snapshot {
         let mut snap = Snapshot {
             daemon: DaemonInfo {
@@ -348,7 +447,34 @@ impl Snapshot {
                         errors: v[5],
                         backlog: v[6],
                         clients: v[7],
+                        spool: None,
+                        mqtt: None,
                     });
+                }
+                "spool" => {
+                    if let Some(out) = snap.channels.last_mut().and_then(|c| c.outputs.last_mut()) {
+                        out.spool = Some(SpoolMetrics {
+                            spooled_bytes: v[0],
+                            spooled_records: v[1],
+                            replayed_bytes: v[2],
+                            replayed_records: v[3],
+                            dropped_records: v[4],
+                            errors: v[5],
+                            bytes: v[6],
+                            oldest_age_secs: v[7],
+                        });
+                    }
+                }
+                "mqtt" => {
+                    if let Some(out) = snap.channels.last_mut().and_then(|c| c.outputs.last_mut()) {
+                        out.mqtt = Some(MqttMetrics {
+                            published: v[0],
+                            acknowledged: v[1],
+                            duplicates: v[2],
+                            refused: v[3],
+                            lost: v[4],
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -427,10 +553,34 @@ pub(crate) mod tests {
                         errors: 6,
                         backlog: 77,
                         clients: 2,
+                        spool: None,
+                        mqtt: None,
                     },
                     OutputMetrics {
                         url: "unix:///tmp/a\"b\\c".into(),
                         state: "down".into(),
+                        spool: Some(SpoolMetrics {
+                            spooled_bytes: 4000,
+                            spooled_records: 40,
+                            replayed_bytes: 1000,
+                            replayed_records: 10,
+                            dropped_records: 3,
+                            errors: 1,
+                            bytes: 3000,
+                            oldest_age_secs: 12,
+                        }),
+                        ..OutputMetrics::default()
+                    },
+                    OutputMetrics {
+                        url: "mqtt://127.0.0.1:1883/t".into(),
+                        state: "up".into(),
+                        mqtt: Some(MqttMetrics {
+                            published: 20,
+                            acknowledged: 18,
+                            duplicates: 2,
+                            refused: 1,
+                            lost: 0,
+                        }),
                         ..OutputMetrics::default()
                     },
                 ],
@@ -443,7 +593,13 @@ pub(crate) mod tests {
     fn rows_round_trip() {
         let s = sample();
         let rows = s.to_rows();
-        assert_eq!(rows.len(), 1 + 2 + 1 + 2);
+        assert_eq!(rows.len(), 1 + 2 + 1 + 3 + 2);
+        assert_eq!(
+            (rows[6].kind.as_str(), rows[6].values[6], rows[6].values[7]),
+            ("spool", 3000, 12),
+            "the spool row right after its output's"
+        );
+        assert_eq!((rows[8].kind.as_str(), rows[8].values[1]), ("mqtt", 18));
         assert_eq!(rows[3].label, "seismo/udp://127.0.0.1:5000");
         assert_eq!(rows[3].values[3], 2, "malformed in the fourth column");
         let read = StatsSnapshot {

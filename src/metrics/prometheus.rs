@@ -230,6 +230,7 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
+    render_spool_and_mqtt(&mut o, s);
     if !s.daemon.pool.is_empty() {
         let mut f = Family::new(
             &mut o,
@@ -258,6 +259,114 @@ pub fn render(s: &Snapshot) -> String {
         render_live(&mut o, s, l);
     }
     o
+}
+
+type SpoolField = fn(&super::SpoolMetrics) -> u64;
+type MqttField = fn(&super::MqttMetrics) -> u64;
+
+/// The families of spooling outputs and of `mqtt://` outputs (each written only when some
+/// output has a spool, or is an MQTT output).
+fn render_spool_and_mqtt(o: &mut String, s: &Snapshot) {
+    let spools: [(&'static str, &str, &str, SpoolField); 8] = [
+        (
+            "ringrelay_spool_spooled_bytes_total",
+            "counter",
+            "Bytes of records written to the output's disk spool.",
+            |x| x.spooled_bytes,
+        ),
+        (
+            "ringrelay_spool_spooled_records_total",
+            "counter",
+            "Records written to the output's disk spool.",
+            |x| x.spooled_records,
+        ),
+        (
+            "ringrelay_spool_replayed_bytes_total",
+            "counter",
+            "Bytes of records read back from the spool and handed to the output.",
+            |x| x.replayed_bytes,
+        ),
+        (
+            "ringrelay_spool_replayed_records_total",
+            "counter",
+            "Records read back from the spool and handed to the output.",
+            |x| x.replayed_records,
+        ),
+        (
+            "ringrelay_spool_dropped_records_total",
+            "counter",
+            "Records dropped at spool_max by the spool_full policy (or with the disk far behind).",
+            |x| x.dropped_records,
+        ),
+        (
+            "ringrelay_spool_errors_total",
+            "counter",
+            "Spool disk faults: failed writes, syncs and reads.",
+            |x| x.errors,
+        ),
+        (
+            "ringrelay_spool_bytes",
+            "gauge",
+            "Bytes in the spool's segment files.",
+            |x| x.bytes,
+        ),
+        (
+            "ringrelay_spool_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest record still in the spool, in seconds (0 when it is empty).",
+            |x| x.oldest_age_secs,
+        ),
+    ];
+    let spooling = || {
+        s.channels
+            .iter()
+            .flat_map(|ch| ch.outputs.iter().map(move |out| (ch, out)))
+            .filter_map(|(ch, out)| out.spool.as_ref().map(|sp| (ch, out, sp)))
+    };
+    if spooling().next().is_some() {
+        for (name, kind, help, get) in spools {
+            let mut f = Family::new(o, name, kind, help);
+            for (ch, out, sp) in spooling() {
+                f.sample(&[("channel", &ch.name), ("output", &out.url)], get(sp));
+            }
+        }
+    }
+    let mqtts: [(&'static str, &str, MqttField); 4] = [
+        (
+            "ringrelay_mqtt_published_total",
+            "Messages written to the broker, each counted once.",
+            |x| x.published,
+        ),
+        (
+            "ringrelay_mqtt_acknowledged_total",
+            "QoS 1 messages the broker acknowledged (PUBACK).",
+            |x| x.acknowledged,
+        ),
+        (
+            "ringrelay_mqtt_duplicates_total",
+            "QoS 1 messages written again with DUP set after a reconnect.",
+            |x| x.duplicates,
+        ),
+        (
+            "ringrelay_mqtt_refused_total",
+            "CONNECTs the broker refused (a CONNACK with a non-zero return code).",
+            |x| x.refused,
+        ),
+    ];
+    let mqtt = || {
+        s.channels
+            .iter()
+            .flat_map(|ch| ch.outputs.iter().map(move |out| (ch, out)))
+            .filter_map(|(ch, out)| out.mqtt.as_ref().map(|m| (ch, out, m)))
+    };
+    if mqtt().next().is_some() {
+        for (name, help, get) in mqtts {
+            let mut f = Family::new(o, name, "counter", help);
+            for (ch, out, m) in mqtt() {
+                f.sample(&[("channel", &ch.name), ("output", &out.url)], get(m));
+            }
+        }
+    }
 }
 
 /// `ns` since the epoch as seconds with nine decimals.
@@ -373,6 +482,13 @@ mod tests {
             "ringrelay_output_up{channel=\"seismo\",output=\"tcp-listen://0.0.0.0:6000\"} 1",
             "ringrelay_output_up{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 0",
             "ringrelay_pool_buffers{class=\"large\",state=\"in_use\"} 3",
+            "# TYPE ringrelay_spool_bytes gauge",
+            "ringrelay_spool_bytes{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 3000",
+            "ringrelay_spool_oldest_age_seconds{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 12",
+            "ringrelay_spool_dropped_records_total{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 3",
+            "# TYPE ringrelay_mqtt_acknowledged_total counter",
+            "ringrelay_mqtt_acknowledged_total{channel=\"seismo\",output=\"mqtt://127.0.0.1:1883/t\"} 18",
+            "ringrelay_mqtt_duplicates_total{channel=\"seismo\",output=\"mqtt://127.0.0.1:1883/t\"} 2",
             "ringrelay_pool_buffers{class=\"small\",state=\"free\"} 246",
         ] {
             assert!(lines.contains(&want), "missing {want:?} in\n{t}");
@@ -405,6 +521,10 @@ mod tests {
         assert!(t.contains("\nringrelay_up 0\n"));
         assert!(t.contains("ringrelay_input_up{channel=\"seismo\"} 0\n"));
         assert!(!t.contains("ringrelay_pool_buffers"));
+        assert!(
+            !t.contains("ringrelay_spool_bytes{channel=\"seismo\",output=\"tcp-listen"),
+            "only spooling outputs have spool samples"
+        );
         assert!(!t.contains("ringrelay_start_time_seconds"));
         // Counters stay as they were.
         assert!(t.contains("ringrelay_input_bytes_total{channel=\"seismo\"} 1000\n"));

@@ -111,7 +111,73 @@ pub fn counters(s: &Snapshot) -> String {
             ]);
         }
     }
-    heading(s) + &align(&t, 4)
+    heading(s) + &align(&t, 4) + &extras(s)
+}
+
+/// Tables of the spools and the MQTT sessions, after a blank line each, when there are any.
+fn extras(s: &Snapshot) -> String {
+    let mut text = String::new();
+    let mut spools = vec![[
+        "channel",
+        "spooled output",
+        "spooled_bytes",
+        "spooled_records",
+        "replayed_bytes",
+        "replayed_records",
+        "dropped",
+        "errors",
+        "spool_bytes",
+        "oldest_age_s",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut mqtt = vec![[
+        "channel",
+        "mqtt output",
+        "published",
+        "acknowledged",
+        "duplicates",
+        "refused",
+        "lost",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for ch in &s.channels {
+        for o in &ch.outputs {
+            if let Some(sp) = &o.spool {
+                let mut row = vec![ch.name.clone(), o.url.clone()];
+                row.extend(
+                    [
+                        sp.spooled_bytes,
+                        sp.spooled_records,
+                        sp.replayed_bytes,
+                        sp.replayed_records,
+                        sp.dropped_records,
+                        sp.errors,
+                        sp.bytes,
+                        sp.oldest_age_secs,
+                    ]
+                    .map(|v| v.to_string()),
+                );
+                spools.push(row);
+            }
+            if let Some(m) = &o.mqtt {
+                let mut row = vec![ch.name.clone(), o.url.clone()];
+                row.extend(
+                    [m.published, m.acknowledged, m.duplicates, m.refused, m.lost]
+                        .map(|v| v.to_string()),
+                );
+                mqtt.push(row);
+            }
+        }
+    }
+    for t in [spools, mqtt] {
+        if t.len() > 1 {
+            text.push('\n');
+            text.push_str(&align(&t, 2));
+        }
+    }
+    text
 }
 
 /// Per-second rate of a counter between two values `secs` apart (0 when it went backwards: a
@@ -194,7 +260,30 @@ mod tests {
             "{t}"
         );
         assert!(lines[3].ends_with("77        2"), "{t}");
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[6], "");
+        assert!(lines[7].starts_with("channel  spooled output "), "{t}");
+        let spool: Vec<&str> = lines[8].split_whitespace().collect();
+        assert_eq!(
+            spool[2..],
+            ["4000", "40", "1000", "10", "3", "1", "3000", "12"],
+            "{t}"
+        );
+        assert_eq!(lines[9], "");
+        let mqtt: Vec<&str> = lines[11].split_whitespace().collect();
+        assert_eq!(
+            mqtt,
+            [
+                "seismo",
+                "mqtt://127.0.0.1:1883/t",
+                "20",
+                "18",
+                "2",
+                "1",
+                "0"
+            ],
+            "{t}"
+        );
+        assert_eq!(lines.len(), 12);
     }
 
     #[test]
