@@ -50,6 +50,8 @@ mod serial;
 pub mod splice;
 mod splicing;
 pub mod spool;
+#[cfg(test)]
+mod spool_props;
 pub mod spoolfmt;
 mod spooling;
 mod start;

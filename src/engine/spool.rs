@@ -2,10 +2,12 @@
 //! far replay read and how far the collector consumed, and what to ask the disk next.
 //!
 //! Owns: the segment list (oldest first; the last is the write head), the staging of records
-//! into pool buffers for large sequential writes, the one disk operation in flight (a
-//! positioned write, an fsync, or a write of the position file: one at a time, in order, so a
-//! sync covers every write before it), the read cursor of replay, the consumed position, the
-//! `spool_max` policy and the spool's counters. Pure: it never touches a file; its caller
+//! into pool buffers for large sequential writes, the disk operations in flight (two lanes:
+//! positioned writes one at a time, in order; and an fsync or a write of the position file,
+//! one at a time, submitted only once every write queued before it completed, so a sync covers
+//! every write before it; writes queued after a sync go on while it runs, since an fsync on
+//! ext4 takes milliseconds and the input must not wait for it), the read cursor of replay, the
+//! consumed position, the `spool_max` policy and the spool's counters. Pure: it never touches a file; its caller
 //! (`spooling`) turns the [`DiskOp`]s and reads it plans into ring operations and feeds the
 //! completions back.
 //!
@@ -46,7 +48,8 @@ pub struct Segment {
     pub sealed: bool,
 }
 
-/// A disk operation of the spool, run one at a time in order.
+/// A disk operation of the spool. Writes run one at a time in order; a sync or position write
+/// runs once every write before it completed, alongside the writes after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskOp {
     /// Write `len` bytes of staged buffer `buf` at `offset` of segment `seq`.
@@ -95,8 +98,10 @@ pub struct Spool {
     pub staging: Option<(BufId, u32)>,
     /// Filled staging buffers waiting to be written, and other disk work, in order.
     pub disk: VecDeque<DiskOp>,
-    /// The disk operation in flight.
-    pub disk_busy: Option<DiskOp>,
+    /// The write in flight (the write lane).
+    pub writing: Option<DiskOp>,
+    /// The sync or position write in flight (the sync lane).
+    pub syncing: Option<DiskOp>,
     /// Replay's next read: segment and offset of the next record not yet queued.
     pub read: Position,
     /// A replay read in flight: (buffer, segment, offset, len).
@@ -175,7 +180,8 @@ impl Spool {
             segs,
             staging: None,
             disk: VecDeque::new(),
-            disk_busy: None,
+            writing: None,
+            syncing: None,
             read,
             reading: None,
             handed: VecDeque::new(),
@@ -230,7 +236,16 @@ impl Spool {
 
     /// Operations (disk and replay read) in flight.
     pub fn in_flight(&self) -> usize {
-        usize::from(self.disk_busy.is_some()) + usize::from(self.reading.is_some())
+        usize::from(self.writing.is_some())
+            + usize::from(self.syncing.is_some())
+            + usize::from(self.reading.is_some())
+    }
+
+    /// Whether a disk operation in flight or queued touches segment `seq`.
+    fn disk_touches(&self, seq: u64) -> bool {
+        self.writing.is_some_and(|d| op_seq(d) == Some(seq))
+            || self.syncing.is_some_and(|d| op_seq(d) == Some(seq))
+            || self.disk.iter().any(|d| op_seq(*d) == Some(seq))
     }
 
     /// Whether a record of `len` payload bytes may be staged; applies `spool_max` (a
@@ -263,9 +278,7 @@ impl Spool {
             return false;
         }
         let seq = self.segs[0].seq;
-        let busy = self.reading.is_some_and(|r| r.1 == seq)
-            || self.disk_busy.is_some_and(|d| op_seq(d) == Some(seq))
-            || self.disk.iter().any(|d| op_seq(*d) == Some(seq));
+        let busy = self.reading.is_some_and(|r| r.1 == seq) || self.disk_touches(seq);
         if busy {
             return false;
         }
@@ -372,13 +385,25 @@ impl Spool {
         (buf, used)
     }
 
-    /// The next disk operation to submit, if none is in flight and no fault waits.
+    /// The next disk operation to submit, if its lane is free and no fault waits: the
+    /// queue's front write when no write is in flight (a sync in flight does not hold it
+    /// back), or its front sync or position write once no write is in flight either (every
+    /// write queued before it completed). Called until it returns `None`.
     pub fn next_disk(&mut self, now: Instant) -> Option<DiskOp> {
-        if self.disk_busy.is_some() || self.fault_until.is_some_and(|t| now < t) {
+        if self.fault_until.is_some_and(|t| now < t) || self.writing.is_some() {
             return None;
         }
-        let op = self.disk.pop_front()?;
-        self.disk_busy = Some(op);
+        let op = *self.disk.front()?;
+        match op {
+            DiskOp::Write { .. } => self.writing = Some(op),
+            DiskOp::Sync { .. } | DiskOp::Position => {
+                if self.syncing.is_some() {
+                    return None;
+                }
+                self.syncing = Some(op);
+            }
+        }
+        self.disk.pop_front();
         Some(op)
     }
 
@@ -387,11 +412,17 @@ impl Spool {
         self.segs.iter().find(|s| s.seq == seq).map(|s| s.fd)
     }
 
-    /// The disk operation in flight completed with `res` (bytes for a write). Returns the
-    /// staged buffer to release when a write is whole, and whether the operation failed
-    /// (it is then retried from the front after the caller's backoff).
-    pub fn disk_done(&mut self, res: i32, now: Instant) -> (Option<BufId>, bool) {
-        let op = self.disk_busy.take().expect("a disk op in flight");
+    /// The disk operation in flight on the write lane (`sync_lane` false) or the sync lane
+    /// completed with `res` (bytes for a write). Returns the staged buffer to release when a
+    /// write is whole, and whether the operation failed (it is then retried from the front
+    /// after the caller's backoff).
+    pub fn disk_done(&mut self, sync_lane: bool, res: i32, now: Instant) -> (Option<BufId>, bool) {
+        let lane = if sync_lane {
+            &mut self.syncing
+        } else {
+            &mut self.writing
+        };
+        let op = lane.take().expect("a disk op in flight");
         if res < 0 {
             self.stats.errors += 1;
             self.disk.push_front(op);
@@ -435,7 +466,10 @@ impl Spool {
     pub fn sync_point(&mut self, now: Instant) {
         self.flush_staging();
         if let Some(h) = self.segs.back() {
-            if self.dirty || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
+            if self.dirty
+                || self.writing.is_some()
+                || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. }))
+            {
                 self.disk.push_back(DiskOp::Sync { seq: h.seq });
                 self.dirty = false;
             }
@@ -480,8 +514,15 @@ impl Spool {
                 return Some((s.fd, s.seq, self.read.offset, len));
             }
             if self.read.offset < s.size {
-                // Its last records are staged or being written: flush and wait.
-                if self.staging.is_some() && self.segs.back().is_some_and(|h| h.seq == s.seq) {
+                // Its last records are staged or being written: flush and wait. Flushed only
+                // when no write is pending: a replay that keeps up with the head would else
+                // flush a small write per read and fill the staging quota with them.
+                let writes_pending = self.writing.is_some()
+                    || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. }));
+                if self.staging.is_some()
+                    && !writes_pending
+                    && self.segs.back().is_some_and(|h| h.seq == s.seq)
+                {
                     self.flush_staging();
                 }
                 return None;
@@ -532,9 +573,7 @@ impl Spool {
             let s = &self.segs[0];
             let whole = s.seq < self.consumed.segment
                 || (s.sealed && s.seq == self.consumed.segment && self.consumed.offset >= s.size);
-            let busy = self.reading.is_some_and(|r| r.1 == s.seq)
-                || self.disk_busy.is_some_and(|d| op_seq(d) == Some(s.seq))
-                || self.disk.iter().any(|d| op_seq(*d) == Some(s.seq));
+            let busy = self.reading.is_some_and(|r| r.1 == s.seq) || self.disk_touches(s.seq);
             if !whole || busy {
                 break;
             }
@@ -595,7 +634,8 @@ mod tests {
                 DiskOp::Write { len, .. } => len as i32,
                 _ => 0,
             };
-            sp.disk_done(res, now);
+            let sync_lane = !matches!(op, DiskOp::Write { .. });
+            sp.disk_done(sync_lane, res, now);
         }
     }
 
@@ -669,9 +709,9 @@ mod tests {
         append(&mut sp, 92, now, &mut b);
         sp.flush_staging();
         let op = sp.next_disk(now).unwrap();
-        assert_eq!(sp.disk_done(-28, now), (None, true));
+        assert_eq!(sp.disk_done(false, -28, now), (None, true));
         assert_eq!(sp.next_disk(now), Some(op));
-        assert_eq!(sp.disk_done(40, now), (None, false));
+        assert_eq!(sp.disk_done(false, 40, now), (None, false));
         assert!(matches!(
             sp.next_disk(now),
             Some(DiskOp::Write {
@@ -681,8 +721,44 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(sp.disk_done(60, now).0, Some(1));
+        assert_eq!(sp.disk_done(false, 60, now).0, Some(1));
         assert_eq!(sp.segs[0].written, 100);
+    }
+
+    #[test]
+    fn writes_go_on_while_a_sync_runs_and_a_sync_waits_for_the_writes_before_it() {
+        let now = Instant::now();
+        let mut sp = Spool::new(
+            cfg(10_000, SpoolFull::DropOldest),
+            vec![],
+            vec![],
+            9,
+            256,
+            now,
+        );
+        let mut b = 0;
+        append(&mut sp, 92, now, &mut b);
+        sp.sync_point(now);
+        append(&mut sp, 92, now, &mut b);
+        sp.flush_staging();
+        // The first write, then nothing until it completed: the sync waits for it.
+        assert!(matches!(
+            sp.next_disk(now),
+            Some(DiskOp::Write { offset: 0, .. })
+        ));
+        assert_eq!(sp.next_disk(now), None);
+        assert_eq!(sp.disk_done(false, 100, now).0, Some(1));
+        // The sync, and alongside it the write queued after it.
+        assert_eq!(sp.next_disk(now), Some(DiskOp::Sync { seq: 1 }));
+        assert!(matches!(
+            sp.next_disk(now),
+            Some(DiskOp::Write { offset: 100, .. })
+        ));
+        assert_eq!(sp.in_flight(), 2);
+        assert_eq!(sp.disk_done(false, 100, now).0, Some(2));
+        assert_eq!(sp.disk_done(true, 0, now), (None, false));
+        assert_eq!(sp.segs[0].written, 200);
+        assert_eq!(sp.in_flight(), 0);
     }
 
     #[test]

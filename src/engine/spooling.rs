@@ -29,6 +29,9 @@ use std::time::Duration;
 
 /// Wait before retrying a failed disk operation.
 const DISK_RETRY: Duration = Duration::from_secs(1);
+/// The generation field of a disk operation's token: which lane it ran on.
+const WRITE_LANE: u32 = 0;
+const SYNC_LANE: u32 = 1;
 
 /// Opens the spools of channel `ch`'s outputs (at start).
 pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
@@ -235,7 +238,8 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
     } = at;
     let Some(sp) = o.spool.as_mut() else { return };
     let tok = |kind| Token::new(kind, ci, oi as u16, 0);
-    if let Some(op) = sp.next_disk(cx.now) {
+    let lane = |gen| Token::new(OpKind::SpoolDisk, ci, oi as u16, gen);
+    while let Some(op) = sp.next_disk(cx.now) {
         match op {
             DiskOp::Write {
                 seq,
@@ -251,12 +255,12 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
                         chunk: Chunk { buf, off: at, len },
                         offset,
                     },
-                    tok(OpKind::SpoolDisk),
+                    lane(WRITE_LANE),
                 );
             }
             DiskOp::Sync { seq } => {
                 let fd = sp.fd_of(seq).expect("a sync's segment exists");
-                cx.push(Op::Fsync { fd }, tok(OpKind::SpoolDisk));
+                cx.push(Op::Fsync { fd }, lane(SYNC_LANE));
             }
             DiskOp::Position => {
                 let (at, bytes) = sp.encode_position();
@@ -265,7 +269,7 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
                         cx.pool.filled(b);
                         cx.pool.append(cx.mem, b, 0, &bytes);
                         // The position op holds this buffer: a write like the others.
-                        sp.disk_busy = Some(DiskOp::Write {
+                        sp.syncing = Some(DiskOp::Write {
                             seq: u64::MAX,
                             buf: b,
                             at: 0,
@@ -282,12 +286,12 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
                                 },
                                 offset: at,
                             },
-                            tok(OpKind::SpoolDisk),
+                            lane(SYNC_LANE),
                         );
                     }
                     None => {
                         // No buffer now: the next sync point records it.
-                        sp.disk_busy = None;
+                        sp.syncing = None;
                         sp.recorded = Position {
                             segment: 0,
                             offset: 0,
@@ -314,7 +318,7 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
         );
         return;
     }
-    if sp.is_empty() && sp.disk_busy.is_none() {
+    if sp.is_empty() && sp.writing.is_none() {
         // Caught up: from now on records go straight to the queue, behind the replayed ones.
         if sp.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
             return;
@@ -335,13 +339,14 @@ pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
     let o = &mut ch.outputs[oi];
     let url = o.cfg.endpoint.url();
     let Some(sp) = o.spool.as_mut() else { return };
-    let was = sp.disk_busy;
+    let sync_lane = tok.gen == SYNC_LANE;
+    let was = if sync_lane { sp.syncing } else { sp.writing };
     if let Some(DiskOp::Write {
         seq: u64::MAX, buf, ..
     }) = was
     {
         // The position file's slot.
-        sp.disk_busy = None;
+        sp.syncing = None;
         cx.pool.release(buf);
         if res < 0 {
             sp.stats.errors += 1;
@@ -354,7 +359,7 @@ pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         pump(cx, &mut ch.outputs[oi], a);
         return;
     }
-    let (done, failed) = sp.disk_done(res, cx.now);
+    let (done, failed) = sp.disk_done(sync_lane, res, cx.now);
     if failed {
         sp.fault_until = Some(cx.now + DISK_RETRY);
         if !sp.faulted {
