@@ -277,12 +277,9 @@ impl World {
                     qos1: false,
                 });
             }
-            // An MQTT output on a datagram channel, from its own generator (the other choices
-            // of a seed stay as they were). Opt-in (SIM_MQTT=1) until the two seeds named in
-            // the module doc are understood.
+            // An MQTT output on a datagram channel, from its own generator.
             let mut mrng = Rng::new(seed.wrapping_mul(0x4D51_5454).wrapping_add(c as u64 + 7));
-            let mqtt = std::env::var_os("SIM_MQTT").is_some();
-            if input == InKind::Udp && mqtt && mrng.chance(500) {
+            if input == InKind::Udp && mrng.chance(500) {
                 outputs.push(OutSpec {
                     kind: OutKind::Broker,
                     policy: policy(&mut mrng, OutKind::Broker),
@@ -751,7 +748,9 @@ impl World {
                     } else {
                         0
                     };
-                    k.broker = Some(sim::broker::BrokerConn::new(refuse));
+                    let mut b = sim::broker::BrokerConn::new(refuse);
+                    b.prompt = calm;
+                    k.broker = Some(b);
                     self.collectors[c][o].1.push(ci);
                 }
             }
@@ -763,7 +762,9 @@ impl World {
                 self.rng.range(0, 8)
             };
             let k = &mut self.kernel.conns[ci];
-            if !k.gone {
+            // A connection that is over sends nothing more (what it still owed, it never
+            // sends: see `BrokerConn::kept`).
+            if !k.gone && !k.closed && !k.shut {
                 k.room = (k.room + 65_536).min(262_144);
                 if let Some(b) = k.broker.as_mut() {
                     b.release(n);
@@ -867,6 +868,13 @@ fn run(seed: u64) -> Result<(), Failure> {
             w.calm = true;
             w.kernel.faults.error = 0;
             calm_since = Some(step);
+            // Brokers answer at once from now on, what they owed first.
+            for k in w.kernel.conns.iter_mut().filter(|k| !k.closed && !k.gone) {
+                if let Some(b) = k.broker.as_mut() {
+                    b.prompt = true;
+                    b.release(usize::MAX);
+                }
+            }
         }
         if Some(step) == reload_at {
             let new = parse_str("sim.conf", &w.cfg_text).expect("same config");
@@ -1313,7 +1321,15 @@ fn check_broker(
         let Some(b) = w.kernel.conns[ci].broker.as_ref() else {
             continue;
         };
-        for (m, (pos, dup)) in b.msgs.iter().enumerate() {
+        // What of the unacknowledged rest reached the broker (see `BrokerConn::kept`): most
+        // connections lost all of it, others a part, chosen by the connection's number.
+        let h = (ci as u64 ^ 0x5bd1_e995).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let forget = if h % 3 == 0 {
+            (h >> 2) as usize % (b.acks.len() + 1)
+        } else {
+            usize::MAX
+        };
+        for (m, (pos, dup)) in b.kept(forget).iter().enumerate() {
             let seq = pos[0] >> 20;
             let whole = pos
                 .iter()
@@ -1343,8 +1359,9 @@ fn check_broker(
     }
     let got = seen.len() as u64;
     if os.qos1 && os.policy == "block" && (got != offered || drops != 0) {
+        let missing: Vec<u64> = (0..offered).filter(|s| !seen.contains(s)).take(5).collect();
         return Err(format!(
-            "{what}: {got} messages of {offered} delivered, {drops} drops"
+            "{what}: {got} messages of {offered} delivered, {drops} drops (first missing: {missing:?})"
         ));
     }
     if got + drops < offered {
