@@ -505,6 +505,9 @@ impl Engine {
             ch.drain_deadline = None;
             spooling::stopping(&mut cx, ch, ci as u16, true);
             links::close_all(&mut cx, ch, ci as u16);
+            if !drained {
+                mqtt_link::give_up(&mut cx, ch);
+            }
         }
     }
 
@@ -557,6 +560,7 @@ impl Engine {
             let Some(ch) = ch else { continue };
             spooling::stopping(&mut cx, ch, ci as u16, true);
             links::close_all(&mut cx, ch, ci as u16);
+            mqtt_link::give_up(&mut cx, ch);
         }
     }
 

@@ -392,6 +392,49 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
     }
 }
 
+/// The stop's deadline closed channel `ch` with its MQTT outputs not done: each message they
+/// still hold (written and not acknowledged, waiting to be re-sent, or not yet published) is
+/// given up and counted as a drop, and the queue lets go of its buffers (a write in flight
+/// holds its own references). Outputs with a spool are left alone: the stop spilled their
+/// queue to it.
+pub(crate) fn give_up(cx: &mut Cx, ch: &mut Channel) {
+    for o in &mut ch.outputs {
+        if o.spool.is_some() {
+            continue;
+        }
+        let Some(s) = o.mqtt.as_mut() else { continue };
+        let mut n = s.give_up();
+        // The messages not yet cut from the queue, past those the session holds.
+        let mut skip = s.covered;
+        let mut cuts = Vec::new();
+        for c in o.queue.peek(o.queue.len()) {
+            if skip >= u64::from(c.len) {
+                skip -= u64::from(c.len);
+                continue;
+            }
+            let c = Chunk {
+                buf: c.buf,
+                off: c.off + skip as u32,
+                len: c.len - skip as u32,
+            };
+            skip = 0;
+            cuts.clear();
+            cut(
+                c,
+                cx.pool.bytes(cx.mem, c.buf, c.off, c.len),
+                s.how,
+                &mut cuts,
+            );
+            n += cuts.iter().filter(|(_, p)| p.len > 0).count() as u64;
+        }
+        s.pop_done();
+        for b in o.queue.clear() {
+            cx.pool.release(b);
+        }
+        o.stats.drops += n;
+    }
+}
+
 /// Bytes the broker sent on endpoint `slot` of output `out`: each whole packet acted on.
 pub(crate) fn received(
     cx: &mut Cx,

@@ -280,6 +280,19 @@ impl Session {
         lost
     }
 
+    /// The stop's deadline came first (`shutdown_timeout`): every message not done with is
+    /// given up, done at once. Returns how many (the caller counts them as drops: a QoS 1
+    /// message without its PUBACK may or may not have reached the broker).
+    pub fn give_up(&mut self) -> u64 {
+        let mut n = 0;
+        for m in self.unacked.iter_mut().filter(|m| !m.done) {
+            m.done = true;
+            m.due = false;
+            n += 1;
+        }
+        n
+    }
+
     /// The QoS 1 messages not acknowledged (the ones a disconnect leaves to re-send).
     pub fn not_acknowledged(&self) -> impl Iterator<Item = &Message> {
         self.unacked.iter().filter(|m| !m.done)
@@ -374,6 +387,23 @@ mod tests {
         assert_eq!(s.pop_done(), 4);
         // Handed to the kernel, so published; and lost with its connection, counted.
         assert_eq!((s.stats.published, s.stats.lost), (3, 1));
+    }
+
+    #[test]
+    fn a_deadline_gives_up_what_is_not_acknowledged() {
+        let mut s = Session::new(true, 4, Cut::Whole);
+        let a = s.add(5, chunk(0, 5));
+        s.add(3, chunk(5, 3));
+        s.add(2, chunk(8, 2));
+        s.written();
+        assert!(s.acknowledged(a.id));
+        assert_eq!(s.disconnected(), 0);
+        // Two wait to be re-sent when the deadline comes: both given up, none twice.
+        assert_eq!(s.give_up(), 2);
+        assert_eq!(s.give_up(), 0);
+        assert_eq!(s.pop_done(), 10);
+        assert!(s.settled());
+        assert_eq!(s.stats.acknowledged, 1);
     }
 
     #[test]

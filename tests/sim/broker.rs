@@ -4,8 +4,17 @@
 //! malformed packet is a violation), answers CONNECT with CONNACK (accepted, or refused with
 //! the code the world set), PINGREQ with PINGRESP, and keeps each QoS 1 PUBLISH's PUBACK until
 //! the world releases it ([`BrokerConn::release`]: some at once, some late, some never when the
-//! connection is dropped first). The messages it received are kept, with their payload's
-//! stream positions, for the end checks.
+//! connection is dropped first; once the world is calm, at once, as a healthy broker does:
+//! [`BrokerConn::prompt`]). The messages it received are kept, with their payload's stream
+//! positions, for the end checks.
+//!
+//! What the relay cannot tell apart, the checks must not either: a QoS 1 message whose PUBACK
+//! the relay never read may have reached the broker (its PUBACK was lost with the
+//! connection), or not (it was still in the relay's socket buffer, or on the wire, when the
+//! connection went: the write had completed all the same). So at the end, each connection
+//! keeps only the messages it acknowledged and a prefix of those it had not
+//! ([`BrokerConn::kept`]): the rest was lost in transit, as TCP loses a suffix of a dead
+//! connection's stream. A relay that lets a message go before its PUBACK loses it there.
 
 use super::kernel::Pos;
 use ringrelay::engine::buffers::BufId;
@@ -36,6 +45,8 @@ pub struct BrokerConn {
     pub msgs: Vec<(Vec<Pos>, bool)>,
     /// DISCONNECT came.
     pub bye: bool,
+    /// Each PUBACK goes out as soon as its PUBLISH is parsed (a calm world).
+    pub prompt: bool,
 }
 
 impl BrokerConn {
@@ -98,6 +109,9 @@ impl BrokerConn {
                             return Err("a QoS 1 PUBLISH with packet id 0".into());
                         }
                         self.acks.push_back(id);
+                        if self.prompt {
+                            self.release(usize::MAX);
+                        }
                         p += 2;
                     } else if qos != 0 || dup {
                         return Err(format!("a PUBLISH with first byte {b0:#04x}"));
@@ -130,6 +144,14 @@ impl BrokerConn {
             self.parsed = body.end;
         }
         Ok(out)
+    }
+
+    /// The messages this connection keeps once it is over, if `forget` of those whose
+    /// PUBACK it still owed never reached it (the last ones: TCP loses a suffix). On a QoS 1
+    /// output every message owes a PUBACK, and they are owed in order, so the owed ones are the
+    /// last `acks.len()` messages.
+    pub fn kept(&self, forget: usize) -> &[(Vec<Pos>, bool)] {
+        &self.msgs[..self.msgs.len() - forget.min(self.acks.len())]
     }
 
     /// Sends up to `n` owed PUBACKs.
