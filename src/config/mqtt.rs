@@ -198,12 +198,32 @@ pub fn parse_target(rest: &str) -> Result<(String, u16, MqttParams), String> {
         .ok_or("needs a topic: mqtt://HOST[:PORT]/TOPIC")?;
     let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
         let (h, p) = r.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
-        (h, p.strip_prefix(':'))
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{} is not an IPv6 address", quote(h)));
+        }
+        let port = match p {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or("IPv6 address and port: [::1]:1883")?,
+            ),
+        };
+        (h, port)
     } else {
-        match hostport.rsplit_once(':') {
+        let (h, p) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (hostport, None),
+        };
+        if h.contains(':') {
+            return Err("IPv6 addresses go in brackets: [::1]:1883".into());
         }
+        if !h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(format!("{} is not a host name or address", quote(h)));
+        }
+        (h, p)
     };
     if host.is_empty() {
         return Err("empty host".into());
@@ -266,7 +286,20 @@ mod tests {
         let (h, p, _) = parse_target("[::1]:1884/t").unwrap();
         assert_eq!((h.as_str(), p), ("::1", 1884));
         for bad in [
-            "h", "h/", "h/a/+", "h/#", ":1/t", "h:0/t", "h:x/t", "h/$SYS/x",
+            "h",
+            "h/",
+            "h/a/+",
+            "h/#",
+            ":1/t",
+            "h:0/t",
+            "h:x/t",
+            "h/$SYS/x",
+            // Hosts as the other URLs take them: a name or address, IPv6 in brackets.
+            "a:b:1/t",
+            "[x]:1/t",
+            "[::1]1/t",
+            "h t/x",
+            "\u{10}>t[dp]i0:5.0.0.0:500//0",
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
