@@ -23,7 +23,7 @@ use super::mqtt::{
     DISCONNECT_BYTES, PINGREQ_BYTES,
 };
 use super::mqtt_session::{cut, Cut, Phase, Session};
-use super::outq::Chunk;
+use super::outq::{Chunk, OutQueue};
 use super::token::{OpKind, Token};
 use super::{errno_str, input::post_reads, Cx, IOV_MAX};
 use crate::config::mqtt::DEFAULT_KEEPALIVE_SECS;
@@ -165,19 +165,8 @@ pub(crate) fn kick(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16, out: usize
                 parts.push((at, hdr.len(), Some(msg.payload)));
             }
             // Then new messages from the queue, past those the session holds.
-            let mut skip = s.covered;
             let mut cuts = Vec::new();
-            'chunks: for c in o.queue.peek(o.queue.len()) {
-                if skip >= u64::from(c.len) {
-                    skip -= u64::from(c.len);
-                    continue;
-                }
-                let c = Chunk {
-                    buf: c.buf,
-                    off: c.off + skip as u32,
-                    len: c.len - skip as u32,
-                };
-                skip = 0;
+            'chunks: for c in uncut(&o.queue, s.covered) {
                 cuts.clear();
                 cut(
                     c,
@@ -405,19 +394,8 @@ pub(crate) fn give_up(cx: &mut Cx, ch: &mut Channel) {
         let Some(s) = o.mqtt.as_mut() else { continue };
         let mut n = s.give_up();
         // The messages not yet cut from the queue, past those the session holds.
-        let mut skip = s.covered;
         let mut cuts = Vec::new();
-        for c in o.queue.peek(o.queue.len()) {
-            if skip >= u64::from(c.len) {
-                skip -= u64::from(c.len);
-                continue;
-            }
-            let c = Chunk {
-                buf: c.buf,
-                off: c.off + skip as u32,
-                len: c.len - skip as u32,
-            };
-            skip = 0;
+        for c in uncut(&o.queue, s.covered) {
             cuts.clear();
             cut(
                 c,
@@ -589,4 +567,23 @@ pub(crate) fn settled(o: &super::channel::Output) -> bool {
         && o.mqtt
             .as_ref()
             .is_none_or(|s| s.settled() && (s.phase != Phase::Ready || s.bye))
+}
+
+/// The queue's chunks past its first `covered` bytes (those the session already holds as
+/// messages), the first of them trimmed to start there: what is still to be cut into messages.
+fn uncut(queue: &OutQueue, covered: u64) -> impl Iterator<Item = Chunk> + '_ {
+    let mut skip = covered;
+    queue.peek(queue.len()).filter_map(move |c| {
+        if skip >= u64::from(c.len) {
+            skip -= u64::from(c.len);
+            return None;
+        }
+        let at = skip as u32;
+        skip = 0;
+        Some(Chunk {
+            buf: c.buf,
+            off: c.off + at,
+            len: c.len - at,
+        })
+    })
 }
