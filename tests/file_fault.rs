@@ -237,4 +237,14 @@ fn sigterm_names_the_output_still_holding_data_and_its_bytes() {
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("no byte count in {:?}", warned[0]));
     assert!(bytes > 0, "{:?}", warned[0]);
+    // And what it gave up is counted: the last counters line shows the output's drops.
+    let last = lines_with(&relay, "counters: channel")
+        .into_iter()
+        .rfind(|l| l.contains(&format!("output {url}")))
+        .unwrap_or_else(|| panic!("no final counters line:\n{}", relay.log()));
+    let drops: u64 = last
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("drops=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no drops in {last:?}"));
+    assert!(drops > 0, "the chunks given up count as drops: {last:?}");
 }

@@ -652,6 +652,32 @@ impl Channel {
             .collect()
     }
 
+    /// The stop's deadline closes the channel with data still queued: each output counts as
+    /// drops the chunks it will never send (its queue's, its subscribers', and the pipe it
+    /// drains as one chunk, a pipe keeping no boundaries). MQTT outputs count their messages
+    /// themselves ([`super::mqtt_link::give_up`]); a spooling output lost nothing, the stop
+    /// having spilled its queue to disk. Returns the chunks counted.
+    pub fn count_given_up(&mut self) -> u64 {
+        let mut total = 0;
+        for oi in 0..self.outputs.len() {
+            let o = &self.outputs[oi];
+            if o.mqtt.is_some() || o.spool.is_some() {
+                continue;
+            }
+            let subscribers: usize = o
+                .subscribers
+                .iter()
+                .filter_map(|&s| self.ep(s)?.queue.as_ref())
+                .map(|q| q.len())
+                .sum();
+            let piped = self.splice.as_ref().is_some_and(|s| s.pending_for(oi));
+            let n = (o.queue.len() + subscribers) as u64 + u64::from(piped);
+            self.outputs[oi].stats.drops += n;
+            total += n;
+        }
+        total
+    }
+
     /// Whether link output `oi` still has bytes to send: its queue, or the pipe it drains.
     pub fn output_pending(&self, oi: usize) -> bool {
         !self.outputs[oi].queue.is_empty()

@@ -504,6 +504,9 @@ impl Engine {
             }
             ch.drain_deadline = None;
             spooling::stopping(&mut cx, ch, ci as u16, true);
+            if !drained {
+                ch.count_given_up();
+            }
             links::close_all(&mut cx, ch, ci as u16);
             if !drained {
                 mqtt_link::give_up(&mut cx, ch);
@@ -559,6 +562,7 @@ impl Engine {
         for (ci, ch) in channels.iter_mut().enumerate() {
             let Some(ch) = ch else { continue };
             spooling::stopping(&mut cx, ch, ci as u16, true);
+            ch.count_given_up();
             links::close_all(&mut cx, ch, ci as u16);
             mqtt_link::give_up(&mut cx, ch);
         }
