@@ -22,7 +22,8 @@ for a in "${arches[@]}"; do
   [ "$arch" = "$a" ] || { echo "deb.sh: $deb is $arch, not $a" >&2; exit 1; }
   list=$(dpkg-deb -c "$deb")
   for f in ./usr/bin/ringrelay ./etc/ringrelay.conf ./etc/init.d/ringrelay \
-           ./lib/systemd/system/ringrelay.service ./usr/lib/tmpfiles.d/ringrelay.conf \
+           ./lib/systemd/system/ringrelay.service ./lib/systemd/system/ringrelay@.service \
+           ./usr/lib/tmpfiles.d/ringrelay.conf \
            ./usr/share/man/man8/ringrelay.8.gz ./usr/share/man/man5/ringrelay.conf.5.gz \
            ./usr/share/man/man7/ringrelay-shm.7.gz; do
     grep -q " $f\$" <<<"$list" || { echo "deb.sh: $deb lacks $f" >&2; exit 1; }
