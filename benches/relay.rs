@@ -28,13 +28,18 @@
 //!   `tcp://` outputs; ringrelay with `splice = on` (tee) and `splice = off` (buffers) against
 //!   the blocking relay (a thread per output). Gbit/s per output, to the last sink's last
 //!   byte; relay CPU seconds per GB of input.
+//! * (h) TCP with 8 and 64 channels 1-to-1 at once: aggregate Gbit/s, relay CPU per GB, and
+//!   the slowest channel's rate over the mean ([`channels_case`]); ringrelay on the splice and
+//!   buffer paths against the thread-per-connection copy relay and the floor.
+//! * The floor: a kernel-only relay (blocking splice(2) socket -> 1 MiB pipe -> socket, a
+//!   thread per connection) is a peer in (a) and (h), the least CPU a relay can spend per byte.
 //! * (g) a spooling `tcp://` output against the plain path: MB/s while records go to disk
 //!   (collector away) and while they are replayed, and their ratios to the plain path
 //!   ([`spool_case`]).
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
-//! (a, b, b2, b3, d, d2, e, f, g); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
+//! (a, b, b2, b3, d, d2, e, f, g, h); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
 //! exit). `RELAY_BENCH_TCP_OUTPUT` / `RELAY_BENCH_UDP_OUTPUT` add URL options to ringrelay's
 //! tcp / udp outputs (`zerocopy=on`, `gso=off`). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
@@ -50,6 +55,9 @@ use std::time::{Duration, Instant};
 
 #[path = "relay_cases/spool.rs"]
 mod spool_case;
+
+#[path = "relay_cases/channels.rs"]
+mod channels_case;
 
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{kill, Signal};
@@ -101,6 +109,9 @@ enum Relay {
     Blocking {
         buf: usize,
     },
+    /// The kernel-only floor: blocking splice(2) through a 1 MiB pipe, a thread per
+    /// connection ([`channels_case::pairs_main`]). TCP only.
+    Floor,
 }
 
 impl Relay {
@@ -126,6 +137,7 @@ impl Relay {
             }
             Relay::Socat { buf } => format!("socat -b {}", human(*buf)),
             Relay::Blocking { buf } => format!("blocking {}", human(*buf)),
+            Relay::Floor => "floor (kernel splice)".into(),
         }
     }
 }
@@ -155,6 +167,11 @@ enum Wiring {
     /// the outputs. Channel `i` is named `ch{i}`.
     Udp {
         channels: Vec<(SocketAddr, Vec<SocketAddr>)>,
+    },
+    /// One TCP channel per pair: the relay listens on the first address for one producer
+    /// and dials the second. Channel `i` is named `ch{i}`.
+    TcpPairs {
+        pairs: Vec<(SocketAddr, SocketAddr)>,
     },
 }
 
@@ -208,6 +225,14 @@ impl Bench {
                             conf += &format!("output = tcp://{o} {opts}\n");
                         }
                     }
+                    Wiring::TcpPairs { pairs } => {
+                        let opts = std::env::var("RELAY_BENCH_TCP_OUTPUT").unwrap_or_default();
+                        for (i, (input, output)) in pairs.iter().enumerate() {
+                            conf += &format!(
+                                "\n[channel ch{i}]\ninput = tcp-listen://{input}\noutput = tcp://{output} {opts}\n"
+                            );
+                        }
+                    }
                     Wiring::Udp { channels } => {
                         for (i, (input, outputs)) in channels.iter().enumerate() {
                             conf += &format!(
@@ -231,7 +256,7 @@ impl Bench {
             }
             Relay::Socat { buf } => {
                 let Wiring::Tcp { input, output } = w else {
-                    return Err(io::Error::other("socat has no fan-out"));
+                    return Err(io::Error::other("socat runs one 1-to-1 channel"));
                 };
                 let mut c = Command::new("socat");
                 c.arg("-b").arg(buf.to_string());
@@ -242,6 +267,20 @@ impl Bench {
                 ));
                 c.arg(format!("TCP:{}:{}", output.ip(), output.port()));
                 c
+            }
+            Relay::Floor => {
+                let pairs = match w {
+                    Wiring::Tcp { input, output } => vec![(*input, *output)],
+                    Wiring::TcpPairs { pairs } => pairs.clone(),
+                    _ => return Err(io::Error::other("the floor relays TCP 1-to-1 only")),
+                };
+                pairs_command("splice", FLOOR_PIPE, &pairs)?
+            }
+            Relay::Blocking { buf } if matches!(w, Wiring::TcpPairs { .. }) => {
+                let Wiring::TcpPairs { pairs } = w else {
+                    unreachable!()
+                };
+                pairs_command("copy", *buf, pairs)?
             }
             Relay::Blocking { buf } => {
                 let mut c = Command::new(std::env::current_exe()?);
@@ -261,6 +300,7 @@ impl Bench {
                         c.arg("udp").arg(input.to_string());
                         c.args(outputs.iter().map(|o| o.to_string()));
                     }
+                    Wiring::TcpPairs { .. } => unreachable!("matched above"),
                 }
                 c
             }
@@ -283,6 +323,23 @@ impl Bench {
         }
         Ok(total)
     }
+}
+
+/// Pipe size of the floor relay.
+const FLOOR_PIPE: usize = 1 << 20;
+
+/// This bench binary as the pairs relay (`--pairs-relay MODE BUF IN OUT...`).
+fn pairs_command(
+    mode: &str,
+    buf: usize,
+    pairs: &[(SocketAddr, SocketAddr)],
+) -> io::Result<Command> {
+    let mut c = Command::new(std::env::current_exe()?);
+    c.arg("--pairs-relay").arg(mode).arg(buf.to_string());
+    for (i, o) in pairs {
+        c.arg(i.to_string()).arg(o.to_string());
+    }
+    Ok(c)
 }
 
 /// Stops a relay (if it has not exited by itself) and returns its CPU seconds: user + system of
@@ -917,6 +974,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--blocking-relay") {
         std::process::exit(blocking::main(&args[2..]));
     }
+    if args.get(1).map(String::as_str) == Some("--pairs-relay") {
+        std::process::exit(channels_case::pairs_main(&args[2..]));
+    }
     let quick = std::env::var("RELAY_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
     let only: Option<Vec<String>> = std::env::var("RELAY_BENCH_ONLY")
         .ok()
@@ -964,6 +1024,7 @@ fn main() {
         Relay::Socat { buf: 1 << 20 },
         Relay::Blocking { buf: 64 << 10 },
         Relay::Blocking { buf: 1 << 20 },
+        Relay::Floor,
     ];
     relays.retain(selected);
     let shm_base = std::path::Path::new("/dev/shm");
@@ -1001,6 +1062,7 @@ fn main() {
         Relay::Ringrelay { .. } => "ringrelay",
         Relay::Socat { .. } => "socat",
         Relay::Blocking { .. } => "blocking",
+        Relay::Floor => "floor",
     };
     let mut tcp_rows = Vec::new();
     for r in relays.iter().filter(|_| case("a")) {
@@ -1028,7 +1090,7 @@ fn main() {
     let fan_relays = relays.iter().filter(|r| match r {
         Relay::Ringrelay { sqpoll, buffer, .. } => *sqpoll == "off" && buffer.is_none(),
         Relay::Blocking { .. } => true,
-        Relay::Socat { .. } => false,
+        Relay::Socat { .. } | Relay::Floor => false,
     });
     for r in fan_relays.filter(|_| case("f")) {
         fan_rows.push(Row {
@@ -1044,6 +1106,42 @@ fn main() {
         false,
         &fan_rows,
     );
+
+    // (h): many TCP channels at once: aggregate throughput, CPU, and the slowest channel.
+    let mut channels_failed = 0;
+    if case("h") {
+        let total = if quick { 256u64 << 20 } else { 2u64 << 30 };
+        let chan_relays: Vec<&Relay> = relays
+            .iter()
+            .filter(|r| match r {
+                Relay::Ringrelay {
+                    sqpoll,
+                    buffer,
+                    decimate,
+                    ..
+                } => *sqpoll == "off" && buffer.is_none() && !decimate,
+                Relay::Blocking { buf } => *buf == 1 << 20,
+                Relay::Floor => true,
+                Relay::Socat { .. } => false,
+            })
+            .collect();
+        for n in channels_case::COUNTS {
+            let per = total / n as u64;
+            let rows: Vec<_> = chan_relays
+                .iter()
+                .map(|r| {
+                    let res = channels_case::measure(runs, || {
+                        channels_case::run(&mut b, r, n, per, limit)
+                    });
+                    if r.name().starts_with("ringrelay") && res.is_err() {
+                        channels_failed += 1;
+                    }
+                    (r.name(), kind(r), res)
+                })
+                .collect();
+            channels_case::print(n, per, &rows);
+        }
+    }
 
     if case("g") {
         // Case (g): one run per cell set; 128 MiB (quick: 32 MiB) of 100-byte lines.
@@ -1295,7 +1393,8 @@ fn main() {
         .chain(&dec_rows)
         .chain(&buf_rows)
         .filter(|r| r.name.starts_with("ringrelay") && r.result.is_err())
-        .count();
+        .count()
+        + channels_failed;
     if failed > 0 {
         eprintln!("relay bench: {failed} ringrelay cell(s) could not be measured");
         std::process::exit(1);
