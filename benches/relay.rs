@@ -112,6 +112,9 @@ enum Relay {
     /// The kernel-only floor: blocking splice(2) through a 1 MiB pipe, a thread per
     /// connection ([`channels_case::pairs_main`]). TCP only.
     Floor,
+    /// A samplicator-style UDP loop: one thread receives a datagram, then sends it to each
+    /// output in turn, blocking. UDP only.
+    Loop,
 }
 
 impl Relay {
@@ -138,6 +141,7 @@ impl Relay {
             Relay::Socat { buf } => format!("socat -b {}", human(*buf)),
             Relay::Blocking { buf } => format!("blocking {}", human(*buf)),
             Relay::Floor => "floor (kernel splice)".into(),
+            Relay::Loop => "loop (recv, send to each)".into(),
         }
     }
 }
@@ -176,6 +180,9 @@ enum Wiring {
 }
 
 struct Bench {
+    /// `RELAY_BENCH_PIN=1`: the relay under test runs on this CPU, the bench's own threads
+    /// (sources, sinks) on the others.
+    pin: Option<usize>,
     ringrelay: String,
     tmp: std::path::PathBuf,
     /// `shm_dir` of decimating relays: a directory of this bench, removed at the end.
@@ -276,6 +283,21 @@ impl Bench {
                 };
                 pairs_command("splice", FLOOR_PIPE, &pairs)?
             }
+            Relay::Loop => {
+                let Wiring::Udp { channels } = w else {
+                    return Err(io::Error::other("the loop relays UDP only"));
+                };
+                let [(input, outputs)] = &channels[..] else {
+                    return Err(io::Error::other("the loop runs one channel"));
+                };
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg("--blocking-relay")
+                    .arg("65536")
+                    .arg("udploop")
+                    .arg(input.to_string());
+                c.args(outputs.iter().map(|o| o.to_string()));
+                c
+            }
             Relay::Blocking { buf } if matches!(w, Wiring::TcpPairs { .. }) => {
                 let Wiring::TcpPairs { pairs } = w else {
                     unreachable!()
@@ -308,7 +330,12 @@ impl Bench {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        cmd.spawn()
+        let child = cmd.spawn()?;
+        if let Some(cpu) = self.pin {
+            // Before the relay makes its ring or any thread: they inherit the mask.
+            pin(Pid::from_raw(child.id() as i32), cpu)?;
+        }
+        Ok(child)
     }
 
     /// Decimated frames published so far at the first level of channels `ch0..ch{n}`, read
@@ -323,6 +350,42 @@ impl Bench {
         }
         Ok(total)
     }
+}
+
+/// `A,B,C` or `FROM:TO:STEP` (both ends included) as input rates.
+fn sweep_rates(v: &str) -> Vec<f64> {
+    let parts: Vec<f64> = v.split(':').filter_map(|r| r.trim().parse().ok()).collect();
+    if let [from, to, step] = parts[..] {
+        if step > 0.0 {
+            let n = ((to - from) / step).floor() as usize;
+            return (0..=n).map(|i| from + i as f64 * step).collect();
+        }
+    }
+    v.split(',').filter_map(|r| r.trim().parse().ok()).collect()
+}
+
+/// Puts process `pid` (a relay just spawned) on CPU `cpu` alone.
+fn pin(pid: Pid, cpu: usize) -> io::Result<()> {
+    set_affinity(pid, &[cpu])
+}
+
+/// Sets the CPU affinity of `pid` (0: the calling thread) to `cpus`.
+fn set_affinity(pid: Pid, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain bytes; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: CPU_SET writes one bit of `set`; `c` is below the CPU count, far below
+        // the set's 1024 bits.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed, read by the call only.
+    let r = unsafe {
+        libc::sched_setaffinity(pid.as_raw(), std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Pipe size of the floor relay.
@@ -576,6 +639,17 @@ struct UdpLoad {
     outs: usize,
     count: u64,
     pace: Option<f64>,
+    /// Bytes per datagram (at least 8: the sequence number).
+    size: usize,
+}
+
+/// Bytes per datagram of the UDP fan-out cases (b, b2, b3): `RELAY_BENCH_DATAGRAM`, else
+/// `DATAGRAM`. The decimation cases always send `DATAGRAM` (whole frames).
+fn fan_out_datagram() -> usize {
+    std::env::var("RELAY_BENCH_DATAGRAM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DATAGRAM, |n: usize| n.clamp(8, RECV_SLOT))
 }
 
 /// Datagrams received RECV_BATCH at a time with one `recvmmsg`: the bench's sinks share the
@@ -708,7 +782,7 @@ fn udp_run(b: &mut Bench, relay: &Relay, load: UdpLoad, limit: Duration) -> Resu
         })
         .collect();
     // A varying payload (whole i16le x4 frames for the decimation case) after the sequence.
-    let mut pkt: Vec<u8> = (0..DATAGRAM).map(|i| (i * 37 + 11) as u8).collect();
+    let mut pkt: Vec<u8> = (0..load.size).map(|i| (i * 37 + 11) as u8).collect();
     // Warm up until every receiver has heard from the relay: it is bound and its outputs work.
     pkt[..8].copy_from_slice(&WARMUP_SEQ.to_be_bytes());
     let all = if n_rx == 64 {
@@ -928,9 +1002,9 @@ fn machine() -> String {
                 .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // Online CPUs, not this thread's affinity (a pinned bench runs on fewer).
+    // SAFETY: sysconf reads a system value.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -1025,6 +1099,7 @@ fn main() {
         Relay::Blocking { buf: 64 << 10 },
         Relay::Blocking { buf: 1 << 20 },
         Relay::Floor,
+        Relay::Loop,
     ];
     relays.retain(selected);
     let shm_base = std::path::Path::new("/dev/shm");
@@ -1034,7 +1109,16 @@ fn main() {
         std::path::Path::new("/tmp")
     }
     .join(format!("ringrelay-bench-{}", std::process::id()));
+    let pinned = std::env::var("RELAY_BENCH_PIN").is_ok_and(|v| v == "1");
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let pin_cpu = (pinned && cpus >= 2).then_some(0);
+    if let Some(cpu) = pin_cpu {
+        // The bench's threads (this one and all it starts) on every CPU but the relay's.
+        let others: Vec<usize> = (0..cpus).filter(|&c| c != cpu).collect();
+        set_affinity(Pid::from_raw(0), &others).expect("pin the bench");
+    }
     let mut b = Bench {
+        pin: pin_cpu,
         ringrelay: env!("CARGO_BIN_EXE_ringrelay").to_string(),
         tmp: std::env::temp_dir(),
         shm_dir,
@@ -1046,6 +1130,18 @@ fn main() {
         if quick { "quick" } else { "full" }
     );
     println!("machine: {}", machine());
+    match b.pin {
+        Some(cpu) => println!(
+            "pinned: the relay under test on CPU {cpu} alone, sources and sinks on the others"
+        ),
+        None => println!("unpinned: relays, sources and sinks share every CPU"),
+    }
+    if fan_out_datagram() != DATAGRAM {
+        println!(
+            "UDP fan-out cases (b, b2, b3): {} B datagrams",
+            fan_out_datagram()
+        );
+    }
     println!(
         "{} run(s) per cell, medians; TCP {} MiB per run, UDP {} (paced: {}) datagrams of {} B per run, \
          decimation {} (paced: {})",
@@ -1053,7 +1149,7 @@ fn main() {
         tcp_bytes >> 20,
         udp_count,
         udp_paced_count,
-        DATAGRAM,
+        fan_out_datagram(),
         dec_count,
         dec_paced_count
     );
@@ -1063,6 +1159,7 @@ fn main() {
         Relay::Socat { .. } => "socat",
         Relay::Blocking { .. } => "blocking",
         Relay::Floor => "floor",
+        Relay::Loop => "loop",
     };
     let mut tcp_rows = Vec::new();
     for r in relays.iter().filter(|_| case("a")) {
@@ -1090,7 +1187,7 @@ fn main() {
     let fan_relays = relays.iter().filter(|r| match r {
         Relay::Ringrelay { sqpoll, buffer, .. } => *sqpoll == "off" && buffer.is_none(),
         Relay::Blocking { .. } => true,
-        Relay::Socat { .. } | Relay::Floor => false,
+        Relay::Socat { .. } | Relay::Floor | Relay::Loop => false,
     });
     for r in fan_relays.filter(|_| case("f")) {
         fan_rows.push(Row {
@@ -1122,7 +1219,7 @@ fn main() {
                 } => *sqpoll == "off" && buffer.is_none() && !decimate,
                 Relay::Blocking { buf } => *buf == 1 << 20,
                 Relay::Floor => true,
-                Relay::Socat { .. } => false,
+                Relay::Socat { .. } | Relay::Loop => false,
             })
             .collect();
         for n in channels_case::COUNTS {
@@ -1181,18 +1278,20 @@ fn main() {
     let mut udp_rows = Vec::new();
     // socat cannot fan out; the blocking relay's buffer size does not matter for datagrams.
     let udp_relays = relays.iter().filter(|r| {
-        !matches!(r, Relay::Socat { .. })
+        !matches!(r, Relay::Socat { .. } | Relay::Floor)
             && !matches!(r, Relay::Blocking { buf } if *buf != 64 << 10)
             // The 256KiB and splice rows are about streams.
             && !matches!(r, Relay::Ringrelay { buffer: Some(_), .. })
             && !matches!(r, Relay::Ringrelay { splice: true, .. })
     });
     let udp_relays: Vec<&Relay> = udp_relays.collect();
+    let fan_size = fan_out_datagram();
     let fan_out = |count, pace| UdpLoad {
         channels: 1,
         outs: 4,
         count,
         pace,
+        size: fan_size,
     };
     for r in udp_relays.iter().filter(|_| case("b")) {
         udp_rows.push(Row {
@@ -1239,10 +1338,10 @@ fn main() {
     // a relay carries without loss.
     let mut sweep_rows: Vec<(f64, Vec<Row>)> = Vec::new();
     if case("b3") {
-        // RELAY_BENCH_SWEEP=100000,200000 replaces the rates.
+        // RELAY_BENCH_SWEEP=100000,200000 replaces the rates; FROM:TO:STEP is a range.
         let rates: Vec<f64> = std::env::var("RELAY_BENCH_SWEEP")
             .ok()
-            .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+            .map(|v| sweep_rates(&v))
             .unwrap_or_else(|| UDP_SWEEP_RATES.to_vec());
         for &rate in &rates {
             let count = (rate * if quick { 0.5 } else { 1.0 }) as u64;
@@ -1273,6 +1372,21 @@ fn main() {
                 }
             }
             println!();
+        }
+        // The highest rate each relay carried with less than 0.1% loss, below its first
+        // lossy rate (item of comparison for per-core efficiency).
+        for (i, r) in udp_relays.iter().enumerate() {
+            let mut best = None;
+            for (rate, rows) in &sweep_rows {
+                match &rows[i].result {
+                    Ok(s) if s.drop < 0.1 => best = Some(*rate),
+                    _ => break,
+                }
+            }
+            match best {
+                Some(b) => println!("  {}: lossless up to {}k/s", r.name(), b / 1000.0),
+                None => println!("  {}: lossy from the first rate", r.name()),
+            }
         }
         print!("  {:<32}", "  CPU us/dgram (first relay)");
         for (_, rows) in &sweep_rows {
@@ -1318,6 +1432,7 @@ fn main() {
             outs: 1,
             count,
             pace,
+            size: DATAGRAM,
         };
         let mut rows = Vec::new();
         let name = if pace.is_none() { "d" } else { "d2" };
@@ -1416,6 +1531,7 @@ mod blocking {
             match args[1].as_str() {
                 "tcp" => tcp(buf, input, &outputs),
                 "udp" => udp(buf, input, &outputs),
+                "udploop" => udp_loop(buf, input, &outputs),
                 k => Err(io::Error::other(format!("unknown kind {k}"))),
             }
         };
@@ -1478,6 +1594,22 @@ mod blocking {
             let _ = j.join();
         });
         Ok(())
+    }
+
+    /// Samplicator's shape: one thread, receive, then send to each output in turn.
+    fn udp_loop(buf: usize, input: SocketAddr, outputs: &[SocketAddr]) -> io::Result<()> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        ringrelay::driver::net::set_rcvbuf(&s, input_rcvbuf());
+        s.bind(&input.into())?;
+        let s: UdpSocket = s.into();
+        let out = UdpSocket::bind("127.0.0.1:0")?;
+        let mut b = vec![0u8; buf.min(65536)];
+        loop {
+            let n = s.recv(&mut b)?;
+            for o in outputs {
+                let _ = out.send_to(&b[..n], o);
+            }
+        }
     }
 
     fn udp(buf: usize, input: SocketAddr, outputs: &[SocketAddr]) -> io::Result<()> {
