@@ -290,9 +290,16 @@ impl Daemon {
             if self.engine.done() {
                 break;
             }
-            if let Err(e) = self.ring.submit() {
-                error!("io_uring submit failed: {e}");
-                return 1;
+            // Without SQPOLL the wait at the top of the loop submits what this turn queued in
+            // the same io_uring_enter that waits; a submit here would be a second system call
+            // per turn for nothing. With SQPOLL, submitting is a store to the SQ tail (and a
+            // wake-up only if the kernel thread sleeps): done now, so that thread starts on
+            // this turn's work before the loop waits.
+            if self.ring.caps.sqpoll {
+                if let Err(e) = self.ring.submit() {
+                    error!("io_uring submit failed: {e}");
+                    return 1;
+                }
             }
         }
         self.finish();
