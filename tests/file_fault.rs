@@ -80,16 +80,6 @@ fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Log lines containing `what`.
-fn lines_with(relay: &Relay, what: &str) -> Vec<String> {
-    relay
-        .log()
-        .lines()
-        .filter(|l| l.contains(what))
-        .map(String::from)
-        .collect()
-}
-
 /// Waits until the subscriber and the file both got data.
 fn wait_flowing(sub: &StreamSink, file: &Path) {
     wait_for(

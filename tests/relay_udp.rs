@@ -33,6 +33,7 @@ in_both_feature_sets!(
     udp_sequence_in_order_in_bursts,
     udp_stuck_subscriber_does_not_stall_the_channel,
     udp_receive_buffers_asked_and_granted,
+    udp_refused_destination_logs_once_per_episode,
 );
 
 /// Without CAP_NET_ADMIN the kernel caps `rcvbuf=` at net.core.rmem_max: the relay starts,
@@ -682,5 +683,55 @@ fn udp_segmented_sends_keep_boundaries(features: Features) {
     for s in &sinks {
         assert_same_datagrams(s.name(), &s.datagrams(), &dgrams);
     }
+    relay.stop();
+}
+
+/// A UDP destination with nothing listening refuses every other datagram (the ICMP error
+/// comes back after the send it answers): the relay logs the fault once and keeps dropping
+/// (counted) without logging a recovery and a new fault per datagram; once something listens
+/// again and a second passes without a refusal, one recovery line.
+fn udp_refused_destination_logs_once_per_episode(features: Features) {
+    let dir = TempDir::new("udp-refused");
+    // A port nobody listens on: taken, noted, released.
+    let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = closed.local_addr().unwrap();
+    drop(closed);
+    let (relay, input) = Relay::start(features, &dir, || {
+        let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
+        let conf = dir.global_section()
+            + &format!("[channel refused]\ninput = udp://{input}\noutput = udp://{dest}\n");
+        (conf, input)
+    });
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let send = |n: usize| {
+        for i in 0..n {
+            tx.send_to(&(i as u64).to_be_bytes(), input).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    };
+    send(200);
+    wait_for_log(&relay, "dropping until it recovers");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let faults = lines_with(&relay, "dropping until it recovers").len();
+    let recoveries = lines_with(&relay, "recovered").len();
+    assert_eq!(
+        faults,
+        1,
+        "one fault line for the episode:\n{}",
+        relay.log()
+    );
+    assert_eq!(recoveries, 0, "no recovery while refused:\n{}", relay.log());
+    // Something listens again: after a second of sends without a refusal, one recovery.
+    let sink = DatagramSink::bind("udp destination", dest);
+    send(700);
+    wait_for_log(&relay, "recovered");
+    assert!(sink.count() > 0);
+    assert_eq!(lines_with(&relay, "recovered").len(), 1, "{}", relay.log());
+    assert_eq!(
+        lines_with(&relay, "dropping until it recovers").len(),
+        1,
+        "{}",
+        relay.log()
+    );
     relay.stop();
 }

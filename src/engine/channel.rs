@@ -171,6 +171,10 @@ pub struct Output {
     pub faulted: bool,
     /// When the current fault episode began.
     pub fault_since: Option<Instant>,
+    /// A UDP destination's last refused send: it has recovered only once sends succeed for
+    /// [`super::output::DATAGRAM_RECOVERY`] after it (a closed port refuses every other
+    /// datagram, the ICMP error arriving after the send it answers).
+    pub last_refused: Option<Instant>,
     /// A `file://` output's file.
     pub file: Option<FileOut>,
     pub stats: OutputStats,
@@ -436,6 +440,7 @@ impl Channel {
                 retry_at: None,
                 faulted: false,
                 fault_since: None,
+                last_refused: None,
                 file,
                 stats: OutputStats::default(),
                 connected_once: false,

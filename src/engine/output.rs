@@ -21,6 +21,12 @@ use super::token::{OpKind, Token};
 use super::{errno_str, input::post_reads, Cx, GSO_BYTES, GSO_SEGMENTS, IOV_MAX};
 use crate::config::url::Scheme;
 use log::{debug, info, warn};
+use std::time::Duration;
+
+/// How long a refused UDP destination must take sends without a refusal before it counts as
+/// recovered (and says so): a closed port refuses every other datagram, so a recovery on the
+/// first good send would log a fault and a recovery per datagram.
+pub const DATAGRAM_RECOVERY: Duration = Duration::from_secs(1);
 
 /// Starts the next writes of an output endpoint if none are in flight: one gathered write of
 /// up to [`IOV_MAX`] queued chunks on a stream or file (a single fixed-buffer write when only
@@ -355,8 +361,13 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         }
         if o.file.is_some() {
             fileout::recovered(&cfg.name, o);
-        } else if o.faulted && matches!(role, Role::Link { .. }) {
+        } else if o.faulted
+            && matches!(role, Role::Link { .. })
+            && o.last_refused
+                .is_none_or(|t| cx.now >= t + DATAGRAM_RECOVERY)
+        {
             o.faulted = false;
+            o.last_refused = None;
             o.backoff.reset();
             info!("channel {}: output {} recovered", cfg.name, o.url());
         }
@@ -438,6 +449,7 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
             }
             o.stats.drops += u64::from(sent_count);
             o.stats.errors += 1;
+            o.last_refused = Some(cx.now);
             if !o.faulted {
                 o.faulted = true;
                 warn!(

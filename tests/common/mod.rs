@@ -80,6 +80,25 @@ macro_rules! in_both_feature_sets {
 // ------------------------------------------------------------------------------------------------
 // Deadlines
 
+/// The relay's log lines containing `what`.
+pub fn lines_with(relay: &Relay, what: &str) -> Vec<String> {
+    relay
+        .log()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(String::from)
+        .collect()
+}
+
+/// Waits (10 s at most) until the relay's log holds a line containing `what`.
+pub fn wait_for_log(relay: &Relay, what: &str) {
+    wait_for(
+        &format!("a log line with {what:?}"),
+        Duration::from_secs(10),
+        || relay.log().contains(what),
+    );
+}
+
 /// Polls `ready` every millisecond or so until it is true; panics naming `what` at the deadline.
 pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
