@@ -33,6 +33,8 @@
 //!   buffer paths against the thread-per-connection copy relay and the floor.
 //! * The floor: a kernel-only relay (blocking splice(2) socket -> 1 MiB pipe -> socket, a
 //!   thread per connection) is a peer in (a) and (h), the least CPU a relay can spend per byte.
+//! * (l) UDP latency added at 10,000 datagrams/s of 1400 B, p50/p99/p99.9 against the direct
+//!   path ([`latency_case`]); only when named in `RELAY_BENCH_CASES`.
 //! * (g) a spooling `tcp://` output against the plain path: MB/s while records go to disk
 //!   (collector away) and while they are replayed, and their ratios to the plain path
 //!   ([`spool_case`]).
@@ -58,6 +60,9 @@ mod spool_case;
 
 #[path = "relay_cases/channels.rs"]
 mod channels_case;
+
+#[path = "relay_cases/latency.rs"]
+mod latency_case;
 
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{kill, Signal};
@@ -259,6 +264,22 @@ impl Bench {
                 let verbose = std::env::var_os("RELAY_BENCH_VERBOSE").is_some();
                 c.arg("--log-level")
                     .arg(if verbose { "info" } else { "warn" });
+                c
+            }
+            Relay::Socat { .. } if matches!(w, Wiring::Udp { .. }) => {
+                let Wiring::Udp { channels } = w else {
+                    unreachable!()
+                };
+                let [(input, outputs)] = &channels[..] else {
+                    return Err(io::Error::other("socat runs one channel"));
+                };
+                let [output] = &outputs[..] else {
+                    return Err(io::Error::other("socat has no fan-out"));
+                };
+                let mut c = Command::new("socat");
+                c.arg("-u")
+                    .arg(format!("UDP-RECV:{},bind={}", input.port(), input.ip()));
+                c.arg(format!("UDP-SENDTO:{}:{}", output.ip(), output.port()));
                 c
             }
             Relay::Socat { buf } => {
@@ -1237,6 +1258,32 @@ fn main() {
                 })
                 .collect();
             channels_case::print(n, per, &rows);
+        }
+    }
+
+    // (l): the latency a relay adds to UDP at a moderate rate (not in the default set: it
+    // wants a quiet machine; RELAY_BENCH_CASES=l).
+    if cases.as_ref().is_some_and(|v| v.iter().any(|x| x == "l")) {
+        let count = if quick { 5_000 } else { 20_000 };
+        match latency_case::direct(count) {
+            Ok(direct) => {
+                let rows: Vec<_> = relays
+                    .iter()
+                    .filter(|r| match r {
+                        Relay::Ringrelay {
+                            buffer, decimate, ..
+                        } => buffer.is_none() && !decimate,
+                        Relay::Socat { buf } => *buf == 8192 && socat.is_ok(),
+                        Relay::Blocking { buf } => *buf == 64 << 10,
+                        Relay::Loop => true,
+                        Relay::Floor => false,
+                    })
+                    .filter(|r| !matches!(r, Relay::Ringrelay { splice: true, .. }))
+                    .map(|r| (r.name(), latency_case::through(&mut b, r, count)))
+                    .collect();
+                latency_case::print(count, &direct, &rows);
+            }
+            Err(e) => println!("\n(l) UDP latency: the direct path failed: {e}"),
         }
     }
 
