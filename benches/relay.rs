@@ -938,7 +938,8 @@ struct Row {
     result: Result<Sample, String>,
 }
 
-fn measure(runs: usize, mut f: impl FnMut() -> Result<Sample, String>) -> Result<Sample, String> {
+/// The results of `runs` runs that succeeded, or the last error when none did.
+fn successes<T>(runs: usize, mut f: impl FnMut() -> Result<T, String>) -> Result<Vec<T>, String> {
     let mut ok = Vec::new();
     let mut last_err = None;
     for _ in 0..runs {
@@ -950,6 +951,11 @@ fn measure(runs: usize, mut f: impl FnMut() -> Result<Sample, String>) -> Result
     if ok.is_empty() {
         return Err(last_err.unwrap_or_else(|| "no runs".into()));
     }
+    Ok(ok)
+}
+
+fn measure(runs: usize, f: impl FnMut() -> Result<Sample, String>) -> Result<Sample, String> {
+    let ok = successes(runs, f)?;
     Ok(Sample {
         rate: median(ok.iter().map(|s| s.rate).collect()),
         cpu: median(ok.iter().map(|s| s.cpu).collect()),

@@ -160,6 +160,22 @@ fn splice_loop(src: &TcpStream, dst: &TcpStream, pipe_size: usize) -> io::Result
     result
 }
 
+/// A read or write on a socket with a timeout: `Ok(None)` when the timeout passed.
+fn timed_out_is_none(r: io::Result<usize>) -> io::Result<Option<usize>> {
+    match r {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Case (h): `n` channels, `per` bytes each, through `relay`.
 pub fn run(
     b: &mut Bench,
@@ -215,13 +231,8 @@ pub fn run(
             let mut sent = 0u64;
             while sent < per && Instant::now() < deadline {
                 let k = ((per - sent) as usize).min(chunk.len());
-                match s.write(&chunk[..k]) {
-                    Ok(w) => sent += w as u64,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
+                match timed_out_is_none(s.write(&chunk[..k])) {
+                    Ok(w) => sent += w.unwrap_or(0) as u64,
                     Err(_) => break,
                 }
             }
@@ -244,15 +255,9 @@ pub fn run(
             let mut buf = vec![0u8; 1 << 20];
             let mut got = 0u64;
             while got < per && Instant::now() < deadline {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => got += k as u64,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => break,
+                match timed_out_is_none(s.read(&mut buf)) {
+                    Ok(Some(0)) | Err(_) => break,
+                    Ok(k) => got += k.unwrap_or(0) as u64,
                 }
             }
             (got, Instant::now())
@@ -289,19 +294,9 @@ pub fn run(
 /// Medians of case (h)'s runs of one relay, or why it could not run.
 pub fn measure(
     runs: usize,
-    mut f: impl FnMut() -> Result<ChannelsSample, String>,
+    f: impl FnMut() -> Result<ChannelsSample, String>,
 ) -> Result<ChannelsSample, String> {
-    let mut ok = Vec::new();
-    let mut last = None;
-    for _ in 0..runs {
-        match f() {
-            Ok(s) => ok.push(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    if ok.is_empty() {
-        return Err(last.unwrap_or_else(|| "no runs".into()));
-    }
+    let ok = super::successes(runs, f)?;
     let med = |g: fn(&ChannelsSample) -> f64| super::median(ok.iter().map(g).collect());
     Ok(ChannelsSample {
         rate: med(|s| s.rate),
