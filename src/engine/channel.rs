@@ -355,6 +355,9 @@ pub struct Channel {
     /// The input found no free buffer for a read: the tick has other inputs give back the
     /// buffers their idle reads park (see `input::unpark_reads`).
     pub input_starved: bool,
+    /// How many channels share the pool (when this one started): a stream input holding more
+    /// than its share of the large buffers waits while the pool is short ([`Channel::over_share`]).
+    pub pool_peers: usize,
     /// Its parked reads are being cancelled to give their buffers back.
     pub input_unparking: bool,
     /// A draining datagram input: the bytes it may still read before it is closed.
@@ -469,6 +472,7 @@ impl Channel {
             draining: false,
             input_draining: false,
             input_starved: false,
+            pool_peers: channels.max(1),
             input_unparking: false,
             drain_left: 0,
             drain_errors: 0,
@@ -687,6 +691,39 @@ impl Channel {
     pub fn output_pending(&self, oi: usize) -> bool {
         !self.outputs[oi].queue.is_empty()
             || self.splice.as_ref().is_some_and(|s| s.pending_for(oi))
+    }
+
+    /// Pool buffers this channel's stream data holds: its input's reads, and the longest of its
+    /// outputs' queues (a fan-out's outputs share each chunk's buffer).
+    pub fn held_buffers(&self) -> usize {
+        let reading = self
+            .input
+            .and_then(|s| self.ep(s))
+            .map_or(0, |e| e.reading.len());
+        let links = self
+            .outputs
+            .iter()
+            .map(|o| o.queue.len())
+            .max()
+            .unwrap_or(0);
+        let subscribers = self
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|e| e.queue.as_ref())
+            .map(|q| q.len())
+            .max()
+            .unwrap_or(0);
+        reading + links.max(subscribers)
+    }
+
+    /// Whether this channel's stream input should leave the next free buffers to others: the
+    /// pool's large buffers are short (under a quarter free) and it holds more than its share
+    /// of them. Without this, channels whose reads complete first take every buffer freed,
+    /// and with 64 channels the slowest got a third of the mean rate. At least one channel is
+    /// always within its share (the shares add up to the pool), so reading never stops.
+    pub fn over_share(&self, free: usize, total: usize) -> bool {
+        free < total / 4 && self.held_buffers() > (total / self.pool_peers).max(2)
     }
 
     /// Whether every block output is back under half its limit.

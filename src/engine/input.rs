@@ -59,6 +59,13 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     if datagram && ch.input_retry_at.is_some() && !ch.input_draining {
         return;
     }
+    if !datagram {
+        let (free, total) = cx.pool.free_of(Class::Large);
+        if ch.over_share(free, total) {
+            // Its queues drain by their writes; the batch after one reads again.
+            return;
+        }
+    }
     let Some(slot) = ch.input else { return };
     let Some(ep) = ch.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
         return;
