@@ -216,10 +216,12 @@ impl Spool {
 
     /// Whether a record of `len` payload bytes may be staged; applies `spool_max` (a
     /// `drop-oldest` spool gives up its oldest whole segments first: their fds and the
-    /// records lost are returned through `deleted`).
-    pub fn admit(&mut self, len: u32, deleted: &mut Vec<Segment>) -> Admit {
+    /// records lost are returned through `deleted`). `spare` is how many staged buffers the
+    /// pool lends beyond [`MAX_STAGED`] now (its buffers that nobody needs: a burst waits in
+    /// them for the disk rather than being dropped).
+    pub fn admit(&mut self, len: u32, spare: usize, deleted: &mut Vec<Segment>) -> Admit {
         let need = RECORD_HEADER as u64 + u64::from(len);
-        if self.staged_buffers() >= MAX_STAGED {
+        if self.staged_buffers() >= MAX_STAGED + spare {
             self.stats.dropped += 1;
             return Admit::Drop;
         }
@@ -417,7 +419,7 @@ pub(crate) mod tests {
     /// Appends one record of `len` bytes the way `spooling` does, with fds counting up.
     pub(crate) fn append(sp: &mut Spool, len: u32, now: Instant, next_buf: &mut u16) -> bool {
         let mut gone = Vec::new();
-        if sp.admit(len, &mut gone) == Admit::Drop {
+        if sp.admit(len, 0, &mut gone) == Admit::Drop {
             return false;
         }
         if sp.needs_new_head(len) {

@@ -84,7 +84,7 @@ impl Model {
         let p = payload(i);
         let len = p.len() as u32;
         let mut gone = Vec::new();
-        let admit = self.sp.admit(len, &mut gone);
+        let admit = self.sp.admit(len, 0, &mut gone);
         assert!(gone.is_empty(), "drop-newest gives up no segment");
         if admit == Admit::Drop {
             self.dropped.insert(i);

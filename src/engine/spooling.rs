@@ -169,7 +169,7 @@ pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
     while off < c.len {
         let len = (c.len - off).min(most);
         let mut gone = Vec::new();
-        let admit = sp.admit(len, &mut gone);
+        let admit = sp.admit(len, spare_buffers(cx), &mut gone);
         remove_segments(cx, &sp.cfg.dir, gone);
         if admit == Admit::Drop {
             o.stats.drops += 1;
@@ -235,6 +235,13 @@ fn copy_record(cx: &mut Cx, pieces: Pieces, header: &[u8], payload: (u16, u32)) 
             pos = end;
         }
     }
+}
+
+/// Staged buffers a spool may hold beyond its reserve now: the free large buffers past half
+/// of the pool (the inputs' reads and the other outputs keep the rest).
+fn spare_buffers(cx: &Cx) -> usize {
+    let (free, all) = cx.pool.free_of(super::buffers::Class::Large);
+    free.saturating_sub(all / 2)
 }
 
 fn remove_segments(cx: &mut Cx, dir: &std::path::Path, gone: Vec<Segment>) {
