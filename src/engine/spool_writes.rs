@@ -27,7 +27,7 @@ use std::time::Instant;
 
 /// Staged buffers queued or being written, at most: beyond, the disk is too slow and records
 /// are dropped (counted) rather than held in the pool.
-pub const MAX_STAGED: usize = 64;
+pub const MAX_STAGED: usize = 32;
 /// Gathered writes in flight at most. A few keep the disk busy while the loop stages more, and
 /// the staged buffers that wait meanwhile go as one larger write.
 pub const MAX_WRITES: usize = 4;
