@@ -16,8 +16,10 @@
 //!    instead of `offset + n`): a damaged record is read back.
 //! 3. (with several writes in flight) a write that completed before an earlier one counted as
 //!    written (`settle_written` in `spool_writes` sets `written` to the end of the write that
-//!    completed, ignoring the pending ones): "bytes claimed written that were not", and with
-//!    that a sync claiming them durable.
+//!    completed, ignoring the pending ones): "bytes claimed written that were not";
+//! 4. a sync claiming the segment's booked size rather than its written bytes
+//!    (`Spool::next_disk` takes `size` for `upto`): "a sync of segment 1 claims 31 bytes, 12
+//!    written".
 //!
 //! Not reached here: the output's mode (`spooling::takes`, live records behind a non-empty
 //! spool) and the ring's completions; those need the simulation's spool cases.
