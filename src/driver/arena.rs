@@ -104,4 +104,14 @@ impl Memory for Arena {
         let at = start + off as usize;
         self.map[at..at + data.len()].copy_from_slice(data);
     }
+
+    fn copy(&mut self, from: BufId, off: u32, len: u32, to: BufId, to_off: u32) {
+        let (src, src_size) = self.addrs.locate(from);
+        let (dst, dst_size) = self.addrs.locate(to);
+        assert!(off as u64 + len as u64 <= u64::from(src_size));
+        assert!(to_off as u64 + len as u64 <= u64::from(dst_size));
+        let at = src + off as usize;
+        self.map
+            .copy_within(at..at + len as usize, dst + to_off as usize);
+    }
 }

@@ -310,7 +310,8 @@ impl Ring {
         let m = self.spare.pop().unwrap_or_else(OpMem::new);
         let prev = self.held.insert(ud, m);
         // The engine keeps at most one gathered write, segmented send or scattered read in
-        // flight per endpoint, and their tags differ; a second one would share storage.
+        // flight per endpoint, and their tags differ (a spool's writes in flight each carry
+        // their slot in the generation field); a second one would share storage.
         assert!(prev.is_none(), "two operations with storage share a tag");
         self.held.get_mut(&ud).expect("just inserted")
     }
@@ -361,6 +362,18 @@ impl Ring {
                         .offset(offset)
                         .build()
                 }
+            }
+            Op::WritevAt {
+                fd,
+                chunks: span,
+                offset,
+            } => {
+                let span = &chunks[span.start as usize..(span.start + span.n) as usize];
+                let m = self.hold(ud);
+                let n = m.fill_iov(&addrs, span);
+                opcode::Writev::new(types::Fd(fd), m.iov.as_ptr(), n)
+                    .offset(offset)
+                    .build()
             }
             Op::ReadAt {
                 fd,

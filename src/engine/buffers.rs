@@ -345,6 +345,24 @@ impl BufferPool {
         mem.write(id, off, data);
     }
 
+    /// Copies `len` bytes of buffer `from` (holding data) at `off` into buffer `to` at `to_off`,
+    /// under the promise of [`BufferPool::append`] for `to` (a spool's staging buffer).
+    pub fn copy(
+        &self,
+        mem: &mut dyn Memory,
+        (from, off, len): (BufId, u32, u32),
+        (to, to_off): (BufId, u32),
+    ) {
+        self.check_readable(from, off, len);
+        assert_ne!(from, to, "a copy within one buffer");
+        assert!(
+            matches!(self.state[to as usize], State::Shared(_)),
+            "buffer {to} does not hold data"
+        );
+        assert!(to_off as usize + len as usize <= self.size_of(to) as usize);
+        mem.copy(from, off, len, to, to_off);
+    }
+
     /// Byte offset of buffer `id` in the arena (the driver's address arithmetic).
     pub fn offset_of(&self, id: BufId) -> usize {
         self.start(id)

@@ -116,6 +116,9 @@ pub enum Op {
     Tee { fd_in: Fd, fd_out: Fd, len: u32 },
     /// Write a chunk to a file at `offset` (a spool segment or position file).
     WriteAt { fd: Fd, chunk: Chunk, offset: u64 },
+    /// Gathered write of several chunks to a file at `offset` (a run of a spool's staged
+    /// buffers, consecutive in the segment).
+    WritevAt { fd: Fd, chunks: Span, offset: u64 },
     /// Read `len` bytes of a file at `offset` into `buf` (a spool segment, for replay).
     ReadAt {
         fd: Fd,
@@ -230,6 +233,12 @@ pub trait Publish {
 pub trait Memory {
     fn bytes(&self, buf: BufId, off: u32, len: u32) -> &[u8];
     fn write(&mut self, buf: BufId, off: u32, data: &[u8]);
+    /// Copies `len` bytes of buffer `from` at `off` into buffer `to` at `to_off` (two
+    /// different buffers). The default goes through a temporary copy.
+    fn copy(&mut self, from: BufId, off: u32, len: u32, to: BufId, to_off: u32) {
+        let data = self.bytes(from, off, len).to_vec();
+        self.write(to, to_off, &data);
+    }
 }
 
 /// Synchronous calls into the outside world: set-up and tear-down, never data.

@@ -214,6 +214,8 @@ pub(crate) fn connected(
                     }
                     super::framed::link_up(cx, ch, out);
                     kick(cx, ch, ci, slot);
+                    // A spool replays from now, not from the next tick.
+                    super::spooling::sent(cx, ch, ci, out);
                 }
                 _ => {}
             }

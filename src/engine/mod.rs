@@ -52,6 +52,7 @@ mod splicing;
 pub mod spool;
 #[cfg(test)]
 mod spool_props;
+pub mod spool_writes;
 pub mod spoolfmt;
 mod spooling;
 mod start;

@@ -1,15 +1,12 @@
 //! One output's disk spool, as books: which segments exist, where the next record goes, how
 //! far replay read and how far the collector consumed, and what to ask the disk next.
 //!
-//! Owns: the segment list (oldest first; the last is the write head), the staging of records
-//! into pool buffers for large sequential writes, the disk operations in flight (two lanes:
-//! positioned writes one at a time, in order; and an fsync or a write of the position file,
-//! one at a time, submitted only once every write queued before it completed, so a sync covers
-//! every write before it; writes queued after a sync go on while it runs, since an fsync on
-//! ext4 takes milliseconds and the input must not wait for it), the read cursor of replay, the
-//! consumed position, the `spool_max` policy and the spool's counters. Pure: it never touches a file; its caller
-//! (`spooling`) turns the [`DiskOp`]s and reads it plans into ring operations and feeds the
-//! completions back.
+//! Owns: the segment list (oldest first; the last is the write head), the read cursor of
+//! replay, the consumed position, the `spool_max` policy and the spool's counters. The write
+//! side (staging records into pool buffers, the writes in flight, the sync lane, how far a
+//! segment is written and synced) is [`super::spool_writes`]'s, on the same [`Spool`]. Pure:
+//! it never touches a file; its caller (`spooling`) turns the [`DiskOp`]s and reads it plans
+//! into ring operations and feeds the completions back.
 //!
 //! The interface an output kind uses: [`Spool::admit`] and [`Spool::stage`] to append a
 //! record, [`Spool::next_read`] and [`Spool::read_done`] to replay the next records, and
@@ -18,17 +15,12 @@
 
 use super::buffers::BufId;
 use super::io::Fd;
+use super::spool_writes::Flight;
+pub use super::spool_writes::{DiskOp, Lane, Pieces, Submit, HELD_BUFFERS, MAX_STAGED, MAX_WRITES};
 use super::spoolfmt::{self, Position, RECORD_HEADER};
 use crate::config::spool::{SpoolConfig, SpoolFull};
 use std::collections::VecDeque;
 use std::time::Instant;
-
-/// Staged buffers waiting for the disk, at most: beyond, the disk is too slow and records are
-/// dropped (counted) rather than held in the pool.
-pub const MAX_STAGED: usize = 16;
-/// Pool buffers a spool holds outside any queue at most: its staged buffers, the one being
-/// filled and the position file's write.
-pub const HELD_BUFFERS: u32 = MAX_STAGED as u32 + 2;
 
 /// One segment file.
 #[derive(Debug)]
@@ -37,8 +29,13 @@ pub struct Segment {
     pub fd: Fd,
     /// Bytes assigned to it (written, being written, or staged).
     pub size: u64,
-    /// Bytes whose write completed: replay reads only below this.
+    /// Bytes whose writes completed, every one below too: replay reads only below this.
     pub written: u64,
+    /// The end of the furthest write that completed (bytes between `written` and it may
+    /// still wait for an earlier write).
+    pub landed: u64,
+    /// Bytes a completed fsync made durable.
+    pub synced: u64,
     /// Records assigned to it, and those replay has read from it.
     pub records: u64,
     pub read_records: u64,
@@ -46,25 +43,6 @@ pub struct Segment {
     pub born: Instant,
     /// No more records go to it (it was rolled over).
     pub sealed: bool,
-}
-
-/// A disk operation of the spool. Writes run one at a time in order; a sync or position write
-/// runs once every write before it completed, alongside the writes after it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiskOp {
-    /// Write `len` bytes of staged buffer `buf` at `offset` of segment `seq`.
-    Write {
-        seq: u64,
-        buf: BufId,
-        /// Where the bytes start in `buf` (past what a short write already wrote).
-        at: u32,
-        len: u32,
-        offset: u64,
-    },
-    /// Sync segment `seq`.
-    Sync { seq: u64 },
-    /// Record the consumed position (the caller encodes the slot).
-    Position,
 }
 
 /// What a new record may do.
@@ -98,8 +76,8 @@ pub struct Spool {
     pub staging: Option<(BufId, u32)>,
     /// Filled staging buffers waiting to be written, and other disk work, in order.
     pub disk: VecDeque<DiskOp>,
-    /// The write in flight (the write lane).
-    pub writing: Option<DiskOp>,
+    /// The writes in flight, by slot (a slot names its completion).
+    pub writing: [Option<Flight>; MAX_WRITES],
     /// The sync or position write in flight (the sync lane).
     pub syncing: Option<DiskOp>,
     /// Replay's next read: segment and offset of the next record not yet queued.
@@ -150,6 +128,8 @@ impl Spool {
                 fd,
                 size: len,
                 written: len,
+                landed: len,
+                synced: len,
                 records,
                 read_records,
                 born: now,
@@ -180,7 +160,7 @@ impl Spool {
             segs,
             staging: None,
             disk: VecDeque::new(),
-            writing: None,
+            writing: Default::default(),
             syncing: None,
             read,
             reading: None,
@@ -234,31 +214,14 @@ impl Spool {
         self.buffer_size - RECORD_HEADER as u32
     }
 
-    /// Operations (disk and replay read) in flight.
-    pub fn in_flight(&self) -> usize {
-        usize::from(self.writing.is_some())
-            + usize::from(self.syncing.is_some())
-            + usize::from(self.reading.is_some())
-    }
-
-    /// Whether a disk operation in flight or queued touches segment `seq`.
-    fn disk_touches(&self, seq: u64) -> bool {
-        self.writing.is_some_and(|d| op_seq(d) == Some(seq))
-            || self.syncing.is_some_and(|d| op_seq(d) == Some(seq))
-            || self.disk.iter().any(|d| op_seq(*d) == Some(seq))
-    }
-
     /// Whether a record of `len` payload bytes may be staged; applies `spool_max` (a
     /// `drop-oldest` spool gives up its oldest whole segments first: their fds and the
-    /// records lost are returned through `deleted`).
-    pub fn admit(&mut self, len: u32, deleted: &mut Vec<Segment>) -> Admit {
+    /// records lost are returned through `deleted`). `spare` is how many staged buffers the
+    /// pool lends beyond [`MAX_STAGED`] now (its buffers that nobody needs: a burst waits in
+    /// them for the disk rather than being dropped).
+    pub fn admit(&mut self, len: u32, spare: usize, deleted: &mut Vec<Segment>) -> Admit {
         let need = RECORD_HEADER as u64 + u64::from(len);
-        let staged = self
-            .disk
-            .iter()
-            .filter(|d| matches!(d, DiskOp::Write { .. }))
-            .count();
-        if staged >= MAX_STAGED {
+        if self.staged_buffers() >= MAX_STAGED + spare {
             self.stats.dropped += 1;
             return Admit::Drop;
         }
@@ -316,7 +279,10 @@ impl Spool {
         if let Some(h) = self.segs.back_mut() {
             if !h.sealed {
                 h.sealed = true;
-                self.disk.push_back(DiskOp::Sync { seq: h.seq });
+                self.disk.push_back(DiskOp::Sync {
+                    seq: h.seq,
+                    upto: 0,
+                });
             }
         }
         let seq = self.next_seq;
@@ -333,163 +299,13 @@ impl Spool {
             fd,
             size: 0,
             written: 0,
+            landed: 0,
+            synced: 0,
             records: 0,
             read_records: 0,
             born: now,
             sealed: false,
         });
-    }
-
-    /// Whether the staging buffer has room for a record of `len` payload bytes (none: the
-    /// caller takes a pool buffer and passes it to [`Spool::stage`]).
-    pub fn staging_fits(&self, len: u32) -> bool {
-        self.staging
-            .is_some_and(|(_, used)| used + RECORD_HEADER as u32 + len <= self.buffer_size)
-    }
-
-    /// Queues the staged buffer for writing at the head's end.
-    pub fn flush_staging(&mut self) {
-        let Some((buf, used)) = self.staging.take() else {
-            return;
-        };
-        let h = self.segs.back().expect("staging belongs to the head");
-        let offset = h.size - u64::from(used);
-        self.disk.push_back(DiskOp::Write {
-            seq: h.seq,
-            buf,
-            at: 0,
-            len: used,
-            offset,
-        });
-    }
-
-    /// Books a record of `len` payload bytes staged at `at` of the staging buffer `buf` (a
-    /// fresh one when the old was full: the old is flushed). Returns the offset in `buf` the
-    /// record's header goes to.
-    pub fn stage(&mut self, fresh: Option<BufId>, len: u32, now: Instant) -> (BufId, u32) {
-        if let Some(b) = fresh {
-            self.flush_staging();
-            self.staging = Some((b, 0));
-        }
-        let (buf, used) = self.staging.expect("a staging buffer");
-        let rec = RECORD_HEADER as u32 + len;
-        self.staging = Some((buf, used + rec));
-        let h = self.segs.back_mut().expect("a head");
-        if h.records == h.read_records && h.records == 0 {
-            h.born = now;
-        }
-        h.size += u64::from(rec);
-        h.records += 1;
-        self.stats.spooled_records += 1;
-        self.stats.spooled_bytes += u64::from(len);
-        (buf, used)
-    }
-
-    /// The next disk operation to submit, if its lane is free and no fault waits: the
-    /// queue's front write when no write is in flight (a sync in flight does not hold it
-    /// back), or its front sync or position write once no write is in flight either (every
-    /// write queued before it completed). Called until it returns `None`.
-    pub fn next_disk(&mut self, now: Instant) -> Option<DiskOp> {
-        if self.fault_until.is_some_and(|t| now < t) || self.writing.is_some() {
-            return None;
-        }
-        let op = *self.disk.front()?;
-        match op {
-            DiskOp::Write { .. } => self.writing = Some(op),
-            DiskOp::Sync { .. } | DiskOp::Position => {
-                if self.syncing.is_some() {
-                    return None;
-                }
-                self.syncing = Some(op);
-            }
-        }
-        self.disk.pop_front();
-        Some(op)
-    }
-
-    /// The fd of segment `seq`.
-    pub fn fd_of(&self, seq: u64) -> Option<Fd> {
-        self.segs.iter().find(|s| s.seq == seq).map(|s| s.fd)
-    }
-
-    /// The disk operation in flight on the write lane (`sync_lane` false) or the sync lane
-    /// completed with `res` (bytes for a write). Returns the staged buffer to release when a
-    /// write is whole, and whether the operation failed (it is then retried from the front
-    /// after the caller's backoff).
-    pub fn disk_done(&mut self, sync_lane: bool, res: i32, now: Instant) -> (Option<BufId>, bool) {
-        let lane = if sync_lane {
-            &mut self.syncing
-        } else {
-            &mut self.writing
-        };
-        let op = lane.take().expect("a disk op in flight");
-        if res < 0 {
-            self.stats.errors += 1;
-            self.disk.push_front(op);
-            return (None, true);
-        }
-        match op {
-            DiskOp::Write {
-                seq,
-                buf,
-                at,
-                len,
-                offset,
-            } => {
-                let n = (res as u32).min(len);
-                if n < len {
-                    // A short write: the rest goes next, from where it stopped.
-                    self.disk.push_front(DiskOp::Write {
-                        seq,
-                        buf,
-                        at: at + n,
-                        len: len - n,
-                        offset: offset + u64::from(n),
-                    });
-                    return (None, false);
-                }
-                if let Some(s) = self.segs.iter_mut().find(|s| s.seq == seq) {
-                    s.written = s.written.max(offset + u64::from(len));
-                }
-                self.dirty = true;
-                (Some(buf), false)
-            }
-            DiskOp::Sync { .. } => {
-                self.last_sync = now;
-                (None, false)
-            }
-            DiskOp::Position => (None, false),
-        }
-    }
-
-    /// A sync point: flush staging, sync the head, then record the position.
-    pub fn sync_point(&mut self, now: Instant) {
-        self.flush_staging();
-        if let Some(h) = self.segs.back() {
-            if self.dirty
-                || self.writing.is_some()
-                || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. }))
-            {
-                self.disk.push_back(DiskOp::Sync { seq: h.seq });
-                self.dirty = false;
-            }
-        }
-        if self.consumed != self.recorded && !self.disk.contains(&DiskOp::Position) {
-            self.disk.push_back(DiskOp::Position);
-        }
-        self.last_sync = now;
-    }
-
-    /// The bytes of the position file's next slot for the consumed position, and where they go.
-    pub fn encode_position(&mut self) -> (u64, Vec<u8>) {
-        let (slot, bytes) = spoolfmt::encode_position(&self.position_file, self.consumed);
-        let at = slot * bytes.len();
-        if self.position_file.len() < at + bytes.len() {
-            self.position_file.resize(at + bytes.len(), 0);
-        }
-        self.position_file[at..at + bytes.len()].copy_from_slice(&bytes);
-        self.recorded = self.consumed;
-        (at as u64, bytes.to_vec())
     }
 
     /// Replay's next read, if replay may read now: (segment fd, segment, offset, len). Reads
@@ -517,10 +333,8 @@ impl Spool {
                 // Its last records are staged or being written: flush and wait. Flushed only
                 // when no write is pending: a replay that keeps up with the head would else
                 // flush a small write per read and fill the staging quota with them.
-                let writes_pending = self.writing.is_some()
-                    || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. }));
                 if self.staging.is_some()
-                    && !writes_pending
+                    && !self.writes_pending()
                     && self.segs.back().is_some_and(|h| h.seq == s.seq)
                 {
                     self.flush_staging();
@@ -586,20 +400,13 @@ impl Spool {
     }
 }
 
-fn op_seq(d: DiskOp) -> Option<u64> {
-    match d {
-        DiskOp::Write { seq, .. } | DiskOp::Sync { seq } => Some(seq),
-        DiskOp::Position => None,
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
     use std::time::Duration;
 
-    fn cfg(max: u64, full: SpoolFull) -> SpoolConfig {
+    pub(crate) fn cfg(max: u64, full: SpoolFull) -> SpoolConfig {
         SpoolConfig {
             dir: PathBuf::from("/s"),
             max,
@@ -610,9 +417,9 @@ mod tests {
     }
 
     /// Appends one record of `len` bytes the way `spooling` does, with fds counting up.
-    fn append(sp: &mut Spool, len: u32, now: Instant, next_buf: &mut u16) -> bool {
+    pub(crate) fn append(sp: &mut Spool, len: u32, now: Instant, next_buf: &mut u16) -> bool {
         let mut gone = Vec::new();
-        if sp.admit(len, &mut gone) == Admit::Drop {
+        if sp.admit(len, 0, &mut gone) == Admit::Drop {
             return false;
         }
         if sp.needs_new_head(len) {
@@ -627,15 +434,18 @@ mod tests {
     }
 
     /// Runs every queued disk op to completion.
-    fn settle(sp: &mut Spool, now: Instant) {
+    pub(crate) fn settle(sp: &mut Spool, now: Instant) {
         sp.flush_staging();
+        let mut released = Vec::new();
         while let Some(op) = sp.next_disk(now) {
-            let res = match op {
-                DiskOp::Write { len, .. } => len as i32,
-                _ => 0,
+            let (lane, res) = match op {
+                Submit::Write { slot } => {
+                    let len = sp.writing[slot].as_ref().expect("submitted").len();
+                    (Lane::Write(slot), len as i32)
+                }
+                Submit::Sync(_) => (Lane::Sync, 0),
             };
-            let sync_lane = !matches!(op, DiskOp::Write { .. });
-            sp.disk_done(sync_lane, res, now);
+            assert!(!sp.disk_done(lane, res, now, &mut released));
         }
     }
 
@@ -692,73 +502,6 @@ mod tests {
             );
             assert_eq!(sp.segs[0].seq, kept_first);
         }
-    }
-
-    #[test]
-    fn a_failed_write_is_retried_and_a_short_one_continues() {
-        let now = Instant::now();
-        let mut sp = Spool::new(
-            cfg(10_000, SpoolFull::DropOldest),
-            vec![],
-            vec![],
-            9,
-            256,
-            now,
-        );
-        let mut b = 0;
-        append(&mut sp, 92, now, &mut b);
-        sp.flush_staging();
-        let op = sp.next_disk(now).unwrap();
-        assert_eq!(sp.disk_done(false, -28, now), (None, true));
-        assert_eq!(sp.next_disk(now), Some(op));
-        assert_eq!(sp.disk_done(false, 40, now), (None, false));
-        assert!(matches!(
-            sp.next_disk(now),
-            Some(DiskOp::Write {
-                at: 40,
-                len: 60,
-                offset: 40,
-                ..
-            })
-        ));
-        assert_eq!(sp.disk_done(false, 60, now).0, Some(1));
-        assert_eq!(sp.segs[0].written, 100);
-    }
-
-    #[test]
-    fn writes_go_on_while_a_sync_runs_and_a_sync_waits_for_the_writes_before_it() {
-        let now = Instant::now();
-        let mut sp = Spool::new(
-            cfg(10_000, SpoolFull::DropOldest),
-            vec![],
-            vec![],
-            9,
-            256,
-            now,
-        );
-        let mut b = 0;
-        append(&mut sp, 92, now, &mut b);
-        sp.sync_point(now);
-        append(&mut sp, 92, now, &mut b);
-        sp.flush_staging();
-        // The first write, then nothing until it completed: the sync waits for it.
-        assert!(matches!(
-            sp.next_disk(now),
-            Some(DiskOp::Write { offset: 0, .. })
-        ));
-        assert_eq!(sp.next_disk(now), None);
-        assert_eq!(sp.disk_done(false, 100, now).0, Some(1));
-        // The sync, and alongside it the write queued after it.
-        assert_eq!(sp.next_disk(now), Some(DiskOp::Sync { seq: 1 }));
-        assert!(matches!(
-            sp.next_disk(now),
-            Some(DiskOp::Write { offset: 100, .. })
-        ));
-        assert_eq!(sp.in_flight(), 2);
-        assert_eq!(sp.disk_done(false, 100, now).0, Some(2));
-        assert_eq!(sp.disk_done(true, 0, now), (None, false));
-        assert_eq!(sp.segs[0].written, 200);
-        assert_eq!(sp.in_flight(), 0);
     }
 
     #[test]

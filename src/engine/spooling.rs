@@ -20,8 +20,8 @@
 use super::channel::{Channel, Link, Output};
 use super::io::Op;
 use super::outq::Chunk;
-use super::spool::{Admit, DiskOp, Segment, Spool};
-use super::spoolfmt::{self, Position, RECORD_HEADER};
+use super::spool::{Admit, DiskOp, Lane, Pieces, Segment, Spool, Submit};
+use super::spoolfmt::{self, Position};
 use super::token::{OpKind, Token};
 use super::{errno_str, Cx};
 use log::{info, warn};
@@ -29,9 +29,10 @@ use std::time::Duration;
 
 /// Wait before retrying a failed disk operation.
 const DISK_RETRY: Duration = Duration::from_secs(1);
-/// The generation field of a disk operation's token: which lane it ran on.
-const WRITE_LANE: u32 = 0;
-const SYNC_LANE: u32 = 1;
+/// The generation field of a disk operation's token: which lane it ran on (the sync lane, or
+/// the write in slot `gen - WRITE_SLOTS`).
+const SYNC_LANE: u32 = 0;
+const WRITE_SLOTS: u32 = 1;
 
 /// Opens the spools of channel `ch`'s outputs (at start).
 pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
@@ -168,7 +169,7 @@ pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
     while off < c.len {
         let len = (c.len - off).min(most);
         let mut gone = Vec::new();
-        let admit = sp.admit(len, &mut gone);
+        let admit = sp.admit(len, spare_buffers(cx), &mut gone);
         remove_segments(cx, &sp.cfg.dir, gone);
         if admit == Admit::Drop {
             o.stats.drops += 1;
@@ -204,20 +205,43 @@ pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
                 }
             }
         };
-        let (buf, at) = sp.stage(fresh, len, cx.now);
-        let payload = cx.pool.bytes(cx.mem, c.buf, c.off + off, len).to_vec();
-        let mut rec = Vec::with_capacity(RECORD_HEADER + payload.len());
-        spoolfmt::append_record(&mut rec, &payload);
-        cx.pool.append(cx.mem, buf, at, &rec);
+        let pieces = sp.stage(fresh, len, cx.now);
+        let crc = spoolfmt::crc32c(cx.pool.bytes(cx.mem, c.buf, c.off + off, len));
+        let header = spoolfmt::header_of(len, crc);
+        copy_record(cx, pieces, &header, (c.buf, c.off + off));
         off += len;
     }
-    if sp
-        .staging
-        .is_some_and(|(_, used)| used + RECORD_HEADER as u32 >= sp.buffer_size)
-    {
-        sp.flush_staging();
-    }
     pump(cx, o, at);
+}
+
+/// Writes a record (its `header`, then the payload at `payload` of a pool buffer) into the
+/// staged buffers' `pieces`, straight from the input's buffer: no copy in between.
+fn copy_record(cx: &mut Cx, pieces: Pieces, header: &[u8], payload: (u16, u32)) {
+    let h = header.len() as u32;
+    let mut pos = 0u32; // bytes of the record placed so far
+    for (buf, at, n) in pieces.into_iter().filter(|p| p.2 > 0) {
+        let (mut at, end) = (at, pos + n);
+        if pos < h {
+            let k = end.min(h);
+            cx.pool
+                .append(cx.mem, buf, at, &header[pos as usize..k as usize]);
+            at += k - pos;
+            pos = k;
+        }
+        if pos < end {
+            let k = end - pos;
+            cx.pool
+                .copy(cx.mem, (payload.0, payload.1 + pos - h, k), (buf, at));
+            pos = end;
+        }
+    }
+}
+
+/// Staged buffers a spool may hold beyond its reserve now: the free large buffers past half
+/// of the pool (the inputs' reads and the other outputs keep the rest).
+fn spare_buffers(cx: &Cx) -> usize {
+    let (free, all) = cx.pool.free_of(super::buffers::Class::Large);
+    free.saturating_sub(all / 2)
 }
 
 fn remove_segments(cx: &mut Cx, dir: &std::path::Path, gone: Vec<Segment>) {
@@ -239,26 +263,35 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
     let Some(sp) = o.spool.as_mut() else { return };
     let tok = |kind| Token::new(kind, ci, oi as u16, 0);
     let lane = |gen| Token::new(OpKind::SpoolDisk, ci, oi as u16, gen);
-    while let Some(op) = sp.next_disk(cx.now) {
-        match op {
-            DiskOp::Write {
-                seq,
-                buf,
-                at,
-                len,
-                offset,
-            } => {
-                let fd = sp.fd_of(seq).expect("a write's segment exists");
-                cx.push(
-                    Op::WriteAt {
+    while let Some(next) = sp.next_disk(cx.now) {
+        let op = match next {
+            Submit::Write { slot } => {
+                let f = sp.writing[slot].as_ref().expect("just submitted");
+                let fd = sp.fd_of(f.seq).expect("a write's segment exists");
+                let op = match f.parts[..] {
+                    [(buf, off, len)] => Op::WriteAt {
                         fd,
-                        chunk: Chunk { buf, off: at, len },
-                        offset,
+                        chunk: Chunk { buf, off, len },
+                        offset: f.offset,
                     },
-                    lane(WRITE_LANE),
-                );
+                    _ => Op::WritevAt {
+                        fd,
+                        chunks: cx.span(f.parts.iter().map(|&(buf, off, len)| Chunk {
+                            buf,
+                            off,
+                            len,
+                        })),
+                        offset: f.offset,
+                    },
+                };
+                cx.push(op, lane(WRITE_SLOTS + slot as u32));
+                continue;
             }
-            DiskOp::Sync { seq } => {
+            Submit::Sync(op) => op,
+        };
+        match op {
+            DiskOp::Write { .. } => unreachable!("writes go in slots"),
+            DiskOp::Sync { seq, .. } => {
                 let fd = sp.fd_of(seq).expect("a sync's segment exists");
                 cx.push(Op::Fsync { fd }, lane(SYNC_LANE));
             }
@@ -318,9 +351,9 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
         );
         return;
     }
-    if sp.is_empty() && sp.writing.is_none() {
+    if sp.is_empty() {
         // Caught up: from now on records go straight to the queue, behind the replayed ones.
-        if sp.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
+        if sp.writes_pending() {
             return;
         }
         let n = sp.stats.replayed_records;
@@ -339,11 +372,16 @@ pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
     let o = &mut ch.outputs[oi];
     let url = o.cfg.endpoint.url();
     let Some(sp) = o.spool.as_mut() else { return };
-    let sync_lane = tok.gen == SYNC_LANE;
-    let was = if sync_lane { sp.syncing } else { sp.writing };
-    if let Some(DiskOp::Write {
-        seq: u64::MAX, buf, ..
-    }) = was
+    let lane = match tok.gen.checked_sub(WRITE_SLOTS) {
+        Some(slot) => Lane::Write(slot as usize),
+        None => Lane::Sync,
+    };
+    if let (
+        Lane::Sync,
+        Some(DiskOp::Write {
+            seq: u64::MAX, buf, ..
+        }),
+    ) = (lane, sp.syncing)
     {
         // The position file's slot.
         sp.syncing = None;
@@ -359,15 +397,24 @@ pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         pump(cx, &mut ch.outputs[oi], a);
         return;
     }
-    let (done, failed) = sp.disk_done(sync_lane, res, cx.now);
+    // What failed, for the log (described before the books forget it).
+    let was = (res < 0).then(|| match lane {
+        Lane::Sync => format!("{:?}", sp.syncing),
+        Lane::Write(slot) => format!("{:?}", sp.writing[slot]),
+    });
+    let mut done = Vec::new();
+    let failed = sp.disk_done(lane, res, cx.now, &mut done);
+    for b in done {
+        cx.pool.release(b);
+    }
     if failed {
         sp.fault_until = Some(cx.now + DISK_RETRY);
         if !sp.faulted {
             sp.faulted = true;
             warn!(
-                "output {url}: spool {}: {:?} failed: {}; retrying every {DISK_RETRY:?}",
+                "output {url}: spool {}: {} failed: {}; retrying every {DISK_RETRY:?}",
                 sp.cfg.dir.display(),
-                was,
+                was.unwrap_or_default(),
                 errno_str(res)
             );
         }
@@ -377,9 +424,6 @@ pub(crate) fn on_disk(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
         sp.faulted = false;
         sp.fault_until = None;
         info!("output {url}: spool writes again");
-    }
-    if let Some(b) = done {
-        cx.pool.release(b);
     }
     let a = at(ch, ci, oi);
     pump(cx, &mut ch.outputs[oi], a);

@@ -332,6 +332,7 @@ impl Kernel {
             | Op::PollIn { fd }
             | Op::PollHangup { fd }
             | Op::WriteAt { fd, .. }
+            | Op::WritevAt { fd, .. }
             | Op::ReadAt { fd, .. }
             | Op::Fsync { fd } => fd,
             Op::Splice { fd_in, .. } | Op::Tee { fd_in, .. } => fd_in,
@@ -481,7 +482,7 @@ impl Kernel {
             Op::Accept { fd } => self.exec_accept(i, fd),
             Op::PollOut { fd } => self.exec_connect(i, fd),
             Op::PollHangup { fd } => self.exec_hangup(i, fd),
-            Op::WriteAt { .. } | Op::ReadAt { .. } | Op::Fsync { .. } => {
+            Op::WriteAt { .. } | Op::WritevAt { .. } | Op::ReadAt { .. } | Op::Fsync { .. } => {
                 self.violation(format!("unexpected spool op {op:?} (no spool configured)"));
                 self.fail(i, -libc::EINVAL);
                 true
