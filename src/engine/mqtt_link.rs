@@ -15,7 +15,7 @@
 //! session still holds.
 
 use super::buffers::{BufId, Class};
-use super::channel::{Channel, Link, Role};
+use super::channel::{Channel, Link, Output, Role};
 use super::io::Op;
 use super::links::close_ep;
 use super::mqtt::{
@@ -352,7 +352,8 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, out: usize, re
     }
 }
 
-/// Done messages leave the queue; a blocked input may read again.
+/// Done messages leave the queue (a spool's records among them are consumed); a blocked
+/// input may read again.
 fn settle(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
     let o = &mut ch.outputs[out];
     let Some(s) = o.mqtt.as_mut() else { return };
@@ -360,6 +361,9 @@ fn settle(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
     if n > 0 {
         let pool = &mut *cx.pool;
         o.queue.advance_bytes(n, |b| pool.release(b));
+        if o.spool.is_some() {
+            super::spooling::sent(cx, ch, ci, out);
+        }
     }
     if ch.blocked && ch.may_unblock() {
         ch.blocked = false;
@@ -369,7 +373,7 @@ fn settle(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
 
 /// The connection of output `out` is closing: the session takes stock (see
 /// [`Session::disconnected`]).
-pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
+pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
     let o = &mut ch.outputs[out];
     let Some(s) = o.mqtt.as_mut() else { return };
     let lost = s.disconnected();
@@ -378,6 +382,41 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
     if n > 0 {
         let pool = &mut *cx.pool;
         o.queue.advance_bytes(n, |b| pool.release(b));
+        if o.spool.is_some() {
+            super::spooling::sent(cx, ch, ci, out);
+        }
+    }
+}
+
+/// The consumption mark (see [`OutQueue::back_mark`]) up to which output `o`'s queue is
+/// held by its MQTT session: every chunk its messages take, whole or in part, and a front
+/// chunk partly done (some of its lines acknowledged). `None`: no MQTT output, or nothing
+/// held. A spill leaves these chunks queued, since the session sends them again after a
+/// reconnect (see [`super::spooling::spill`]).
+pub(crate) fn held_mark(o: &Output) -> Option<u64> {
+    let s = o.mqtt.as_ref()?;
+    let mut left = s.covered;
+    let mut n = usize::from(o.queue.partly_sent());
+    for (i, c) in o.queue.peek(o.queue.len()).enumerate() {
+        if left == 0 {
+            break;
+        }
+        left = left.saturating_sub(u64::from(c.len));
+        n = n.max(i + 1);
+    }
+    (n > 0).then(|| o.queue.sent_total() + n as u64)
+}
+
+/// The stop gave output `o`'s queue to its spool, what the session holds too (on disk since
+/// the spill, see [`super::spooling::spill`]): the session forgets its messages (not drops:
+/// they go again after the restart, a QoS 1 repeat at worst) and the queue lets go of every
+/// buffer (a write in flight holds its own references).
+pub(crate) fn spilled(pool: &mut super::buffers::BufferPool, o: &mut Output) {
+    if let Some(s) = o.mqtt.as_mut() {
+        s.forget();
+    }
+    for b in o.queue.clear() {
+        pool.release(b);
     }
 }
 

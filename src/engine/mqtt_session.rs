@@ -293,6 +293,13 @@ impl Session {
         n
     }
 
+    /// Every message is let go of without being done (the queue bytes they stood for went
+    /// to a spool, which sends them again later): nothing is held, nothing counted.
+    pub fn forget(&mut self) {
+        self.unacked.clear();
+        self.covered = 0;
+    }
+
     /// The QoS 1 messages not acknowledged (the ones a disconnect leaves to re-send).
     pub fn not_acknowledged(&self) -> impl Iterator<Item = &Message> {
         self.unacked.iter().filter(|m| !m.done)
