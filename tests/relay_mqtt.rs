@@ -167,7 +167,7 @@ fn mqtt_broker_restart_loses_nothing_at_qos1(features: Features) {
     std::thread::sleep(Duration::from_millis(500));
     broker.run();
     send(input, &want[1100..]);
-    let got = broker.read_distinct("keep", "r/t", want.len(), 60);
+    let got = broker.read_distinct("keep", "r/t", want.len(), 30);
     let dups = assert_all_in_order("QoS 1 across a broker restart", &got, &want);
     let line = output_counters_line(&relay, &url);
     assert!(counter_in(&line, "reconnects") >= 1, "{line}");

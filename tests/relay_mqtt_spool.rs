@@ -75,7 +75,7 @@ fn mqtt_broker_down_at_start_gets_every_record_from_the_spool(features: Features
         output_counter(&relay, &url, "spooled_records") >= N as u64
     });
     broker.run();
-    let got = broker.read_distinct("keep", "s/t", N, 60);
+    let got = broker.read_distinct("keep", "s/t", N, 30);
     let dups = assert_all_in_order("from the spool", &got, &want);
     assert_eq!(dups, 0, "the broker was never up for these: nothing to repeat");
     wait_for("every PUBACK", TRANSFER_TIMEOUT, || {
@@ -116,13 +116,13 @@ fn mqtt_broker_restart_with_a_spool_loses_nothing(features: Features) {
     });
     broker.run();
     send(input, &want[3500..]);
-    let got = broker.read_distinct("keep", "s/t", want.len(), 60);
+    let got = broker.read_distinct("keep", "s/t", want.len(), 30);
     let dups = assert_all_in_order("across a broker restart", &got, &want);
     wait_for("the spool replayed", TRANSFER_TIMEOUT, || {
-        let line = output_counters_line(&relay, &url);
-        counter_in(&line, "replayed_records") >= counter_in(&line, "spooled_records")
+        relay.log().contains("spool replayed")
     });
     let line = output_counters_line(&relay, &url);
+    assert!(counter_in(&line, "replayed_records") > 0, "{line}");
     assert!(counter_in(&line, "reconnects") >= 1, "{line}");
     assert_eq!(counter_in(&line, "drops"), 0, "{line}");
     if dups > 0 {
@@ -166,7 +166,7 @@ fn mqtt_sigterm_while_the_broker_is_away_keeps_every_record(features: Features) 
     broker.run();
     let (relay, ()) = Relay::start(features, &dir, || (config(&dir, input, &url, opts), ()));
     send(input, &want[3500..]);
-    let got = broker.read_distinct("keep", "s/t", want.len(), 60);
+    let got = broker.read_distinct("keep", "s/t", want.len(), 30);
     let dups = assert_all_in_order("across a relay stop during an outage", &got, &want);
     let line = output_counters_line(&relay, &url);
     assert!(counter_in(&line, "replayed_records") > 0, "{line}");

@@ -365,8 +365,10 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
         );
         return;
     }
-    if sp.is_empty() && sp.writing.is_none() {
-        // Caught up: from now on records go straight to the queue, behind the replayed ones.
+    // Caught up, and the queue back under half its limits (a replay read of small records
+    // may queue more chunks than its quota: live, the next record would spool again).
+    if sp.is_empty() && sp.writing.is_none() && o.queue.may_resume() {
+        // From now on records go straight to the queue, behind the replayed ones.
         if sp.disk.iter().any(|d| matches!(d, DiskOp::Write { .. })) {
             return;
         }

@@ -162,21 +162,44 @@ impl Broker {
 }
 
 impl Broker {
-    /// Reads session `id` until `want` distinct messages came, or a read brings nothing:
-    /// duplicates (QoS 1 re-sends) may take the place of some in one read of `want`.
-    pub fn read_distinct(&self, id: &str, topic: &str, want: usize, secs: u32) -> Vec<String> {
-        let mut got = self.read(id, topic, want, secs, &[]);
-        loop {
-            let distinct: std::collections::HashSet<&String> = got.iter().collect();
-            if distinct.len() >= want {
-                return got;
+    /// Reads session `id` until `want` distinct messages came, or none came for `quiet_secs`
+    /// (at most a minute past that): one subscriber that stays connected, so the broker's
+    /// re-sends of QoS 1 messages (duplicates) cannot crowd out the rest, as they could in
+    /// reads of a fixed count.
+    pub fn read_distinct(&self, id: &str, topic: &str, want: usize, quiet_secs: u64) -> Vec<String> {
+        use std::io::BufRead;
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-c", "-i", id, "-q", "1", "-t", topic])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-            let more = self.read(id, topic, want - distinct.len(), 5, &[]);
-            if more.is_empty() {
-                return got;
+        });
+        let mut got = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
+        let end = std::time::Instant::now() + Duration::from_secs(quiet_secs + 60);
+        while distinct.len() < want && std::time::Instant::now() < end {
+            match rx.recv_timeout(Duration::from_secs(quiet_secs)) {
+                Ok(line) => {
+                    distinct.insert(line.clone());
+                    got.push(line);
+                }
+                Err(_) => break,
             }
-            got.extend(more);
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        got
     }
 }
 
