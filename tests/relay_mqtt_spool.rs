@@ -77,7 +77,10 @@ fn mqtt_broker_down_at_start_gets_every_record_from_the_spool(features: Features
     broker.run();
     let got = broker.read_distinct("keep", "s/t", N, 30);
     let dups = assert_all_in_order("from the spool", &got, &want);
-    assert_eq!(dups, 0, "the broker was never up for these: nothing to repeat");
+    assert_eq!(
+        dups, 0,
+        "the broker was never up for these: nothing to repeat"
+    );
     wait_for("every PUBACK", TRANSFER_TIMEOUT, || {
         counter_in(&output_counters_line(&relay, &url), "acknowledged") == N as u64
     });
@@ -111,9 +114,11 @@ fn mqtt_broker_restart_with_a_spool_loses_nothing(features: Features) {
     // Stopped while messages may still wait for their PUBACK.
     broker.stop();
     send(input, &want[1500..3500]);
-    wait_for("records spooled while the broker is down", TRANSFER_TIMEOUT, || {
-        output_counter(&relay, &url, "spooled_records") >= 1000
-    });
+    wait_for(
+        "records spooled while the broker is down",
+        TRANSFER_TIMEOUT,
+        || output_counter(&relay, &url, "spooled_records") >= 1000,
+    );
     broker.run();
     send(input, &want[3500..]);
     let got = broker.read_distinct("keep", "s/t", want.len(), 30);
@@ -126,7 +131,10 @@ fn mqtt_broker_restart_with_a_spool_loses_nothing(features: Features) {
     assert!(counter_in(&line, "reconnects") >= 1, "{line}");
     assert_eq!(counter_in(&line, "drops"), 0, "{line}");
     if dups > 0 {
-        assert!(counter_in(&line, "duplicates") > 0, "re-sent with DUP, counted: {line}");
+        assert!(
+            counter_in(&line, "duplicates") > 0,
+            "re-sent with DUP, counted: {line}"
+        );
     }
     eprintln!("broker restart with a spool: {dups} duplicates seen by the subscriber; {line}");
     relay.stop();
@@ -155,9 +163,11 @@ fn mqtt_sigterm_while_the_broker_is_away_keeps_every_record(features: Features) 
     // rest fills the queue and goes to the spool; the keepalive then ends the connection.
     broker.signal(Signal::SIGSTOP);
     send(input, &want[1000..3500]);
-    wait_for("the keepalive to end the connection", TRANSFER_TIMEOUT, || {
-        relay.log().contains("no PINGRESP")
-    });
+    wait_for(
+        "the keepalive to end the connection",
+        TRANSFER_TIMEOUT,
+        || relay.log().contains("no PINGRESP"),
+    );
     broker.signal(Signal::SIGCONT);
     broker.stop();
     let line = output_counters_line(&relay, &url);

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
-
 /// Whether mosquitto and its clients are here; without them, a loud notice (or, with
 /// RINGRELAY_REQUIRE_MOSQUITTO=1, a failure).
 pub fn have_mosquitto() -> bool {
@@ -144,7 +143,14 @@ impl Broker {
     }
 
     /// Reads `count` messages of session `id` (at most `secs` seconds): one line each.
-    pub fn read(&self, id: &str, topic: &str, count: usize, secs: u32, auth: &[&str]) -> Vec<String> {
+    pub fn read(
+        &self,
+        id: &str,
+        topic: &str,
+        count: usize,
+        secs: u32,
+        auth: &[&str],
+    ) -> Vec<String> {
         let out = output_within(
             Command::new("mosquitto_sub")
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
@@ -166,7 +172,13 @@ impl Broker {
     /// (at most a minute past that): one subscriber that stays connected, so the broker's
     /// re-sends of QoS 1 messages (duplicates) cannot crowd out the rest, as they could in
     /// reads of a fixed count.
-    pub fn read_distinct(&self, id: &str, topic: &str, want: usize, quiet_secs: u64) -> Vec<String> {
+    pub fn read_distinct(
+        &self,
+        id: &str,
+        topic: &str,
+        want: usize,
+        quiet_secs: u64,
+    ) -> Vec<String> {
         use std::io::BufRead;
         let mut child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
@@ -244,4 +256,3 @@ pub fn assert_all_in_order(what: &str, got: &[String], want: &[String]) -> usize
     }
     got.len() - firsts.len()
 }
-
