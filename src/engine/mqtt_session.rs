@@ -414,6 +414,19 @@ mod tests {
     }
 
     #[test]
+    fn a_spilled_session_forgets_its_messages_uncounted() {
+        let mut s = Session::new(true, 4, Cut::Whole);
+        s.add(5, chunk(0, 5));
+        s.add(3, chunk(5, 3));
+        s.written();
+        s.forget();
+        assert!(s.unacked.is_empty() && s.covered == 0);
+        assert_eq!(s.pop_done(), 0);
+        assert_eq!((s.stats.published, s.stats.acknowledged), (2, 0));
+        assert!(!s.acknowledged(1), "a late PUBACK finds nothing");
+    }
+
+    #[test]
     fn packet_ids_skip_zero_and_ids_in_use() {
         let mut s = Session::new(true, 10, Cut::Whole);
         s.next_id = u16::MAX - 1;

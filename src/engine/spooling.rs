@@ -11,6 +11,9 @@
 //! Must never: read or write a file itself ([`super::io::Sys`] opens, creates and removes
 //! them; the ring does the rest), or let a replayed record overtake an older one.
 //!
+//! An `mqtt://` output consumes a record when its session lets it go (its PUBACK with QoS 1),
+//! not when it is written; what the session holds stays queued when it spools (see [`spill`]).
+//!
 //! Modes: live -> spooling (link down, or one more record would put the queue over
 //! `max_backlog`; the queue's records not yet begun go to the spool first) -> replaying (the
 //! link is up and the spool holds records: they are read a buffer at a time whenever the
