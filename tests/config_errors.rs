@@ -669,7 +669,7 @@ fn spool_errors() {
         ),
         (
             "output = tcp-listen://127.0.0.1:6000 spool=/var/spool/x",
-            "does not apply",
+            "only tcp://, unix://, mqtt://",
         ),
         ("output = tcp://127.0.0.1:6000 spool=spool/x", "relative"),
         (
@@ -705,4 +705,11 @@ fn spool_errors() {
     let (code, out, err) = check(&text);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("spool_full=drop-newest"), "{out}");
+    // An MQTT output spools too, with its own options beside the spool's.
+    let text = format!(
+        "[channel a]\ninput = udp://127.0.0.1:5000\noutput = mqtt://127.0.0.1:1883/rr/a qos=1 clean=off client_id=rr-a spool={d}/m\n"
+    );
+    let (code, out, err) = check(&text);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("spool="), "{out}");
 }

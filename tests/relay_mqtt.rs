@@ -4,24 +4,19 @@
 //! and retried), `{channel}` topics with a user name and `password_file`, and the `check`
 //! errors of MQTT outputs. Each relay scenario runs with both feature sets.
 //!
-//! Each test starts its own mosquitto on a free loopback port with a generated config
-//! (persistence on, QoS 0 messages queued for offline persistent subscribers) in a temp dir.
-//! Subscribers are `mosquitto_sub` with a persistent session (`-c -i ID -q 1`): the session is
-//! made first (`-E`: exit once subscribed), then read with `-C COUNT -W TIMEOUT`, so no message
-//! published in between can be missed. Without mosquitto the tests print a loud notice and
-//! return, unless RINGRELAY_REQUIRE_MOSQUITTO=1 (CI) makes them fail.
+//! Each test starts its own mosquitto and reads it with persistent `mosquitto_sub` sessions
+//! ([`common::mqtt`]); without mosquitto the tests print a loud notice and return, unless
+//! RINGRELAY_REQUIRE_MOSQUITTO=1 (CI) makes them fail.
 
 #[macro_use]
 mod common;
 
 use common::counters::{prometheus_sample, stat_json, stat_output};
+use common::mqtt::*;
 use common::*;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
-
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 in_both_feature_sets!(
     mqtt_qos0_and_qos1_publish_every_datagram_in_order,
@@ -29,165 +24,6 @@ in_both_feature_sets!(
     mqtt_refused_connect_is_named_and_retried,
     mqtt_channel_topic_with_user_and_password_file,
 );
-
-/// Whether mosquitto and its clients are here; without them, a loud notice (or, with
-/// RINGRELAY_REQUIRE_MOSQUITTO=1, a failure).
-fn have_mosquitto() -> bool {
-    let sub = Command::new("mosquitto_sub")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if std::path::Path::new(MOSQUITTO).exists() && sub {
-        return true;
-    }
-    if std::env::var("RINGRELAY_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
-        panic!("mosquitto or mosquitto_sub is missing and RINGRELAY_REQUIRE_MOSQUITTO=1");
-    }
-    eprintln!("\n*** NOTICE: mosquitto (Debian packages mosquitto, mosquitto-clients) is not installed: MQTT test SKIPPED ***\n");
-    false
-}
-
-/// The user running the tests: mosquitto started as root drops to user `mosquitto` unless
-/// told to stay, and that user could not write its log and store in the temp dir.
-fn whoami() -> String {
-    let o = Command::new("id").arg("-un").output().expect("id -un");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// A mosquitto on a free loopback port, killed on drop.
-struct Broker {
-    child: Option<Child>,
-    port: u16,
-    conf: PathBuf,
-    log: PathBuf,
-}
-
-impl Broker {
-    /// Starts one in `dir`; `extra` goes into its config (password files and the like).
-    fn start(dir: &TempDir, extra: &str) -> Broker {
-        let port = free_tcp_port(LOCALHOST4);
-        let conf = dir.join("mosquitto.conf");
-        let log = dir.join("mosquitto.log");
-        let data = dir.join("mosquitto-data");
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(
-            &conf,
-            format!(
-                "user {}\nlistener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n\
-                 queue_qos0_messages true\nmax_queued_messages 100000\n\
-                 log_dest file {}\nlog_type all\n{}",
-                whoami(),
-                data.display(),
-                log.display(),
-                if extra.is_empty() {
-                    "allow_anonymous true\n"
-                } else {
-                    extra
-                }
-            ),
-        )
-        .unwrap();
-        let mut b = Broker {
-            child: None,
-            port,
-            conf,
-            log,
-        };
-        b.run();
-        b
-    }
-
-    fn run(&mut self) {
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-    }
-
-    /// Stops it with SIGTERM (it saves its persistent sessions) and waits for the exit.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, topic: &str) -> String {
-        format!("mqtt://127.0.0.1:{}/{topic}", self.port)
-    }
-
-    /// Makes a persistent QoS 1 session `id` subscribed to `topic` (returns once subscribed).
-    fn subscribe(&self, id: &str, topic: &str, auth: &[&str]) {
-        let st = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-c", "-i", id, "-q", "1", "-t", topic, "-E"])
-            .args(auth)
-            .stdout(Stdio::null())
-            .status()
-            .expect("mosquitto_sub -E");
-        assert!(st.success(), "mosquitto_sub -E failed: {st}");
-    }
-
-    /// Reads `count` messages of session `id` (at most `secs` seconds): one line each.
-    fn read(&self, id: &str, topic: &str, count: usize, secs: u32, auth: &[&str]) -> Vec<String> {
-        let out = output_within(
-            Command::new("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .args(["-c", "-i", id, "-q", "1", "-t", topic])
-                .args(["-C", &count.to_string(), "-W", &secs.to_string()])
-                .args(auth),
-            "mosquitto_sub -C",
-            Duration::from_secs(u64::from(secs) + 10),
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Sends `msgs` as datagrams to `to`, paced so that loopback loses none.
-fn send(to: SocketAddr, msgs: &[String]) {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for (i, m) in msgs.iter().enumerate() {
-        s.send_to(m.as_bytes(), to).unwrap();
-        if i % 20 == 19 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-fn messages(tag: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{tag}-{i:06}-{}", "x".repeat(i % 50)))
-        .collect()
-}
 
 /// A relay with one channel `name` fed by UDP and `outputs`; returns it and its input.
 fn relay(
@@ -208,22 +44,6 @@ fn relay(
         }
         (c, input)
     })
-}
-
-/// Every message of `want` is in `got`, first seen in order; returns the duplicates.
-fn assert_all_in_order(what: &str, got: &[String], want: &[String]) -> usize {
-    let mut seen = std::collections::HashSet::new();
-    let firsts: Vec<&String> = got.iter().filter(|m| seen.insert(m.as_str())).collect();
-    let want_refs: Vec<&String> = want.iter().collect();
-    if firsts != want_refs {
-        let at = firsts.iter().zip(&want_refs).position(|(a, b)| a != b);
-        panic!(
-            "{what}: {} distinct messages of {} wanted; first difference at {at:?}",
-            firsts.len(),
-            want.len()
-        );
-    }
-    got.len() - firsts.len()
 }
 
 fn mqtt_qos0_and_qos1_publish_every_datagram_in_order(features: Features) {
@@ -347,20 +167,7 @@ fn mqtt_broker_restart_loses_nothing_at_qos1(features: Features) {
     std::thread::sleep(Duration::from_millis(500));
     broker.run();
     send(input, &want[1100..]);
-    // Duplicates may take the place of some messages in a read of `want.len()`: read on
-    // until every one was seen, or a read brings nothing.
-    let mut got = broker.read("keep", "r/t", want.len(), 60, &[]);
-    loop {
-        let distinct: std::collections::HashSet<&String> = got.iter().collect();
-        if distinct.len() >= want.len() {
-            break;
-        }
-        let more = broker.read("keep", "r/t", want.len() - distinct.len(), 5, &[]);
-        if more.is_empty() {
-            break;
-        }
-        got.extend(more);
-    }
+    let got = broker.read_distinct("keep", "r/t", want.len(), 30);
     let dups = assert_all_in_order("QoS 1 across a broker restart", &got, &want);
     let line = output_counters_line(&relay, &url);
     assert!(counter_in(&line, "reconnects") >= 1, "{line}");

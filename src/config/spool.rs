@@ -40,9 +40,10 @@ pub const MIN_SYNC: Duration = Duration::from_millis(10);
 pub const MAX_SYNC: Duration = Duration::from_secs(3600);
 
 /// The output schemes that may have a spool: those whose collector the relay dials and
-/// whose writes it can tell were taken. `mqtt://` joins them once it exists.
+/// whose writes it can tell were taken (an MQTT broker's: a QoS 1 message is taken at its
+/// PUBACK, a QoS 0 one once written).
 pub fn may_spool(scheme: Scheme) -> bool {
-    matches!(scheme, Scheme::Tcp | Scheme::Unix)
+    matches!(scheme, Scheme::Tcp | Scheme::Unix | Scheme::Mqtt)
 }
 
 /// Whether spool options may stand on an endpoint of `scheme` (an input: never).
@@ -65,7 +66,7 @@ pub fn check_placement(input: bool, scheme: Scheme) -> Result<(), String> {
 
 /// The schemes of [`may_spool`], for messages.
 pub fn spool_schemes() -> &'static str {
-    "tcp://, unix://"
+    "tcp://, unix://, mqtt://"
 }
 
 /// What a full spool does with a new record.
@@ -274,7 +275,9 @@ mod tests {
             let e = SpoolConfig::from_opts(&o, s, 65536, &everything_exists).unwrap_err();
             assert!(e.contains("does not apply"), "{e}");
         }
-        assert!(SpoolConfig::from_opts(&o, Scheme::Unix, 65536, &everything_exists).is_ok());
+        for s in [Scheme::Unix, Scheme::Mqtt] {
+            assert!(SpoolConfig::from_opts(&o, s, 65536, &everything_exists).is_ok());
+        }
     }
 
     #[test]

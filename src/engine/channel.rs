@@ -18,7 +18,7 @@ use super::fileout::FileOut;
 use super::io::{Bound, Fd, Pipe, Publish, Sys};
 use super::outq::OutQueue;
 use super::stats::{InputStats, OutputStats};
-use crate::config::url::{Scheme, Target};
+use crate::config::url::{OnSlow, Scheme, Target};
 pub use crate::config::DATAGRAM_HEADROOM;
 use crate::config::{ChannelConfig, Framing, OutputConfig};
 use std::time::Instant;
@@ -434,7 +434,18 @@ impl Channel {
                 queue: OutQueue::new(
                     oc.on_slow,
                     oc.max_backlog,
-                    buffer_quota(buffer_count, channels, oc.on_slow),
+                    // A spooling output never blocks its input: at its quota it spools.
+                    // It gets the small quota, so that it spools while the pool still has
+                    // buffers for the input to read into.
+                    buffer_quota(
+                        buffer_count,
+                        channels,
+                        if oc.spool.is_some() {
+                            OnSlow::Drop
+                        } else {
+                            oc.on_slow
+                        },
+                    ),
                 ),
                 link: None,
                 listener: None,

@@ -485,7 +485,7 @@ pub(crate) fn close_ep(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
             }
             let ops = ch.ep(slot).map_or(0, |e| e.write_ops);
             super::framed::link_down(cx, ch, out, ops);
-            super::mqtt_link::link_down(cx, ch, out);
+            super::mqtt_link::link_down(cx, ch, ci, out);
         }
     }
     ch.reap_if_idle(slot, cx.sys);

@@ -8,14 +8,16 @@
 //! decoded by [`super::mqtt::decode`]), the keepalive, and turning a refusal, a protocol
 //! error or a silent broker into a fault of this output alone (logged once per state change,
 //! redialed with backoff). What a message's life is (QoS 0 and 1) is
-//! [`super::mqtt_session`]'s.
+//! [`super::mqtt_session`]'s. With a spool: telling it when the session let records go
+//! (their PUBACK, or their write with QoS 0), and which queued records the session holds
+//! (they stay queued when the output starts to spool, [`held_mark`]).
 //!
 //! Must never: release a buffer a write in flight names (the write holds its own reference
 //! to each, given back at its completion), or let the queue's front move past a message the
 //! session still holds.
 
 use super::buffers::{BufId, Class};
-use super::channel::{Channel, Link, Role};
+use super::channel::{Channel, Link, Output, Role};
 use super::io::Op;
 use super::links::close_ep;
 use super::mqtt::{
@@ -352,7 +354,8 @@ pub(crate) fn on_write(cx: &mut Cx, ch: &mut Channel, tok: Token, out: usize, re
     }
 }
 
-/// Done messages leave the queue; a blocked input may read again.
+/// Done messages leave the queue (a spool's records among them are consumed); a blocked
+/// input may read again.
 fn settle(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
     let o = &mut ch.outputs[out];
     let Some(s) = o.mqtt.as_mut() else { return };
@@ -360,6 +363,9 @@ fn settle(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
     if n > 0 {
         let pool = &mut *cx.pool;
         o.queue.advance_bytes(n, |b| pool.release(b));
+        if o.spool.is_some() {
+            super::spooling::sent(cx, ch, ci, out);
+        }
     }
     if ch.blocked && ch.may_unblock() {
         ch.blocked = false;
@@ -369,7 +375,7 @@ fn settle(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
 
 /// The connection of output `out` is closing: the session takes stock (see
 /// [`Session::disconnected`]).
-pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
+pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, ci: u16, out: usize) {
     let o = &mut ch.outputs[out];
     let Some(s) = o.mqtt.as_mut() else { return };
     let lost = s.disconnected();
@@ -378,6 +384,47 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
     if n > 0 {
         let pool = &mut *cx.pool;
         o.queue.advance_bytes(n, |b| pool.release(b));
+        if o.spool.is_some() {
+            super::spooling::sent(cx, ch, ci, out);
+        }
+    }
+}
+
+/// The consumption mark (see [`OutQueue::back_mark`]) up to which output `o`'s queue is
+/// held by its MQTT session: every chunk its messages take, whole or in part, and a front
+/// chunk partly done (some of its lines acknowledged). `None`: no MQTT output, or nothing
+/// held. A spill leaves these chunks queued, since the session sends them again after a
+/// reconnect (see [`super::spooling::spill`]).
+pub(crate) fn held_mark(o: &Output) -> Option<u64> {
+    let n = held_chunks(&o.queue, o.mqtt.as_ref()?.covered);
+    (n > 0).then(|| o.queue.sent_total() + n as u64)
+}
+
+/// How many chunks at the front of `queue` its first `covered` bytes (past what already
+/// went) touch, a partly sent front chunk counted whatever `covered` is.
+fn held_chunks(queue: &OutQueue, covered: u64) -> usize {
+    let mut left = covered;
+    let mut n = usize::from(queue.partly_sent());
+    for (i, c) in queue.peek(queue.len()).enumerate() {
+        if left == 0 {
+            break;
+        }
+        left = left.saturating_sub(u64::from(c.len));
+        n = n.max(i + 1);
+    }
+    n
+}
+
+/// The stop gave output `o`'s queue to its spool, what the session holds too (on disk since
+/// the spill, see [`super::spooling::spill`]): the session forgets its messages (not drops:
+/// they go again after the restart, a QoS 1 repeat at worst) and the queue lets go of every
+/// buffer (a write in flight holds its own references).
+pub(crate) fn spilled(pool: &mut super::buffers::BufferPool, o: &mut Output) {
+    if let Some(s) = o.mqtt.as_mut() {
+        s.forget();
+    }
+    for b in o.queue.clear() {
+        pool.release(b);
     }
 }
 
@@ -385,7 +432,7 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize) {
 /// still hold (written and not acknowledged, waiting to be re-sent, or not yet published) is
 /// given up and counted as a drop, and the queue lets go of its buffers (a write in flight
 /// holds its own references). Outputs with a spool are left alone: the stop spilled their
-/// queue to it.
+/// queue to it, the messages their session held included (see [`spilled`]).
 pub(crate) fn give_up(cx: &mut Cx, ch: &mut Channel) {
     for o in &mut ch.outputs {
         if o.spool.is_some() {
@@ -586,4 +633,33 @@ fn uncut(queue: &OutQueue, covered: u64) -> impl Iterator<Item = Chunk> + '_ {
             len: c.len - at,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::url::OnSlow;
+
+    fn chunk(buf: u16, len: u32) -> Chunk {
+        Chunk { buf, off: 0, len }
+    }
+
+    /// The chunks a session holds stay out of a spill: every chunk its messages touch, and a
+    /// front chunk partly done.
+    #[test]
+    fn held_chunks_are_those_the_session_covers() {
+        let mut q = OutQueue::new(OnSlow::Block, 1 << 20, 64);
+        for (b, len) in [(1, 10), (2, 10), (3, 10)] {
+            q.offer(chunk(b, len));
+        }
+        assert_eq!(held_chunks(&q, 0), 0);
+        assert_eq!(held_chunks(&q, 10), 1, "the first chunk whole");
+        assert_eq!(held_chunks(&q, 11), 2, "and one byte of the next: begun");
+        assert_eq!(held_chunks(&q, 30), 3);
+        // Four lines of the front chunk done: it is begun even with nothing covered.
+        q.advance_bytes(4, |_| {});
+        assert_eq!(held_chunks(&q, 0), 1);
+        assert_eq!(held_chunks(&q, 6), 1, "the rest of the front chunk");
+        assert_eq!(held_chunks(&q, 7), 2);
+    }
 }

@@ -293,6 +293,13 @@ impl Session {
         n
     }
 
+    /// Every message is let go of without being done (the queue bytes they stood for went
+    /// to a spool, which sends them again later): nothing is held, nothing counted.
+    pub fn forget(&mut self) {
+        self.unacked.clear();
+        self.covered = 0;
+    }
+
     /// The QoS 1 messages not acknowledged (the ones a disconnect leaves to re-send).
     pub fn not_acknowledged(&self) -> impl Iterator<Item = &Message> {
         self.unacked.iter().filter(|m| !m.done)
@@ -404,6 +411,19 @@ mod tests {
         assert_eq!(s.pop_done(), 10);
         assert!(s.settled());
         assert_eq!(s.stats.acknowledged, 1);
+    }
+
+    #[test]
+    fn a_spilled_session_forgets_its_messages_uncounted() {
+        let mut s = Session::new(true, 4, Cut::Whole);
+        s.add(5, chunk(0, 5));
+        s.add(3, chunk(5, 3));
+        s.written();
+        s.forget();
+        assert!(s.unacked.is_empty() && s.covered == 0);
+        assert_eq!(s.pop_done(), 0);
+        assert_eq!((s.stats.published, s.stats.acknowledged), (2, 0));
+        assert!(!s.acknowledged(1), "a late PUBACK finds nothing");
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! Must never: read or write a file itself ([`super::io::Sys`] opens, creates and removes
 //! them; the ring does the rest), or let a replayed record overtake an older one.
 //!
+//! An `mqtt://` output consumes a record when its session lets it go (its PUBACK with QoS 1),
+//! not when it is written; what the session holds stays queued when it spools (see [`spill`]).
+//!
 //! Modes: live -> spooling (link down, or one more record would put the queue over
 //! `max_backlog`; the queue's records not yet begun go to the spool first) -> replaying (the
 //! link is up and the spool holds records: they are read a buffer at a time whenever the
@@ -135,15 +138,27 @@ pub(crate) fn at(ch: &Channel, ci: u16, oi: usize) -> At {
 /// Moves the records of output `oi`'s queue not yet begun and not read from the spool into
 /// the spool, in order; with `all`, also gives back the replayed ones (they stay on disk and
 /// are read again: replay rewinds to the consumed position).
+///
+/// An MQTT output's "begun" records are those its session holds as messages (published and
+/// not acknowledged, or waiting to be re-sent with DUP): they stay queued, and are copied to
+/// the spool as well ([`keep_held`]), so that a stop that gives the queue up (`all`) finds
+/// them on disk, in their place before the newer records.
 pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
     let Some(sp) = o.spool.as_mut() else { return };
-    let from = sp.handed.back().map_or(0, |h| h.0);
+    let mut from = sp.handed.back().map_or(0, |h| h.0);
+    if let Some(held) = super::mqtt_link::held_mark(o).filter(|&h| h > from) {
+        keep_held(cx, o, at, from, held);
+        from = held;
+    }
     let memory = o.queue.take_from(from);
     for c in &memory {
         append(cx, o, at, *c);
         cx.pool.release(c.buf);
     }
     if all {
+        if o.mqtt.is_some() {
+            super::mqtt_link::spilled(cx.pool, o);
+        }
         let sp = o.spool.as_mut().expect("checked");
         for c in o.queue.take_from(0) {
             cx.pool.release(c.buf);
@@ -156,6 +171,41 @@ pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
         sp.read = sp.handed.back().map_or(sp.consumed, |h| h.1);
     }
     pump(cx, o, at);
+}
+
+/// Copies the chunks of output `o`'s queue of marks `from` + 1 ..= `to` (held by its MQTT
+/// session, see [`super::mqtt_link::held_mark`]) into its spool, which has nothing left to
+/// replay (the output was live): they stay queued as if read back from it, so the session
+/// sends them as before, the spool lets them go once they are taken ([`sent`]), and replay
+/// goes on after them.
+fn keep_held(cx: &mut Cx, o: &mut Output, at: At, from: u64, to: u64) {
+    if !o.spool.as_ref().is_some_and(|sp| sp.is_empty()) {
+        return;
+    }
+    let base = o.queue.sent_total();
+    let first = from.max(base);
+    let held: Vec<Chunk> = o
+        .queue
+        .peek(o.queue.len())
+        .take((to - base) as usize)
+        .skip((first - base) as usize)
+        .collect();
+    // No replay read while the copies are appended: they are in the queue already.
+    let quiet = At { up: false, ..at };
+    for (mark, c) in (first + 1..).zip(held) {
+        append(cx, o, quiet, c);
+        let sp = o.spool.as_mut().expect("checked");
+        let end = sp.segs.back().map_or(sp.read, |h| Position {
+            segment: h.seq,
+            offset: h.size,
+        });
+        sp.handed.push_back((mark, end));
+        sp.read = end;
+    }
+    let sp = o.spool.as_mut().expect("checked");
+    for s in &mut sp.segs {
+        s.read_records = s.records;
+    }
 }
 
 /// Copies a record (a pool chunk the caller keeps its reference to) into output `oi`'s spool.
@@ -351,8 +401,10 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
         );
         return;
     }
-    if sp.is_empty() {
-        // Caught up: from now on records go straight to the queue, behind the replayed ones.
+    // Caught up, and the queue back under half its limits (a replay read of small records
+    // may queue more chunks than its quota: live, the next record would spool again).
+    if sp.is_empty() && o.queue.may_resume() {
+        // From now on records go straight to the queue, behind the replayed ones.
         if sp.writes_pending() {
             return;
         }
