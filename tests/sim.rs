@@ -1443,7 +1443,15 @@ fn check_commands(w: &World, counters: &Counters) -> Result<(), String> {
 fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> Result<(), String> {
     let r = &spec.records;
     let starts = &w.sources[c].starts;
-    let all: u64 = stream_chunks(w, c).iter().map(|x| x.1).sum();
+    let chunks = stream_chunks(w, c);
+    let all: u64 = chunks.iter().map(|x| x.1).sum();
+    // Where the input's reading of a producer connection ended (no read went on from there).
+    let begun: BTreeSet<Pos> = chunks.iter().map(|x| x.0).collect();
+    let stops: BTreeSet<Pos> = chunks
+        .iter()
+        .map(|x| x.0 + x.1)
+        .filter(|e| !begun.contains(e))
+        .collect();
     for (o, os) in spec.outputs.iter().enumerate() {
         let conns: &[usize] = match os.kind {
             OutKind::Subscribers => &w.subs[c][o],
@@ -1461,7 +1469,7 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
                     if d.iter().all(|&p| r.in_preamble(starts, p)) {
                         continue;
                     }
-                    check_runs(r, starts, d, false, &what)?;
+                    check_runs(r, starts, &stops, d, false, &what)?;
                     let lines = d.iter().filter(|&&p| pattern(p) == b'\n').count();
                     if r.line.is_some() && lines != 1 {
                         return Err(format!("{what}: {lines} lines in one datagram"));
@@ -1478,6 +1486,7 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
             check_runs(
                 r,
                 starts,
+                &stops,
                 got,
                 true,
                 &format!("c{c} output {o} connection {ci}"),
@@ -1500,8 +1509,14 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
             && os.policy == "block"
             && set.len() as u64 + partial + skipped != all
         {
+            let miss: Vec<Pos> = chunks
+                .iter()
+                .flat_map(|&(s, n)| s..s + n)
+                .filter(|p| !set.contains(p))
+                .take(8)
+                .collect();
             return Err(format!(
-                "c{c} output {o} (block collector): {} bytes received + {partial} partial + {skipped} skipped != {all} read",
+                "c{c} output {o} (block collector): {} bytes received + {partial} partial + {skipped} skipped != {all} read (the first missing: {miss:?})",
                 set.len()
             ));
         }
@@ -1519,6 +1534,17 @@ fn stream_chunks(w: &World, c: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Seeds past the default 2,000 that once failed, run with every range that does not reach
+/// them (each with what it found):
+/// - 2178, 2852: a serial port closed while an earlier closed port's read was in flight
+///   overwrote `Channel::replaced`, so that read landed after the next port's first (2852:
+///   "connection 18 received position 236417 after 253427"; 2178: the late read taken for
+///   a new connection's preamble);
+/// - 3484: a collector's connection lost with the preamble partly sent, its queue not empty:
+///   the rest was dropped uncounted and the next connection began without it ("a block
+///   collector gets 6 bytes short").
+const REGRESSIONS: &[u64] = &[2178, 2852, 3484];
+
 fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
         return vec![s.parse().expect("SIM_SEED is a number")];
@@ -1527,7 +1553,9 @@ fn seeds() -> Vec<u64> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    (1..=n).collect()
+    let mut v: Vec<u64> = (1..=n).collect();
+    v.extend(REGRESSIONS.iter().filter(|&&s| s > n));
+    v
 }
 
 #[test]

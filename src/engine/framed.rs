@@ -395,15 +395,24 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u3
     let Some(rest) = o.queue.front().filter(|_| o.queue.partly_sent()) else {
         return;
     };
-    // A preamble cut short is not stream bytes lost: the next connection gets it whole.
-    let replay = preamble_chunk_of(&ch.framed)
-        .is_some_and(|p| rest.buf == p.buf && rest.off + rest.len <= p.len);
+    // A preamble cut short is not stream bytes lost: the next connection gets it whole, in
+    // front of what the queue holds behind it (records of its own producer connection, or of
+    // a later one behind that one's preamble). `link_up` adds it only to an empty queue.
+    let replay =
+        preamble_chunk_of(&ch.framed).filter(|p| rest.buf == p.buf && rest.off + rest.len <= p.len);
     let o = &mut ch.outputs[out];
     if let Some(b) = o.queue.skip_front() {
         cx.pool.release(b);
-        if !replay {
-            o.stats.drops += 1;
-            o.stats.skipped += u64::from(rest.len);
+        match replay {
+            Some(p) => {
+                if o.queue.push_front(p) {
+                    cx.pool.retain(p.buf);
+                }
+            }
+            None => {
+                o.stats.drops += 1;
+                o.stats.skipped += u64::from(rest.len);
+            }
         }
     }
 }
