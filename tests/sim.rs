@@ -141,6 +141,7 @@ mod sim {
     pub mod memory;
     pub mod records;
     pub mod rng;
+    pub mod spoolfs;
 }
 
 use ringrelay::config::{parse_str, Config};
@@ -185,6 +186,8 @@ struct OutSpec {
     lost: bool,
     /// An MQTT output at QoS 1.
     qos1: bool,
+    /// A collector with a spool (`sim/spoolfs.rs`): its config keys.
+    spool: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -283,6 +286,7 @@ impl World {
                     keep_fin,
                     lost,
                     qos1: false,
+                    spool: None,
                 });
             }
             // An MQTT output on a datagram channel, from its own generator.
@@ -295,6 +299,7 @@ impl World {
                     keep_fin: false,
                     lost: false,
                     qos1: mrng.chance(700),
+                    spool: None,
                 });
             }
             let replace = input == InKind::Listen && rng.chance(400);
@@ -339,7 +344,10 @@ impl World {
             if input == InKind::Udp && stream_out {
                 text += "framing = u32be\n";
             }
-            for (o, os) in outputs.iter().enumerate() {
+            for (o, os) in outputs.iter_mut().enumerate() {
+                if os.kind == OutKind::Collector {
+                    os.spool = sim::spoolfs::pick(seed, c, o);
+                }
                 let port = 6000 + c * 10 + o;
                 let backlog = rng.pick(&["16KiB", "64KiB", "1MiB"]);
                 text += &match os.kind {
@@ -349,9 +357,10 @@ impl World {
                         if os.keep_fin { " on_fin=keep" } else { "" }
                     ),
                     OutKind::Collector => format!(
-                        "output = tcp://127.0.0.1:{port} on_slow={} max_backlog={backlog}{}\n",
+                        "output = tcp://127.0.0.1:{port} on_slow={} max_backlog={backlog}{}{}\n",
                         os.policy,
-                        if os.zerocopy { " zerocopy=on" } else { "" }
+                        if os.zerocopy { " zerocopy=on" } else { "" },
+                        os.spool.as_deref().unwrap_or("")
                     ),
                     OutKind::UdpDest => format!("output = udp://127.0.0.1:{port}\n"),
                     OutKind::Broker => format!(
@@ -1033,7 +1042,7 @@ fn quiet(w: &World, engine: &Engine) -> bool {
             .outputs
             .iter()
             .enumerate()
-            .any(|(o, q)| !q.queue.is_empty() && !lost(o))
+            .any(|(o, q)| (!q.queue.is_empty() || sim::spoolfs::holds(q)) && !lost(o))
         {
             return false;
         }
@@ -1131,6 +1140,9 @@ struct Counters {
     partial: Vec<u64>,
     /// Per channel, each output's bytes skipped to align (`skipped=`).
     skipped: Vec<Vec<u64>>,
+    /// Per channel, each output's spool records lost (dropped: also counted in its drops, or
+    /// at `spool_max` by `drop-oldest`) and kept on disk at the end.
+    spooled: Vec<Vec<u64>>,
 }
 
 /// Seeds' totals: idle timeouts fired, command bytes forwarded (the run shows the simulation
@@ -1169,6 +1181,15 @@ fn final_counters(engine: &Engine) -> Counters {
             .map(|c| {
                 c.as_ref().map_or(Vec::new(), |ch| {
                     ch.outputs.iter().map(|o| o.stats.skipped).collect()
+                })
+            })
+            .collect(),
+        spooled: engine
+            .channels()
+            .iter()
+            .map(|c| {
+                c.as_ref().map_or(Vec::new(), |ch| {
+                    ch.outputs.iter().map(sim::spoolfs::lost_or_kept).collect()
                 })
             })
             .collect(),
@@ -1249,6 +1270,11 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     continue;
                 }
             };
+            let lost = drops + counters.spooled[c][o];
+            if os.spool.is_some() {
+                sim::spoolfs::check_order_across(&received)
+                    .map_err(|e| format!("c{c} output {o} (spool): {e}"))?;
+            }
             if spec.input == InKind::Udp {
                 let recs = records(&received);
                 let got = if os.kind == OutKind::UdpDest {
@@ -1258,6 +1284,16 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                 };
                 // A file drops (counted) once faulted past its fault_grace; until then, and
                 // when it never was, it holds everything as any `block` output.
+                if os.spool.is_some() {
+                    // Spool losses are counted by record; none at all: every record came.
+                    if got + lost < offered || (lost == 0 && got != offered) {
+                        return Err(format!(
+                            "c{c} output {o} (spool, {}): {got} records of {offered} delivered, {drops} drops, {} lost or kept in the spool",
+                            os.policy, counters.spooled[c][o]
+                        ));
+                    }
+                    continue;
+                }
                 let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
                 if os.policy == "block" && !exact && (got != offered || drops != 0) {
                     return Err(format!(
@@ -1282,6 +1318,15 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     .filter(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)))
                     .count() as u64;
                 let all: u64 = chunks.iter().map(|c| c.1).sum();
+                if os.spool.is_some() {
+                    if missing > lost || (lost == 0 && received.len() as u64 != all) {
+                        return Err(format!(
+                            "c{c} output {o} (spool, {}): received {} of {all} bytes, {missing} chunks missing, {drops} drops, {} lost or kept in the spool",
+                            os.policy, received.len(), counters.spooled[c][o]
+                        ));
+                    }
+                    continue;
+                }
                 let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
                 if os.policy == "block" && !exact && (missing != 0 || received.len() as u64 != all)
                 {
@@ -1481,6 +1526,16 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
             OutKind::File | OutKind::Broker => continue,
         };
         let mut set = BTreeSet::new();
+        if os.spool.is_some() {
+            let all: Vec<Pos> = conns
+                .iter()
+                .flat_map(|&ci| w.kernel.conns[ci].received.iter().copied())
+                .filter(|&p| !r.in_preamble(starts, p))
+                .collect();
+            // (Every connection begins with the preamble again.)
+            sim::spoolfs::check_order_across(&all)
+                .map_err(|e| format!("c{c} output {o} (spool): {e}"))?;
+        }
         for &ci in conns {
             let got = &w.kernel.conns[ci].received;
             check_runs(
@@ -1505,8 +1560,11 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
         }
         let partial = counters.partial[c];
         let skipped = counters.skipped[c][o];
+        let spool_lost =
+            os.spool.is_some() && counters.spooled[c][o] + counters.chans[c].2[o].0 > 0;
         if os.kind == OutKind::Collector
-            && os.policy == "block"
+            && (os.policy == "block" || os.spool.is_some())
+            && !spool_lost
             && set.len() as u64 + partial + skipped != all
         {
             let miss: Vec<Pos> = chunks
@@ -1580,7 +1638,11 @@ fn simulation() {
                 });
             }
         }
-        if failures.len() >= 3 {
+        let most = std::env::var("SIM_MAX_FAILURES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        if failures.len() >= most {
             break;
         }
     }

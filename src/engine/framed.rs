@@ -342,11 +342,17 @@ pub(crate) fn joined(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
 /// joins, the preamble first and then whole records. With a backlog kept across the redial
 /// (`on_slow = block`), it goes on with the backlog, in order: a preamble put in front of it
 /// could belong to a later producer connection than the records it holds, and a write of the
-/// old link may still carry the queue's front (its completion advances the queue).
+/// old link may still carry the queue's front (its completion advances the queue). The same
+/// with records in its spool, or while it replays them.
 pub(crate) fn link_up(cx: &mut Cx, ch: &mut Channel, out: usize) {
     let Some(c) = preamble_chunk(ch) else { return };
     let o = &mut ch.outputs[out];
     if o.is_datagram() || o.file.is_some() || o.mqtt.is_some() || !o.queue.is_empty() {
+        return;
+    }
+    // A spool that holds records replays them first: they are older than this preamble
+    // (their own producer connections' preambles among them).
+    if o.spool.as_ref().is_some_and(|s| !s.is_empty()) || !o.live {
         return;
     }
     if o.queue.push_front(c) {
