@@ -97,6 +97,16 @@
 //!     connection that went before their PUBACK were never re-sent, and its broker had not
 //!     received them (see MQTT below). Not caught before the broker forgot those.
 //!
+//! 16. live records bypass a spool that still holds records (`spooling::takes` without the
+//!     `o.live` condition), measured 2026-12-02 with `SIM_SPOOL=1` over 500 seeds: 109 seeds
+//!     fail (9 without the bug, the open ones below), the first seed 1, "connection 9
+//!     (Some(Output(0, 1))) received position 77904 after 234715".
+//! 17. a replay read's position not advanced after a short read (`spooling::on_read` passes
+//!     an end of 0 to `read_done` when the read returned less than asked), measured the
+//!     same way: 87 seeds of 500 fail, the first seed 2, "connection 40 (Some(Output(2, 1)))
+//!     received position 0 after 61866403" (the records read again); seed 3, "position 35
+//!     after 193".
+//!
 //! (The seeds were measured on their own branches: 1-9 before subscribers talked back,
 //! producers went silent, records were cut and ports were serial; 10-11, 12-13 and 14 each
 //! without the others. All draw from the same generator, so their numbers may have moved.)
@@ -131,6 +141,30 @@
 //! are counted as drops now, `mqtt_link::give_up`). Not modelled: a QoS 0 message lost after
 //! its write completed (at most once allows it, and nothing could count it).
 //!
+//! SPOOL (`sim/spoolfs.rs`, with `SIM_SPOOL=1` in the environment): about one collector in
+//! three gets `spool=` (64KiB segments, `spool_max` 128KiB to 4MiB, `spool_sync` 10ms to 1s,
+//! some `spool_full=drop-newest`), so it spools while its collector is away or its queue
+//! would pass `max_backlog`, and replays when it is back. The kernel runs WriteAt, ReadAt and
+//! Fsync on simulated files (short writes and reads, EIO, ENOSPC, a failing segment create;
+//! the write and sync lanes complete in any order); `spool_open` scans the segments as the
+//! driver does (a reload reopens them). The origin of every byte is followed through the
+//! spool: a staging buffer's records by range (headers have none: sent to a peer, they are a
+//! violation), the segment's bytes the same, a replay read hands them back. Checked: what a
+//! spooling collector receives is each position once and in order over all its connections
+//! (the replay never overtaken by live records), its losses at most its drops plus what its
+//! spool dropped or still keeps, and with none of those, everything; buffers and descriptors
+//! as everywhere else. Found and fixed this way: a spill at link-down took the chunks an
+//! in-flight write of the old link still carried (the write's completion then advanced past
+//! the end of the queue: a panic; or the records went twice); a collector whose link came up
+//! with records in its spool got the current preamble before the older replayed records.
+//! Still open, so the spool is not in the default run yet: 9 of 500 seeds fail, e.g. seed 7
+//! (a record spooled while the output was not live, the next one queued live ahead of it:
+//! "received position 64441 after 93283") and seeds 371 and 500 (frames of 12 bytes, a
+//! collector's run ends 4,100 bytes in, not at a frame boundary: a chunk split into several
+//! spool records at `max_payload`, replay cut between them).
+//!
+//! Regression seeds past 2,000 run with every shorter range (`REGRESSIONS`).
+//!
 //! Not simulated yet: the splice and tee path (channels here run with `splice = off`),
 //! shared-memory publishing, `framing = line` on a UDP input (integration-tested).
 
@@ -141,6 +175,7 @@ mod sim {
     pub mod memory;
     pub mod records;
     pub mod rng;
+    pub mod spoolfs;
 }
 
 use ringrelay::config::{parse_str, Config};
@@ -185,6 +220,8 @@ struct OutSpec {
     lost: bool,
     /// An MQTT output at QoS 1.
     qos1: bool,
+    /// A collector with a spool (`sim/spoolfs.rs`): its config keys.
+    spool: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -283,6 +320,7 @@ impl World {
                     keep_fin,
                     lost,
                     qos1: false,
+                    spool: None,
                 });
             }
             // An MQTT output on a datagram channel, from its own generator.
@@ -295,6 +333,7 @@ impl World {
                     keep_fin: false,
                     lost: false,
                     qos1: mrng.chance(700),
+                    spool: None,
                 });
             }
             let replace = input == InKind::Listen && rng.chance(400);
@@ -339,7 +378,10 @@ impl World {
             if input == InKind::Udp && stream_out {
                 text += "framing = u32be\n";
             }
-            for (o, os) in outputs.iter().enumerate() {
+            for (o, os) in outputs.iter_mut().enumerate() {
+                if os.kind == OutKind::Collector {
+                    os.spool = sim::spoolfs::pick(seed, c, o);
+                }
                 let port = 6000 + c * 10 + o;
                 let backlog = rng.pick(&["16KiB", "64KiB", "1MiB"]);
                 text += &match os.kind {
@@ -349,9 +391,10 @@ impl World {
                         if os.keep_fin { " on_fin=keep" } else { "" }
                     ),
                     OutKind::Collector => format!(
-                        "output = tcp://127.0.0.1:{port} on_slow={} max_backlog={backlog}{}\n",
+                        "output = tcp://127.0.0.1:{port} on_slow={} max_backlog={backlog}{}{}\n",
                         os.policy,
-                        if os.zerocopy { " zerocopy=on" } else { "" }
+                        if os.zerocopy { " zerocopy=on" } else { "" },
+                        os.spool.as_deref().unwrap_or("")
                     ),
                     OutKind::UdpDest => format!("output = udp://127.0.0.1:{port}\n"),
                     OutKind::Broker => format!(
@@ -1033,7 +1076,7 @@ fn quiet(w: &World, engine: &Engine) -> bool {
             .outputs
             .iter()
             .enumerate()
-            .any(|(o, q)| !q.queue.is_empty() && !lost(o))
+            .any(|(o, q)| (!q.queue.is_empty() || sim::spoolfs::holds(q)) && !lost(o))
         {
             return false;
         }
@@ -1131,6 +1174,9 @@ struct Counters {
     partial: Vec<u64>,
     /// Per channel, each output's bytes skipped to align (`skipped=`).
     skipped: Vec<Vec<u64>>,
+    /// Per channel, each output's spool records lost (dropped: also counted in its drops, or
+    /// at `spool_max` by `drop-oldest`) and kept on disk at the end.
+    spooled: Vec<Vec<u64>>,
 }
 
 /// Seeds' totals: idle timeouts fired, command bytes forwarded (the run shows the simulation
@@ -1169,6 +1215,15 @@ fn final_counters(engine: &Engine) -> Counters {
             .map(|c| {
                 c.as_ref().map_or(Vec::new(), |ch| {
                     ch.outputs.iter().map(|o| o.stats.skipped).collect()
+                })
+            })
+            .collect(),
+        spooled: engine
+            .channels()
+            .iter()
+            .map(|c| {
+                c.as_ref().map_or(Vec::new(), |ch| {
+                    ch.outputs.iter().map(sim::spoolfs::lost_or_kept).collect()
                 })
             })
             .collect(),
@@ -1249,6 +1304,11 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     continue;
                 }
             };
+            let lost = drops + counters.spooled[c][o];
+            if os.spool.is_some() {
+                sim::spoolfs::check_order_across(&received)
+                    .map_err(|e| format!("c{c} output {o} (spool): {e}"))?;
+            }
             if spec.input == InKind::Udp {
                 let recs = records(&received);
                 let got = if os.kind == OutKind::UdpDest {
@@ -1258,6 +1318,16 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                 };
                 // A file drops (counted) once faulted past its fault_grace; until then, and
                 // when it never was, it holds everything as any `block` output.
+                if os.spool.is_some() {
+                    // Spool losses are counted by record; none at all: every record came.
+                    if got + lost < offered || (lost == 0 && got != offered) {
+                        return Err(format!(
+                            "c{c} output {o} (spool, {}): {got} records of {offered} delivered, {drops} drops, {} lost or kept in the spool",
+                            os.policy, counters.spooled[c][o]
+                        ));
+                    }
+                    continue;
+                }
                 let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
                 if os.policy == "block" && !exact && (got != offered || drops != 0) {
                     return Err(format!(
@@ -1282,6 +1352,15 @@ fn check_end(w: &World, engine: &Engine, counters: &Counters) -> Result<(), Stri
                     .filter(|&&(start, len)| !(start..start + len).any(|p| set.contains(&p)))
                     .count() as u64;
                 let all: u64 = chunks.iter().map(|c| c.1).sum();
+                if os.spool.is_some() {
+                    if missing > lost || (lost == 0 && received.len() as u64 != all) {
+                        return Err(format!(
+                            "c{c} output {o} (spool, {}): received {} of {all} bytes, {missing} chunks missing, {drops} drops, {} lost or kept in the spool",
+                            os.policy, received.len(), counters.spooled[c][o]
+                        ));
+                    }
+                    continue;
+                }
                 let exact = os.policy == "drop" || (os.kind == OutKind::File && drops > 0);
                 if os.policy == "block" && !exact && (missing != 0 || received.len() as u64 != all)
                 {
@@ -1443,7 +1522,15 @@ fn check_commands(w: &World, counters: &Counters) -> Result<(), String> {
 fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> Result<(), String> {
     let r = &spec.records;
     let starts = &w.sources[c].starts;
-    let all: u64 = stream_chunks(w, c).iter().map(|x| x.1).sum();
+    let chunks = stream_chunks(w, c);
+    let all: u64 = chunks.iter().map(|x| x.1).sum();
+    // Where the input's reading of a producer connection ended (no read went on from there).
+    let begun: BTreeSet<Pos> = chunks.iter().map(|x| x.0).collect();
+    let stops: BTreeSet<Pos> = chunks
+        .iter()
+        .map(|x| x.0 + x.1)
+        .filter(|e| !begun.contains(e))
+        .collect();
     for (o, os) in spec.outputs.iter().enumerate() {
         let conns: &[usize] = match os.kind {
             OutKind::Subscribers => &w.subs[c][o],
@@ -1461,7 +1548,7 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
                     if d.iter().all(|&p| r.in_preamble(starts, p)) {
                         continue;
                     }
-                    check_runs(r, starts, d, false, &what)?;
+                    check_runs(r, starts, &stops, d, false, &what)?;
                     let lines = d.iter().filter(|&&p| pattern(p) == b'\n').count();
                     if r.line.is_some() && lines != 1 {
                         return Err(format!("{what}: {lines} lines in one datagram"));
@@ -1473,11 +1560,22 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
             OutKind::File | OutKind::Broker => continue,
         };
         let mut set = BTreeSet::new();
+        if os.spool.is_some() {
+            let all: Vec<Pos> = conns
+                .iter()
+                .flat_map(|&ci| w.kernel.conns[ci].received.iter().copied())
+                .filter(|&p| !r.in_preamble(starts, p))
+                .collect();
+            // (Every connection begins with the preamble again.)
+            sim::spoolfs::check_order_across(&all)
+                .map_err(|e| format!("c{c} output {o} (spool): {e}"))?;
+        }
         for &ci in conns {
             let got = &w.kernel.conns[ci].received;
             check_runs(
                 r,
                 starts,
+                &stops,
                 got,
                 true,
                 &format!("c{c} output {o} connection {ci}"),
@@ -1496,12 +1594,21 @@ fn check_records(w: &World, c: usize, spec: &ChanSpec, counters: &Counters) -> R
         }
         let partial = counters.partial[c];
         let skipped = counters.skipped[c][o];
+        let spool_lost =
+            os.spool.is_some() && counters.spooled[c][o] + counters.chans[c].2[o].0 > 0;
         if os.kind == OutKind::Collector
-            && os.policy == "block"
+            && (os.policy == "block" || os.spool.is_some())
+            && !spool_lost
             && set.len() as u64 + partial + skipped != all
         {
+            let miss: Vec<Pos> = chunks
+                .iter()
+                .flat_map(|&(s, n)| s..s + n)
+                .filter(|p| !set.contains(p))
+                .take(8)
+                .collect();
             return Err(format!(
-                "c{c} output {o} (block collector): {} bytes received + {partial} partial + {skipped} skipped != {all} read",
+                "c{c} output {o} (block collector): {} bytes received + {partial} partial + {skipped} skipped != {all} read (the first missing: {miss:?})",
                 set.len()
             ));
         }
@@ -1519,6 +1626,17 @@ fn stream_chunks(w: &World, c: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Seeds past the default 2,000 that once failed, run with every range that does not reach
+/// them (each with what it found):
+/// - 2178, 2852: a serial port closed while an earlier closed port's read was in flight
+///   overwrote `Channel::replaced`, so that read landed after the next port's first (2852:
+///   "connection 18 received position 236417 after 253427"; 2178: the late read taken for
+///   a new connection's preamble);
+/// - 3484: a collector's connection lost with the preamble partly sent, its queue not empty:
+///   the rest was dropped uncounted and the next connection began without it ("a block
+///   collector gets 6 bytes short").
+const REGRESSIONS: &[u64] = &[2178, 2852, 3484];
+
 fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
         return vec![s.parse().expect("SIM_SEED is a number")];
@@ -1527,7 +1645,9 @@ fn seeds() -> Vec<u64> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    (1..=n).collect()
+    let mut v: Vec<u64> = (1..=n).collect();
+    v.extend(REGRESSIONS.iter().filter(|&&s| s > n));
+    v
 }
 
 #[test]
@@ -1552,7 +1672,11 @@ fn simulation() {
                 });
             }
         }
-        if failures.len() >= 3 {
+        let most = std::env::var("SIM_MAX_FAILURES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        if failures.len() >= most {
             break;
         }
     }

@@ -593,6 +593,16 @@ impl Channel {
         false
     }
 
+    /// Records the input in `slot` (generation `gen`), being closed, as the one whose last
+    /// read the next input's first waits for; unless an earlier closed input's read is still
+    /// in flight: this one's reads waited for it (it read nothing), and the earlier one stays
+    /// the one to wait for. (Overwritten, the earlier read could land after the next input's.)
+    pub fn mark_replaced(&mut self, slot: u16, gen: u32) {
+        if !self.replaced_reading() {
+            self.replaced = Some((slot, gen));
+        }
+    }
+
     /// Endpoints still open or closing.
     pub fn live_endpoints(&self) -> usize {
         // A fan-out's tees and distribution splices are on its pipes, not on an endpoint: they

@@ -342,11 +342,17 @@ pub(crate) fn joined(cx: &mut Cx, ch: &mut Channel, ci: u16, slot: u16) {
 /// joins, the preamble first and then whole records. With a backlog kept across the redial
 /// (`on_slow = block`), it goes on with the backlog, in order: a preamble put in front of it
 /// could belong to a later producer connection than the records it holds, and a write of the
-/// old link may still carry the queue's front (its completion advances the queue).
+/// old link may still carry the queue's front (its completion advances the queue). The same
+/// with records in its spool, or while it replays them.
 pub(crate) fn link_up(cx: &mut Cx, ch: &mut Channel, out: usize) {
     let Some(c) = preamble_chunk(ch) else { return };
     let o = &mut ch.outputs[out];
     if o.is_datagram() || o.file.is_some() || o.mqtt.is_some() || !o.queue.is_empty() {
+        return;
+    }
+    // A spool that holds records replays them first: they are older than this preamble
+    // (their own producer connections' preambles among them).
+    if o.spool.as_ref().is_some_and(|s| !s.is_empty()) || !o.live {
         return;
     }
     if o.queue.push_front(c) {
@@ -395,15 +401,24 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u3
     let Some(rest) = o.queue.front().filter(|_| o.queue.partly_sent()) else {
         return;
     };
-    // A preamble cut short is not stream bytes lost: the next connection gets it whole.
-    let replay = preamble_chunk_of(&ch.framed)
-        .is_some_and(|p| rest.buf == p.buf && rest.off + rest.len <= p.len);
+    // A preamble cut short is not stream bytes lost: the next connection gets it whole, in
+    // front of what the queue holds behind it (records of its own producer connection, or of
+    // a later one behind that one's preamble). `link_up` adds it only to an empty queue.
+    let replay =
+        preamble_chunk_of(&ch.framed).filter(|p| rest.buf == p.buf && rest.off + rest.len <= p.len);
     let o = &mut ch.outputs[out];
     if let Some(b) = o.queue.skip_front() {
         cx.pool.release(b);
-        if !replay {
-            o.stats.drops += 1;
-            o.stats.skipped += u64::from(rest.len);
+        match replay {
+            Some(p) => {
+                if o.queue.push_front(p) {
+                    cx.pool.retain(p.buf);
+                }
+            }
+            None => {
+                o.stats.drops += 1;
+                o.stats.skipped += u64::from(rest.len);
+            }
         }
     }
 }

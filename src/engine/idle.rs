@@ -124,7 +124,7 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
                 ch.cfg.input.url()
             );
             // As below: the next producer's first read waits for this one's last.
-            ch.replaced = Some((slot, gen));
+            ch.mark_replaced(slot, gen);
             close_ep(cx, ch, ci, slot);
         }
         _ => {
@@ -135,7 +135,7 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
             );
             // The cancelled read may still return bytes: the next input's first read
             // waits for it, so the two streams never interleave on the outputs.
-            ch.replaced = Some((slot, gen));
+            ch.mark_replaced(slot, gen);
             close_for_reopen(cx, ch, ci, slot);
         }
     }

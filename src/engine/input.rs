@@ -508,7 +508,8 @@ pub(crate) fn deliver(
                 .link
                 .and_then(|s| slots.get(s as usize).and_then(|e| e.as_ref()))
                 .is_some_and(|e| e.link == Link::Up);
-            let spooled = super::spooling::diverts(cx, o, (ci, oi), up, *draining, chunk);
+            let held = super::spooling::held_by_writes(slots, oi);
+            let spooled = super::spooling::diverts(cx, o, (ci, oi), (up, held), *draining, chunk);
             if spooled || !up && (o.cfg.on_slow != OnSlow::Block || fileout::dropping(o)) {
                 o.stats.drops += u64::from(!spooled);
                 continue;

@@ -128,7 +128,7 @@ pub(crate) fn tick(cx: &mut Cx, ch: &mut Channel, ci: u16, now: Instant) {
     ch.stats.errors += 1;
     // Its read is cancelled, but may still complete with bytes the old device held: the
     // next port's first read waits for it, so the two never interleave on the outputs.
-    ch.replaced = Some((slot, gen));
+    ch.mark_replaced(slot, gen);
     close_ep(cx, ch, ci, slot);
     let d = ch.input_backoff.next_delay();
     ch.input_retry_at = Some(now + d);

@@ -20,7 +20,7 @@
 //! queue is below half its limit) -> live again once every record was read and the queue
 //! holds them.
 
-use super::channel::{Channel, Link, Output};
+use super::channel::{Channel, Endpoint, Link, Output, Role};
 use super::io::Op;
 use super::outq::Chunk;
 use super::spool::{Admit, DiskOp, Lane, Pieces, Segment, Spool, Submit};
@@ -94,7 +94,7 @@ pub(crate) fn diverts(
     cx: &mut Cx,
     o: &mut Output,
     (ci, oi): (u16, usize),
-    up: bool,
+    (up, held): (bool, usize),
     draining: bool,
     c: Chunk,
 ) -> bool {
@@ -103,6 +103,7 @@ pub(crate) fn diverts(
         oi,
         up,
         draining,
+        held,
     };
     if !takes(cx, o, at, c.len) {
         return false;
@@ -120,6 +121,20 @@ pub(crate) struct At {
     pub up: bool,
     /// Its channel is stopping.
     pub draining: bool,
+    /// Chunks at the front of its queue that writes of its links may still carry (at most:
+    /// one per buffer they hold). A spill leaves them: a write's completion advances past
+    /// what it sent, and the spool must not send them again.
+    pub held: usize,
+}
+
+/// At most how many chunks of output `oi`'s queue writes in flight on its links carry.
+pub(crate) fn held_by_writes(slots: &[Option<Endpoint>], oi: usize) -> usize {
+    slots
+        .iter()
+        .flatten()
+        .filter(|e| e.role == Role::Link { out: oi })
+        .map(|e| e.writing.len())
+        .sum()
 }
 
 /// Where output `oi` of `ch` is.
@@ -132,6 +147,7 @@ pub(crate) fn at(ch: &Channel, ci: u16, oi: usize) -> At {
             .and_then(|s| ch.ep(s))
             .is_some_and(|e| e.link == Link::Up),
         draining: ch.draining,
+        held: held_by_writes(&ch.slots, oi),
     }
 }
 
@@ -145,7 +161,11 @@ pub(crate) fn at(ch: &Channel, ci: u16, oi: usize) -> At {
 /// them on disk, in their place before the newer records.
 pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
     let Some(sp) = o.spool.as_mut() else { return };
-    let mut from = sp.handed.back().map_or(0, |h| h.0);
+    let mut from = sp
+        .handed
+        .back()
+        .map_or(0, |h| h.0)
+        .max(o.queue.sent_total() + at.held as u64);
     if let Some(held) = super::mqtt_link::held_mark(o).filter(|&h| h > from) {
         keep_held(cx, o, at, from, held);
         from = held;
@@ -160,7 +180,7 @@ pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
             super::mqtt_link::spilled(cx.pool, o);
         }
         let sp = o.spool.as_mut().expect("checked");
-        for c in o.queue.take_from(0) {
+        for c in o.queue.take_from(o.queue.sent_total() + at.held as u64) {
             cx.pool.release(c.buf);
         }
         // What the queue still holds (a begun record) keeps its mark; the rest is read again.
@@ -309,6 +329,7 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
         oi,
         up,
         draining,
+        ..
     } = at;
     let Some(sp) = o.spool.as_mut() else { return };
     let tok = |kind| Token::new(kind, ci, oi as u16, 0);

@@ -12,6 +12,7 @@
 use super::broker::BrokerConn;
 use super::files::Files;
 use super::rng::Rng;
+use super::spoolfs::{Runs, SpoolFs};
 use ringrelay::engine::buffers::{BufId, VecMemory};
 use ringrelay::engine::io::{
     Bound, Completion, Dialing, Effects, Fd, FileState, Memory, Op, Pipe, Publish, SpoolFiles, Sys,
@@ -122,11 +123,16 @@ pub fn talker_of(pos: u64) -> Option<usize> {
 #[derive(Debug)]
 pub enum Obj {
     UdpIn(usize),
-    Listener { who: Who, shut: bool },
+    Listener {
+        who: Who,
+        shut: bool,
+    },
     Stream(usize),
     UdpOut(usize, usize),
     File(usize, usize),
     Pipe,
+    /// A spool file (`sim/spoolfs.rs`), by inode.
+    Spool(usize),
 }
 
 /// One submitted operation.
@@ -183,6 +189,10 @@ pub struct Kernel {
     pub sinks: BTreeMap<(usize, usize), Vec<Vec<Pos>>>,
     pub groups: BTreeMap<u16, VecDeque<BufId>>,
     pub prov: Vec<Option<Prov>>,
+    /// Byte origins by range, for buffers that hold spool records (they win over `prov`).
+    pub pieces: Vec<Option<Runs>>,
+    /// The spool directories.
+    pub spoolfs: SpoolFs,
     pub sizes: Vec<u32>,
     /// Every buffer a stream read filled: (channel, first position, bytes).
     pub chunks: Vec<(usize, u64, u64)>,
@@ -211,6 +221,8 @@ impl Kernel {
     pub fn new(seed: u64, faults: Faults, sizes: Vec<u32>) -> Kernel {
         Kernel {
             prov: vec![None; sizes.len()],
+            pieces: vec![None; sizes.len()],
+            spoolfs: SpoolFs::default(),
             sizes,
             chunks: Vec::new(),
             rng: Rng::new(seed),
@@ -245,14 +257,14 @@ impl Kernel {
         self.trace.push_back(s);
     }
 
-    fn fd(&mut self, obj: Obj) -> Fd {
+    pub(super) fn fd(&mut self, obj: Obj) -> Fd {
         let fd = self.next_fd;
         self.next_fd += 1;
         self.objs.insert(fd, obj);
         fd
     }
 
-    fn violation(&mut self, s: String) {
+    pub(super) fn violation(&mut self, s: String) {
         self.violations.push(s);
     }
 
@@ -290,8 +302,13 @@ impl Kernel {
             }
             let chunks = match s.op {
                 Op::ReadvStream { bufs, .. } => fx.span(bufs).to_vec(),
-                Op::Writev { chunks, .. } | Op::SendGso { chunks, .. } => fx.span(chunks).to_vec(),
-                Op::Write { chunk, .. } | Op::SendZc { chunk, .. } => vec![chunk],
+                Op::Writev { chunks, .. }
+                | Op::SendGso { chunks, .. }
+                | Op::WritevAt { chunks, .. } => fx.span(chunks).to_vec(),
+                Op::Write { chunk, .. } | Op::SendZc { chunk, .. } | Op::WriteAt { chunk, .. } => {
+                    vec![chunk]
+                }
+                Op::ReadAt { buf, len, .. } => vec![Chunk { buf, off: 0, len }],
                 Op::ReadStream { buf, off, len, .. } | Op::RecvDatagram { buf, off, len, .. } => {
                     vec![Chunk { buf, off, len }]
                 }
@@ -346,11 +363,18 @@ impl Kernel {
         for p in &self.pending {
             let write = matches!(
                 p.op,
-                Op::Write { .. } | Op::Writev { .. } | Op::SendZc { .. } | Op::SendGso { .. }
+                Op::Write { .. }
+                    | Op::Writev { .. }
+                    | Op::SendZc { .. }
+                    | Op::SendGso { .. }
+                    | Op::WriteAt { .. }
             );
             let read = matches!(
                 p.op,
-                Op::ReadStream { .. } | Op::ReadvStream { .. } | Op::RecvDatagram { .. }
+                Op::ReadStream { .. }
+                    | Op::ReadvStream { .. }
+                    | Op::RecvDatagram { .. }
+                    | Op::ReadAt { .. }
             );
             // A write holds its chunks until its result is delivered; a zero-copy send until
             // its notification is.
@@ -369,7 +393,7 @@ impl Kernel {
         v
     }
 
-    fn queue(&mut self, p: usize, res: i32, flags: u32, last: bool) {
+    pub(super) fn queue(&mut self, p: usize, res: i32, flags: u32, last: bool) {
         let (id, chain, ud) = {
             let p = &mut self.pending[p];
             p.owed += 1;
@@ -450,7 +474,7 @@ impl Kernel {
         )
     }
 
-    fn fail(&mut self, i: usize, res: i32) {
+    pub(super) fn fail(&mut self, i: usize, res: i32) {
         self.pending[i].executed = true;
         self.pending[i].failed = true;
         self.queue(i, res, 0, true);
@@ -483,9 +507,7 @@ impl Kernel {
             Op::PollOut { fd } => self.exec_connect(i, fd),
             Op::PollHangup { fd } => self.exec_hangup(i, fd),
             Op::WriteAt { .. } | Op::WritevAt { .. } | Op::ReadAt { .. } | Op::Fsync { .. } => {
-                self.violation(format!("unexpected spool op {op:?} (no spool configured)"));
-                self.fail(i, -libc::EINVAL);
-                true
+                self.exec_spool(i, mem)
             }
             Op::PollIn { .. } | Op::Splice { .. } | Op::Tee { .. } => {
                 self.violation(format!("unexpected splice-path op {op:?}"));
@@ -553,6 +575,7 @@ impl Kernel {
         let n = len.min(room);
         let bytes: Vec<u8> = (0..u64::from(n)).map(|k| datagram_byte(seq, k)).collect();
         mem.write(buf, off, &bytes);
+        self.pieces[usize::from(buf)] = None;
         self.prov[usize::from(buf)] = Some(Prov::Datagram {
             payload_off: off,
             seq,
@@ -683,6 +706,7 @@ impl Kernel {
                 let bytes: Vec<u8> = b.out.drain(..k).collect();
                 mem.write(ch.buf, ch.off, &bytes);
                 self.prov[usize::from(ch.buf)] = None;
+                self.pieces[usize::from(ch.buf)] = None;
                 left -= k;
             }
             self.queue(i, n as i32, 0, true);
@@ -711,6 +735,7 @@ impl Kernel {
             mem.write(ch.buf, ch.off, &bytes);
             // Positions within one read are consecutive unless the producer's stream had a
             // hole (a reset): record the first; the check walks byte by byte anyway.
+            self.pieces[usize::from(ch.buf)] = None;
             self.prov[usize::from(ch.buf)] = Some(Prov::Stream {
                 at: ch.off,
                 pos: pos[0],
@@ -745,6 +770,9 @@ impl Kernel {
     /// Where each byte of `chunk` came from, and whether its content is still what the
     /// kernel put there.
     pub fn positions(&mut self, mem: &VecMemory, c: Chunk) -> Vec<Pos> {
+        if self.pieces[usize::from(c.buf)].is_some() {
+            return self.positions_of_pieces(mem, c);
+        }
         let Some(p) = self.prov[usize::from(c.buf)] else {
             self.violation(format!("send of buffer {} that no receive filled", c.buf));
             return Vec::new();
@@ -786,6 +814,37 @@ impl Kernel {
                 return out;
             }
             out.push(pos);
+        }
+        out
+    }
+
+    /// As [`Kernel::positions`], for a buffer that holds spool records (its origins by range).
+    fn positions_of_pieces(&mut self, mem: &VecMemory, c: Chunk) -> Vec<Pos> {
+        let bytes = mem.bytes(c.buf, c.off, c.len).to_vec();
+        let r = self.pieces[usize::from(c.buf)].as_ref().expect("checked");
+        let mut out = Vec::with_capacity(c.len as usize);
+        let mut bad = None;
+        for (k, &b) in bytes.iter().enumerate() {
+            let x = c.off + k as u32;
+            let Some(src) = r.find(u64::from(x)) else {
+                bad = Some(format!(
+                    "send of buffer {} byte {x}: no input byte (a spool record header?)",
+                    c.buf
+                ));
+                break;
+            };
+            let (pos, want) = src.pos_want();
+            if b != want {
+                bad = Some(format!(
+                    "buffer {} byte {x} (replayed from a spool) is {b}, not {want} (position {pos})",
+                    c.buf
+                ));
+                break;
+            }
+            out.push(pos);
+        }
+        if let Some(v) = bad {
+            self.violation(v);
         }
         out
     }
@@ -1353,15 +1412,15 @@ impl Sys for Kernel {
         Ok(())
     }
 
-    // The simulation's configurations have no spool yet (see the module docs of sim.rs).
-
-    fn spool_open(&mut self, _dir: &Path) -> io::Result<SpoolFiles> {
-        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    fn spool_open(&mut self, dir: &Path) -> io::Result<SpoolFiles> {
+        self.spool_open_sim(dir)
     }
 
-    fn spool_create(&mut self, _dir: &Path, _seq: u64) -> io::Result<Fd> {
-        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    fn spool_create(&mut self, dir: &Path, seq: u64) -> io::Result<Fd> {
+        self.spool_create_sim(dir, seq)
     }
 
-    fn spool_remove(&mut self, _dir: &Path, _seq: u64) {}
+    fn spool_remove(&mut self, dir: &Path, seq: u64) {
+        self.spool_remove_sim(dir, seq)
+    }
 }

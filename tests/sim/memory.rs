@@ -11,15 +11,19 @@
 use super::kernel::{Kernel, Prov};
 use ringrelay::engine::buffers::{BufId, BufferPool, VecMemory};
 use ringrelay::engine::io::Memory;
+use ringrelay::engine::spoolfmt::RECORD_HEADER;
 use std::cell::Cell;
 
-/// One copy: `len` bytes from `src` at `src_off` to `dst` at `dst_off`.
+/// One copy: `len` bytes from `src` at `src_off` to `dst` at `dst_off`; with `staged`, the
+/// write was a spool record: `staged` bytes the engine made (its header), then the copy.
 #[derive(Clone, Copy, Debug)]
 struct Copied {
     dst: BufId,
     dst_off: u32,
     src: BufId,
     src_off: u32,
+    len: u32,
+    staged: u32,
 }
 
 pub struct SimMemory {
@@ -42,6 +46,15 @@ impl SimMemory {
     /// positions), or it is a violation.
     pub fn settle(&mut self, k: &mut Kernel) {
         for c in self.copies.drain(..) {
+            if c.staged > 0 {
+                k.staged(
+                    c.dst,
+                    c.dst_off,
+                    c.staged + c.len,
+                    (c.src, c.src_off, c.len),
+                );
+                continue;
+            }
             let Some(Prov::Stream { at, pos }) = k.prov[usize::from(c.src)] else {
                 k.violations.push(format!(
                     "the engine copied from buffer {} that holds no stream",
@@ -51,6 +64,7 @@ impl SimMemory {
             };
             let from = pos + u64::from(c.src_off - at);
             if c.dst_off == 0 {
+                k.pieces[usize::from(c.dst)] = None;
                 k.prov[usize::from(c.dst)] = Some(Prov::Stream { at: 0, pos: from });
                 continue;
             }
@@ -82,6 +96,22 @@ impl Memory for SimMemory {
                     dst_off: off,
                     src,
                     src_off,
+                    len,
+                    staged: 0,
+                });
+            } else if len > 0
+                && data.len() == RECORD_HEADER + len as usize
+                && src != buf
+                && self.inner.bytes(src, src_off, len) == &data[RECORD_HEADER..]
+            {
+                // A spool record: its header, then the payload just read.
+                self.copies.push(Copied {
+                    dst: buf,
+                    dst_off: off,
+                    src,
+                    src_off,
+                    len,
+                    staged: RECORD_HEADER as u32,
                 });
             }
         }
