@@ -46,9 +46,13 @@
 //! against.
 
 mod fir;
+#[allow(unsafe_code)]
+pub mod simd;
 mod stage;
 mod value;
 
+#[cfg(test)]
+mod simd_tests;
 #[cfg(test)]
 mod tests;
 
@@ -56,7 +60,11 @@ pub use fir::{default_fir_taps, fir_design};
 pub use value::{LevelShape, ValueType};
 
 use crate::config::sample::{DecimateMode, DecimateSpec, SampleConfig, SampleType};
+use simd::Isa;
 use stage::Stage;
+
+/// Whole windows handed to a SIMD kernel at once (bounds the kernel's output buffer).
+const WINDOW_BATCH: usize = 256;
 
 /// Counters a decimator keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,6 +92,10 @@ pub struct Decimator {
     counters: DecimatorCounters,
     frame: Vec<f64>,
     scratch: Vec<f64>,
+    isa: Isa,
+    /// Kernel outputs of the `i16` window path: sums (`mean`) or (min, max) pairs (`minmax`).
+    win_sums: Vec<i32>,
+    win_extremes: Vec<i16>,
 }
 
 impl Decimator {
@@ -119,14 +131,23 @@ impl Decimator {
                 ));
             }
             let ratio = f / prev;
-            let stage = Stage::new(spec.mode, ratio, channels, spec.fir_taps);
-            let off = match (&stage, spec.mode) {
+            let stage = if spec.mode == DecimateMode::Fir && stages.is_empty() {
+                Stage::new_fir_f32(ratio, channels, spec.fir_taps)
+            } else {
+                Stage::new(spec.mode, ratio, channels, spec.fir_taps)
+            };
+            let fir_len = match &stage {
+                Stage::Fir { taps, .. } => Some(taps.len()),
+                Stage::FirF32 { taps, .. } => Some(taps.len()),
+                _ => None,
+            };
+            let off = match (fir_len, spec.mode) {
                 (_, DecimateMode::Every) => 0.0,
                 (_, DecimateMode::Mean | DecimateMode::MinMax) => (f as f64 - 1.0) / 2.0,
-                (Stage::Fir { taps, .. }, _) => {
+                (Some(taps), _) => {
                     // y[m] = Σ h[k] x'[m·r + r − 1 − k]; x'[i] stands for input frame
                     // i·prev + prev_off. Centre tap k = (T−1)/2.
-                    let t = taps.len() as f64;
+                    let t = taps as f64;
                     let centre = ratio as f64 - 1.0 - (t - 1.0) / 2.0;
                     centre * prev as f64 + prev_off
                 }
@@ -167,7 +188,21 @@ impl Decimator {
             },
             frame: Vec::with_capacity(2 * channels),
             scratch: Vec::with_capacity(2 * channels),
+            isa: Isa::detect(),
+            win_sums: Vec::new(),
+            win_extremes: Vec::new(),
         })
+    }
+
+    /// The instruction set the kernels run on (detected at construction).
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs the kernels on `isa` instead (an [`Isa`] exists only for sets this CPU has): for
+    /// checking each SIMD path against the scalar one.
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
     }
 
     /// Output shape of each level.
@@ -243,6 +278,12 @@ impl Decimator {
             // inlined, no per-frame vector): the same arithmetic in the same order as
             // `Stage::push`, so the results are identical.
             use SampleType as S;
+            if self.sample == S::I16Le
+                && (self.mode == DecimateMode::MinMax
+                    || self.stages[0].ratio() as usize <= simd::MAX_SUM_RATIO)
+            {
+                return self.level0_i16_windows(bytes, out);
+            }
             return match self.sample {
                 S::U8 => self.level0(bytes, out, |b: [u8; 1]| b[0] as f64),
                 S::I8 => self.level0(bytes, out, |b: [u8; 1]| b[0] as i8 as f64),
@@ -270,7 +311,7 @@ impl Decimator {
                 }
             }
             for (level, stage) in self.stages.iter_mut().enumerate() {
-                if !stage.push(&input, &mut self.scratch) {
+                if !stage.push(&input, &mut self.scratch, self.isa) {
                     break;
                 }
                 let vt = self.shapes[level].value_type;
@@ -347,6 +388,72 @@ impl Decimator {
     }
 }
 
+impl Decimator {
+    /// `mean` and `minmax` level 0 of little-endian `i16` samples: a partial window at either
+    /// end goes frame by frame through [`Decimator::level0`]; whole windows go to the SIMD
+    /// kernels in batches. Exact (integer sums and extremes), so the output is the same bytes
+    /// as the frame-by-frame path.
+    fn level0_i16_windows(&mut self, mut bytes: &[u8], out: &mut [Vec<u8>]) {
+        let dec = |b: [u8; 2]| f64::from(i16::from_le_bytes(b));
+        let fb = self.frame_bytes;
+        let channels = fb / 2;
+        let ratio = self.stages[0].ratio() as usize;
+        let count = self.stages[0].count() as usize;
+        if count != 0 {
+            let take = ((ratio - count) * fb).min(bytes.len());
+            self.level0(&bytes[..take], out, dec);
+            bytes = &bytes[take..];
+        }
+        let wb = ratio * fb;
+        let whole = bytes.len() / wb * wb;
+        let single = self.stages.len() == 1;
+        for batch in bytes[..whole].chunks(wb * WINDOW_BATCH) {
+            let n = batch.len() / wb;
+            self.counters.frames_in += (n * ratio) as u64;
+            if self.mode == DecimateMode::Mean {
+                let mut sums = std::mem::take(&mut self.win_sums);
+                sums.resize(n * channels, 0);
+                simd::sum_windows_i16(self.isa, batch, channels, ratio, &mut sums);
+                let r = ratio as f64;
+                if single {
+                    let o = &mut out[0];
+                    o.reserve(sums.len() * 4);
+                    for s in &sums {
+                        o.extend_from_slice(&((f64::from(*s) / r) as f32).to_le_bytes());
+                    }
+                    self.counters.frames_out[0] += n as u64;
+                } else {
+                    for w in sums.chunks_exact(channels) {
+                        self.scratch.clear();
+                        self.scratch.extend(w.iter().map(|s| f64::from(*s) / r));
+                        self.cascade(out);
+                    }
+                }
+                self.win_sums = sums;
+            } else {
+                let mut ext = std::mem::take(&mut self.win_extremes);
+                ext.resize(n * 2 * channels, 0);
+                simd::minmax_windows_i16(self.isa, batch, channels, ratio, &mut ext);
+                let o = &mut out[0];
+                o.reserve(ext.len() * 2);
+                for v in &ext {
+                    o.extend_from_slice(&v.to_le_bytes());
+                }
+                self.counters.frames_out[0] += n as u64;
+                if !single {
+                    for w in ext.chunks_exact(2 * channels) {
+                        self.scratch.clear();
+                        self.scratch.extend(w.iter().map(|v| f64::from(*v)));
+                        self.cascade_up(out);
+                    }
+                }
+                self.win_extremes = ext;
+            }
+        }
+        self.level0(&bytes[whole..], out, dec);
+    }
+}
+
 /// The samples of one raw frame, decoded.
 #[inline(always)]
 fn samples<'a, const W: usize>(
@@ -360,9 +467,27 @@ fn samples<'a, const W: usize>(
 impl Decimator {
     /// Encodes level 0's new output frame (in `scratch`) and feeds it up the cascade.
     fn cascade(&mut self, out: &mut [Vec<u8>]) {
+        self.cascade_from(0, out);
+    }
+
+    /// Feeds level 0's new output frame (in `scratch`, already encoded) up the cascade.
+    fn cascade_up(&mut self, out: &mut [Vec<u8>]) {
+        self.cascade_from(1, out);
+    }
+
+    /// Encodes levels from `first` on: level 0's output frame is in `scratch`.
+    fn cascade_from(&mut self, first: usize, out: &mut [Vec<u8>]) {
         let mut input = std::mem::take(&mut self.frame);
-        for (level, o) in out.iter_mut().enumerate().take(self.stages.len()) {
-            if level > 0 && !self.stages[level].push(&input, &mut self.scratch) {
+        if first > 0 {
+            std::mem::swap(&mut input, &mut self.scratch);
+        }
+        for (level, o) in out
+            .iter_mut()
+            .enumerate()
+            .take(self.stages.len())
+            .skip(first)
+        {
+            if level > 0 && !self.stages[level].push(&input, &mut self.scratch, self.isa) {
                 break;
             }
             let vt = self.shapes[level].value_type;

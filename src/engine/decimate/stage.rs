@@ -1,8 +1,10 @@
 //! One cascade level's windowing state: [`Stage`] keeps a partial window (`every` count,
 //! `mean` sums, `minmax` extremes, `fir` history) across calls and emits one output frame per
-//! `ratio` input frames.
+//! `ratio` input frames. The FIR of level 0 runs in `f32` ([`Stage::FirF32`]) on the SIMD dot
+//! product; the other stages in `f64`.
 
 use super::fir::{default_fir_taps, fir_design};
+use super::simd::{self, Isa};
 use crate::config::sample::DecimateMode;
 
 /// One cascade stage: consumes frames of `channels × vpc_in` f64 values, produces one output
@@ -31,6 +33,16 @@ pub(super) enum Stage {
         /// Per sub-channel, `2·T` values: each sample is written at `pos` and `pos + T`, so the
         /// newest T samples are always the contiguous slice `[pos+1, pos+1+T)` (newest last).
         hist: Vec<f64>,
+        pos: usize,
+    },
+    /// The same filter in `f32` (taps rounded to `f32`, history in `f32`, products summed in
+    /// SIMD lanes): level 0 of `fir`, where all the input rate is.
+    FirF32 {
+        ratio: u32,
+        count: u32,
+        taps: Vec<f32>,
+        /// As in `Fir`.
+        hist: Vec<f32>,
         pos: usize,
     },
 }
@@ -62,8 +74,46 @@ impl Stage {
         }
     }
 
-    /// Feeds one frame; returns true when `out` holds a new output frame.
-    pub(super) fn push(&mut self, frame: &[f64], out: &mut Vec<f64>) -> bool {
+    /// Level 0 of `fir`: the filter of [`Stage::new`] in `f32`.
+    pub(super) fn new_fir_f32(ratio: u32, channels: usize, taps: Option<u32>) -> Stage {
+        let t = taps.unwrap_or_else(|| default_fir_taps(ratio)) as usize;
+        Stage::FirF32 {
+            ratio,
+            count: 0,
+            taps: fir_design(ratio, t as u32)
+                .iter()
+                .map(|h| *h as f32)
+                .collect(),
+            hist: vec![0.0; 2 * t * channels],
+            pos: 0,
+        }
+    }
+
+    /// Input frames per output frame.
+    pub(super) fn ratio(&self) -> u32 {
+        match self {
+            Stage::Every { ratio, .. }
+            | Stage::Mean { ratio, .. }
+            | Stage::MinMax { ratio, .. }
+            | Stage::Fir { ratio, .. }
+            | Stage::FirF32 { ratio, .. } => *ratio,
+        }
+    }
+
+    /// Input frames of the current partial window.
+    pub(super) fn count(&self) -> u32 {
+        match self {
+            Stage::Every { count, .. }
+            | Stage::Mean { count, .. }
+            | Stage::MinMax { count, .. }
+            | Stage::Fir { count, .. }
+            | Stage::FirF32 { count, .. } => *count,
+        }
+    }
+
+    /// Feeds one frame; returns true when `out` holds a new output frame. `isa` runs the
+    /// `f32` FIR's dot products.
+    pub(super) fn push(&mut self, frame: &[f64], out: &mut Vec<f64>, isa: Isa) -> bool {
         match self {
             Stage::Every { ratio, count } => {
                 let keep = *count == 0;
@@ -137,6 +187,32 @@ impl Stage {
                     let w = &hist[c * 2 * t + *pos..c * 2 * t + *pos + t];
                     let y: f64 = taps.iter().zip(w).map(|(a, b)| a * b).sum();
                     out.push(y);
+                }
+                true
+            }
+            Stage::FirF32 {
+                ratio,
+                count,
+                taps,
+                hist,
+                pos,
+            } => {
+                let t = taps.len();
+                *pos = if *pos == 0 { t - 1 } else { *pos - 1 };
+                for (c, v) in frame.iter().enumerate() {
+                    let h = &mut hist[c * 2 * t..(c + 1) * 2 * t];
+                    h[*pos] = *v as f32;
+                    h[*pos + t] = *v as f32;
+                }
+                *count += 1;
+                if *count < *ratio {
+                    return false;
+                }
+                *count = 0;
+                out.clear();
+                for c in 0..frame.len() {
+                    let w = &hist[c * 2 * t + *pos..c * 2 * t + *pos + t];
+                    out.push(f64::from(simd::dot_f32(isa, taps, w)));
                 }
                 true
             }
