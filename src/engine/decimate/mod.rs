@@ -46,6 +46,7 @@
 //! against.
 
 mod fir;
+mod polyphase;
 #[allow(unsafe_code)]
 pub mod simd;
 mod stage;
@@ -96,6 +97,8 @@ pub struct Decimator {
     /// Kernel outputs of the `i16` window path: sums (`mean`) or (min, max) pairs (`minmax`).
     win_sums: Vec<i32>,
     win_extremes: Vec<i16>,
+    /// Output frames of the `f32` FIR's last batch.
+    fir_out: Vec<f64>,
 }
 
 impl Decimator {
@@ -138,7 +141,7 @@ impl Decimator {
             };
             let fir_len = match &stage {
                 Stage::Fir { taps, .. } => Some(taps.len()),
-                Stage::FirF32 { taps, .. } => Some(taps.len()),
+                Stage::FirF32(f) => Some(f.taps()),
                 _ => None,
             };
             let off = match (fir_len, spec.mode) {
@@ -191,6 +194,7 @@ impl Decimator {
             isa: Isa::detect(),
             win_sums: Vec::new(),
             win_extremes: Vec::new(),
+            fir_out: Vec::new(),
         })
     }
 
@@ -296,6 +300,22 @@ impl Decimator {
                 S::F32Le => self.level0(bytes, out, |b| f32::from_le_bytes(b) as f64),
                 S::F32Be => self.level0(bytes, out, |b| f32::from_be_bytes(b) as f64),
                 S::F64Le => self.level0(bytes, out, f64::from_le_bytes),
+            };
+        }
+        if self.mode == DecimateMode::Fir {
+            use SampleType as S;
+            return match self.sample {
+                S::U8 => self.fir0(bytes, out, |b: [u8; 1]| f32::from(b[0])),
+                S::I8 => self.fir0(bytes, out, |b: [u8; 1]| f32::from(b[0] as i8)),
+                S::U16Le => self.fir0(bytes, out, |b| f32::from(u16::from_le_bytes(b))),
+                S::I16Le => self.fir0(bytes, out, |b| f32::from(i16::from_le_bytes(b))),
+                S::I16Be => self.fir0(bytes, out, |b| f32::from(i16::from_be_bytes(b))),
+                S::U32Le => self.fir0(bytes, out, |b| u32::from_le_bytes(b) as f32),
+                S::I32Le => self.fir0(bytes, out, |b| i32::from_le_bytes(b) as f32),
+                S::I32Be => self.fir0(bytes, out, |b| i32::from_be_bytes(b) as f32),
+                S::F32Le => self.fir0(bytes, out, f32::from_le_bytes),
+                S::F32Be => self.fir0(bytes, out, f32::from_be_bytes),
+                S::F64Le => self.fir0(bytes, out, |b| f64::from_le_bytes(b) as f32),
             };
         }
         let minmax = self.mode == DecimateMode::MinMax;
@@ -451,6 +471,31 @@ impl Decimator {
             }
         }
         self.level0(&bytes[whole..], out, dec);
+    }
+}
+
+impl Decimator {
+    /// `fir` level 0 (`f32`, polyphase) on whole frames of `W`-byte samples decoded by `dec`;
+    /// each output frame then cascades through the higher levels.
+    fn fir0<const W: usize>(
+        &mut self,
+        bytes: &[u8],
+        out: &mut [Vec<u8>],
+        dec: impl Fn([u8; W]) -> f32,
+    ) {
+        let Stage::FirF32(fir) = &mut self.stages[0] else {
+            unreachable!("fir level 0 is FirF32")
+        };
+        self.counters.frames_in += (bytes.len() / self.frame_bytes) as u64;
+        let mut outs = std::mem::take(&mut self.fir_out);
+        fir.feed(bytes, self.isa, dec, &mut outs);
+        let channels = self.frame_bytes / W;
+        for f in outs.chunks_exact(channels) {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(f);
+            self.cascade(out);
+        }
+        self.fir_out = outs;
     }
 }
 

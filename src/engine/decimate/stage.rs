@@ -4,7 +4,8 @@
 //! product; the other stages in `f64`.
 
 use super::fir::{default_fir_taps, fir_design};
-use super::simd::{self, Isa};
+use super::polyphase::FirF32;
+use super::simd::Isa;
 use crate::config::sample::DecimateMode;
 
 /// One cascade stage: consumes frames of `channels × vpc_in` f64 values, produces one output
@@ -35,16 +36,8 @@ pub(super) enum Stage {
         hist: Vec<f64>,
         pos: usize,
     },
-    /// The same filter in `f32` (taps rounded to `f32`, history in `f32`, products summed in
-    /// SIMD lanes): level 0 of `fir`, where all the input rate is.
-    FirF32 {
-        ratio: u32,
-        count: u32,
-        taps: Vec<f32>,
-        /// As in `Fir`.
-        hist: Vec<f32>,
-        pos: usize,
-    },
+    /// The same filter in `f32`: level 0 of `fir`, where all the input rate is.
+    FirF32(FirF32),
 }
 
 impl Stage {
@@ -76,17 +69,7 @@ impl Stage {
 
     /// Level 0 of `fir`: the filter of [`Stage::new`] in `f32`.
     pub(super) fn new_fir_f32(ratio: u32, channels: usize, taps: Option<u32>) -> Stage {
-        let t = taps.unwrap_or_else(|| default_fir_taps(ratio)) as usize;
-        Stage::FirF32 {
-            ratio,
-            count: 0,
-            taps: fir_design(ratio, t as u32)
-                .iter()
-                .map(|h| *h as f32)
-                .collect(),
-            hist: vec![0.0; 2 * t * channels],
-            pos: 0,
-        }
+        Stage::FirF32(FirF32::new(ratio, channels, taps))
     }
 
     /// Input frames per output frame.
@@ -95,8 +78,8 @@ impl Stage {
             Stage::Every { ratio, .. }
             | Stage::Mean { ratio, .. }
             | Stage::MinMax { ratio, .. }
-            | Stage::Fir { ratio, .. }
-            | Stage::FirF32 { ratio, .. } => *ratio,
+            | Stage::Fir { ratio, .. } => *ratio,
+            Stage::FirF32(f) => f.ratio,
         }
     }
 
@@ -106,8 +89,8 @@ impl Stage {
             Stage::Every { count, .. }
             | Stage::Mean { count, .. }
             | Stage::MinMax { count, .. }
-            | Stage::Fir { count, .. }
-            | Stage::FirF32 { count, .. } => *count,
+            | Stage::Fir { count, .. } => *count,
+            Stage::FirF32(f) => f.count,
         }
     }
 
@@ -190,32 +173,7 @@ impl Stage {
                 }
                 true
             }
-            Stage::FirF32 {
-                ratio,
-                count,
-                taps,
-                hist,
-                pos,
-            } => {
-                let t = taps.len();
-                *pos = if *pos == 0 { t - 1 } else { *pos - 1 };
-                for (c, v) in frame.iter().enumerate() {
-                    let h = &mut hist[c * 2 * t..(c + 1) * 2 * t];
-                    h[*pos] = *v as f32;
-                    h[*pos + t] = *v as f32;
-                }
-                *count += 1;
-                if *count < *ratio {
-                    return false;
-                }
-                *count = 0;
-                out.clear();
-                for c in 0..frame.len() {
-                    let w = &hist[c * 2 * t + *pos..c * 2 * t + *pos + t];
-                    out.push(f64::from(simd::dot_f32(isa, taps, w)));
-                }
-                true
-            }
+            Stage::FirF32(_) => unreachable!("fir level 0 is fed whole batches by the decimator"),
         }
     }
 }
