@@ -331,7 +331,7 @@ impl Decimator {
                 }
             }
             for (level, stage) in self.stages.iter_mut().enumerate() {
-                if !stage.push(&input, &mut self.scratch, self.isa) {
+                if !stage.push(&input, &mut self.scratch) {
                     break;
                 }
                 let vt = self.shapes[level].value_type;
@@ -437,9 +437,10 @@ impl Decimator {
                 let r = ratio as f64;
                 if single {
                     let o = &mut out[0];
-                    o.reserve(sums.len() * 4);
-                    for s in &sums {
-                        o.extend_from_slice(&((f64::from(*s) / r) as f32).to_le_bytes());
+                    let at = o.len();
+                    o.resize(at + sums.len() * 4, 0);
+                    for (d, s) in o[at..].chunks_exact_mut(4).zip(&sums) {
+                        d.copy_from_slice(&((f64::from(*s) / r) as f32).to_le_bytes());
                     }
                     self.counters.frames_out[0] += n as u64;
                 } else {
@@ -455,16 +456,36 @@ impl Decimator {
                 ext.resize(n * 2 * channels, 0);
                 simd::minmax_windows_i16(self.isa, batch, channels, ratio, &mut ext);
                 let o = &mut out[0];
-                o.reserve(ext.len() * 2);
-                for v in &ext {
-                    o.extend_from_slice(&v.to_le_bytes());
+                let at = o.len();
+                o.resize(at + ext.len() * 2, 0);
+                for (d, v) in o[at..].chunks_exact_mut(2).zip(&ext) {
+                    d.copy_from_slice(&v.to_le_bytes());
                 }
                 self.counters.frames_out[0] += n as u64;
                 if !single {
+                    // Level 1 folds the new extremes in place (the arithmetic of
+                    // `Stage::push`), and cascades only when it completes a window.
                     for w in ext.chunks_exact(2 * channels) {
-                        self.scratch.clear();
-                        self.scratch.extend(w.iter().map(|v| f64::from(*v)));
-                        self.cascade_up(out);
+                        let Stage::MinMax { ratio, count, acc } = &mut self.stages[1] else {
+                            unreachable!("minmax has only minmax stages")
+                        };
+                        if *count == 0 {
+                            for (a, v) in acc.iter_mut().zip(w) {
+                                *a = f64::from(*v);
+                            }
+                        } else {
+                            for (a, v) in acc.chunks_exact_mut(2).zip(w.chunks_exact(2)) {
+                                a[0] = a[0].min(f64::from(v[0]));
+                                a[1] = a[1].max(f64::from(v[1]));
+                            }
+                        }
+                        *count += 1;
+                        if *count == *ratio {
+                            *count = 0;
+                            self.scratch.clear();
+                            self.scratch.extend_from_slice(acc);
+                            self.cascade_at(1, out);
+                        }
                     }
                 }
                 self.win_extremes = ext;
@@ -512,27 +533,19 @@ fn samples<'a, const W: usize>(
 impl Decimator {
     /// Encodes level 0's new output frame (in `scratch`) and feeds it up the cascade.
     fn cascade(&mut self, out: &mut [Vec<u8>]) {
-        self.cascade_from(0, out);
+        self.cascade_at(0, out);
     }
 
-    /// Feeds level 0's new output frame (in `scratch`, already encoded) up the cascade.
-    fn cascade_up(&mut self, out: &mut [Vec<u8>]) {
-        self.cascade_from(1, out);
-    }
-
-    /// Encodes levels from `first` on: level 0's output frame is in `scratch`.
-    fn cascade_from(&mut self, first: usize, out: &mut [Vec<u8>]) {
+    /// Encodes level `first`'s new output frame (in `scratch`) and feeds it up the cascade.
+    fn cascade_at(&mut self, first: usize, out: &mut [Vec<u8>]) {
         let mut input = std::mem::take(&mut self.frame);
-        if first > 0 {
-            std::mem::swap(&mut input, &mut self.scratch);
-        }
         for (level, o) in out
             .iter_mut()
             .enumerate()
             .take(self.stages.len())
             .skip(first)
         {
-            if level > 0 && !self.stages[level].push(&input, &mut self.scratch, self.isa) {
+            if level > first && !self.stages[level].push(&input, &mut self.scratch) {
                 break;
             }
             let vt = self.shapes[level].value_type;
@@ -540,6 +553,7 @@ impl Decimator {
                 vt.encode(*v, o);
             }
             self.counters.frames_out[level] += 1;
+            // This level's output is the next level's input.
             std::mem::swap(&mut input, &mut self.scratch);
         }
         self.frame = input;

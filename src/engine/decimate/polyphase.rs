@@ -18,8 +18,12 @@ pub(super) struct FirF32 {
     pub(super) count: u32,
     /// `h[T − 1 − k]`, so output `y[n] = Σ_j taps_rev[j]·x[n − T + 1 + j]`.
     taps_rev: Vec<f32>,
-    /// Per sub-channel: the last `T − 1` samples (zeros at the start: silence), then the batch.
+    /// Per sub-channel: consumed samples before `start`, then the last `T − 1` samples
+    /// (zeros at the start: silence), then the batch.
     bufs: Vec<Vec<f32>>,
+    /// Consumed samples at the front of each buffer, dropped once there are many (moving the
+    /// kept `T − 1` samples after every datagram cost more than the filter).
+    start: usize,
 }
 
 impl FirF32 {
@@ -35,6 +39,7 @@ impl FirF32 {
             count: 0,
             taps_rev,
             bufs: vec![vec![0.0; t - 1]; channels],
+            start: 0,
         }
     }
 
@@ -79,8 +84,12 @@ impl FirF32 {
                 i += ratio;
             }
             self.count = ((self.count as usize + k) % ratio) as u32;
-            for buf in &mut self.bufs {
-                buf.drain(..k);
+            self.start += k;
+            if self.start >= BATCH_FRAMES {
+                for buf in &mut self.bufs {
+                    buf.drain(..self.start);
+                }
+                self.start = 0;
             }
         }
     }

@@ -5,7 +5,6 @@
 
 use super::fir::{default_fir_taps, fir_design};
 use super::polyphase::FirF32;
-use super::simd::Isa;
 use crate::config::sample::DecimateMode;
 
 /// One cascade stage: consumes frames of `channels × vpc_in` f64 values, produces one output
@@ -94,9 +93,8 @@ impl Stage {
         }
     }
 
-    /// Feeds one frame; returns true when `out` holds a new output frame. `isa` runs the
-    /// `f32` FIR's dot products.
-    pub(super) fn push(&mut self, frame: &[f64], out: &mut Vec<f64>, isa: Isa) -> bool {
+    /// Feeds one frame; returns true when `out` holds a new output frame.
+    pub(super) fn push(&mut self, frame: &[f64], out: &mut Vec<f64>) -> bool {
         match self {
             Stage::Every { ratio, count } => {
                 let keep = *count == 0;
