@@ -71,14 +71,15 @@ impl FirF32 {
             }
             let ratio = self.ratio as usize;
             // New frame i (buffer index T − 1 + i) completes a window when
-            // (count + i + 1) % ratio == 0; its window is buf[i..i + T].
+            // (count + i + 1) % ratio == 0; its window is buf[start + i..start + i + T].
             let mut i = ratio - 1 - self.count as usize;
             while i < k {
+                let w = self.start + i;
                 for buf in &self.bufs {
                     outs.push(f64::from(simd::dot_f32(
                         isa,
                         &self.taps_rev,
-                        &buf[i..i + t],
+                        &buf[w..w + t],
                     )));
                 }
                 i += ratio;
