@@ -159,3 +159,11 @@ fn detect_is_best_available() {
     .unwrap();
     assert_eq!(d.isa(), Isa::detect());
 }
+
+/// The probe's self-check passes on every set this CPU has.
+#[test]
+fn self_check_passes() {
+    for isa in Isa::available() {
+        assert_eq!(simd::self_check(isa), Ok(()), "{}", isa.name());
+    }
+}

@@ -7,7 +7,9 @@
 //! each, and the scalar kernels that are both the fallback and the reference the SIMD ones are
 //! property-tested against (`tests.rs` of the decimator).
 //!
-//! Must never: do I/O, allocate, or hand out an [`Isa`] the CPU does not have.
+//! Must never: do I/O, allocate in a kernel, or hand out an [`Isa`] the CPU does not have.
+//! [`self_check`] runs the detected set against the scalar kernels for `ringrelay probe`, so
+//! a device (the arm64 smoke test) checks the path it will run.
 //!
 //! # Why `unsafe` lives here
 //!
@@ -174,6 +176,76 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "aarch64")]
         Kind::Neon => neon::dot(a, b),
     }
+}
+
+/// Runs every kernel of `isa` against the scalar one on pseudo-random `i16` samples (with the
+/// extremes), for 1 to 16 sub-channels and window lengths around the vector widths; the dot
+/// product against an `f64` sum within its rounding bound. The first difference, if any.
+pub fn self_check(isa: Isa) -> Result<(), String> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let samples: Vec<u8> = (0..16 * 67 * 3)
+        .flat_map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = match i % 97 {
+                0 => i16::MIN,
+                1 => i16::MAX,
+                _ => x as i16,
+            };
+            v.to_le_bytes()
+        })
+        .collect();
+    for channels in 1..=16 {
+        for ratio in (1..=20).chain([31, 32, 33, 67]) {
+            let wb = 2 * channels * ratio;
+            let n = samples.len() / wb;
+            let input = &samples[..n * wb];
+            let (mut a, mut b) = (vec![0; n * channels], vec![0; n * channels]);
+            sum_windows_scalar(input, channels, ratio, &mut a);
+            sum_windows_i16(isa, input, channels, ratio, &mut b);
+            if a != b {
+                return Err(format!(
+                    "{} sums differ: {channels} channels, ratio {ratio}",
+                    isa.name()
+                ));
+            }
+            let (mut a, mut b) = (vec![0; 2 * n * channels], vec![0; 2 * n * channels]);
+            minmax_windows_scalar(input, channels, ratio, &mut a);
+            minmax_windows_i16(isa, input, channels, ratio, &mut b);
+            if a != b {
+                return Err(format!(
+                    "{} extremes differ: {channels} channels, ratio {ratio}",
+                    isa.name()
+                ));
+            }
+        }
+    }
+    let f: Vec<f32> = samples
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    for len in (0..70).chain([201, 401, 1001]) {
+        let (a, b) = (&f[..len], &f[len..2 * len]);
+        let exact: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        let mag: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs())
+            .sum();
+        let got = f64::from(dot_f32(isa, a, b));
+        if (got - exact).abs() > (len as f64 + 1.0) * f64::from(f32::EPSILON) / 2.0 * mag {
+            return Err(format!(
+                "{} dot product of {len} off: {got} vs {exact}",
+                isa.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The scalar sums: the reference of the SIMD kernels.
