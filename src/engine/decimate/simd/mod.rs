@@ -126,8 +126,9 @@ pub fn sum_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, ou
         // SAFETY: as above, AVX2 was detected.
         #[cfg(target_arch = "x86_64")]
         Kind::Avx2 => unsafe { by_channels!(x86::sum_windows_avx2) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
-        Kind::Neon => by_channels!(neon::sum_windows),
+        Kind::Neon => unsafe { by_channels!(neon::sum_windows) },
     }
 }
 
@@ -156,8 +157,9 @@ pub fn minmax_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize,
         // SAFETY: an Isa of this kind exists only when AVX2 was detected.
         #[cfg(target_arch = "x86_64")]
         Kind::Avx2 => unsafe { by_channels!(x86::minmax_windows_avx2) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
-        Kind::Neon => by_channels!(neon::minmax_windows),
+        Kind::Neon => unsafe { by_channels!(neon::minmax_windows) },
     }
 }
 
@@ -173,8 +175,9 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: an Isa of this kind exists only when AVX2 and FMA were detected.
         #[cfg(target_arch = "x86_64")]
         Kind::Avx2 => unsafe { x86::dot_avx2(a, b) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
-        Kind::Neon => neon::dot(a, b),
+        Kind::Neon => unsafe { neon::dot(a, b) },
     }
 }
 

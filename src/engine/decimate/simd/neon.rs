@@ -1,5 +1,6 @@
-//! NEON kernels (aarch64, where NEON is always present). Loads take fixed-size array
-//! references, so they are in bounds by type.
+//! NEON kernels (aarch64, where NEON is always present; the kernels still carry
+//! `#[target_feature(enable = "neon")]` so the intrinsics are safe to call inside them). Loads
+//! take fixed-size array references, so they are in bounds by type.
 
 use super::{fold_minmax, fold_sum, tail_sum};
 use std::arch::aarch64::*;
@@ -29,6 +30,7 @@ fn store_s16(v: int16x8_t) -> [i16; 8] {
 }
 
 /// Per-channel window sums: lanes 0..4 widen into `lo`, 4..8 into `hi`.
+#[target_feature(enable = "neon")]
 pub(super) fn sum_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut [i32]) {
     for (w, o) in input
         .chunks_exact(2 * C * ratio)
@@ -52,6 +54,7 @@ pub(super) fn sum_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut 
 
 /// Per-channel window extremes on 8 lanes, the last vector overlapping when the window is not
 /// whole vectors (harmless for min and max).
+#[target_feature(enable = "neon")]
 pub(super) fn minmax_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut [i16]) {
     let wb = 2 * C * ratio;
     for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(2 * C)) {
@@ -84,6 +87,7 @@ fn load_f32(a: &[f32]) -> float32x4_t {
 }
 
 /// Dot product (equal lengths), 4 × 4 lanes of fused multiply-adds.
+#[target_feature(enable = "neon")]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 4];
     let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
