@@ -91,17 +91,12 @@ impl Isa {
             Kind::Neon => "neon",
         }
     }
-
-    /// Whether the window kernels of this set serve `channels` interleaved sub-channels
-    /// (otherwise they run the scalar kernel).
-    pub fn windows_channels(self, channels: usize) -> bool {
-        self.0 != Kind::Scalar && matches!(channels, 1 | 2 | 4 | 8)
-    }
 }
 
 /// For each window of `ratio` frames of `channels` little-endian `i16` samples in `input`
 /// (whole windows only), the per-channel sums, `channels` values per window into `out`.
-/// `ratio` is at most [`MAX_SUM_RATIO`].
+/// `ratio` is at most [`MAX_SUM_RATIO`]. The SIMD kernels serve 1, 2, 4 and 8 sub-channels
+/// (lane `j` holds sub-channel `j % channels`); other counts run the scalar kernel.
 pub fn sum_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, out: &mut [i32]) {
     let wb = 2 * channels * ratio;
     assert!(ratio <= MAX_SUM_RATIO && input.len() % wb == 0);
