@@ -101,6 +101,11 @@ pub fn sum_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, ou
     let wb = 2 * channels * ratio;
     assert!(ratio <= MAX_SUM_RATIO && input.len() % wb == 0);
     assert_eq!(out.len(), input.len() / wb * channels);
+    // Only SIMD targets dispatch through it.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_macros)
+    )]
     macro_rules! by_channels {
         ($m:ident :: $f:ident) => {
             match channels {
@@ -133,6 +138,11 @@ pub fn minmax_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize,
     let wb = 2 * channels * ratio;
     assert!(wb > 0 && input.len() % wb == 0);
     assert_eq!(out.len(), input.len() / wb * 2 * channels);
+    // Only SIMD targets dispatch through it.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_macros)
+    )]
     macro_rules! by_channels {
         ($m:ident :: $f:ident) => {
             match channels {
@@ -286,6 +296,10 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Folds `L` lanes, lane `j` holding sub-channel `j % C`, into `C` sums.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 #[inline(always)]
 fn fold_sum<const L: usize, const C: usize>(lanes: [i32; L]) -> [i32; C] {
     let mut s = [0i32; C];
@@ -296,6 +310,10 @@ fn fold_sum<const L: usize, const C: usize>(lanes: [i32; L]) -> [i32; C] {
 }
 
 /// Adds the samples of a partial block (starting on sub-channel 0) to per-channel sums.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 #[inline(always)]
 fn tail_sum<const C: usize>(s: &mut [i32; C], tail: &[u8]) {
     for (j, b) in tail.chunks_exact(2).enumerate() {
@@ -305,6 +323,10 @@ fn tail_sum<const C: usize>(s: &mut [i32; C], tail: &[u8]) {
 
 /// Writes per-channel extremes of `L` lanes (lane `j` is sub-channel `j % C`) as (min, max)
 /// pairs, folding in the samples of `tail` (starting on sub-channel 0).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 #[inline(always)]
 fn fold_minmax<const L: usize, const C: usize>(
     mn: [i16; L],
