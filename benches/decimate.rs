@@ -1,5 +1,6 @@
 //! Decimation cost: decimated input samples per second on one core for each mode, next to a
-//! plain memcpy of the same bytes, printed as ratios. Run: `cargo bench --bench decimate`.
+//! plain memcpy of the same bytes, printed as ratios (of bytes per second), for `i16` and
+//! `f32` input. Run: `cargo bench --bench decimate`.
 //! (The relay throughput of a decimating channel next to a plain one belongs to the relay bench
 //! once the daemon feeds `Publisher`.)
 
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 const CHANNELS: u32 = 4;
-const PACKET: usize = 1400 / 8 * 8; // bytes per fed segment, whole i16 x4 frames
+const PACKET: usize = 1400 / 16 * 16; // bytes per fed segment, whole i16 and f32 x4 frames
 
 fn measure(mut f: impl FnMut() -> usize) -> f64 {
     // Warm up, then run for at least 0.5 s; returns bytes per second.
@@ -34,38 +35,55 @@ fn main() {
         black_box(&dst);
         input.len()
     });
-    let sample_bytes = 2.0;
     println!(
-        "decimate bench: i16le x{CHANNELS}, {PACKET}-byte segments; memcpy {:.0} Msamples/s",
-        memcpy / sample_bytes / 1e6
+        "decimate bench: x{CHANNELS} sub-channels, {PACKET}-byte segments; memcpy {:.0} MB/s",
+        memcpy / 1e6
     );
-    println!("{:<22} {:>14} {:>16}", "mode", "Msamples/s", "vs memcpy");
-    for spec in [
-        "every:10",
-        "mean:10",
-        "minmax:10",
-        "minmax:10,100,1000",
-        "fir:10",
-        "fir:4:31",
+    println!(
+        "{:<6} {:<22} {:>14} {:>16}",
+        "input", "mode", "Msamples/s", "vs memcpy"
+    );
+    // f32 input: the same samples as the i16 input, scaled to full scale 1.0 (random bit
+    // patterns would be mostly subnormal or huge, not a signal).
+    let floats: Vec<u8> = input
+        .chunks_exact(2)
+        .flat_map(|b| (f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).to_le_bytes())
+        .take(input.len())
+        .collect();
+    for (name, sample, data) in [
+        ("i16", SampleType::I16Le, &input),
+        ("f32", SampleType::F32Le, &floats),
     ] {
-        let sp = DecimateSpec::parse(spec).unwrap();
-        let mut d = Decimator::with_spec(SampleType::I16Le, CHANNELS, 0, &sp).unwrap();
-        let mut out = vec![Vec::new(); sp.factors.len()];
-        let rate = measure(|| {
-            for seg in input.chunks(PACKET) {
-                d.feed_stream(black_box(seg), &mut out);
-            }
-            for o in out.iter_mut() {
-                black_box(&o);
-                o.clear();
-            }
-            input.len()
-        });
-        println!(
-            "{:<22} {:>14.1} {:>15.3}x",
-            spec,
-            rate / sample_bytes / 1e6,
-            rate / memcpy
-        );
+        let sample_bytes = sample.width() as f64;
+        for spec in [
+            "every:10",
+            "mean:10",
+            "minmax:10",
+            "minmax:10,100,1000",
+            "fir:10",
+            "fir:4:31",
+        ] {
+            let sp = DecimateSpec::parse(spec).unwrap();
+            let mut d = Decimator::with_spec(sample, CHANNELS, 0, &sp).unwrap();
+            let mut out = vec![Vec::new(); sp.factors.len()];
+            let rate = measure(|| {
+                for seg in data.chunks(PACKET) {
+                    d.feed_stream(black_box(seg), &mut out);
+                }
+                for o in out.iter_mut() {
+                    black_box(&o);
+                    o.clear();
+                }
+                data.len()
+            });
+            println!(
+                "{:<6} {:<22} {:>14.1} {:>15.3}x",
+                name,
+                spec,
+                rate / sample_bytes / 1e6,
+                rate / memcpy
+            );
+        }
     }
+    println!("memcpy of i16: {:.0} Msamples/s", memcpy / 2.0 / 1e6);
 }

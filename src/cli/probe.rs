@@ -2,7 +2,8 @@
 //!
 //! Owns: its arguments ([`ProbeArgs`]) and the report, nothing else. It builds a ring exactly
 //! as `run` would with the default configuration (same probing, same fallbacks), prints
-//! [`crate::engine::caps::Caps`], and exits.
+//! [`crate::engine::caps::Caps`], checks the decimation kernels this CPU will run against the
+//! scalar ones (exit 1 if they differ), and exits.
 
 use crate::config::{FeatureSet, Global};
 use crate::driver::ring::{Ring, RingOptions};
@@ -37,6 +38,14 @@ pub fn run(a: &ProbeArgs) -> i32 {
         Ok(ring) => {
             print!("{}", ring.caps);
             println!("cpus available    {}", available_cpus());
+            let isa = crate::engine::decimate::simd::Isa::detect();
+            match crate::engine::decimate::simd::self_check(isa) {
+                Ok(()) => println!("decimation        {} (checked against scalar)", isa.name()),
+                Err(e) => {
+                    println!("decimation        {} FAILED: {e}", isa.name());
+                    return 1;
+                }
+            }
             let pool = u64::from(g.buffer_size) * u64::from(g.buffer_count)
                 + u64::from(g.datagram_size) * u64::from(g.datagram_count);
             println!(

@@ -1,8 +1,10 @@
 //! One cascade level's windowing state: [`Stage`] keeps a partial window (`every` count,
 //! `mean` sums, `minmax` extremes, `fir` history) across calls and emits one output frame per
-//! `ratio` input frames.
+//! `ratio` input frames. The FIR of level 0 runs in `f32` ([`Stage::FirF32`]) on the SIMD dot
+//! product; the other stages in `f64`.
 
 use super::fir::{default_fir_taps, fir_design};
+use super::polyphase::FirF32;
 use crate::config::sample::DecimateMode;
 
 /// One cascade stage: consumes frames of `channels × vpc_in` f64 values, produces one output
@@ -33,6 +35,8 @@ pub(super) enum Stage {
         hist: Vec<f64>,
         pos: usize,
     },
+    /// The same filter in `f32`: level 0 of `fir`, where all the input rate is.
+    FirF32(FirF32),
 }
 
 impl Stage {
@@ -59,6 +63,33 @@ impl Stage {
                     pos: 0,
                 }
             }
+        }
+    }
+
+    /// Level 0 of `fir`: the filter of [`Stage::new`] in `f32`.
+    pub(super) fn new_fir_f32(ratio: u32, channels: usize, taps: Option<u32>) -> Stage {
+        Stage::FirF32(FirF32::new(ratio, channels, taps))
+    }
+
+    /// Input frames per output frame.
+    pub(super) fn ratio(&self) -> u32 {
+        match self {
+            Stage::Every { ratio, .. }
+            | Stage::Mean { ratio, .. }
+            | Stage::MinMax { ratio, .. }
+            | Stage::Fir { ratio, .. } => *ratio,
+            Stage::FirF32(f) => f.ratio,
+        }
+    }
+
+    /// Input frames of the current partial window.
+    pub(super) fn count(&self) -> u32 {
+        match self {
+            Stage::Every { count, .. }
+            | Stage::Mean { count, .. }
+            | Stage::MinMax { count, .. }
+            | Stage::Fir { count, .. } => *count,
+            Stage::FirF32(f) => f.count,
         }
     }
 
@@ -140,6 +171,7 @@ impl Stage {
                 }
                 true
             }
+            Stage::FirF32(_) => unreachable!("fir level 0 is fed whole batches by the decimator"),
         }
     }
 }

@@ -1,0 +1,231 @@
+//! SSE2 and AVX2(+FMA) kernels. Callers guarantee the feature (see the parent module); loads
+//! take fixed-size array references, so they are in bounds by type.
+
+use super::{fold_minmax, fold_sum, tail_sum};
+use std::arch::x86_64::*;
+
+#[inline(always)]
+fn load128(b: &[u8]) -> __m128i {
+    let b: &[u8; 16] = b.try_into().expect("16-byte block");
+    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement; SSE2 is part of
+    // x86-64.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load256(b: &[u8]) -> __m256i {
+    let b: &[u8; 32] = b.try_into().expect("32-byte block");
+    // SAFETY: `b` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+fn store128_i32(v: __m128i) -> [i32; 4] {
+    let mut a = [0i32; 4];
+    // SAFETY: `a` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
+    a
+}
+
+#[inline(always)]
+fn store128_i16(v: __m128i) -> [i16; 8] {
+    let mut a = [0i16; 8];
+    // SAFETY: `a` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
+    a
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store256_i32(v: __m256i) -> [i32; 8] {
+    let mut a = [0i32; 8];
+    // SAFETY: `a` is 32 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
+    a
+}
+
+/// Per-channel window sums; lane `j` of the 8 `i32` lanes holds sub-channel `j % C`.
+#[target_feature(enable = "avx2")]
+pub(super) fn sum_windows_avx2<const C: usize>(input: &[u8], ratio: usize, out: &mut [i32]) {
+    for (w, o) in input
+        .chunks_exact(2 * C * ratio)
+        .zip(out.chunks_exact_mut(C))
+    {
+        let mut acc = _mm256_setzero_si256();
+        let mut acc2 = _mm256_setzero_si256();
+        let mut pairs = w.chunks_exact(32);
+        for b in &mut pairs {
+            acc = _mm256_add_epi32(acc, _mm256_cvtepi16_epi32(load128(&b[..16])));
+            acc2 = _mm256_add_epi32(acc2, _mm256_cvtepi16_epi32(load128(&b[16..])));
+        }
+        let mut blocks = pairs.remainder().chunks_exact(16);
+        for b in &mut blocks {
+            acc = _mm256_add_epi32(acc, _mm256_cvtepi16_epi32(load128(b)));
+        }
+        let mut s = fold_sum::<8, C>(store256_i32(_mm256_add_epi32(acc, acc2)));
+        tail_sum(&mut s, blocks.remainder());
+        o.copy_from_slice(&s);
+    }
+}
+
+/// Per-channel window sums; SSE2 sign-extends by unpacking and shifting.
+#[target_feature(enable = "sse2")]
+pub(super) fn sum_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: &mut [i32]) {
+    for (w, o) in input
+        .chunks_exact(2 * C * ratio)
+        .zip(out.chunks_exact_mut(C))
+    {
+        let mut lo = _mm_setzero_si128();
+        let mut hi = _mm_setzero_si128();
+        let mut blocks = w.chunks_exact(16);
+        for b in &mut blocks {
+            let v = load128(b);
+            lo = _mm_add_epi32(lo, _mm_srai_epi32::<16>(_mm_unpacklo_epi16(v, v)));
+            hi = _mm_add_epi32(hi, _mm_srai_epi32::<16>(_mm_unpackhi_epi16(v, v)));
+        }
+        let (l, h) = (store128_i32(lo), store128_i32(hi));
+        let lanes = [l[0], l[1], l[2], l[3], h[0], h[1], h[2], h[3]];
+        let mut s = fold_sum::<8, C>(lanes);
+        tail_sum(&mut s, blocks.remainder());
+        o.copy_from_slice(&s);
+    }
+}
+
+/// Per-channel window extremes on 16 `i16` lanes (`C` divides 8, so lanes `j` and `j + 8`
+/// hold the same sub-channel). A window that is not whole vectors ends with a vector
+/// overlapping the previous one, harmless for min and max.
+#[target_feature(enable = "avx2")]
+pub(super) fn minmax_windows_avx2<const C: usize>(input: &[u8], ratio: usize, out: &mut [i16]) {
+    let wb = 2 * C * ratio;
+    if wb < 32 {
+        return minmax_windows_sse2::<C>(input, ratio, out);
+    }
+    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(2 * C)) {
+        let first = load256(&w[..32]);
+        let (mut mn, mut mx) = (first, first);
+        let mut blocks = w[32..].chunks_exact(32);
+        for b in &mut blocks {
+            let v = load256(b);
+            mn = _mm256_min_epi16(mn, v);
+            mx = _mm256_max_epi16(mx, v);
+        }
+        if !blocks.remainder().is_empty() {
+            // Starts at a multiple of 16 samples before the end: still sub-channel 0.
+            let v = load256(&w[wb - 32..]);
+            mn = _mm256_min_epi16(mn, v);
+            mx = _mm256_max_epi16(mx, v);
+        }
+        let mn = _mm_min_epi16(
+            _mm256_castsi256_si128(mn),
+            _mm256_extracti128_si256::<1>(mn),
+        );
+        let mx = _mm_max_epi16(
+            _mm256_castsi256_si128(mx),
+            _mm256_extracti128_si256::<1>(mx),
+        );
+        fold_minmax::<8, C>(store128_i16(mn), store128_i16(mx), &[], o);
+    }
+}
+
+/// Per-channel window extremes on 8 `i16` lanes, overlapping the last vector as above.
+#[target_feature(enable = "sse2")]
+pub(super) fn minmax_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: &mut [i16]) {
+    let wb = 2 * C * ratio;
+    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(2 * C)) {
+        if wb < 16 {
+            fold_minmax::<8, C>([i16::MAX; 8], [i16::MIN; 8], w, o);
+            continue;
+        }
+        let first = load128(&w[..16]);
+        let (mut mn, mut mx) = (first, first);
+        let mut blocks = w[16..].chunks_exact(16);
+        for b in &mut blocks {
+            let v = load128(b);
+            mn = _mm_min_epi16(mn, v);
+            mx = _mm_max_epi16(mx, v);
+        }
+        if !blocks.remainder().is_empty() {
+            let v = load128(&w[wb - 16..]);
+            mn = _mm_min_epi16(mn, v);
+            mx = _mm_max_epi16(mx, v);
+        }
+        fold_minmax::<8, C>(store128_i16(mn), store128_i16(mx), &[], o);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load256_ps(a: &[f32]) -> __m256 {
+    let a: &[f32; 8] = a.try_into().expect("8-value block");
+    // SAFETY: `a` is 8 readable f32; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(a.as_ptr()) }
+}
+
+#[inline(always)]
+fn load128_ps(a: &[f32]) -> __m128 {
+    let a: &[f32; 4] = a.try_into().expect("4-value block");
+    // SAFETY: `a` is 4 readable f32; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_ps(a.as_ptr()) }
+}
+
+#[inline(always)]
+fn hsum128(v: __m128) -> f32 {
+    let mut a = [0f32; 4];
+    // SAFETY: `a` is 4 writable f32; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_ps(a.as_mut_ptr(), v) };
+    (a[0] + a[1]) + (a[2] + a[3])
+}
+
+/// Dot product (equal lengths), 4 × 8 lanes of fused multiply-adds.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (mut ca, mut cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for (k, s) in acc.iter_mut().enumerate() {
+            let r = 8 * k..8 * k + 8;
+            *s = _mm256_fmadd_ps(load256_ps(&x[r.clone()]), load256_ps(&y[r]), *s);
+        }
+    }
+    let (mut ra, mut rb) = (
+        ca.remainder().chunks_exact(8),
+        cb.remainder().chunks_exact(8),
+    );
+    for (x, y) in (&mut ra).zip(&mut rb) {
+        acc[0] = _mm256_fmadd_ps(load256_ps(x), load256_ps(y), acc[0]);
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let mut t = hsum128(s);
+    for (x, y) in ra.remainder().iter().zip(rb.remainder()) {
+        t = x.mul_add(*y, t);
+    }
+    t
+}
+
+/// Dot product (equal lengths), 4 × 4 lanes.
+#[target_feature(enable = "sse2")]
+pub(super) fn dot_sse2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [_mm_setzero_ps(); 4];
+    let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for (k, s) in acc.iter_mut().enumerate() {
+            let r = 4 * k..4 * k + 4;
+            *s = _mm_add_ps(*s, _mm_mul_ps(load128_ps(&x[r.clone()]), load128_ps(&y[r])));
+        }
+    }
+    let (mut ra, mut rb) = (
+        ca.remainder().chunks_exact(4),
+        cb.remainder().chunks_exact(4),
+    );
+    for (x, y) in (&mut ra).zip(&mut rb) {
+        acc[0] = _mm_add_ps(acc[0], _mm_mul_ps(load128_ps(x), load128_ps(y)));
+    }
+    let s = _mm_add_ps(_mm_add_ps(acc[0], acc[1]), _mm_add_ps(acc[2], acc[3]));
+    let mut t = hsum128(s);
+    for (x, y) in ra.remainder().iter().zip(rb.remainder()) {
+        t += x * y;
+    }
+    t
+}
