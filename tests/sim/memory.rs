@@ -15,7 +15,9 @@ use ringrelay::engine::spoolfmt::RECORD_HEADER;
 use std::cell::Cell;
 
 /// One copy: `len` bytes from `src` at `src_off` to `dst` at `dst_off`; with `staged`, the
-/// write was a spool record: `staged` bytes the engine made (its header), then the copy.
+/// write was a spool record: `staged` bytes the engine made (its header), then the copy. Two
+/// more shapes come from a spool's staging ([`Memory::copy`]): `len` 0 is a header's `staged`
+/// bytes alone, and `staged` `u32::MAX` is a payload copied after its header.
 #[derive(Clone, Copy, Debug)]
 struct Copied {
     dst: BufId,
@@ -30,6 +32,11 @@ pub struct SimMemory {
     pub inner: VecMemory,
     last_read: Cell<Option<(BufId, u32, u32)>>,
     copies: Vec<Copied>,
+    /// Writes of engine-made bytes this step that were not copies: a spool record's header
+    /// when a [`Memory::copy`] of its payload follows (the spool writes the header, then copies
+    /// the payload straight from the input's buffer, either possibly split across two staged
+    /// buffers). Forgotten at [`SimMemory::settle`].
+    made: Vec<(BufId, u32, u32)>,
 }
 
 impl SimMemory {
@@ -38,6 +45,7 @@ impl SimMemory {
             inner: VecMemory::new(pool),
             last_read: Cell::new(None),
             copies: Vec::new(),
+            made: Vec::new(),
         }
     }
 
@@ -45,7 +53,18 @@ impl SimMemory {
     /// starts a buffer's provenance; a copy further on must continue it (consecutive stream
     /// positions), or it is a violation.
     pub fn settle(&mut self, k: &mut Kernel) {
+        self.made.clear();
         for c in self.copies.drain(..) {
+            if c.len == 0 {
+                // A spool record's header: engine-made bytes, no origin.
+                k.staged_made(c.dst, c.dst_off, c.staged);
+                continue;
+            }
+            if c.staged == u32::MAX {
+                // A staged record's payload (or part of it), copied after its header.
+                k.staged(c.dst, c.dst_off, c.len, (c.src, c.src_off, c.len));
+                continue;
+            }
             if c.staged > 0 {
                 k.staged(
                     c.dst,
@@ -86,35 +105,60 @@ impl Memory for SimMemory {
     }
 
     fn write(&mut self, buf: BufId, off: u32, data: &[u8]) {
+        let mut copy = None;
         if let Some((src, src_off, len)) = self.last_read.get() {
             if len as usize == data.len()
                 && src != buf
                 && self.inner.bytes(src, src_off, len) == data
             {
-                self.copies.push(Copied {
-                    dst: buf,
-                    dst_off: off,
-                    src,
-                    src_off,
-                    len,
-                    staged: 0,
-                });
+                copy = Some((src, src_off, len, 0));
             } else if len > 0
                 && data.len() == RECORD_HEADER + len as usize
                 && src != buf
                 && self.inner.bytes(src, src_off, len) == &data[RECORD_HEADER..]
             {
                 // A spool record: its header, then the payload just read.
+                copy = Some((src, src_off, len, RECORD_HEADER as u32));
+            }
+        }
+        match copy {
+            Some((src, src_off, len, staged)) => self.copies.push(Copied {
+                dst: buf,
+                dst_off: off,
+                src,
+                src_off,
+                len,
+                staged,
+            }),
+            None => self.made.push((buf, off, data.len() as u32)),
+        }
+        self.inner.write(buf, off, data);
+    }
+
+    /// Only a spool's staging copies bytes buffer to buffer: the payload of a record whose
+    /// header was just written (this step's engine-made writes are that header).
+    fn copy(&mut self, from: BufId, off: u32, len: u32, to: BufId, to_off: u32) {
+        for (dst, dst_off, n) in self.made.drain(..) {
+            if n as usize <= RECORD_HEADER {
                 self.copies.push(Copied {
-                    dst: buf,
-                    dst_off: off,
-                    src,
-                    src_off,
-                    len,
-                    staged: RECORD_HEADER as u32,
+                    dst,
+                    dst_off,
+                    src: dst,
+                    src_off: 0,
+                    len: 0,
+                    staged: n,
                 });
             }
         }
-        self.inner.write(buf, off, data);
+        self.copies.push(Copied {
+            dst: to,
+            dst_off: to_off,
+            src: from,
+            src_off: off,
+            len,
+            staged: u32::MAX,
+        });
+        let data = self.inner.bytes(from, off, len).to_vec();
+        self.inner.write(to, to_off, &data);
     }
 }

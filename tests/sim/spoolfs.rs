@@ -184,6 +184,20 @@ impl Kernel {
         }
     }
 
+    /// The engine wrote `len` bytes of its own (a spool record's header, or part of one) into
+    /// `dst` at `dst_off`: they have no origin.
+    pub fn staged_made(&mut self, dst: BufId, dst_off: u32, len: u32) {
+        let d = usize::from(dst);
+        if dst_off == 0 || self.pieces[d].is_none() {
+            self.pieces[d] = Some(Runs::default());
+        }
+        let at = u64::from(dst_off);
+        self.pieces[d]
+            .as_mut()
+            .expect("set")
+            .clear(at, at + u64::from(len));
+    }
+
     /// The engine wrote `total` bytes into `dst` at `dst_off`: a header it made, then `len`
     /// bytes copied from `src` at `src_off` (a record staged for its spool).
     pub fn staged(&mut self, dst: BufId, dst_off: u32, total: u32, src: (BufId, u32, u32)) {
