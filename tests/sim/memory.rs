@@ -138,17 +138,32 @@ impl Memory for SimMemory {
     /// Only a spool's staging copies bytes buffer to buffer: the payload of a record whose
     /// header was just written (this step's engine-made writes are that header).
     fn copy(&mut self, from: BufId, off: u32, len: u32, to: BufId, to_off: u32) {
-        for (dst, dst_off, n) in self.made.drain(..) {
-            if n as usize <= RECORD_HEADER {
-                self.copies.push(Copied {
-                    dst,
-                    dst_off,
-                    src: dst,
-                    src_off: 0,
-                    len: 0,
-                    staged: n,
-                });
+        // The header is the engine-made write that ends where this copy starts, with the
+        // write before it when the header was split across two staged buffers. Other
+        // engine-made bytes (a u32be prefix, a preamble) are no header.
+        let mut header = Vec::new();
+        if let Some(&(b, o, n)) = self.made.last() {
+            if b == to && o + n == to_off && n as usize <= RECORD_HEADER {
+                header.push((b, o, n));
+                let at = self.made.len() - 1;
+                if (n as usize) < RECORD_HEADER && at > 0 {
+                    let (pb, po, pn) = self.made[at - 1];
+                    if pb != to && (pn + n) as usize == RECORD_HEADER && to_off == n {
+                        header.insert(0, (pb, po, pn));
+                    }
+                }
             }
+        }
+        self.made.clear();
+        for (dst, dst_off, n) in header {
+            self.copies.push(Copied {
+                dst,
+                dst_off,
+                src: dst,
+                src_off: 0,
+                len: 0,
+                staged: n,
+            });
         }
         self.copies.push(Copied {
             dst: to,
