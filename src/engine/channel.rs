@@ -172,7 +172,7 @@ pub struct Output {
     /// When the current fault episode began.
     pub fault_since: Option<Instant>,
     /// A UDP destination's last refused send: it has recovered only once sends succeed for
-    /// [`super::output::DATAGRAM_RECOVERY`] after it (a closed port refuses every other
+    /// `output::DATAGRAM_RECOVERY` after it (a closed port refuses every other
     /// datagram, the ICMP error arriving after the send it answers).
     pub last_refused: Option<Instant>,
     /// A `file://` output's file.
@@ -685,7 +685,7 @@ impl Channel {
     /// The stop's deadline closes the channel with data still queued: each output counts as
     /// drops the chunks it will never send (its queue's, its subscribers', and the pipe it
     /// drains as one chunk, a pipe keeping no boundaries). MQTT outputs count their messages
-    /// themselves ([`super::mqtt_link::give_up`]); a spooling output lost nothing, the stop
+    /// themselves (`mqtt_link::give_up`); a spooling output lost nothing, the stop
     /// having spilled its queue to disk. Returns the chunks counted.
     pub fn count_given_up(&mut self) -> u64 {
         let mut total = 0;
