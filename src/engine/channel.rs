@@ -743,7 +743,7 @@ impl Channel {
     /// of them. Without this, channels whose reads complete first take every buffer freed,
     /// and with 64 channels the slowest got a third of the mean rate. At least one channel is
     /// always within its share (the shares add up to the pool), so reading never stops.
-    pub fn over_share(&self, free: usize, total: usize) -> bool {
+    pub fn over_share(&self, (free, total): (usize, usize)) -> bool {
         free < total / 4 && self.held_buffers() > (total / self.pool_peers).max(2)
     }
 

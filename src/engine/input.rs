@@ -59,12 +59,10 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     if datagram && ch.input_retry_at.is_some() && !ch.input_draining {
         return;
     }
-    if !datagram {
-        let (free, total) = cx.pool.free_of(Class::Large);
-        if ch.over_share(free, total) {
-            // Its queues drain by their writes; the batch after one reads again.
-            return;
-        }
+    // Over its share of a short pool: its queues drain by their writes, and the batch after
+    // one reads again.
+    if !datagram && ch.over_share(cx.pool.free_of(Class::Large)) {
+        return;
     }
     let Some(slot) = ch.input else { return };
     let Some(ep) = ch.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
@@ -307,7 +305,7 @@ pub(crate) fn on_recv(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
                     "channel {}: producer {peer} lost: input read failed: {}{}",
                     ch.name(),
                     errno_str(res),
-                    timed_out_hint(res)
+                    super::timed_out_hint(res)
                 );
             }
             close_ep(cx, ch, tok.chan, slot);
@@ -432,16 +430,6 @@ pub(crate) fn on_recv_multi(cx: &mut Cx, ch: &mut Channel, tok: Token, c: Comple
     // Re-armed right away when buffers are back (they are recycled first), else by the
     // post_reads after the batch that releases one.
     post_reads(cx, ch, ci);
-}
-
-/// What a read that failed with ETIMEDOUT means on a stream input: the peer stopped answering
-/// the keepalive probes (or acknowledging what was sent to it).
-pub(crate) fn timed_out_hint(res: i32) -> &'static str {
-    if res == -libc::ETIMEDOUT {
-        " (no answer to keepalive probes: the producer vanished)"
-    } else {
-        ""
-    }
 }
 
 /// Offers a filled buffer to every output: `len` bytes at `off`. A datagram keeps

@@ -720,3 +720,13 @@ pub fn output_state(ch: &Channel, o: &channel::Output) -> &'static str {
 pub(crate) fn errno_str(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
+
+/// What a read that failed with ETIMEDOUT means on a stream input: the peer stopped answering
+/// the keepalive probes (or acknowledging what was sent to it).
+pub(crate) fn timed_out_hint(res: i32) -> &'static str {
+    if res == -libc::ETIMEDOUT {
+        " (no answer to keepalive probes: the producer vanished)"
+    } else {
+        ""
+    }
+}

@@ -219,7 +219,7 @@ pub(crate) fn on_splice_in(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) 
                 "channel {}: producer {peer} lost: input splice failed: {}{}",
                 ch.name(),
                 errno_str(res),
-                super::input::timed_out_hint(res)
+                super::timed_out_hint(res)
             );
         }
         close_ep(cx, ch, ci, slot);
