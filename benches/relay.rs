@@ -1189,7 +1189,9 @@ fn main() {
         Relay::Loop => "loop",
     };
     let mut tcp_rows = Vec::new();
-    for r in relays.iter().filter(|_| case("a")) {
+    // The loop relays datagrams only.
+    let tcp_relays = relays.iter().filter(|r| !matches!(r, Relay::Loop));
+    for r in tcp_relays.filter(|_| case("a")) {
         let result = match (r, &socat) {
             (Relay::Socat { .. }, Err(e)) => Err(e.clone()),
             _ => measure(runs, || tcp_run(&mut b, r, tcp_bytes, limit)),
