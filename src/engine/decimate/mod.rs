@@ -108,9 +108,13 @@ pub struct Decimator {
     frame: Vec<f64>,
     scratch: Vec<f64>,
     isa: Isa,
-    /// Kernel outputs of the `i16` window path: sums (`mean`) or (min, max) pairs (`minmax`).
+    /// Kernel outputs of the `i16` `mean` window path: per-channel window sums.
     win_sums: Vec<i32>,
-    win_extremes: Vec<i16>,
+    /// `minmax` of `i16` input, which runs every level in `i16` (`minmax_i16`): per level,
+    /// frames of the current window, and its (min, max) pairs (`i16::MAX`, `i16::MIN` while
+    /// empty). The `f64` stages are not used then.
+    mm_counts: Vec<usize>,
+    mm_acc: Vec<i16>,
     /// Output frames of the `f32` FIR's last batch.
     fir_out: Vec<f64>,
 }
@@ -207,7 +211,8 @@ impl Decimator {
             scratch: Vec::with_capacity(2 * channels),
             isa: Isa::detect(),
             win_sums: Vec::new(),
-            win_extremes: Vec::new(),
+            mm_counts: vec![0; levels],
+            mm_acc: [i16::MAX, i16::MIN].repeat(levels * channels),
             fir_out: Vec::new(),
         })
     }
@@ -296,10 +301,10 @@ impl Decimator {
             // inlined, no per-frame vector): the same arithmetic in the same order as
             // `Stage::push`, so the results are identical.
             use SampleType as S;
-            if self.sample == S::I16Le
-                && (self.mode == DecimateMode::MinMax
-                    || self.stages[0].ratio() as usize <= simd::MAX_SUM_RATIO)
-            {
+            if self.sample == S::I16Le && self.mode == DecimateMode::MinMax {
+                return self.minmax_i16(bytes, out);
+            }
+            if self.sample == S::I16Le && self.stages[0].ratio() as usize <= simd::MAX_SUM_RATIO {
                 return self.level0_i16_windows(bytes, out);
             }
             return match self.sample {
@@ -423,10 +428,10 @@ impl Decimator {
 }
 
 impl Decimator {
-    /// `mean` and `minmax` level 0 of little-endian `i16` samples: a partial window at either
-    /// end goes frame by frame through [`Decimator::level0`]; whole windows go to the SIMD
-    /// kernels in batches. Exact (integer sums and extremes), so the output is the same bytes
-    /// as the frame-by-frame path.
+    /// `mean` level 0 of little-endian `i16` samples: a partial window at either end goes
+    /// frame by frame through [`Decimator::level0`]; whole windows go to the SIMD kernel in
+    /// batches. Exact (integer sums), so the output is the same bytes as the frame-by-frame
+    /// path.
     fn level0_i16_windows(&mut self, mut bytes: &[u8], out: &mut [Vec<u8>]) {
         let dec = |b: [u8; 2]| f64::from(i16::from_le_bytes(b));
         let fb = self.frame_bytes;
@@ -444,72 +449,79 @@ impl Decimator {
         for batch in bytes[..whole].chunks(wb * WINDOW_BATCH) {
             let n = batch.len() / wb;
             self.counters.frames_in += (n * ratio) as u64;
-            if self.mode == DecimateMode::Mean {
-                let mut sums = std::mem::take(&mut self.win_sums);
-                sums.resize(n * channels, 0);
-                simd::sum_windows_i16(self.isa, batch, channels, ratio, &mut sums);
-                let r = ratio as f64;
-                if single {
-                    let o = &mut out[0];
-                    let at = o.len();
-                    o.resize(at + sums.len() * 4, 0);
-                    for (d, s) in o[at..].chunks_exact_mut(4).zip(&sums) {
-                        d.copy_from_slice(&((f64::from(*s) / r) as f32).to_le_bytes());
-                    }
-                    self.counters.frames_out[0] += n as u64;
-                } else {
-                    for w in sums.chunks_exact(channels) {
-                        self.scratch.clear();
-                        self.scratch.extend(w.iter().map(|s| f64::from(*s) / r));
-                        self.cascade(out);
-                    }
-                }
-                self.win_sums = sums;
-            } else {
-                let mut ext = std::mem::take(&mut self.win_extremes);
-                ext.resize(n * 2 * channels, 0);
-                simd::minmax_windows_i16(self.isa, batch, channels, ratio, &mut ext);
+            let mut sums = std::mem::take(&mut self.win_sums);
+            sums.resize(n * channels, 0);
+            simd::sum_windows_i16(self.isa, batch, channels, ratio, &mut sums);
+            let r = ratio as f64;
+            if single {
                 let o = &mut out[0];
                 let at = o.len();
-                o.resize(at + ext.len() * 2, 0);
-                for (d, v) in o[at..].chunks_exact_mut(2).zip(&ext) {
-                    d.copy_from_slice(&v.to_le_bytes());
+                o.resize(at + sums.len() * 4, 0);
+                for (d, s) in o[at..].chunks_exact_mut(4).zip(&sums) {
+                    d.copy_from_slice(&((f64::from(*s) / r) as f32).to_le_bytes());
                 }
                 self.counters.frames_out[0] += n as u64;
-                if !single {
-                    // Level 1 folds the new extremes in place (the arithmetic of
-                    // `Stage::push`), and cascades only when it completes a window.
-                    for w in ext.chunks_exact(2 * channels) {
-                        let Stage::MinMax { ratio, count, acc } = &mut self.stages[1] else {
-                            unreachable!("minmax has only minmax stages")
-                        };
-                        if *count == 0 {
-                            for (a, v) in acc.iter_mut().zip(w) {
-                                *a = f64::from(*v);
-                            }
-                        } else {
-                            for (a, v) in acc.chunks_exact_mut(2).zip(w.chunks_exact(2)) {
-                                a[0] = a[0].min(f64::from(v[0]));
-                                a[1] = a[1].max(f64::from(v[1]));
-                            }
-                        }
-                        *count += 1;
-                        if *count == *ratio {
-                            *count = 0;
-                            self.scratch.clear();
-                            self.scratch.extend_from_slice(acc);
-                            self.cascade_at(1, out);
-                        }
-                    }
+            } else {
+                for w in sums.chunks_exact(channels) {
+                    self.scratch.clear();
+                    self.scratch.extend(w.iter().map(|s| f64::from(*s) / r));
+                    self.cascade(out);
                 }
-                self.win_extremes = ext;
             }
+            self.win_sums = sums;
         }
         self.level0(&bytes[whole..], out, dec);
     }
 }
 
 impl Decimator {
+    /// `minmax` of little-endian `i16` samples, every level in `i16` (min and max are exact, so
+    /// the output is the same bytes as the `f64` path): level 0's partial windows at either end
+    /// fold frame by frame and its whole windows go to the window kernel; each higher level
+    /// folds the pairs the level below appended in this call. Writes straight into `out`, with
+    /// no per-window work outside the kernels.
+    fn minmax_i16(&mut self, bytes: &[u8], out: &mut [Vec<u8>]) {
+        let (isa, fb) = (self.isa, self.frame_bytes);
+        let (ch, frames) = (fb / 2, bytes.len() / fb);
+        let pb = 4 * ch;
+        self.counters.frames_in += frames as u64;
+        let ratio = self.stages[0].ratio() as usize;
+        let mut count = self.mm_counts[0];
+        let acc = &mut self.mm_acc[..2 * ch];
+        let head = if count == 0 {
+            0
+        } else {
+            (ratio - count).min(frames)
+        };
+        let (head, rest) = bytes.split_at(head * fb);
+        let (body, tail) = rest.split_at(rest.len() / (ratio * fb) * (ratio * fb));
+        let n_head = simd::fold_windows(head.len() / fb, ratio, count);
+        let n = n_head + body.len() / (ratio * fb);
+        let mut start = out[0].len();
+        out[0].resize(start + n * pb, 0);
+        let (o_head, o_body) = out[0][start..].split_at_mut(n_head * pb);
+        simd::minmax_fold_i16(isa, head, false, ch, ratio, &mut count, acc, o_head);
+        simd::minmax_windows_i16(isa, body, ch, ratio, o_body);
+        // Fewer than `ratio` frames, from an empty window: completes none.
+        simd::minmax_fold_i16(isa, tail, false, ch, ratio, &mut count, acc, &mut []);
+        self.mm_counts[0] = count;
+        self.counters.frames_out[0] += n as u64;
+        for level in 1..self.stages.len() {
+            let (lower, upper) = out.split_at_mut(level);
+            let input = &lower[level - 1][start..];
+            let o = &mut upper[0];
+            start = o.len();
+            let ratio = self.stages[level].ratio() as usize;
+            let mut count = self.mm_counts[level];
+            let n = simd::fold_windows(input.len() / pb, ratio, count);
+            o.resize(start + n * pb, 0);
+            let acc = &mut self.mm_acc[level * 2 * ch..(level + 1) * 2 * ch];
+            simd::minmax_fold_i16(isa, input, true, ch, ratio, &mut count, acc, &mut o[start..]);
+            self.mm_counts[level] = count;
+            self.counters.frames_out[level] += n as u64;
+        }
+    }
+
     /// `fir` level 0 (`f32`, polyphase) on whole frames of `W`-byte samples decoded by `dec`;
     /// each output frame then cascades through the higher levels.
     fn fir0<const W: usize>(

@@ -67,16 +67,61 @@ proptest! {
             .wrapping_add((i as i16).wrapping_mul(7919))).collect();
         let bytes = le_bytes(&samples);
         let mut want_s = vec![0; windows * ch];
-        let mut want_m = vec![0; windows * 2 * ch];
+        let mut want_m = vec![0; windows * 4 * ch];
         simd::sum_windows_scalar(&bytes, ch, ratio, &mut want_s);
         simd::minmax_windows_scalar(&bytes, ch, ratio, &mut want_m);
         for isa in Isa::available() {
             let mut s = vec![7; windows * ch];
-            let mut m = vec![7; windows * 2 * ch];
+            let mut m = vec![7; windows * 4 * ch];
             simd::sum_windows_i16(isa, &bytes, ch, ratio, &mut s);
             simd::minmax_windows_i16(isa, &bytes, ch, ratio, &mut m);
             prop_assert_eq!(&s, &want_s, "{} sums", isa.name());
             prop_assert_eq!(&m, &want_m, "{} extremes", isa.name());
+        }
+    }
+
+    /// The running extremes of each set equal the scalar ones exactly, for raw frames (level
+    /// 0) and (min, max) pairs (higher levels), whatever the window already holds and however
+    /// the frames are split across calls.
+    #[test]
+    fn fold_kernel_matches_scalar(
+        ch in 1usize..=16,
+        ratio in 1usize..40,
+        pairs in any::<bool>(),
+        seed in arb_i16s(16 * 200),
+        start in 0usize..40,
+        cuts in proptest::collection::vec(0usize..200, 0..6),
+    ) {
+        let fb = if pairs { 4 * ch } else { 2 * ch };
+        let bytes = le_bytes(&seed);
+        let bytes = &bytes[..bytes.len() / fb * fb];
+        let frames = bytes.len() / fb;
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(frames)).collect();
+        cuts.push(frames);
+        cuts.sort();
+        // A partial window to start from: `count` frames of it folded by the scalar kernel.
+        let count0 = start % ratio;
+        let warm: Vec<u8> = le_bytes(&seed.iter().rev().take(count0 * fb / 2).copied().collect::<Vec<_>>());
+        let warm = &warm[..warm.len() / fb * fb];
+        let mut results = Vec::new();
+        for isa in std::iter::once(Isa::SCALAR).chain(Isa::available()) {
+            let (mut count, mut acc) = (0, [i16::MAX, i16::MIN].repeat(ch));
+            let n = simd::fold_windows(warm.len() / fb, ratio, 0);
+            simd::minmax_fold_scalar(warm, pairs, ch, ratio, &mut count, &mut acc, &mut vec![0; n * 4 * ch]);
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &c in &cuts {
+                let part = &bytes[at * fb..c * fb];
+                let mut o = vec![0x55; simd::fold_windows(c - at, ratio, count) * 4 * ch];
+                simd::minmax_fold_i16(isa, part, pairs, ch, ratio, &mut count, &mut acc, &mut o);
+                out.extend_from_slice(&o);
+                at = c;
+            }
+            results.push((isa.name(), out, count, acc));
+        }
+        for r in &results[1..] {
+            prop_assert_eq!(&r.1, &results[0].1, "{} windows", r.0);
+            prop_assert_eq!((r.2, &r.3), (results[0].2, &results[0].3), "{} state", r.0);
         }
     }
 

@@ -133,11 +133,12 @@ pub fn sum_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, ou
 }
 
 /// For each window of `ratio` frames of `channels` little-endian `i16` samples in `input`
-/// (whole windows only), the per-channel (min, max), `2·channels` values per window.
-pub fn minmax_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, out: &mut [i16]) {
+/// (whole windows only), the per-channel (min, max) as little-endian `i16` pairs, `4·channels`
+/// bytes per window, into `out` (the layout a `minmax` level stores, so no conversion follows).
+pub fn minmax_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
     let wb = 2 * channels * ratio;
     assert!(wb > 0 && input.len() % wb == 0);
-    assert_eq!(out.len(), input.len() / wb * 2 * channels);
+    assert_eq!(out.len(), input.len() / wb * 4 * channels);
     // Only SIMD targets dispatch through it.
     #[cfg_attr(
         not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -165,6 +166,64 @@ pub fn minmax_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize,
         // SAFETY (call of a target_feature function): NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
         Kind::Neon => unsafe { by_channels!(neon::minmax_windows) },
+    }
+}
+
+/// Windows a [`minmax_fold_i16`] call completes: `(count + frames) / ratio`.
+pub fn fold_windows(frames: usize, ratio: usize, count: usize) -> usize {
+    (count + frames) / ratio
+}
+
+/// Folds the whole frames of `input` into a running `minmax` window of `ratio` frames, frame
+/// by frame: frames of `channels` little-endian `i16` samples (`pairs == false`: level 0), or of
+/// `channels` (min, max) pairs (`pairs == true`: the output of the level below). `count` frames
+/// of the current window are already folded into `acc`, (min, max) per sub-channel, which is
+/// `(i16::MAX, i16::MIN)` while `count` is 0. Each completed window's pairs go to `out` as
+/// little-endian bytes, `4·channels` per window (`out.len()` must be exactly that times
+/// [`fold_windows`]), and `acc` restarts. This serves the partial windows at either end of a
+/// batch and every level above 0, where a window is a few frames and carries across calls.
+#[allow(clippy::too_many_arguments)]
+pub fn minmax_fold_i16(
+    isa: Isa,
+    input: &[u8],
+    pairs: bool,
+    channels: usize,
+    ratio: usize,
+    count: &mut usize,
+    acc: &mut [i16],
+    out: &mut [u8],
+) {
+    let fb = if pairs { 4 * channels } else { 2 * channels };
+    assert!(ratio > 0 && *count < ratio && input.len() % fb == 0 && acc.len() == 2 * channels);
+    assert_eq!(
+        out.len(),
+        fold_windows(input.len() / fb, ratio, *count) * 4 * channels
+    );
+    // Only SIMD targets dispatch through it.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_macros)
+    )]
+    macro_rules! by_channels {
+        ($m:ident :: $f:ident) => {
+            match channels {
+                1 => $m::$f::<1>(input, pairs, ratio, count, acc, out),
+                2 => $m::$f::<2>(input, pairs, ratio, count, acc, out),
+                4 => $m::$f::<4>(input, pairs, ratio, count, acc, out),
+                8 => $m::$f::<8>(input, pairs, ratio, count, acc, out),
+                _ => minmax_fold_scalar(input, pairs, channels, ratio, count, acc, out),
+            }
+        };
+    }
+    match isa.0 {
+        Kind::Scalar => minmax_fold_scalar(input, pairs, channels, ratio, count, acc, out),
+        // SAFETY (call of a target_feature function): SSE2 is part of x86-64 (the fold works
+        // on one frame at a time, so AVX2 has nothing to add).
+        #[cfg(target_arch = "x86_64")]
+        Kind::Sse2 | Kind::Avx2 => unsafe { by_channels!(x86::minmax_fold_sse2) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
+        #[cfg(target_arch = "aarch64")]
+        Kind::Neon => unsafe { by_channels!(neon::minmax_fold) },
     }
 }
 
@@ -218,7 +277,7 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
                     isa.name()
                 ));
             }
-            let (mut a, mut b) = (vec![0; 2 * n * channels], vec![0; 2 * n * channels]);
+            let (mut a, mut b) = (vec![0; 4 * n * channels], vec![0; 4 * n * channels]);
             minmax_windows_scalar(input, channels, ratio, &mut a);
             minmax_windows_i16(isa, input, channels, ratio, &mut b);
             if a != b {
@@ -226,6 +285,26 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
                     "{} extremes differ: {channels} channels, ratio {ratio}",
                     isa.name()
                 ));
+            }
+            for pairs in [false, true] {
+                let fb = if pairs { 4 * channels } else { 2 * channels };
+                let input = &samples[..samples.len() / fb * fb];
+                let mut res = Vec::new();
+                for i in [Isa::SCALAR, isa] {
+                    let (mut count, mut acc) = (ratio / 2, vec![0i16; 2 * channels]);
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a = [-5, 7][c % 2];
+                    }
+                    let mut o = vec![0; fold_windows(input.len() / fb, ratio, count) * 4 * channels];
+                    minmax_fold_i16(i, input, pairs, channels, ratio, &mut count, &mut acc, &mut o);
+                    res.push((o, count, acc));
+                }
+                if res[0] != res[1] {
+                    return Err(format!(
+                        "{} running extremes differ: {channels} channels, ratio {ratio}, pairs {pairs}",
+                        isa.name()
+                    ));
+                }
             }
         }
     }
@@ -270,21 +349,61 @@ pub fn sum_windows_scalar(input: &[u8], channels: usize, ratio: usize, out: &mut
 }
 
 /// The scalar extremes: the reference of the SIMD kernels.
-pub fn minmax_windows_scalar(input: &[u8], channels: usize, ratio: usize, out: &mut [i16]) {
+pub fn minmax_windows_scalar(input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
     let wb = 2 * channels * ratio;
     for (w, o) in input
         .chunks_exact(wb)
-        .zip(out.chunks_exact_mut(2 * channels))
+        .zip(out.chunks_exact_mut(4 * channels))
     {
-        for p in o.chunks_exact_mut(2) {
-            p[0] = i16::MAX;
-            p[1] = i16::MIN;
-        }
+        let mut lo = vec![i16::MAX; channels];
+        let mut hi = vec![i16::MIN; channels];
         for f in w.chunks_exact(2 * channels) {
-            for (p, b) in o.chunks_exact_mut(2).zip(f.chunks_exact(2)) {
+            for (c, b) in f.chunks_exact(2).enumerate() {
                 let v = i16::from_le_bytes([b[0], b[1]]);
-                p[0] = p[0].min(v);
-                p[1] = p[1].max(v);
+                lo[c] = lo[c].min(v);
+                hi[c] = hi[c].max(v);
+            }
+        }
+        for (c, p) in o.chunks_exact_mut(4).enumerate() {
+            p[..2].copy_from_slice(&lo[c].to_le_bytes());
+            p[2..].copy_from_slice(&hi[c].to_le_bytes());
+        }
+    }
+}
+
+/// The scalar running extremes: the reference of the SIMD kernels (see [`minmax_fold_i16`]).
+pub fn minmax_fold_scalar(
+    input: &[u8],
+    pairs: bool,
+    channels: usize,
+    ratio: usize,
+    count: &mut usize,
+    acc: &mut [i16],
+    out: &mut [u8],
+) {
+    let fb = if pairs { 4 * channels } else { 2 * channels };
+    let rd = |b: &[u8], at: usize| i16::from_le_bytes([b[at], b[at + 1]]);
+    let mut windows = out.chunks_exact_mut(4 * channels);
+    for f in input.chunks_exact(fb) {
+        for (c, a) in acc.chunks_exact_mut(2).enumerate() {
+            let (lo, hi) = if pairs {
+                (rd(f, 4 * c), rd(f, 4 * c + 2))
+            } else {
+                (rd(f, 2 * c), rd(f, 2 * c))
+            };
+            a[0] = a[0].min(lo);
+            a[1] = a[1].max(hi);
+        }
+        *count += 1;
+        if *count == ratio {
+            *count = 0;
+            let o = windows.next().expect("out holds every completed window");
+            for (d, a) in o.chunks_exact_mut(2).zip(acc.iter()) {
+                d.copy_from_slice(&a.to_le_bytes());
+            }
+            for a in acc.chunks_exact_mut(2) {
+                a[0] = i16::MAX;
+                a[1] = i16::MIN;
             }
         }
     }
@@ -321,32 +440,23 @@ fn tail_sum<const C: usize>(s: &mut [i32; C], tail: &[u8]) {
     }
 }
 
-/// Writes per-channel extremes of `L` lanes (lane `j` is sub-channel `j % C`) as (min, max)
-/// pairs, folding in the samples of `tail` (starting on sub-channel 0).
+/// Writes the per-channel extremes of the samples of `w` (whole frames, starting on
+/// sub-channel 0) as little-endian (min, max) pairs: windows shorter than one vector.
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
 #[inline(always)]
-fn fold_minmax<const L: usize, const C: usize>(
-    mn: [i16; L],
-    mx: [i16; L],
-    tail: &[u8],
-    o: &mut [i16],
-) {
+fn short_minmax<const C: usize>(w: &[u8], o: &mut [u8]) {
     let mut lo = [i16::MAX; C];
     let mut hi = [i16::MIN; C];
-    for j in 0..L {
-        lo[j % C] = lo[j % C].min(mn[j]);
-        hi[j % C] = hi[j % C].max(mx[j]);
-    }
-    for (j, b) in tail.chunks_exact(2).enumerate() {
+    for (j, b) in w.chunks_exact(2).enumerate() {
         let v = i16::from_le_bytes([b[0], b[1]]);
         lo[j % C] = lo[j % C].min(v);
         hi[j % C] = hi[j % C].max(v);
     }
-    for (c, p) in o.chunks_exact_mut(2).enumerate() {
-        p[0] = lo[c];
-        p[1] = hi[c];
+    for (c, p) in o.chunks_exact_mut(4).enumerate() {
+        p[..2].copy_from_slice(&lo[c].to_le_bytes());
+        p[2..].copy_from_slice(&hi[c].to_le_bytes());
     }
 }

@@ -2,7 +2,7 @@
 //! `#[target_feature(enable = "neon")]` so the intrinsics are safe to call inside them). Loads
 //! take fixed-size array references, so they are in bounds by type.
 
-use super::{fold_minmax, fold_sum, tail_sum};
+use super::{fold_sum, short_minmax, tail_sum};
 use std::arch::aarch64::*;
 
 #[inline(always)]
@@ -21,12 +21,49 @@ fn store_s32(v: int32x4_t) -> [i32; 4] {
     a
 }
 
+/// The first `b.len()` (at most 16) bytes of a vector, the rest zero.
 #[inline(always)]
-fn store_s16(v: int16x8_t) -> [i16; 8] {
-    let mut a = [0i16; 8];
-    // SAFETY: `a` is 8 writable i16.
-    unsafe { vst1q_s16(a.as_mut_ptr(), v) };
-    a
+fn load_part(b: &[u8]) -> int16x8_t {
+    if b.len() == 16 {
+        return load_s16(b);
+    }
+    let mut a = [0u8; 16];
+    a[..b.len()].copy_from_slice(b);
+    load_s16(&a)
+}
+
+/// Stores the first `d.len()` (at most 16) bytes of `v` into `d`.
+#[inline(always)]
+fn store_part(v: int16x8_t, d: &mut [u8]) {
+    let mut a = [0u8; 16];
+    // SAFETY: `a` is 16 writable bytes.
+    unsafe { vst1q_u8(a.as_mut_ptr(), vreinterpretq_u8_s16(v)) };
+    let n = d.len();
+    d.copy_from_slice(&a[..n]);
+}
+
+/// Folds the lanes of `mn` and `mx` (lane `j` holds sub-channel `j % C`, `C` divides 8) to one
+/// per sub-channel in vector registers, and stores them as `C` (min, max) pairs: `4·C` bytes.
+#[inline]
+#[target_feature(enable = "neon")]
+fn store_extremes<const C: usize>(mut mn: int16x8_t, mut mx: int16x8_t, o: &mut [u8]) {
+    if C <= 4 {
+        mn = vminq_s16(mn, vextq_s16::<4>(mn, mn));
+        mx = vmaxq_s16(mx, vextq_s16::<4>(mx, mx));
+    }
+    if C <= 2 {
+        mn = vminq_s16(mn, vextq_s16::<2>(mn, mn));
+        mx = vmaxq_s16(mx, vextq_s16::<2>(mx, mx));
+    }
+    if C == 1 {
+        mn = vminq_s16(mn, vextq_s16::<1>(mn, mn));
+        mx = vmaxq_s16(mx, vextq_s16::<1>(mx, mx));
+    }
+    // Lanes 0..4 (0..8) now hold sub-channels 0..4 (0..8): interleaving gives the pairs.
+    store_part(vzip1q_s16(mn, mx), &mut o[..16.min(4 * C)]);
+    if C == 8 {
+        store_part(vzip2q_s16(mn, mx), &mut o[16..32]);
+    }
 }
 
 /// Per-channel window sums: lanes 0..4 widen into `lo`, 4..8 into `hi`.
@@ -55,11 +92,11 @@ pub(super) fn sum_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut 
 /// Per-channel window extremes on 8 lanes, the last vector overlapping when the window is not
 /// whole vectors (harmless for min and max).
 #[target_feature(enable = "neon")]
-pub(super) fn minmax_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut [i16]) {
+pub(super) fn minmax_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut [u8]) {
     let wb = 2 * C * ratio;
-    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(2 * C)) {
+    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(4 * C)) {
         if wb < 16 {
-            fold_minmax::<8, C>([i16::MAX; 8], [i16::MIN; 8], w, o);
+            short_minmax::<C>(w, o);
             continue;
         }
         let first = load_s16(&w[..16]);
@@ -75,7 +112,68 @@ pub(super) fn minmax_windows<const C: usize>(input: &[u8], ratio: usize, out: &m
             mn = vminq_s16(mn, v);
             mx = vmaxq_s16(mx, v);
         }
-        fold_minmax::<8, C>(store_s16(mn), store_s16(mx), &[], o);
+        store_extremes::<C>(mn, mx, o);
+    }
+}
+
+/// The running extremes of `super::minmax_fold_i16` for `C` of 1, 2, 4 or 8 sub-channels, as
+/// on x86-64: the pairs of sub-channels `4k..4k+4` in vector `k`, a sample `v` as the pair
+/// `(v, v)`, the minimum of every lane in `mn` and the maximum in `mx`; a finished window keeps
+/// the even lanes of `mn` and the odd lanes of `mx`.
+#[target_feature(enable = "neon")]
+pub(super) fn minmax_fold<const C: usize>(
+    input: &[u8],
+    pairs: bool,
+    ratio: usize,
+    count: &mut usize,
+    acc: &mut [i16],
+    out: &mut [u8],
+) {
+    let pb = 4 * C;
+    let fb = if pairs { pb } else { 2 * C };
+    let mut a = [0u8; 32];
+    for (d, v) in a.chunks_exact_mut(2).zip(acc.iter()) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+    let lo_bytes = 16.min(pb);
+    let (mut mn0, mut mn1) = (load_part(&a[..lo_bytes]), load_s16(&a[16..]));
+    let (mut mx0, mut mx1) = (mn0, mn1);
+    let evens = vreinterpretq_u16_u32(vdupq_n_u32(0xffff));
+    let (top, bottom) = (vdupq_n_s16(i16::MAX), vdupq_n_s16(i16::MIN));
+    let mut windows = out.chunks_exact_mut(pb);
+    let mut n = *count;
+    for f in input.chunks_exact(fb) {
+        let (p0, p1) = if pairs {
+            (
+                load_part(&f[..lo_bytes]),
+                if C == 8 { load_s16(&f[16..]) } else { top },
+            )
+        } else {
+            let v = load_part(&f[..2 * C]);
+            (vzip1q_s16(v, v), vzip2q_s16(v, v))
+        };
+        mn0 = vminq_s16(mn0, p0);
+        mx0 = vmaxq_s16(mx0, p0);
+        if C == 8 {
+            mn1 = vminq_s16(mn1, p1);
+            mx1 = vmaxq_s16(mx1, p1);
+        }
+        n += 1;
+        if n == ratio {
+            n = 0;
+            let o = windows.next().expect("out holds every completed window");
+            store_part(vbslq_s16(evens, mn0, mx0), &mut o[..lo_bytes]);
+            if C == 8 {
+                store_part(vbslq_s16(evens, mn1, mx1), &mut o[16..]);
+            }
+            (mn0, mn1, mx0, mx1) = (top, top, bottom, bottom);
+        }
+    }
+    *count = n;
+    store_part(vbslq_s16(evens, mn0, mx0), &mut a[..16]);
+    store_part(vbslq_s16(evens, mn1, mx1), &mut a[16..]);
+    for (v, b) in acc.iter_mut().zip(a.chunks_exact(2)) {
+        *v = i16::from_le_bytes([b[0], b[1]]);
     }
 }
 

@@ -1,7 +1,7 @@
 //! SSE2 and AVX2(+FMA) kernels. Callers guarantee the feature (see the parent module); loads
 //! take fixed-size array references, so they are in bounds by type.
 
-use super::{fold_minmax, fold_sum, tail_sum};
+use super::{fold_sum, short_minmax, tail_sum};
 use std::arch::x86_64::*;
 
 #[inline(always)]
@@ -23,14 +23,6 @@ fn load256(b: &[u8]) -> __m256i {
 #[inline(always)]
 fn store128_i32(v: __m128i) -> [i32; 4] {
     let mut a = [0i32; 4];
-    // SAFETY: `a` is 16 writable bytes; `storeu` has no alignment requirement.
-    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
-    a
-}
-
-#[inline(always)]
-fn store128_i16(v: __m128i) -> [i16; 8] {
-    let mut a = [0i16; 8];
     // SAFETY: `a` is 16 writable bytes; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
     a
@@ -92,16 +84,61 @@ pub(super) fn sum_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: 
     }
 }
 
+/// The first `b.len()` (at most 16) bytes of a vector, the rest zero.
+#[inline(always)]
+fn load_part(b: &[u8]) -> __m128i {
+    if b.len() == 16 {
+        return load128(b);
+    }
+    let mut a = [0u8; 16];
+    a[..b.len()].copy_from_slice(b);
+    load128(&a)
+}
+
+/// Stores the first `d.len()` (at most 16) bytes of `v` into `d`.
+#[inline(always)]
+fn store_part(v: __m128i, d: &mut [u8]) {
+    let mut a = [0u8; 16];
+    // SAFETY: `a` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
+    let n = d.len();
+    d.copy_from_slice(&a[..n]);
+}
+
+/// Folds the lanes of `mn` and `mx` (lane `j` holds sub-channel `j % C`, `C` divides 8) to one
+/// per sub-channel in vector registers, and stores them as `C` (min, max) pairs: `4·C` bytes.
+#[inline]
+#[target_feature(enable = "sse2")]
+fn store_extremes<const C: usize>(mut mn: __m128i, mut mx: __m128i, o: &mut [u8]) {
+    if C <= 4 {
+        mn = _mm_min_epi16(mn, _mm_shuffle_epi32::<0b01_00_11_10>(mn));
+        mx = _mm_max_epi16(mx, _mm_shuffle_epi32::<0b01_00_11_10>(mx));
+    }
+    if C <= 2 {
+        mn = _mm_min_epi16(mn, _mm_shuffle_epi32::<0b10_11_00_01>(mn));
+        mx = _mm_max_epi16(mx, _mm_shuffle_epi32::<0b10_11_00_01>(mx));
+    }
+    if C == 1 {
+        mn = _mm_min_epi16(mn, _mm_shufflelo_epi16::<0b10_11_00_01>(mn));
+        mx = _mm_max_epi16(mx, _mm_shufflelo_epi16::<0b10_11_00_01>(mx));
+    }
+    // Lanes 0..4 (0..8) now hold sub-channels 0..4 (0..8): interleaving gives the pairs.
+    store_part(_mm_unpacklo_epi16(mn, mx), &mut o[..16.min(4 * C)]);
+    if C == 8 {
+        store_part(_mm_unpackhi_epi16(mn, mx), &mut o[16..32]);
+    }
+}
+
 /// Per-channel window extremes on 16 `i16` lanes (`C` divides 8, so lanes `j` and `j + 8`
 /// hold the same sub-channel). A window that is not whole vectors ends with a vector
 /// overlapping the previous one, harmless for min and max.
 #[target_feature(enable = "avx2")]
-pub(super) fn minmax_windows_avx2<const C: usize>(input: &[u8], ratio: usize, out: &mut [i16]) {
+pub(super) fn minmax_windows_avx2<const C: usize>(input: &[u8], ratio: usize, out: &mut [u8]) {
     let wb = 2 * C * ratio;
     if wb < 32 {
         return minmax_windows_sse2::<C>(input, ratio, out);
     }
-    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(2 * C)) {
+    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(4 * C)) {
         let first = load256(&w[..32]);
         let (mut mn, mut mx) = (first, first);
         let mut blocks = w[32..].chunks_exact(32);
@@ -124,17 +161,17 @@ pub(super) fn minmax_windows_avx2<const C: usize>(input: &[u8], ratio: usize, ou
             _mm256_castsi256_si128(mx),
             _mm256_extracti128_si256::<1>(mx),
         );
-        fold_minmax::<8, C>(store128_i16(mn), store128_i16(mx), &[], o);
+        store_extremes::<C>(mn, mx, o);
     }
 }
 
 /// Per-channel window extremes on 8 `i16` lanes, overlapping the last vector as above.
 #[target_feature(enable = "sse2")]
-pub(super) fn minmax_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: &mut [i16]) {
+pub(super) fn minmax_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: &mut [u8]) {
     let wb = 2 * C * ratio;
-    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(2 * C)) {
+    for (w, o) in input.chunks_exact(wb).zip(out.chunks_exact_mut(4 * C)) {
         if wb < 16 {
-            fold_minmax::<8, C>([i16::MAX; 8], [i16::MIN; 8], w, o);
+            short_minmax::<C>(w, o);
             continue;
         }
         let first = load128(&w[..16]);
@@ -150,8 +187,81 @@ pub(super) fn minmax_windows_sse2<const C: usize>(input: &[u8], ratio: usize, ou
             mn = _mm_min_epi16(mn, v);
             mx = _mm_max_epi16(mx, v);
         }
-        fold_minmax::<8, C>(store128_i16(mn), store128_i16(mx), &[], o);
+        store_extremes::<C>(mn, mx, o);
     }
+}
+
+/// The running extremes of `super::minmax_fold_i16` for `C` of 1, 2, 4 or 8 sub-channels:
+/// the window's (min, max) pairs of sub-channels `4k..4k+4` sit in vector `k`; a frame's
+/// samples `v` become the pairs `(v, v)`. `mn` takes the minimum of every lane and `mx` the
+/// maximum; a finished window keeps the even (min) lanes of `mn` and the odd (max) lanes of
+/// `mx`.
+#[target_feature(enable = "sse2")]
+pub(super) fn minmax_fold_sse2<const C: usize>(
+    input: &[u8],
+    pairs: bool,
+    ratio: usize,
+    count: &mut usize,
+    acc: &mut [i16],
+    out: &mut [u8],
+) {
+    let pb = 4 * C;
+    let fb = if pairs { pb } else { 2 * C };
+    let mut a = [0u8; 32];
+    for (d, v) in a.chunks_exact_mut(2).zip(acc.iter()) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+    let lo_bytes = 16.min(pb);
+    let (mut mn0, mut mn1) = (load_part(&a[..lo_bytes]), load128(&a[16..]));
+    let (mut mx0, mut mx1) = (mn0, mn1);
+    let evens = _mm_set1_epi32(0xffff);
+    let (top, bottom) = (_mm_set1_epi16(i16::MAX), _mm_set1_epi16(i16::MIN));
+    let mut windows = out.chunks_exact_mut(pb);
+    let mut n = *count;
+    for f in input.chunks_exact(fb) {
+        let (p0, p1) = if pairs {
+            (
+                load_part(&f[..lo_bytes]),
+                if C == 8 { load128(&f[16..]) } else { p1_unused() },
+            )
+        } else {
+            let v = load_part(&f[..2 * C]);
+            (_mm_unpacklo_epi16(v, v), _mm_unpackhi_epi16(v, v))
+        };
+        mn0 = _mm_min_epi16(mn0, p0);
+        mx0 = _mm_max_epi16(mx0, p0);
+        if C == 8 {
+            mn1 = _mm_min_epi16(mn1, p1);
+            mx1 = _mm_max_epi16(mx1, p1);
+        }
+        n += 1;
+        if n == ratio {
+            n = 0;
+            let o = windows.next().expect("out holds every completed window");
+            let r0 = _mm_or_si128(_mm_and_si128(evens, mn0), _mm_andnot_si128(evens, mx0));
+            store_part(r0, &mut o[..lo_bytes]);
+            if C == 8 {
+                let r1 = _mm_or_si128(_mm_and_si128(evens, mn1), _mm_andnot_si128(evens, mx1));
+                store_part(r1, &mut o[16..]);
+            }
+            (mn0, mn1, mx0, mx1) = (top, top, bottom, bottom);
+        }
+    }
+    *count = n;
+    let r0 = _mm_or_si128(_mm_and_si128(evens, mn0), _mm_andnot_si128(evens, mx0));
+    let r1 = _mm_or_si128(_mm_and_si128(evens, mn1), _mm_andnot_si128(evens, mx1));
+    store_part(r0, &mut a[..16]);
+    store_part(r1, &mut a[16..]);
+    for (v, b) in acc.iter_mut().zip(a.chunks_exact(2)) {
+        *v = i16::from_le_bytes([b[0], b[1]]);
+    }
+}
+
+/// The second vector of a frame of pairs when there is none (fewer than 8 sub-channels).
+#[inline]
+#[target_feature(enable = "sse2")]
+fn p1_unused() -> __m128i {
+    _mm_setzero_si128()
 }
 
 #[inline]
