@@ -1,6 +1,8 @@
 //! Decimation cost: decimated input samples per second on one core for each mode, next to a
 //! plain memcpy of the same bytes, printed as ratios (of bytes per second), for `i16` and
-//! `f32` input. Run: `cargo bench --bench decimate`.
+//! `f32` input. Run: `cargo bench --bench decimate`. `DECIMATE_BENCH_ONLY=i16:minmax:10` runs
+//! that one row only; with `DECIMATE_BENCH_PASSES=N` it feeds the 1 MiB input N times instead
+//! of timing (for instruction counts under `valgrind --tool=callgrind`).
 //! (The relay throughput of a decimating channel next to a plain one belongs to the relay bench
 //! once the daemon feeds `Publisher`.)
 
@@ -24,6 +26,10 @@ fn measure(mut f: impl FnMut() -> usize) -> f64 {
 }
 
 fn main() {
+    let only = std::env::var("DECIMATE_BENCH_ONLY").ok();
+    let passes: Option<usize> = std::env::var("DECIMATE_BENCH_PASSES")
+        .ok()
+        .and_then(|p| p.parse().ok());
     let input: Vec<u8> = (0..1 << 20)
         .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -63,10 +69,13 @@ fn main() {
             "fir:10",
             "fir:4:31",
         ] {
+            if only.as_ref().is_some_and(|o| *o != format!("{name}:{spec}")) {
+                continue;
+            }
             let sp = DecimateSpec::parse(spec).unwrap();
             let mut d = Decimator::with_spec(sample, CHANNELS, 0, &sp).unwrap();
             let mut out = vec![Vec::new(); sp.factors.len()];
-            let rate = measure(|| {
+            let mut pass = || {
                 for seg in data.chunks(PACKET) {
                     d.feed_stream(black_box(seg), &mut out);
                 }
@@ -75,7 +84,15 @@ fn main() {
                     o.clear();
                 }
                 data.len()
-            });
+            };
+            if let Some(n) = passes {
+                for _ in 0..n {
+                    pass();
+                }
+                println!("{name} {spec}: fed {n} passes");
+                continue;
+            }
+            let rate = measure(pass);
             println!(
                 "{:<6} {:<22} {:>14.1} {:>15.3}x",
                 name,

@@ -537,10 +537,20 @@ impl Decimator {
         let mut outs = std::mem::take(&mut self.fir_out);
         fir.feed(bytes, self.isa, dec, &mut outs);
         let channels = self.frame_bytes / W;
-        for f in outs.chunks_exact(channels) {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(f);
-            self.cascade(out);
+        if self.stages.len() == 1 {
+            // Encoded as `cascade` would (`f32`), without its per-frame work.
+            let o = &mut out[0];
+            o.reserve(outs.len() * 4);
+            for v in &outs {
+                o.extend_from_slice(&(*v as f32).to_le_bytes());
+            }
+            self.counters.frames_out[0] += (outs.len() / channels) as u64;
+        } else {
+            for f in outs.chunks_exact(channels) {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(f);
+                self.cascade(out);
+            }
         }
         self.fir_out = outs;
     }

@@ -1,7 +1,10 @@
-//! Level 0 of `fir` in `f32`: [`FirF32`] keeps, per sub-channel, the last `T − 1` input
-//! samples in a linear buffer, appends a batch of de-interleaved samples, and computes only
-//! the kept outputs, each one contiguous dot product of the reversed taps with the newest `T`
-//! samples (the polyphase saving: `T` multiply-adds per output, one store per input).
+//! Level 0 of `fir` in `f32`: [`FirF32`] keeps the last `T − 1` input frames in a linear
+//! buffer, appends a batch of samples, and computes only the kept outputs, each one contiguous
+//! dot product of the reversed taps with the newest `T` samples (the polyphase saving: `T`
+//! multiply-adds per output, one store per input). With 1, 2, 4 or 8 sub-channels the buffer
+//! stays interleaved, as the samples arrive, and one [`simd::dot_lanes_f32`] against the taps
+//! repeated per sub-channel gives every sub-channel's output (de-interleaving cost more than
+//! the filter); other counts keep one buffer per sub-channel.
 //!
 //! Must never allocate per sample: the buffers grow to the largest batch once.
 
@@ -18,8 +21,12 @@ pub(super) struct FirF32 {
     pub(super) count: u32,
     /// `h[T − 1 − k]`, so output `y[n] = Σ_j taps_rev[j]·x[n − T + 1 + j]`.
     taps_rev: Vec<f32>,
-    /// Per sub-channel: consumed samples before `start`, then the last `T − 1` samples
-    /// (zeros at the start: silence), then the batch.
+    /// Interleaved: each of `taps_rev` repeated `channels` times.
+    taps_wide: Vec<f32>,
+    channels: usize,
+    /// Interleaved: one buffer of whole frames; otherwise one per sub-channel. Consumed
+    /// frames before `start`, then the last `T − 1` frames (zeros at the start: silence), then
+    /// the batch.
     bufs: Vec<Vec<f32>>,
     /// Consumed samples at the front of each buffer, dropped once there are many (moving the
     /// kept `T − 1` samples after every datagram cost more than the filter).
@@ -34,11 +41,22 @@ impl FirF32 {
             .map(|h| *h as f32)
             .collect();
         taps_rev.reverse();
+        let interleaved = simd::dot_lanes_serves(channels);
         FirF32 {
             ratio,
             count: 0,
+            taps_wide: if interleaved {
+                taps_rev.iter().flat_map(|h| vec![*h; channels]).collect()
+            } else {
+                Vec::new()
+            },
             taps_rev,
-            bufs: vec![vec![0.0; t - 1]; channels],
+            channels,
+            bufs: if interleaved {
+                vec![vec![0.0; (t - 1) * channels]]
+            } else {
+                vec![vec![0.0; t - 1]; channels]
+            },
             start: 0,
         }
     }
@@ -57,6 +75,9 @@ impl FirF32 {
         outs: &mut Vec<f64>,
     ) {
         outs.clear();
+        if !self.taps_wide.is_empty() {
+            return self.feed_interleaved(frames, isa, dec, outs);
+        }
         let channels = self.bufs.len();
         let fb = W * channels;
         let t = self.taps_rev.len();
@@ -90,6 +111,44 @@ impl FirF32 {
                 for buf in &mut self.bufs {
                     buf.drain(..self.start);
                 }
+                self.start = 0;
+            }
+        }
+    }
+
+    /// [`FirF32::feed`] on the interleaved buffer: samples appended as they come, each kept
+    /// output frame one interleaved dot product.
+    fn feed_interleaved<const W: usize>(
+        &mut self,
+        frames: &[u8],
+        isa: Isa,
+        dec: impl Fn([u8; W]) -> f32,
+        outs: &mut Vec<f64>,
+    ) {
+        let c = self.channels;
+        let fb = W * c;
+        let tw = self.taps_wide.len();
+        let ratio = self.ratio as usize;
+        let buf = &mut self.bufs[0];
+        let mut y = [0f32; 8];
+        for batch in frames.chunks(fb * BATCH_FRAMES) {
+            let k = batch.len() / fb;
+            buf.extend(
+                batch
+                    .chunks_exact(W)
+                    .map(|s| dec(s.try_into().expect("W bytes"))),
+            );
+            let mut i = ratio - 1 - self.count as usize;
+            while i < k {
+                let w = (self.start + i) * c;
+                simd::dot_lanes_f32(isa, &self.taps_wide, &buf[w..w + tw], &mut y[..c]);
+                outs.extend(y[..c].iter().map(|v| f64::from(*v)));
+                i += ratio;
+            }
+            self.count = ((self.count as usize + k) % ratio) as u32;
+            self.start += k;
+            if self.start >= BATCH_FRAMES {
+                buf.drain(..self.start * c);
                 self.start = 0;
             }
         }

@@ -125,6 +125,29 @@ proptest! {
         }
     }
 
+    /// The interleaved `f32` dot products of each set are within the rounding bound of the
+    /// exact ones, per sub-channel.
+    #[test]
+    fn dot_lanes_matches_reference(
+        ch in prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
+        pairs in proptest::collection::vec((-1.0f32..1.0, -40000.0f32..40000.0), 0..400),
+    ) {
+        let n = pairs.len() / ch * ch;
+        let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().take(n).unzip();
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; ch];
+            simd::dot_lanes_f32(isa, &a, &b, &mut got);
+            for (c, g) in got.iter().enumerate() {
+                let terms = || a.iter().zip(&b).skip(c).step_by(ch);
+                let exact: f64 = terms().map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+                let mag: f64 = terms().map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs()).sum();
+                let bound = (n / ch) as f64 * f64::from(f32::EPSILON) * mag + 1e-30;
+                prop_assert!((f64::from(*g) - exact).abs() <= bound,
+                    "{} channel {}: {} vs {}", isa.name(), c, g, exact);
+            }
+        }
+    }
+
     /// The `f32` dot product of each set is within the rounding bound of the exact one.
     #[test]
     fn dot_matches_reference(

@@ -245,6 +245,76 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Whether [`dot_lanes_f32`] serves `channels` sub-channels (it needs them to divide 8).
+pub fn dot_lanes_serves(channels: usize) -> bool {
+    matches!(channels, 1 | 2 | 4 | 8)
+}
+
+/// The dot products of interleaved sub-channels: `out[c] = Σ a[i]·b[i]` over the `i` with
+/// `i % channels == c`, `channels` of 1, 2, 4 or 8 (`out.len()`), `a` and `b` of equal length, a
+/// multiple of `channels`. The FIR runs it on an interleaved history and taps repeated per
+/// sub-channel, so it never de-interleaves the input: each vector lane keeps one sub-channel.
+pub fn dot_lanes_f32(isa: Isa, a: &[f32], b: &[f32], out: &mut [f32]) {
+    let channels = out.len();
+    assert!(dot_lanes_serves(channels) && a.len() == b.len() && a.len() % channels == 0);
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_macros)
+    )]
+    macro_rules! by_channels {
+        ($m:ident :: $f:ident) => {
+            match channels {
+                1 => $m::$f::<1>(a, b, out),
+                2 => $m::$f::<2>(a, b, out),
+                4 => $m::$f::<4>(a, b, out),
+                _ => $m::$f::<8>(a, b, out),
+            }
+        };
+    }
+    match isa.0 {
+        Kind::Scalar => dot_lanes_scalar(a, b, out),
+        // SAFETY (call of a target_feature function): SSE2 is part of x86-64.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Sse2 => unsafe { by_channels!(x86::dot_lanes_sse2) },
+        // SAFETY: an Isa of this kind exists only when AVX2 and FMA were detected.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 => unsafe { by_channels!(x86::dot_lanes_avx2) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
+        #[cfg(target_arch = "aarch64")]
+        Kind::Neon => unsafe { by_channels!(neon::dot_lanes) },
+    }
+}
+
+/// The scalar interleaved dot products, each sub-channel in order: the reference of the SIMD
+/// kernels.
+pub fn dot_lanes_scalar(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let c = out.len();
+    out.fill(0.0);
+    for (x, y) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
+        for ((o, x), y) in out.iter_mut().zip(x).zip(y) {
+            *o = x.mul_add(*y, *o);
+        }
+    }
+}
+
+/// Folds 8 lanes, lane `j` holding sub-channel `j % C`, into `out` (`C` values), then adds the
+/// products of the tails `a`, `b` (starting on sub-channel 0).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[inline(always)]
+fn fold_lanes<const C: usize>(lanes: [f32; 8], a: &[f32], b: &[f32], out: &mut [f32]) {
+    let mut s = [0f32; C];
+    for (j, l) in lanes.iter().enumerate() {
+        s[j % C] += l;
+    }
+    for (j, (x, y)) in a.iter().zip(b).enumerate() {
+        s[j % C] = x.mul_add(*y, s[j % C]);
+    }
+    out.copy_from_slice(&s);
+}
+
 /// Runs every kernel of `isa` against the scalar one on pseudo-random `i16` samples (with the
 /// extremes), for 1 to 16 sub-channels and window lengths around the vector widths; the dot
 /// product against an `f64` sum within its rounding bound. The first difference, if any.

@@ -2,7 +2,7 @@
 //! `#[target_feature(enable = "neon")]` so the intrinsics are safe to call inside them). Loads
 //! take fixed-size array references, so they are in bounds by type.
 
-use super::{fold_sum, short_minmax, tail_sum};
+use super::{fold_lanes, fold_sum, short_minmax, tail_sum};
 use std::arch::aarch64::*;
 
 #[inline(always)]
@@ -208,4 +208,34 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         t = x.mul_add(*y, t);
     }
     t
+}
+
+/// Interleaved dot products (see `super::dot_lanes_f32`) on 4-lane vectors taken in pairs:
+/// `lo` holds the lanes at offsets 0..4 of every 8, `hi` those at 4..8.
+#[target_feature(enable = "neon")]
+pub(super) fn dot_lanes<const C: usize>(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for (k, s) in acc.iter_mut().enumerate() {
+            let r = 4 * k..4 * k + 4;
+            *s = vfmaq_f32(*s, load_f32(&x[r.clone()]), load_f32(&y[r]));
+        }
+    }
+    let (mut ra, mut rb) = (
+        ca.remainder().chunks_exact(8),
+        cb.remainder().chunks_exact(8),
+    );
+    for (x, y) in (&mut ra).zip(&mut rb) {
+        acc[0] = vfmaq_f32(acc[0], load_f32(&x[..4]), load_f32(&y[..4]));
+        acc[1] = vfmaq_f32(acc[1], load_f32(&x[4..]), load_f32(&y[4..]));
+    }
+    let (lo, hi) = (vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 writable f32.
+    unsafe {
+        vst1q_f32(lanes.as_mut_ptr(), lo);
+        vst1q_f32(lanes.as_mut_ptr().add(4), hi);
+    }
+    fold_lanes::<C>(lanes, ra.remainder(), rb.remainder(), out);
 }

@@ -1,7 +1,7 @@
 //! SSE2 and AVX2(+FMA) kernels. Callers guarantee the feature (see the parent module); loads
 //! take fixed-size array references, so they are in bounds by type.
 
-use super::{fold_sum, short_minmax, tail_sum};
+use super::{fold_lanes, fold_sum, short_minmax, tail_sum};
 use std::arch::x86_64::*;
 
 #[inline(always)]
@@ -338,4 +338,60 @@ pub(super) fn dot_sse2(a: &[f32], b: &[f32]) -> f32 {
         t += x * y;
     }
     t
+}
+
+/// Interleaved dot products (see `super::dot_lanes_f32`), 4 × 8 lanes of fused multiply-adds;
+/// every vector starts at a multiple of 8, so lane `j` is sub-channel `j % C`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn dot_lanes_avx2<const C: usize>(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (mut ca, mut cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for (k, s) in acc.iter_mut().enumerate() {
+            let r = 8 * k..8 * k + 8;
+            *s = _mm256_fmadd_ps(load256_ps(&x[r.clone()]), load256_ps(&y[r]), *s);
+        }
+    }
+    let (mut ra, mut rb) = (
+        ca.remainder().chunks_exact(8),
+        cb.remainder().chunks_exact(8),
+    );
+    for (k, (x, y)) in (&mut ra).zip(&mut rb).enumerate() {
+        acc[k] = _mm256_fmadd_ps(load256_ps(x), load256_ps(y), acc[k]);
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 writable f32; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    fold_lanes::<C>(lanes, ra.remainder(), rb.remainder(), out);
+}
+
+/// Interleaved dot products on 4-lane vectors taken in pairs: `lo` holds the lanes at offsets
+/// 0..4 of every 8, `hi` those at 4..8, so lane `j` of the pair is sub-channel `j % C`.
+#[target_feature(enable = "sse2")]
+pub(super) fn dot_lanes_sse2<const C: usize>(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let mut acc = [_mm_setzero_ps(); 4];
+    let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for (k, s) in acc.iter_mut().enumerate() {
+            let r = 4 * k..4 * k + 4;
+            *s = _mm_add_ps(*s, _mm_mul_ps(load128_ps(&x[r.clone()]), load128_ps(&y[r])));
+        }
+    }
+    let (mut ra, mut rb) = (
+        ca.remainder().chunks_exact(8),
+        cb.remainder().chunks_exact(8),
+    );
+    for (x, y) in (&mut ra).zip(&mut rb) {
+        acc[0] = _mm_add_ps(acc[0], _mm_mul_ps(load128_ps(&x[..4]), load128_ps(&y[..4])));
+        acc[1] = _mm_add_ps(acc[1], _mm_mul_ps(load128_ps(&x[4..]), load128_ps(&y[4..])));
+    }
+    let (lo, hi) = (_mm_add_ps(acc[0], acc[2]), _mm_add_ps(acc[1], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 writable f32; `storeu` has no alignment requirement.
+    unsafe {
+        _mm_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm_storeu_ps(lanes.as_mut_ptr().add(4), hi);
+    }
+    fold_lanes::<C>(lanes, ra.remainder(), rb.remainder(), out);
 }
