@@ -69,7 +69,10 @@ fn main() {
             "fir:10",
             "fir:4:31",
         ] {
-            if only.as_ref().is_some_and(|o| *o != format!("{name}:{spec}")) {
+            if only
+                .as_ref()
+                .is_some_and(|o| *o != format!("{name}:{spec}"))
+            {
                 continue;
             }
             let sp = DecimateSpec::parse(spec).unwrap();

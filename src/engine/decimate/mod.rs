@@ -516,7 +516,16 @@ impl Decimator {
             let n = simd::fold_windows(input.len() / pb, ratio, count);
             o.resize(start + n * pb, 0);
             let acc = &mut self.mm_acc[level * 2 * ch..(level + 1) * 2 * ch];
-            simd::minmax_fold_i16(isa, input, true, ch, ratio, &mut count, acc, &mut o[start..]);
+            simd::minmax_fold_i16(
+                isa,
+                input,
+                true,
+                ch,
+                ratio,
+                &mut count,
+                acc,
+                &mut o[start..],
+            );
             self.mm_counts[level] = count;
             self.counters.frames_out[level] += n as u64;
         }

@@ -365,8 +365,11 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
                     for (c, a) in acc.iter_mut().enumerate() {
                         *a = [-5, 7][c % 2];
                     }
-                    let mut o = vec![0; fold_windows(input.len() / fb, ratio, count) * 4 * channels];
-                    minmax_fold_i16(i, input, pairs, channels, ratio, &mut count, &mut acc, &mut o);
+                    let mut o =
+                        vec![0; fold_windows(input.len() / fb, ratio, count) * 4 * channels];
+                    minmax_fold_i16(
+                        i, input, pairs, channels, ratio, &mut count, &mut acc, &mut o,
+                    );
                     res.push((o, count, acc));
                 }
                 if res[0] != res[1] {

@@ -222,7 +222,11 @@ pub(super) fn minmax_fold_sse2<const C: usize>(
         let (p0, p1) = if pairs {
             (
                 load_part(&f[..lo_bytes]),
-                if C == 8 { load128(&f[16..]) } else { p1_unused() },
+                if C == 8 {
+                    load128(&f[16..])
+                } else {
+                    p1_unused()
+                },
             )
         } else {
             let v = load_part(&f[..2 * C]);
