@@ -21,7 +21,7 @@
 //!   to the nearest `f32` (ties to even). Level 0 of little-endian `i16` input sums whole
 //!   windows in `i32` SIMD lanes ([`simd`]); every partial sum is an exactly representable
 //!   integer, so that is the same sum and the same output bytes. `minmax` of `i16` likewise
-//!   takes min and max in `i16` lanes. Cascaded levels average the previous level's `f64`
+//!   takes min and max in `i16` lanes, at every level (exact, so the same bytes as `f64`). Cascaded levels average the previous level's `f64`
 //!   means (not the rounded `f32` values), so level k equals the mean of `factor_k` inputs up to
 //!   `f64` rounding.
 //! * `fir:N[:taps]`: linear-phase low-pass, Blackman-windowed sinc, cutoff (−6 dB) at the output
