@@ -177,6 +177,12 @@ enum Wiring {
     Udp {
         channels: Vec<(SocketAddr, Vec<SocketAddr>)>,
     },
+    /// The relay listens on `input` for one producer and on `output` for subscribers
+    /// (`tcp-listen://` output; ringrelay only).
+    TcpSub {
+        input: SocketAddr,
+        output: SocketAddr,
+    },
     /// One TCP channel per pair: the relay listens on the first address for one producer
     /// and dials the second. Channel `i` is named `ch{i}`.
     TcpPairs {
@@ -229,6 +235,12 @@ impl Bench {
                         conf += &format!(
                         "\n[channel ch0]\ninput = tcp-listen://{input}\noutput = tcp://{output} {opts}\n"
                     )
+                    }
+                    Wiring::TcpSub { input, output } => {
+                        let opts = std::env::var("RELAY_BENCH_TCP_OUTPUT").unwrap_or_default();
+                        conf += &format!(
+                            "\n[channel ch0]\ninput = tcp-listen://{input}\noutput = tcp-listen://{output} {opts}\n"
+                        )
                     }
                     Wiring::TcpFan { input, outputs } => {
                         let opts = std::env::var("RELAY_BENCH_TCP_OUTPUT").unwrap_or_default();
@@ -342,6 +354,9 @@ impl Bench {
                         };
                         c.arg("udp").arg(input.to_string());
                         c.args(outputs.iter().map(|o| o.to_string()));
+                    }
+                    Wiring::TcpSub { .. } => {
+                        return Err(io::Error::other("the blocking relay has no subscribers"))
                     }
                     Wiring::TcpPairs { .. } => unreachable!("matched above"),
                 }
@@ -1289,9 +1304,38 @@ fn main() {
                     .filter(|r| !matches!(r, Relay::Ringrelay { splice: true, .. }))
                     .map(|r| (r.name(), latency_case::through(&mut b, r, count)))
                     .collect();
-                latency_case::print(count, &direct, &rows);
+                latency_case::print("UDP", count, &direct, &rows);
             }
             Err(e) => println!("\n(l) UDP latency: the direct path failed: {e}"),
+        }
+        // The same with TCP: the relay dials the sink (every relay), and ringrelay's
+        // tcp-listen:// output with the sink as its subscriber.
+        match latency_case::tcp_direct(count) {
+            Ok(direct) => {
+                let mut rows = Vec::new();
+                for r in relays.iter().filter(|r| match r {
+                    Relay::Ringrelay {
+                        buffer,
+                        decimate,
+                        splice,
+                        ..
+                    } => buffer.is_none() && !decimate && !splice,
+                    Relay::Socat { buf } => *buf == 8192 && socat.is_ok(),
+                    Relay::Blocking { buf } => *buf == 64 << 10,
+                    Relay::Floor => true,
+                    Relay::Loop => false,
+                }) {
+                    rows.push((r.name(), latency_case::tcp_through(&mut b, r, count, false)));
+                    if matches!(r, Relay::Ringrelay { .. }) {
+                        rows.push((
+                            format!("{} subscriber", r.name()),
+                            latency_case::tcp_through(&mut b, r, count, true),
+                        ));
+                    }
+                }
+                latency_case::print("TCP", count, &direct, &rows);
+            }
+            Err(e) => println!("\n(l) TCP latency: the direct path failed: {e}"),
         }
     }
 

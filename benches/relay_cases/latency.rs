@@ -6,8 +6,14 @@
 //! arrives. The same load runs once straight from the sender to the sink (the direct path) and
 //! once through each relay; a relay's added latency at a percentile is its percentile less the
 //! direct path's. Datagrams lost are left out of the percentiles and counted.
+//!
+//! The TCP rows do the same with a stream: a producer connection writes 1400-byte records at
+//! 10,000/s (TCP_NODELAY), each starting with its stamp; the sink busy-polls its connection and
+//! reads the clock when a record's last byte is in. The relay either dials the sink (`tcp://`,
+//! as every relay can) or the sink connects as a subscriber (`tcp-listen://` output).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -148,10 +154,175 @@ pub fn through(b: &mut Bench, relay: &Relay, count: usize) -> Result<Latency, St
     Ok(percentiles(lat, count))
 }
 
+/// The sink's end of a TCP row: accepted from the relay, or a subscriber connection.
+enum TcpSink {
+    Listen(TcpListener),
+    Connect(SocketAddr),
+}
+
+/// Keeps trying `f` for up to 10 s (a relay still starting refuses connections).
+fn retry<T>(mut f: impl FnMut() -> std::io::Result<T>) -> Result<T, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Sends `count` stamped records into `input` (paced, after `warm` unstamped ones) while a
+/// busy-polling sink reads them from `sink`; returns the latencies in microseconds.
+fn tcp_load(input: SocketAddr, sink: TcpSink, count: usize) -> Result<Vec<f64>, String> {
+    let got_warm = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (got2, stop2) = (Arc::clone(&got_warm), Arc::clone(&stop));
+    let subscriber = matches!(sink, TcpSink::Connect(_));
+    let connected = Arc::new(AtomicBool::new(false));
+    let conn2 = Arc::clone(&connected);
+    let rx = thread::spawn(move || -> Result<Vec<f64>, String> {
+        let mut s = match sink {
+            TcpSink::Listen(l) => {
+                // Polled, so that a relay that never dials does not hang the bench.
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                loop {
+                    match l.accept() {
+                        Ok((s, _)) => break s,
+                        Err(_) if stop2.load(Ordering::Relaxed) => {
+                            return Err("the relay never connected".into())
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }
+            TcpSink::Connect(a) => retry(|| TcpStream::connect(a))?,
+        };
+        conn2.store(true, Ordering::Relaxed);
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut rec = vec![0u8; SIZE];
+        let mut have = 0;
+        let mut lat = Vec::with_capacity(count);
+        while !stop2.load(Ordering::Relaxed) {
+            match s.read(&mut rec[have..]) {
+                Ok(0) => break,
+                Ok(n) => have += n,
+                Err(_) => continue,
+            }
+            if have == SIZE {
+                let t = now_ns();
+                have = 0;
+                let sent = u64::from_be_bytes(rec[..8].try_into().unwrap());
+                if sent == 0 {
+                    got2.store(true, Ordering::Relaxed);
+                } else {
+                    lat.push(t.saturating_sub(sent) as f64 / 1e3);
+                }
+            }
+        }
+        Ok(lat)
+    });
+    let finish = |stop: &AtomicBool, rx: thread::JoinHandle<Result<Vec<f64>, String>>| {
+        stop.store(true, Ordering::Relaxed);
+        rx.join().map_err(|_| "sink panicked".to_string())?
+    };
+    // A subscriber joins before the producer writes, so it sees the stream from its start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    if subscriber {
+        while !connected.load(Ordering::Relaxed) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut tx = match retry(|| TcpStream::connect(input)) {
+        Ok(t) => t,
+        Err(e) => {
+            finish(&stop, rx)?;
+            return Err(format!("connect to the input: {e}"));
+        }
+    };
+    tx.set_nodelay(true).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pkt = vec![0x42u8; SIZE];
+    // Warm up: unstamped records until one is through (the relay dialed or took the sink).
+    pkt[..8].fill(0);
+    while !got_warm.load(Ordering::Relaxed) {
+        if Instant::now() > deadline || tx.write_all(&pkt).is_err() {
+            finish(&stop, rx)?;
+            return Err("nothing came through".into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let gap = Duration::from_secs_f64(1.0 / RATE);
+    let t0 = Instant::now();
+    for i in 0..count {
+        // Paced by sleeping, as the UDP rows.
+        let due = t0 + gap * i as u32;
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        pkt[..8].copy_from_slice(&now_ns().to_be_bytes());
+        if tx.write_all(&pkt).is_err() {
+            break;
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    finish(&stop, rx)
+}
+
+/// The TCP direct path: producer connection straight to the sink.
+pub fn tcp_direct(count: usize) -> Result<Latency, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let to = l.local_addr().unwrap();
+    let lat = tcp_load(to, TcpSink::Listen(l), count)?;
+    if lat.is_empty() {
+        return Err("nothing arrived".into());
+    }
+    Ok(percentiles(lat, count))
+}
+
+/// Through `relay`: one TCP channel, the relay dialing the sink, or (`subscriber`) the sink
+/// connecting to the relay's `tcp-listen://` output.
+pub fn tcp_through(
+    b: &mut Bench,
+    relay: &Relay,
+    count: usize,
+    subscriber: bool,
+) -> Result<Latency, String> {
+    let free = || -> Result<SocketAddr, String> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        Ok(l.local_addr().unwrap())
+    };
+    let input = free()?;
+    let (wiring, sink) = if subscriber {
+        let output = free()?;
+        (Wiring::TcpSub { input, output }, TcpSink::Connect(output))
+    } else {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let output = l.local_addr().unwrap();
+        (Wiring::Tcp { input, output }, TcpSink::Listen(l))
+    };
+    let child = b.spawn(relay, &wiring).map_err(|e| format!("spawn: {e}"))?;
+    let r = tcp_load(input, sink, count);
+    let (_, err) = reap(child);
+    let lat = r.map_err(|e| format!("{e}; relay said: {}", err.trim()))?;
+    if lat.is_empty() {
+        return Err("nothing arrived".into());
+    }
+    Ok(percentiles(lat, count))
+}
+
 /// Prints the table: each relay's percentiles and what it adds over the direct path.
-pub fn print(count: usize, direct: &Latency, rows: &[(String, Result<Latency, String>)]) {
+pub fn print(
+    what: &str,
+    count: usize,
+    direct: &Latency,
+    rows: &[(String, Result<Latency, String>)],
+) {
     println!(
-        "\n(l) UDP latency, {SIZE} B at {}k/s, {count} datagrams, busy-polling sink (us; added = relay - direct)",
+        "\n(l) {what} latency, {SIZE} B at {}k/s, {count} per run, busy-polling sink (us; added = relay - direct)",
         RATE / 1000.0
     );
     println!(
