@@ -1151,6 +1151,11 @@ fn drain_report(w: &World, engine: &Engine) -> String {
                 );
             }
         }
+        for (oi, o) in ch.outputs.iter().enumerate() {
+            if let Some(d) = sim::spoolfs::describe(o) {
+                s += &format!("  c{c} output {oi} queue={} {d}\n", o.queue.len());
+            }
+        }
     }
     s += &format!("pending ops: {}\n", w.kernel.pending.len());
     for p in w.kernel.pending.iter().take(20) {

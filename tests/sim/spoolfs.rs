@@ -474,3 +474,26 @@ pub fn check_order_across(got: &[Pos]) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+/// An output's spool state, for the liveness report (`None` without a spool).
+pub fn describe(o: &ringrelay::engine::channel::Output) -> Option<String> {
+    let s = o.spool.as_ref()?;
+    let segs: Vec<_> = s
+        .segs
+        .iter()
+        .map(|g| (g.seq, g.size, g.written, g.records, g.read_records, g.sealed))
+        .collect();
+    Some(format!(
+        "spool live={} empty={} read={:?} reading={:?} staging={:?} disk={} writing={} syncing={:?} fault_until={:?} handed={} segs(seq,size,written,records,read,sealed)={segs:?}",
+        o.live,
+        s.is_empty(),
+        s.read,
+        s.reading,
+        s.staging,
+        s.disk.len(),
+        s.writing.iter().flatten().count(),
+        s.syncing,
+        s.fault_until.is_some(),
+        s.handed.len(),
+    ))
+}
