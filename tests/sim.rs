@@ -911,6 +911,7 @@ fn run(seed: u64) -> Result<(), Failure> {
         None
     };
     let mut step = 0usize;
+    let mut spool_modes = Vec::new();
     let mut calm_since = None;
     let mut term_at = None;
     loop {
@@ -968,6 +969,7 @@ fn run(seed: u64) -> Result<(), Failure> {
             }
         }
         mem.settle(&mut w.kernel);
+        sim::spoolfs::note_modes(&mut w.kernel, &engine, &mut spool_modes);
         check_step(&w, &engine).map_err(|e| fail(&w, format!("step {step}: {e}")))?;
         if let Some(v) = w.kernel.violations.first() {
             return Err(fail(&w, format!("step {step}: {v}")));

@@ -171,6 +171,10 @@ pub(crate) fn at(ch: &Channel, ci: u16, oi: usize) -> At {
 /// not acknowledged, or waiting to be re-sent with DUP): they stay queued, and are copied to
 /// the spool as well ([`keep_held`]), so that a stop that gives the queue up (`all`) finds
 /// them on disk, in their place before the newer records.
+///
+/// The caller pumps, after it appended the record that made the output spool: a pump before
+/// would find the spool empty and the queue under its limit, make the output live again, and
+/// the records behind would overtake that one.
 pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
     let Some(sp) = o.spool.as_mut() else { return };
     let mut from = sp
@@ -202,7 +206,6 @@ pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
         }
         sp.read = sp.handed.back().map_or(sp.consumed, |h| h.1);
     }
-    pump(cx, o, at);
 }
 
 /// Copies the chunks of output `o`'s queue of marks `from` + 1 ..= `to` (held by its MQTT

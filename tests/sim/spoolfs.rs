@@ -424,10 +424,10 @@ impl Kernel {
 }
 
 /// The spool keys of collector `o` of channel `c`, for about one collector in three (from
-/// its own generator: the rest of the seed's run stays as it was), with `SIM_SPOOL=1` in the
-/// environment only: spooled runs still find open engine bugs (see the docs of `sim.rs`).
+/// its own generator: the rest of the seed's run stays as it was); none with `SIM_SPOOL=0` in
+/// the environment.
 pub fn pick(seed: u64, c: usize, o: usize) -> Option<String> {
-    if std::env::var("SIM_SPOOL").map_or(true, |v| v != "1") {
+    if std::env::var("SIM_SPOOL").is_ok_and(|v| v == "0") {
         return None;
     }
     let mut rng = super::rng::Rng::new(
@@ -496,4 +496,31 @@ pub fn describe(o: &ringrelay::engine::channel::Output) -> Option<String> {
         s.fault_until.is_some(),
         s.handed.len(),
     ))
+}
+
+/// Notes in the trace each change of a spooling output's mode (live or not, replay caught up
+/// or not), the queue's length and the replay position beside it.
+pub fn note_modes(k: &mut super::kernel::Kernel, engine: &ringrelay::engine::Engine, last: &mut Vec<String>) {
+    let mut now = Vec::new();
+    for (c, ch) in engine.channels().iter().enumerate() {
+        let Some(ch) = ch else { continue };
+        for (o, out) in ch.outputs.iter().enumerate() {
+            if let Some(sp) = out.spool.as_ref() {
+                now.push(format!(
+                    "c{c} output {o}: live={} empty={} read={}:{}",
+                    out.live,
+                    sp.is_empty(),
+                    sp.read.segment,
+                    sp.read.offset
+                ));
+            }
+        }
+    }
+    for (i, s) in now.iter().enumerate() {
+        let mode = |s: &str| s.split(" read=").next().map(str::to_owned);
+        if last.get(i).map(|l| mode(l)) != Some(mode(s)) {
+            k.note(format!("spool mode {s}"));
+        }
+    }
+    *last = now;
 }
