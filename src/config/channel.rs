@@ -395,9 +395,7 @@ pub(super) fn parse_channel(
     // A spooled record is one spool record (`spool=`): it must fit the payload of one.
     let largest = match framing {
         Framing::Line => recs.max_line,
-        Framing::U32Be if !input.scheme.is_stream() => {
-            g.datagram_size - DATAGRAM_HEADROOM + 4
-        }
+        Framing::U32Be if !input.scheme.is_stream() => g.datagram_size - DATAGRAM_HEADROOM + 4,
         _ if input.scheme.is_stream() => recs.frame_bytes().unwrap_or(0),
         _ => 0,
     };

@@ -481,7 +481,16 @@ pub fn describe(o: &ringrelay::engine::channel::Output) -> Option<String> {
     let segs: Vec<_> = s
         .segs
         .iter()
-        .map(|g| (g.seq, g.size, g.written, g.records, g.read_records, g.sealed))
+        .map(|g| {
+            (
+                g.seq,
+                g.size,
+                g.written,
+                g.records,
+                g.read_records,
+                g.sealed,
+            )
+        })
         .collect();
     Some(format!(
         "spool live={} empty={} read={:?} reading={:?} staging={:?} disk={} writing={} syncing={:?} fault_until={:?} handed={} segs(seq,size,written,records,read,sealed)={segs:?}",
@@ -500,7 +509,11 @@ pub fn describe(o: &ringrelay::engine::channel::Output) -> Option<String> {
 
 /// Notes in the trace each change of a spooling output's mode (live or not, replay caught up
 /// or not), the queue's length and the replay position beside it.
-pub fn note_modes(k: &mut super::kernel::Kernel, engine: &ringrelay::engine::Engine, last: &mut Vec<String>) {
+pub fn note_modes(
+    k: &mut super::kernel::Kernel,
+    engine: &ringrelay::engine::Engine,
+    last: &mut Vec<String>,
+) {
     let mut now = Vec::new();
     for (c, ch) in engine.channels().iter().enumerate() {
         let Some(ch) = ch else { continue };
@@ -517,8 +530,9 @@ pub fn note_modes(k: &mut super::kernel::Kernel, engine: &ringrelay::engine::Eng
         }
     }
     for (i, s) in now.iter().enumerate() {
-        let mode = |s: &str| s.split(" read=").next().map(str::to_owned);
-        if last.get(i).map(|l| mode(l)) != Some(mode(s)) {
+        // The mode alone: a replay that moves on is no change.
+        let mode = |s: &str| s.split(" read=").next().unwrap_or_default().to_owned();
+        if last.get(i).map(String::as_str).map(mode) != Some(mode(s)) {
             k.note(format!("spool mode {s}"));
         }
     }
