@@ -98,9 +98,9 @@
 //!     received them (see MQTT below). Not caught before the broker forgot those.
 //!
 //! 16. live records bypass a spool that still holds records (`spooling::takes` without the
-//!     `o.live` condition), measured 2026-12-02 with `SIM_SPOOL=1` over 500 seeds: 109 seeds
-//!     fail (9 without the bug, the open ones below), the first seed 1, "connection 9
-//!     (Some(Output(0, 1))) received position 77904 after 234715".
+//!     `o.live` condition), measured 2026-12-03 in the default run: the first seed 1, "step
+//!     223: connection 9 (Some(Output(0, 1))) received position 0 after 76162" (seeds 2 and 3
+//!     too; 103 of the first 500 seeds fail, none without the bug).
 //! 17. a replay read's position not advanced after a short read (`spooling::on_read` passes
 //!     an end of 0 to `read_done` when the read returned less than asked), measured the
 //!     same way: 87 seeds of 500 fail, the first seed 2, "connection 40 (Some(Output(2, 1)))

@@ -508,7 +508,7 @@ pub fn describe(o: &ringrelay::engine::channel::Output) -> Option<String> {
 }
 
 /// Notes in the trace each change of a spooling output's mode (live or not, replay caught up
-/// or not), the queue's length and the replay position beside it.
+/// or not), with the replay position beside it.
 pub fn note_modes(
     k: &mut super::kernel::Kernel,
     engine: &ringrelay::engine::Engine,
