@@ -103,9 +103,9 @@
 //!     too; 103 of the first 500 seeds fail, none without the bug).
 //! 17. a replay read's position not advanced after a short read (`spooling::on_read` passes
 //!     an end of 0 to `read_done` when the read returned less than asked), measured the
-//!     same way: 87 seeds of 500 fail, the first seed 2, "connection 40 (Some(Output(2, 1)))
-//!     received position 0 after 61866403" (the records read again); seed 3, "position 35
-//!     after 193".
+//!     same way: the first seed 1, "step 1239: connection 28 (Some(Output(0, 1))) received
+//!     position 183354 after 184382" (the records read again); seed 2, "position 0 after
+//!     65011811"; seed 3, "position 22441 after 22448".
 //!
 //! (The seeds were measured on their own branches: 1-9 before subscribers talked back,
 //! producers went silent, records were cut and ports were serial; 10-11, 12-13 and 14 each
