@@ -98,14 +98,14 @@
 //!     received them (see MQTT below). Not caught before the broker forgot those.
 //!
 //! 16. live records bypass a spool that still holds records (`spooling::takes` without the
-//!     `o.live` condition), measured 2026-12-02 with `SIM_SPOOL=1` over 500 seeds: 109 seeds
-//!     fail (9 without the bug, the open ones below), the first seed 1, "connection 9
-//!     (Some(Output(0, 1))) received position 77904 after 234715".
+//!     `o.live` condition), measured 2026-12-03 in the default run: the first seed 1, "step
+//!     223: connection 9 (Some(Output(0, 1))) received position 0 after 76162" (seeds 2 and 3
+//!     too; 103 of the first 500 seeds fail, none without the bug).
 //! 17. a replay read's position not advanced after a short read (`spooling::on_read` passes
 //!     an end of 0 to `read_done` when the read returned less than asked), measured the
-//!     same way: 87 seeds of 500 fail, the first seed 2, "connection 40 (Some(Output(2, 1)))
-//!     received position 0 after 61866403" (the records read again); seed 3, "position 35
-//!     after 193".
+//!     same way: the first seed 1, "step 1239: connection 28 (Some(Output(0, 1))) received
+//!     position 183354 after 184382" (the records read again); seed 2, "position 0 after
+//!     65011811"; seed 3, "position 22441 after 22448".
 //!
 //! (The seeds were measured on their own branches: 1-9 before subscribers talked back,
 //! producers went silent, records were cut and ports were serial; 10-11, 12-13 and 14 each
@@ -141,8 +141,8 @@
 //! are counted as drops now, `mqtt_link::give_up`). Not modelled: a QoS 0 message lost after
 //! its write completed (at most once allows it, and nothing could count it).
 //!
-//! SPOOL (`sim/spoolfs.rs`, with `SIM_SPOOL=1` in the environment): about one collector in
-//! three gets `spool=` (64KiB segments, `spool_max` 128KiB to 4MiB, `spool_sync` 10ms to 1s,
+//! SPOOL (`sim/spoolfs.rs`; `SIM_SPOOL=0` in the environment leaves it out): about one
+//! collector in three gets `spool=` (64KiB segments, `spool_max` 128KiB to 4MiB, `spool_sync` 10ms to 1s,
 //! some `spool_full=drop-newest`), so it spools while its collector is away or its queue
 //! would pass `max_backlog`, and replays when it is back. The kernel runs WriteAt, ReadAt and
 //! Fsync on simulated files (short writes and reads, EIO, ENOSPC, a failing segment create;
@@ -157,11 +157,21 @@
 //! in-flight write of the old link still carried (the write's completion then advanced past
 //! the end of the queue: a panic; or the records went twice); a collector whose link came up
 //! with records in its spool got the current preamble before the older replayed records.
-//! Still open, so the spool is not in the default run yet: 9 of 500 seeds fail, e.g. seed 7
-//! (a record spooled while the output was not live, the next one queued live ahead of it:
-//! "received position 64441 after 93283") and seeds 371 and 500 (frames of 12 bytes, a
-//! collector's run ends 4,100 bytes in, not at a frame boundary: a chunk split into several
-//! spool records at `max_payload`, replay cut between them).
+//! Found in the engine by these runs and fixed (2026-12-03), after which the spool cases joined
+//! the default run: a chunk longer than one spool record (a framed read holds up to
+//! `buffer_size` bytes of whole frames, a spool record `buffer_size` - 8) was cut at that
+//! byte, mid-frame, so a piece dropped at `spool_max`, or a collector connection cut between
+//! two replayed pieces, left part of a record (seeds 48 and 455, frames of 3 bytes: "a run
+//! from 142151 ends before position 146239, not a record boundary", 4,088 bytes); pieces now
+//! end at the last record boundary that fits (`spool::piece_len`, unit-tested), and the
+//! configuration refuses a spooled output whose channel's records could not fit one spool
+//! record. A quiet producer's batched read held every free buffer of a short pool (17, one
+//! kept as the preamble), so the replay read found none and the channel never drained (seed
+//! 141); a batched read now leaves half the pool free. Switching to spooling pumped before the
+//! record that caused it was appended: the spool was still empty, the output went live again
+//! at once, and the next records overtook that one (seed 1509, "received position 90108
+//! after 132039"); the callers pump after the append. The trace notes each spooling output's
+//! mode change, and the liveness report shows its spool.
 //!
 //! Regression seeds past 2,000 run with every shorter range (`REGRESSIONS`).
 //!
@@ -911,6 +921,7 @@ fn run(seed: u64) -> Result<(), Failure> {
         None
     };
     let mut step = 0usize;
+    let mut spool_modes = Vec::new();
     let mut calm_since = None;
     let mut term_at = None;
     loop {
@@ -968,6 +979,7 @@ fn run(seed: u64) -> Result<(), Failure> {
             }
         }
         mem.settle(&mut w.kernel);
+        sim::spoolfs::note_modes(&mut w.kernel, &engine, &mut spool_modes);
         check_step(&w, &engine).map_err(|e| fail(&w, format!("step {step}: {e}")))?;
         if let Some(v) = w.kernel.violations.first() {
             return Err(fail(&w, format!("step {step}: {v}")));
@@ -1149,6 +1161,11 @@ fn drain_report(w: &World, engine: &Engine) -> String {
                     "  c{c} slot {i}: {:?} {:?} in_flight={} write_ops={} fd={} queue={:?} reading={}\n",
                     e.role, e.link, e.in_flight, e.write_ops, e.fd, e.queue.as_ref().map(|q| q.len()), e.reading.len()
                 );
+            }
+        }
+        for (oi, o) in ch.outputs.iter().enumerate() {
+            if let Some(d) = sim::spoolfs::describe(o) {
+                s += &format!("  c{c} output {oi} queue={} {d}\n", o.queue.len());
             }
         }
     }

@@ -392,6 +392,26 @@ pub(super) fn parse_channel(
     ) {
         ok = false;
     }
+    // A spooled record is one spool record (`spool=`): it must fit the payload of one.
+    let largest = match framing {
+        Framing::Line => recs.max_line,
+        Framing::U32Be if !input.scheme.is_stream() => g.datagram_size - DATAGRAM_HEADROOM + 4,
+        _ if input.scheme.is_stream() => recs.frame_bytes().unwrap_or(0),
+        _ => 0,
+    };
+    let most = g.buffer_size - crate::config::spool::RECORD_HEADER;
+    for o in outputs.iter().filter(|o| o.spool.is_some()) {
+        if largest > most {
+            err(
+                o.line,
+                "spool",
+                format!(
+                    "a spool keeps each record whole in one spool record of at most {most} bytes (buffer_size less 8); this channel's records reach {largest} bytes (raise buffer_size)"
+                ),
+            );
+            ok = false;
+        }
+    }
     if framing == Framing::U32Be && input.scheme.is_stream() {
         let line = rc
             .keys

@@ -15,6 +15,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Bytes of a spool record's header (its length and checksum): a record's payload is at most
+/// `buffer_size` less these.
+pub const RECORD_HEADER: u32 = 8;
+
 /// The option keys of a spool, as written on an output line.
 pub const KEYS: &[&str] = &[
     "spool",

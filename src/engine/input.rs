@@ -80,13 +80,16 @@ pub(crate) fn post_reads(cx: &mut Cx, ch: &mut Channel, ci: u16) {
     if !datagram {
         // One read in flight, scattered over up to STREAM_READ_BUFFERS buffers while the pool
         // has plenty free: a quarter of the system calls per byte of one-buffer reads, and
-        // every buffer still travels to the outputs on its own.
+        // every buffer still travels to the outputs on its own. The batch never takes the
+        // pool below half: a producer that goes quiet leaves its read waiting with them, and
+        // a spool's replay read or staging needs a buffer of what is left (with a short pool,
+        // a quiet input's read held every free buffer and the replay never began).
         if !ep.reading.is_empty() {
             return;
         }
         let (free, total) = cx.pool.free_of(Class::Large);
         let n = if free > total / 2 {
-            STREAM_READ_BUFFERS
+            STREAM_READ_BUFFERS.min(free - total / 2)
         } else {
             1
         };
@@ -701,16 +704,16 @@ mod tests {
 
     #[test]
     fn stream_read_scatters_while_more_than_half_the_pool_is_free() {
-        for free in [32, 17] {
+        for (free, n) in [(32, STREAM_READ_BUFFERS), (24, 8), (18, 2)] {
             let (rig, fd, reads) = accept_with_free(32, free);
             let [Op::ReadvStream { fd: rfd, bufs }] = reads[..] else {
                 panic!("{free} free: one scattered read expected, got {reads:?}");
             };
             assert_eq!(rfd, fd);
             let chunks = rig.fx.span(bufs);
-            assert_eq!(chunks.len(), STREAM_READ_BUFFERS, "{free} free");
+            assert_eq!(chunks.len(), n, "{free} free");
             let held = reading(&rig);
-            assert_eq!(held.len(), STREAM_READ_BUFFERS);
+            assert_eq!(held.len(), n);
             for (c, &b) in chunks.iter().zip(&held) {
                 assert_eq!(
                     *c,
@@ -724,10 +727,7 @@ mod tests {
             }
             // The read's token names its first buffer.
             assert_eq!(rig.subs_of(OpKind::Recv)[0].token.ep, held[0]);
-            assert_eq!(
-                rig.engine.pool.free_of(Class::Large).0,
-                free - STREAM_READ_BUFFERS
-            );
+            assert_eq!(rig.engine.pool.free_of(Class::Large).0, free - n);
         }
     }
 
@@ -782,14 +782,14 @@ mod tests {
     }
 
     #[test]
-    fn stream_read_scatters_over_every_free_buffer_of_a_small_pool() {
-        // 5 of 8 free is more than half: the read asks for STREAM_READ_BUFFERS and gets all 5,
-        // leaving the pool empty until it completes.
-        let (rig, _, reads) = accept_with_free(8, 5);
+    fn stream_read_leaves_half_of_a_small_pool_free() {
+        // A quiet producer's read waits with its buffers: the batch takes 4 of 8, not all, so
+        // a spool's replay read (or another channel's input) still finds one.
+        let (rig, _, reads) = accept_with_free(8, 8);
         let [Op::ReadvStream { bufs, .. }] = reads[..] else {
             panic!("one scattered read expected, got {reads:?}");
         };
-        assert_eq!(bufs.n, 5);
-        assert_eq!(rig.engine.pool.free_of(Class::Large), (0, 8));
+        assert_eq!(bufs.n, 4);
+        assert_eq!(rig.engine.pool.free_of(Class::Large), (4, 8));
     }
 }

@@ -22,6 +22,44 @@ use crate::config::spool::{SpoolConfig, SpoolFull};
 use std::collections::VecDeque;
 use std::time::Instant;
 
+/// Where a chunk longer than one spool record holds may be cut into several: each piece is
+/// whole records of the channel, so that a piece dropped at `spool_max`, a segment given up,
+/// or a collector connection cut between two replayed pieces never leaves part of a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cut {
+    /// Bytes without records (or a datagram, which always fits): anywhere.
+    #[default]
+    Anywhere,
+    /// Frames of this many bytes.
+    Frames(u32),
+    /// Just after a `\n`.
+    Lines,
+}
+
+/// The length of the first piece of `bytes` (a chunk of whole records) that goes into one
+/// spool record of at most `most` payload bytes: all of it when it fits, else the most whole
+/// records that fit. A record longer than `most` is cut at `most` (the configuration refuses
+/// such records on a spooled output).
+pub fn piece_len(cut: Cut, bytes: &[u8], most: u32) -> u32 {
+    let len = bytes.len() as u32;
+    if len <= most {
+        return len;
+    }
+    let whole = match cut {
+        Cut::Anywhere => most,
+        Cut::Frames(n) => most / n.max(1) * n.max(1),
+        Cut::Lines => bytes[..most as usize]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i as u32 + 1),
+    };
+    if whole == 0 {
+        most
+    } else {
+        whole
+    }
+}
+
 /// One segment file.
 #[derive(Debug)]
 pub struct Segment {
@@ -104,6 +142,8 @@ pub struct Spool {
     pub buffer_size: u32,
     /// Sequence number of the next segment.
     pub next_seq: u64,
+    /// Where a chunk of the channel's records may be cut into spool records.
+    pub cut: Cut,
 }
 
 impl Spool {
@@ -176,6 +216,7 @@ impl Spool {
             stats: SpoolStats::default(),
             buffer_size,
             next_seq,
+            cut: Cut::Anywhere,
         }
     }
 
@@ -502,6 +543,32 @@ pub(crate) mod tests {
             );
             assert_eq!(sp.segs[0].seq, kept_first);
         }
+    }
+
+    #[test]
+    fn a_long_chunk_is_cut_into_pieces_of_whole_records() {
+        // Frames of 3 bytes: a chunk of 4,095 bytes in records of at most 4,088.
+        let chunk = vec![7u8; 4095];
+        let mut pieces = Vec::new();
+        let mut off = 0;
+        while off < chunk.len() {
+            let n = piece_len(Cut::Frames(3), &chunk[off..], 4088) as usize;
+            pieces.push(n);
+            off += n;
+        }
+        assert_eq!(pieces, vec![4086, 9]);
+        assert!(pieces.iter().all(|n| n % 3 == 0));
+        // Lines: cut after the last `\n` that fits.
+        let mut lines = b"abc\n".repeat(1100);
+        lines.extend_from_slice(b"0123456789\n");
+        assert_eq!(piece_len(Cut::Lines, &lines, 4088), 4088);
+        assert_eq!(piece_len(Cut::Lines, &lines[1..], 4088), 4087);
+        // Bytes are cut anywhere; a chunk that fits is one piece.
+        assert_eq!(piece_len(Cut::Anywhere, &chunk, 4088), 4088);
+        assert_eq!(piece_len(Cut::Frames(3), &chunk[..300], 4088), 300);
+        // A record longer than a piece (refused by the configuration) is cut at the limit.
+        assert_eq!(piece_len(Cut::Frames(5000), &chunk, 4088), 4088);
+        assert_eq!(piece_len(Cut::Lines, &chunk, 4088), 4088);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! Pure: bytes in, bytes out; the caller does the I/O through the ring.
 
 /// Bytes of a record's header: payload length (u32 le) and its CRC-32C (u32 le).
-pub const RECORD_HEADER: usize = 8;
+pub const RECORD_HEADER: usize = crate::config::spool::RECORD_HEADER as usize;
 /// The largest record payload (a datagram, a line, or a chunk of an unframed stream).
 pub const MAX_RECORD: u32 = 16 << 20;
 /// Bytes of the position file: two slots.

@@ -23,7 +23,7 @@
 use super::channel::{Channel, Endpoint, Link, Output, Role};
 use super::io::Op;
 use super::outq::Chunk;
-use super::spool::{Admit, DiskOp, Lane, Pieces, Segment, Spool, Submit};
+use super::spool::{piece_len, Admit, Cut, DiskOp, Lane, Pieces, Segment, Spool, Submit};
 use super::spoolfmt::{self, Position};
 use super::token::{OpKind, Token};
 use super::{errno_str, Cx};
@@ -55,7 +55,8 @@ pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
                 spoolfmt::segment_name(*seq)
             );
         }
-        let sp = Spool::new(sc, f.segments, f.position, f.position_fd, bsize, cx.now);
+        let mut sp = Spool::new(sc, f.segments, f.position, f.position_fd, bsize, cx.now);
+        sp.cut = cut_of(&ch.cfg);
         if !sp.is_empty() {
             info!(
                 "output {}: spool {} holds {} records ({} bytes) to replay first",
@@ -69,6 +70,17 @@ pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
         o.spool = Some(sp);
     }
     Ok(())
+}
+
+/// Where the chunks channel `cfg` delivers may be cut into spool records.
+fn cut_of(cfg: &crate::config::ChannelConfig) -> Cut {
+    if cfg.framing == crate::config::Framing::Line {
+        Cut::Lines
+    } else if let Some(w) = cfg.records.frame_bytes().filter(|_| cfg.is_framed_stream()) {
+        Cut::Frames(w)
+    } else {
+        Cut::Anywhere
+    }
 }
 
 /// Whether output `oi` takes a record of `len` bytes into its spool rather than its queue
@@ -159,6 +171,10 @@ pub(crate) fn at(ch: &Channel, ci: u16, oi: usize) -> At {
 /// not acknowledged, or waiting to be re-sent with DUP): they stay queued, and are copied to
 /// the spool as well ([`keep_held`]), so that a stop that gives the queue up (`all`) finds
 /// them on disk, in their place before the newer records.
+///
+/// The caller pumps, after it appended the record that made the output spool: a pump before
+/// would find the spool empty and the queue under its limit, make the output live again, and
+/// the records behind would overtake that one.
 pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
     let Some(sp) = o.spool.as_mut() else { return };
     let mut from = sp
@@ -190,7 +206,6 @@ pub(crate) fn spill(cx: &mut Cx, o: &mut Output, at: At, all: bool) {
         }
         sp.read = sp.handed.back().map_or(sp.consumed, |h| h.1);
     }
-    pump(cx, o, at);
 }
 
 /// Copies the chunks of output `o`'s queue of marks `from` + 1 ..= `to` (held by its MQTT
@@ -232,12 +247,14 @@ fn keep_held(cx: &mut Cx, o: &mut Output, at: At, from: u64, to: u64) {
 pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
     let url = o.cfg.endpoint.url();
     let sp = o.spool.as_mut().expect("a spooling output");
-    // A record longer than one staged buffer goes as several (an unframed chunk's bytes
-    // replay the same); framed records fit, being at most a pool buffer less its headroom.
+    // A chunk longer than one staged buffer goes as several spool records, each of whole
+    // records of the channel (`Cut`): a piece dropped at `spool_max`, or a collector
+    // connection cut between two replayed pieces, must not leave part of a record.
     let most = sp.max_payload();
     let mut off = 0;
     while off < c.len {
-        let len = (c.len - off).min(most);
+        let rest = cx.pool.bytes(cx.mem, c.buf, c.off + off, c.len - off);
+        let len = piece_len(sp.cut, rest, most);
         let mut gone = Vec::new();
         let admit = sp.admit(len, spare_buffers(cx), &mut gone);
         remove_segments(cx, &sp.cfg.dir, gone);

@@ -424,10 +424,10 @@ impl Kernel {
 }
 
 /// The spool keys of collector `o` of channel `c`, for about one collector in three (from
-/// its own generator: the rest of the seed's run stays as it was), with `SIM_SPOOL=1` in the
-/// environment only: spooled runs still find open engine bugs (see the docs of `sim.rs`).
+/// its own generator: the rest of the seed's run stays as it was); none with `SIM_SPOOL=0` in
+/// the environment.
 pub fn pick(seed: u64, c: usize, o: usize) -> Option<String> {
-    if std::env::var("SIM_SPOOL").map_or(true, |v| v != "1") {
+    if std::env::var("SIM_SPOOL").is_ok_and(|v| v == "0") {
         return None;
     }
     let mut rng = super::rng::Rng::new(
@@ -473,4 +473,68 @@ pub fn check_order_across(got: &[Pos]) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// An output's spool state, for the liveness report (`None` without a spool).
+pub fn describe(o: &ringrelay::engine::channel::Output) -> Option<String> {
+    let s = o.spool.as_ref()?;
+    let segs: Vec<_> = s
+        .segs
+        .iter()
+        .map(|g| {
+            (
+                g.seq,
+                g.size,
+                g.written,
+                g.records,
+                g.read_records,
+                g.sealed,
+            )
+        })
+        .collect();
+    Some(format!(
+        "spool live={} empty={} read={:?} reading={:?} staging={:?} disk={} writing={} syncing={:?} fault_until={:?} handed={} segs(seq,size,written,records,read,sealed)={segs:?}",
+        o.live,
+        s.is_empty(),
+        s.read,
+        s.reading,
+        s.staging,
+        s.disk.len(),
+        s.writing.iter().flatten().count(),
+        s.syncing,
+        s.fault_until.is_some(),
+        s.handed.len(),
+    ))
+}
+
+/// Notes in the trace each change of a spooling output's mode (live or not, replay caught up
+/// or not), with the replay position beside it.
+pub fn note_modes(
+    k: &mut super::kernel::Kernel,
+    engine: &ringrelay::engine::Engine,
+    last: &mut Vec<String>,
+) {
+    let mut now = Vec::new();
+    for (c, ch) in engine.channels().iter().enumerate() {
+        let Some(ch) = ch else { continue };
+        for (o, out) in ch.outputs.iter().enumerate() {
+            if let Some(sp) = out.spool.as_ref() {
+                now.push(format!(
+                    "c{c} output {o}: live={} empty={} read={}:{}",
+                    out.live,
+                    sp.is_empty(),
+                    sp.read.segment,
+                    sp.read.offset
+                ));
+            }
+        }
+    }
+    for (i, s) in now.iter().enumerate() {
+        // The mode alone: a replay that moves on is no change.
+        let mode = |s: &str| s.split(" read=").next().unwrap_or_default().to_owned();
+        if last.get(i).map(String::as_str).map(mode) != Some(mode(s)) {
+            k.note(format!("spool mode {s}"));
+        }
+    }
+    *last = now;
 }
