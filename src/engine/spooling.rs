@@ -232,12 +232,19 @@ fn keep_held(cx: &mut Cx, o: &mut Output, at: At, from: u64, to: u64) {
 pub(crate) fn append(cx: &mut Cx, o: &mut Output, at: At, c: Chunk) {
     let url = o.cfg.endpoint.url();
     let sp = o.spool.as_mut().expect("a spooling output");
-    // A record longer than one staged buffer goes as several (an unframed chunk's bytes
-    // replay the same); framed records fit, being at most a pool buffer less its headroom.
+    // A chunk longer than one staged buffer goes as several records, back to back (a stream
+    // collector gets the same bytes). An MQTT output cuts each replayed record into messages
+    // on its own, so its records end where a message ends: a chunk of lines from a stream
+    // read fills a whole pool buffer, more than one record holds.
     let most = sp.max_payload();
+    let how = o.mqtt.as_ref().map(|m| m.how);
     let mut off = 0;
     while off < c.len {
-        let len = (c.len - off).min(most);
+        let mut len = (c.len - off).min(most);
+        if let Some(how) = how.filter(|_| len < c.len - off) {
+            let data = cx.pool.bytes(cx.mem, c.buf, c.off + off, c.len - off);
+            len = super::mqtt_session::message_end_within(data, most, how);
+        }
         let mut gone = Vec::new();
         let admit = sp.admit(len, spare_buffers(cx), &mut gone);
         remove_segments(cx, &sp.cfg.dir, gone);
