@@ -395,7 +395,12 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u3
         .and_then(|s| ch.ep(s))
         .is_some_and(|e| e.write_ops > 0);
     let o = &mut ch.outputs[out];
-    if ch.framed.is_none() || busy || write_ops > 0 || o.is_datagram() || o.file.is_some() {
+    let kind = LinkKind {
+        datagram: o.is_datagram(),
+        file: o.file.is_some(),
+        mqtt: o.mqtt.is_some(),
+    };
+    if !realigns(ch.framed.is_some(), kind) || busy || write_ops > 0 {
         return;
     }
     let Some(rest) = o.queue.front().filter(|_| o.queue.partly_sent()) else {
@@ -423,6 +428,25 @@ pub(crate) fn link_down(cx: &mut Cx, ch: &mut Channel, out: usize, write_ops: u3
     }
 }
 
+/// What kind of link output lost its connection (see [`realigns`]).
+#[derive(Clone, Copy, Debug)]
+struct LinkKind {
+    datagram: bool,
+    file: bool,
+    mqtt: bool,
+}
+
+/// Whether a link output of a channel (`framed`: with records) drops the rest of a partly sent
+/// front chunk when its connection goes: only a stream link of a record channel, whose next
+/// connection must begin at a record boundary. Not an `mqtt://` output: its queue's front is
+/// partly done by whole messages (lines acknowledged), and its session holds the rest as
+/// messages that it sends again on the next connection; dropping the chunk under them would
+/// lose those records and misalign the session with its queue (the next message cut from
+/// mid-record).
+fn realigns(framed: bool, kind: LinkKind) -> bool {
+    framed && !kind.datagram && !kind.file && !kind.mqtt
+}
+
 /// Whether a closed connection of link output `out` of a record channel still has writes in
 /// flight: its next connection must not write before they complete.
 pub(crate) fn old_link_writing(ch: &Channel, out: usize) -> bool {
@@ -445,4 +469,39 @@ fn preamble_chunk_of(f: &Option<Framed>) -> Option<Chunk> {
         off: 0,
         len: p.len,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stream_link_of_a_record_channel_drops_a_partly_sent_chunk() {
+        let stream = LinkKind {
+            datagram: false,
+            file: false,
+            mqtt: false,
+        };
+        assert!(realigns(true, stream));
+        assert!(
+            !realigns(false, stream),
+            "an unframed stream goes on mid-chunk"
+        );
+        for other in [
+            LinkKind {
+                datagram: true,
+                ..stream
+            },
+            LinkKind {
+                file: true,
+                ..stream
+            },
+            LinkKind {
+                mqtt: true,
+                ..stream
+            },
+        ] {
+            assert!(!realigns(true, other), "{other:?}");
+        }
+    }
 }

@@ -632,7 +632,7 @@ impl Engine {
                 let spool = o.spool.as_ref().map_or(String::new(), |sp| {
                     let s = sp.stats;
                     format!(
-                        " spooled_bytes={} spooled_records={} replayed_bytes={} replayed_records={} spool_dropped={} spool_errors={} spool_bytes={} spool_oldest_age={}s",
+                        " spooled_bytes={} spooled_records={} replayed_bytes={} replayed_records={} spool_dropped={} spool_errors={} spool_bytes={} spool_unsynced={} spool_oldest_age={}s",
                         s.spooled_bytes,
                         s.spooled_records,
                         s.replayed_bytes,
@@ -640,6 +640,7 @@ impl Engine {
                         s.dropped,
                         s.errors,
                         sp.size(),
+                        sp.unsynced(),
                         spooling::oldest_age_secs(sp, self.last_tick)
                     )
                 });

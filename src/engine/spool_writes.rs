@@ -352,6 +352,15 @@ impl Spool {
         failed
     }
 
+    /// Bytes of the spool that no completed fsync made durable yet: staged, being written, or
+    /// written since the last sync of their segment. 0 means a crash now loses nothing spooled.
+    pub fn unsynced(&self) -> u64 {
+        self.segs
+            .iter()
+            .map(|s| s.size.saturating_sub(s.synced))
+            .sum()
+    }
+
     /// A sync point: flush staging, sync the head, then record the position.
     pub fn sync_point(&mut self, now: Instant) {
         self.flush_staging();
@@ -464,6 +473,41 @@ mod tests {
         assert_eq!(rel, vec![1, 2]);
         assert_eq!((sp.segs[0].written, sp.segs[0].synced), (200, 100));
         assert_eq!(sp.in_flight(), 0);
+        assert_eq!(
+            sp.unsynced(),
+            100,
+            "the second record is written, not synced"
+        );
+    }
+
+    #[test]
+    fn unsynced_counts_staged_written_and_unsynced_bytes_until_a_sync_covers_them() {
+        let now = Instant::now();
+        let mut sp = spool(now);
+        let mut b = 0;
+        let mut rel = Vec::new();
+        append(&mut sp, 92, now, &mut b);
+        assert_eq!(sp.unsynced(), 100, "staged");
+        sp.flush_staging();
+        assert_eq!(sp.next_disk(now), Some(Submit::Write { slot: 0 }));
+        assert!(!sp.disk_done(Lane::Write(0), 100, now, &mut rel));
+        assert_eq!(sp.unsynced(), 100, "written, not synced");
+        sp.sync_point(now);
+        assert_eq!(
+            sp.next_disk(now),
+            Some(Submit::Sync(DiskOp::Sync { seq: 1, upto: 100 }))
+        );
+        assert_eq!(sp.unsynced(), 100, "the sync has not completed");
+        assert!(!sp.disk_done(Lane::Sync, 0, now, &mut rel));
+        assert_eq!(sp.unsynced(), 0);
+        // A failed sync makes nothing durable.
+        append(&mut sp, 92, now, &mut b);
+        sp.sync_point(now);
+        assert_eq!(sp.next_disk(now), Some(Submit::Write { slot: 0 }));
+        assert!(!sp.disk_done(Lane::Write(0), 100, now, &mut rel));
+        assert!(matches!(sp.next_disk(now), Some(Submit::Sync(_))));
+        assert!(sp.disk_done(Lane::Sync, -5, now, &mut rel));
+        assert_eq!(sp.unsynced(), 100);
     }
 
     #[test]

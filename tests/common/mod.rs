@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod counters;
+pub mod lines;
 pub mod mqtt;
 #[allow(unused_imports)]
 pub use counters::{counter_in, output_counter, output_counters_line};

@@ -179,10 +179,38 @@ impl Broker {
         want: usize,
         quiet_secs: u64,
     ) -> Vec<String> {
+        self.read_distinct_with(id, topic, want, quiet_secs, &[])
+    }
+
+    /// Like [`Broker::read_distinct`], each message's payload exactly: printed in hex by
+    /// `mosquitto_sub` and decoded here, so a payload holding a line end (two lines run
+    /// together) cannot pass for two messages.
+    pub fn read_distinct_exact(
+        &self,
+        id: &str,
+        topic: &str,
+        want: usize,
+        quiet_secs: u64,
+    ) -> Vec<String> {
+        self.read_distinct_with(id, topic, want, quiet_secs, &["-F", "%x"])
+            .iter()
+            .map(|h| unhex(h))
+            .collect()
+    }
+
+    fn read_distinct_with(
+        &self,
+        id: &str,
+        topic: &str,
+        want: usize,
+        quiet_secs: u64,
+        extra: &[&str],
+    ) -> Vec<String> {
         use std::io::BufRead;
         let mut child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-c", "-i", id, "-q", "1", "-t", topic])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -248,11 +276,34 @@ pub fn assert_all_in_order(what: &str, got: &[String], want: &[String]) -> usize
     let want_refs: Vec<&String> = want.iter().collect();
     if firsts != want_refs {
         let at = firsts.iter().zip(&want_refs).position(|(a, b)| a != b);
+        let around = |v: &[&String], i: usize| -> Vec<String> {
+            v[i.saturating_sub(2)..(i + 3).min(v.len())]
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect()
+        };
+        let near = at.map_or(String::new(), |i| {
+            format!(
+                "; got there {:?}, wanted {:?}",
+                around(&firsts, i),
+                around(&want_refs, i)
+            )
+        });
         panic!(
-            "{what}: {} distinct messages of {} wanted; first difference at {at:?}",
+            "{what}: {} distinct messages of {} wanted; first difference at {at:?}{near}",
             firsts.len(),
             want.len()
         );
     }
     got.len() - firsts.len()
+}
+
+/// The text whose bytes `hex` spells (as `mosquitto_sub -F %x` prints a payload).
+pub fn unhex(hex: &str) -> String {
+    assert!(hex.len() % 2 == 0, "odd hex payload {hex:?}");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("a hex payload"))
+        .collect();
+    String::from_utf8(bytes).expect("a UTF-8 payload")
 }
