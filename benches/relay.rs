@@ -28,6 +28,10 @@
 //!   `tcp://` outputs; ringrelay with `splice = on` (tee) and `splice = off` (buffers) against
 //!   the blocking relay (a thread per output). Gbit/s per output, to the last sink's last
 //!   byte; relay CPU seconds per GB of input.
+//! * (i) TCP fan-out to 8 and 64 subscribers (`tcp://` outputs the relay dials): ringrelay's
+//!   tee path and buffer path against the blocking relay with a thread per subscriber. Gbit/s
+//!   per subscriber, relay CPU seconds per delivered GB (input × subscribers) and the ratios
+//!   ([`fanout_case`]); 2 GiB delivered per run (quick) or 8 GiB (full).
 //! * (h) TCP with 8 and 64 channels 1-to-1 at once: aggregate Gbit/s, relay CPU per GB, and
 //!   the slowest channel's rate over the mean ([`channels_case`]); ringrelay on the splice and
 //!   buffer paths against the thread-per-connection copy relay and the floor.
@@ -41,7 +45,7 @@
 //!
 //! Run: `cargo bench --bench relay` (3 runs per cell, medians) or with `RELAY_BENCH_QUICK=1`
 //! (smaller volumes, 1 run: for CI). `RELAY_BENCH_CASES=a,e` runs only those cases
-//! (a, b, b2, b3, d, d2, e, f, g, h); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
+//! (a, b, b2, b3, d, d2, e, f, g, h, i); `RELAY_BENCH_VERBOSE=1` prints each relay's log (its counters at
 //! exit). `RELAY_BENCH_TCP_OUTPUT` / `RELAY_BENCH_UDP_OUTPUT` add URL options to ringrelay's
 //! tcp / udp outputs (`zerocopy=on`, `gso=off`). `RELAY_BENCH_ONLY=socat,blocking` restricts the relays by
 //! name prefix while developing.
@@ -63,6 +67,9 @@ mod channels_case;
 
 #[path = "relay_cases/latency.rs"]
 mod latency_case;
+
+#[path = "relay_cases/fanout.rs"]
+mod fanout_case;
 
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{kill, Signal};
@@ -1248,6 +1255,28 @@ fn main() {
         &fan_rows,
     );
 
+    // (i): TCP fan-out to 8 and 64 subscribers: tee, buffers, and a thread per subscriber.
+    let mut fanout_failed = 0;
+    if case("i") {
+        let fan_relays: Vec<(&Relay, &'static str)> = relays
+            .iter()
+            .filter(|r| match r {
+                Relay::Ringrelay {
+                    sqpoll,
+                    buffer,
+                    decimate,
+                    ..
+                } => *sqpoll == "off" && buffer.is_none() && !decimate,
+                Relay::Blocking { buf } => *buf == 1 << 20,
+                Relay::Socat { .. } | Relay::Floor | Relay::Loop => false,
+            })
+            .map(|r| (r, kind(r)))
+            .collect();
+        for n in fanout_case::COUNTS {
+            fanout_failed += fanout_case::run_and_print(&mut b, &fan_relays, n, runs, quick, limit);
+        }
+    }
+
     // (h): many TCP channels at once: aggregate throughput, CPU, and the slowest channel.
     let mut channels_failed = 0;
     if case("h") {
@@ -1608,7 +1637,8 @@ fn main() {
         .chain(&buf_rows)
         .filter(|r| r.name.starts_with("ringrelay") && r.result.is_err())
         .count()
-        + channels_failed;
+        + channels_failed
+        + fanout_failed;
     if failed > 0 {
         eprintln!("relay bench: {failed} ringrelay cell(s) could not be measured");
         std::process::exit(1);
