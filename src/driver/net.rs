@@ -476,7 +476,16 @@ pub fn pipe(size: u32) -> io::Result<Pipe> {
     let mut shrunk = false;
     match fcntl(&write, FcntlArg::F_SETPIPE_SZ(size as libc::c_int)) {
         Ok(_) => {}
-        Err(nix::errno::Errno::EPERM) => shrunk = true,
+        Err(nix::errno::Errno::EPERM) => {
+            shrunk = true;
+            // Above fs.pipe-max-size without CAP_SYS_RESOURCE: take the largest pipe allowed
+            // rather than the 64 KiB default, which costs the splice path about twice the CPU
+            // per GB (ten times the splices; benches/README.md). Refused again when the user's
+            // pipes are past fs.pipe-user-pages-soft: then the default stays.
+            if let Some(max) = pipe_max_size().filter(|&m| m < size) {
+                let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(max as libc::c_int));
+            }
+        }
         Err(e) => return Err(e.into()),
     }
     let cap = fcntl(&write, FcntlArg::F_GETPIPE_SZ).map_err(io::Error::from)?;
@@ -488,9 +497,35 @@ pub fn pipe(size: u32) -> io::Result<Pipe> {
     })
 }
 
+/// `fs.pipe-max-size`: the largest pipe an unprivileged process may ask for.
+fn pipe_max_size() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pipe_above_the_limit_gets_the_limit_not_the_default() {
+        let Some(max) = pipe_max_size() else { return };
+        let p = pipe(max.saturating_mul(4)).unwrap();
+        if !p.shrunk {
+            // CAP_SYS_RESOURCE: the kernel granted the size asked for.
+            assert!(p.cap >= max.saturating_mul(4), "{p:?}");
+            return;
+        }
+        // The user's pipes past fs.pipe-user-pages-soft refuse any growth: only then may the
+        // pipe stay at the 64 KiB default.
+        let probe = pipe(max).unwrap();
+        if !probe.shrunk {
+            assert_eq!(p.cap, max, "{p:?}");
+        }
+    }
 
     fn udp() -> Socket {
         Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap()
