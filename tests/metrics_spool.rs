@@ -1,7 +1,8 @@
 //! A spooling output's counters outside the SIGUSR1 line: `ringrelay stat --format json` and
 //! `--format prometheus` (from the counters region) and `GET /metrics` show the records that
-//! went to disk while the collector was away, the spool's size and oldest age as gauges, and
-//! the replay once it is back; all agree with the counters line. Runs with both feature sets.
+//! went to disk while the collector was away, the spool's size, oldest age and unsynced bytes
+//! as gauges, and the replay once it is back; all agree with the counters line. Runs with both
+//! feature sets.
 
 #[macro_use]
 mod common;
@@ -13,6 +14,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 in_both_feature_sets!(spool_counters_in_stat_and_metrics);
+in_both_feature_sets!(unsynced_bytes_wait_for_a_sync);
 
 /// Records sent while the collector is away.
 const N: u32 = 3000;
@@ -54,29 +56,45 @@ fn scrape(addr: SocketAddr) -> String {
     }
 }
 
-fn spool_counters_in_stat_and_metrics(features: Features) {
-    let dir = TempDir::new("metrics-spool");
-    let shm = dir.join("shm");
+/// A relay with one UDP channel whose `tcp://` output (no collector yet) spools with
+/// `spool_sync`: (relay, input, metrics server, collector's address).
+fn start(
+    features: Features,
+    dir: &TempDir,
+    sync: &str,
+) -> (Relay, SocketAddr, SocketAddr, SocketAddr) {
     let spool = dir.join("spool").display().to_string();
     let collector_addr = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
-    let (relay, (input, metrics)) = Relay::start(features, &dir, || {
+    let (relay, (input, metrics)) = Relay::start(features, dir, || {
         let input = SocketAddr::new(LOCALHOST4, free_udp_port(LOCALHOST4));
         let metrics = SocketAddr::new(LOCALHOST4, free_tcp_port(LOCALHOST4));
         let conf = format!(
-            "{}metrics = {metrics}\n[channel sp]\ninput = udp://{input}\nframing = u32be\noutput = tcp://{collector_addr} max_backlog=64KiB spool={spool} spool_sync=200ms\n",
+            "{}metrics = {metrics}\n[channel sp]\ninput = udp://{input}\nframing = u32be\noutput = tcp://{collector_addr} max_backlog=64KiB spool={spool} spool_sync={sync}\n",
             dir.global_section()
         );
         (conf, (input, metrics))
     });
-    let url = format!("tcp://{collector_addr}");
-    let labels = format!("channel=\"sp\",output=\"{url}\"");
+    (relay, input, metrics, collector_addr)
+}
+
+/// Sends records `0..n` to `input`, paced so the input's socket keeps up.
+fn send(input: SocketAddr, n: u32) {
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..N {
+    for i in 0..n {
         tx.send_to(&record(i), input).unwrap();
         if i % 16 == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+fn spool_counters_in_stat_and_metrics(features: Features) {
+    let dir = TempDir::new("metrics-spool");
+    let shm = dir.join("shm");
+    let (relay, input, metrics, collector_addr) = start(features, &dir, "200ms");
+    let url = format!("tcp://{collector_addr}");
+    let labels = format!("channel=\"sp\",output=\"{url}\"");
+    send(input, N);
 
     // The collector is away: every record is on disk, as the counters region says.
     let mut doc = serde_json::Value::Null;
@@ -116,6 +134,15 @@ fn spool_counters_in_stat_and_metrics(features: Features) {
             .unwrap()
             >= 1
     });
+    // Synced every 200 ms, and nothing new: no byte waits for an fsync.
+    wait_for(
+        "every spooled byte synced, in stat",
+        Duration::from_secs(10),
+        || {
+            doc = stat_json(&shm);
+            doc["channels"][0]["outputs"][0]["spool"]["unsynced_bytes"] == 0
+        },
+    );
     let text = scrape(metrics);
     for family in [
         "ringrelay_spool_spooled_bytes_total",
@@ -126,6 +153,7 @@ fn spool_counters_in_stat_and_metrics(features: Features) {
         "ringrelay_spool_errors_total",
         "ringrelay_spool_bytes",
         "ringrelay_spool_oldest_age_seconds",
+        "ringrelay_spool_unsynced_bytes",
     ] {
         assert!(
             text.contains(&format!("# HELP {family} ")),
@@ -153,6 +181,8 @@ fn spool_counters_in_stat_and_metrics(features: Features) {
         "{text}"
     );
     assert_eq!(sample(&text, "ringrelay_spool_replayed_records_total"), 0);
+    assert_eq!(sample(&text, "ringrelay_spool_unsynced_bytes"), 0);
+    assert_eq!(output_counter(&relay, &url, "spool_unsynced"), 0);
 
     // The collector comes: the spool is replayed, in order, and the gauges fall.
     let collector = Collector::listen(collector_addr, None);
@@ -200,5 +230,53 @@ fn spool_counters_in_stat_and_metrics(features: Features) {
         u64::from(N)
     );
     assert_eq!(sample(&text, "ringrelay_spool_oldest_age_seconds"), 0);
+    relay.stop();
+}
+
+/// With `spool_sync=1h` nothing spooled is synced while the relay runs: every byte of the
+/// spool is unsynced, and stat (json, prometheus, table), `/metrics` and the counters line say
+/// the same number.
+fn unsynced_bytes_wait_for_a_sync(features: Features) {
+    const M: u32 = 200;
+    let dir = TempDir::new("metrics-unsynced");
+    let shm = dir.join("shm");
+    let (relay, input, metrics, collector_addr) = start(features, &dir, "1h");
+    let url = format!("tcp://{collector_addr}");
+    let labels = format!("channel=\"sp\",output=\"{url}\"");
+    send(input, M);
+    let mut doc = serde_json::Value::Null;
+    wait_for("every record spooled, in stat", TRANSFER_TIMEOUT, || {
+        doc = stat_json(&shm);
+        doc["channels"][0]["outputs"][0]["spool"]["spooled_records"] == M
+    });
+    let sp = &doc["channels"][0]["outputs"][0]["spool"];
+    let unsynced = sp["unsynced_bytes"].as_u64().unwrap();
+    let payload: u64 = (0..M).map(|i| record(i).len() as u64).sum();
+    assert!(unsynced >= payload, "{sp}");
+    assert_eq!(unsynced, sp["bytes"].as_u64().unwrap(), "{sp}");
+    assert_eq!(output_counter(&relay, &url, "spool_unsynced"), unsynced);
+    let sample = |text: &str| {
+        prometheus_sample(text, "ringrelay_spool_unsynced_bytes", &labels)
+            .unwrap_or_else(|| panic!("no ringrelay_spool_unsynced_bytes:\n{text}"))
+    };
+    assert_eq!(sample(&scrape(metrics)), unsynced);
+    let prom = stat_output(&shm, &["--format", "prometheus"]);
+    assert!(
+        prom.contains("# TYPE ringrelay_spool_unsynced_bytes gauge"),
+        "{prom}"
+    );
+    assert_eq!(sample(&prom), unsynced);
+    let table = stat_output(&shm, &[]);
+    let row = table
+        .lines()
+        .skip_while(|l| !l.contains("spooled output"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no spool table:\n{table}"));
+    assert!(table.contains(" unsynced"), "{table}");
+    assert_eq!(
+        row.split_whitespace().last(),
+        Some(unsynced.to_string().as_str()),
+        "{table}"
+    );
     relay.stop();
 }

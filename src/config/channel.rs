@@ -14,7 +14,7 @@ use crate::config::sample::{DecimateSpec, SampleConfig, SampleType};
 use crate::config::splice::{ineligible_reason, SpliceMode};
 use crate::config::spool::SpoolConfig;
 use crate::config::units::format_size;
-use crate::config::url::{Endpoint, OnSlow, Role, DEFAULT_FAULT_GRACE};
+use crate::config::url::{Endpoint, OnSlow, Role, Scheme, DEFAULT_FAULT_GRACE};
 use crate::config::values::{parse_bool, parse_u32_in};
 use std::time::Duration;
 
@@ -392,10 +392,18 @@ pub(super) fn parse_channel(
     ) {
         ok = false;
     }
-    // A spooled record is one spool record (`spool=`): it must fit the payload of one.
+    // A spooled record is one spool record (`spool=`): it must fit the payload of one. The
+    // largest datagram is the receive's room in a datagram slot, or in a pool buffer when
+    // there are no slots (`input::post_reads`).
+    let datagram = if g.datagram_count == 0 {
+        g.buffer_size
+    } else {
+        g.datagram_size
+    }
+    .saturating_sub(DATAGRAM_HEADROOM);
     let largest = match framing {
         Framing::Line => recs.max_line,
-        Framing::U32Be if !input.scheme.is_stream() => g.datagram_size - DATAGRAM_HEADROOM + 4,
+        Framing::U32Be if !input.scheme.is_stream() => datagram + 4,
         _ if input.scheme.is_stream() => recs.frame_bytes().unwrap_or(0),
         _ => 0,
     };
@@ -407,6 +415,21 @@ pub(super) fn parse_channel(
                 "spool",
                 format!(
                     "a spool keeps each record whole in one spool record of at most {most} bytes (buffer_size less 8); this channel's records reach {largest} bytes (raise buffer_size)"
+                ),
+            );
+            ok = false;
+        } else if o.endpoint.scheme == Scheme::Mqtt
+            && !input.scheme.is_stream()
+            && framing == Framing::None
+            && datagram > most
+        {
+            // Bytes of a stream collector may be cut anywhere, but an MQTT message is one
+            // datagram: replayed in two pieces, it would be published as two messages.
+            err(
+                o.line,
+                "spool",
+                format!(
+                    "an mqtt:// output publishes each datagram as one message, and a spool keeps each whole in one spool record of at most {most} bytes (buffer_size less 8); this channel's datagrams reach {datagram} bytes (datagram_size less 16; raise buffer_size)"
                 ),
             );
             ok = false;

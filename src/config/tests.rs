@@ -225,3 +225,60 @@ fn fault_grace_is_a_file_outputs_and_reload_sees_it_change() {
     assert!(c.to_string().contains("fault_grace=1500ms"), "{c}");
     assert!(default.to_string().contains("fault_grace=10s"), "{default}");
 }
+
+#[test]
+fn a_spooled_channels_records_fit_one_spool_record() {
+    // A spool record holds buffer_size - 8 = 2040 bytes here.
+    let refused = |global: &str, channel: &str| {
+        let text = format!(
+            "[global]\nbuffer_size = 2KiB\n{global}[channel a]\n{channel}output = tcp://h:2\n"
+        );
+        let spooled = text.replace("tcp://h:2", "tcp://h:2 spool=/tmp/rr-spool");
+        assert!(parse_str("t.conf", &text).is_ok(), "{text}");
+        match parse_str("t.conf", &spooled) {
+            Ok(_) => None,
+            Err(e) => {
+                assert_eq!((e.len(), e[0].key.as_str()), (1, "spool"), "{e:?}");
+                assert_eq!(e[0].line, spooled.lines().count(), "{e:?}");
+                Some(e[0].message.clone())
+            }
+        }
+    };
+    let lines = "input = tcp-listen://127.0.0.1:1\nframing = line\n";
+    assert_eq!(refused("", &format!("{lines}max_line = 2040\n")), None);
+    let e = refused("", &format!("{lines}max_line = 2041\n")).expect("refused");
+    assert!(
+        e.contains("at most 2040 bytes") && e.contains("reach 2041"),
+        "{e}"
+    );
+    // u32be: a datagram of datagram_size - 16 bytes and its 4-byte prefix.
+    let udp = "input = udp://127.0.0.1:1\nframing = u32be\n";
+    assert_eq!(refused("datagram_size = 2052\n", udp), None);
+    assert!(refused("datagram_size = 2053\n", udp).is_some());
+    // Without datagram slots a datagram is read into a pool buffer after 16 bytes: it fits.
+    assert_eq!(
+        refused("datagram_size = 9KiB\ndatagram_count = 0\n", udp),
+        None
+    );
+    // A declared frame of a stream input: 2 x 1021 bytes is too long, 2 x 1020 is not.
+    let frames = "input = tcp-listen://127.0.0.1:1\nsample = i16le\ninterleave = ";
+    assert_eq!(refused("", &format!("{frames}1020\n")), None);
+    assert!(refused("", &format!("{frames}1021\n")).is_some());
+    // Unframed bytes and datagrams may be cut anywhere for a stream collector...
+    assert_eq!(refused("", "input = tcp-listen://127.0.0.1:1\n"), None);
+    assert_eq!(
+        refused("datagram_size = 9KiB\n", "input = udp://127.0.0.1:1\n"),
+        None
+    );
+    // ...but an MQTT output publishes each datagram as one message.
+    let mqtt = |dsize: u32| {
+        let text = format!(
+            "[global]\nbuffer_size = 2KiB\ndatagram_size = {dsize}\n[channel a]\n\
+             input = udp://127.0.0.1:1\noutput = mqtt://h/t spool=/tmp/rr-spool\n"
+        );
+        parse_str("t.conf", &text).err()
+    };
+    assert!(mqtt(2056).is_none());
+    let e = mqtt(2057).expect("refused");
+    assert!(e[0].message.contains("one message"), "{e:?}");
+}

@@ -92,35 +92,6 @@ pub fn cut(c: Chunk, data: &[u8], how: Cut, out: &mut Vec<(u32, Chunk)>) {
     }
 }
 
-/// How many of the first bytes of `data` (at most `most`) a spool record may take so that it
-/// ends where `how` ends a message: after the last line end in them ([`Cut::Lines`]), or at a
-/// whole number of pieces ([`Cut::Pieces`]). A chunk too long for one spool record is stored
-/// as several, and each replayed record is cut into messages on its own, so a record that
-/// ended mid-line would be published as two messages. When no message ends within `most`
-/// bytes (a line longer than a spool record), the record takes `most` bytes.
-pub fn message_end_within(data: &[u8], most: u32, how: Cut) -> u32 {
-    let most_len = (most as usize).min(data.len());
-    if most_len == data.len() {
-        return most_len as u32;
-    }
-    let end = match how {
-        Cut::Whole => most_len,
-        Cut::Lines => data[..most_len]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(most_len, |i| i + 1),
-        Cut::Pieces(n) => {
-            let n = n.max(1) as usize;
-            if most_len >= n {
-                most_len - most_len % n
-            } else {
-                most_len
-            }
-        }
-    };
-    end as u32
-}
-
 /// One message handed to the broker (or about to be), in queue order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -354,45 +325,56 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::spool;
 
     fn chunk(off: u32, len: u32) -> Chunk {
         Chunk { buf: 7, off, len }
     }
 
+    /// Messages as `cut` gives them: (bytes of the queue, payload).
+    type Messages = Vec<(u32, Chunk)>;
+
+    /// The messages of `data` cut live as one chunk, and cut again after the spool stored it
+    /// as records of at most `most` bytes (`spool::piece_len`), each replayed as a chunk.
+    fn live_and_replayed(
+        data: &[u8],
+        most: u32,
+        how: Cut,
+        spool: spool::Cut,
+    ) -> (Messages, Messages) {
+        let mut live = Vec::new();
+        cut(chunk(0, data.len() as u32), data, how, &mut live);
+        let mut replayed = Vec::new();
+        let mut at = 0usize;
+        while at < data.len() {
+            let n = spool::piece_len(spool, &data[at..], most) as usize;
+            assert!(n > 0 && n <= most as usize);
+            let piece = &data[at..at + n];
+            cut(chunk(at as u32, n as u32), piece, how, &mut replayed);
+            at += n;
+        }
+        (live, replayed)
+    }
+
     #[test]
-    fn a_spool_record_ends_where_a_message_ends() {
-        let data = b"one\ntwo\nthree\n";
-        // The whole chunk fits: all of it.
-        assert_eq!(message_end_within(data, 64, Cut::Lines), 14);
-        // Ten bytes at most: after "two\n", not inside "three".
-        assert_eq!(message_end_within(data, 10, Cut::Lines), 8);
-        assert_eq!(message_end_within(data, 8, Cut::Lines), 8);
-        // No line end within reach: the record takes what it can.
-        assert_eq!(message_end_within(b"abcdefgh\n", 4, Cut::Lines), 4);
-        // Pieces of 3: a whole number of them; fewer bytes than one piece: all of them.
-        assert_eq!(message_end_within(&[0; 20], 10, Cut::Pieces(3)), 9);
-        assert_eq!(message_end_within(&[0; 20], 2, Cut::Pieces(3)), 2);
-        assert_eq!(message_end_within(&[0; 20], 10, Cut::Whole), 10);
-        // Cut that way, every record is cut into the messages of the chunk as it came.
+    fn replay_publishes_the_messages_a_chunk_made_live() {
+        // Lines: spool records end after a `\n`.
         let data: Vec<u8> = (0..500)
             .flat_map(|i| format!("{i}:{}\n", "x".repeat(i % 13)).into_bytes())
             .collect();
-        let mut whole = Vec::new();
-        cut(chunk(0, data.len() as u32), &data, Cut::Lines, &mut whole);
-        let mut pieces = Vec::new();
-        let mut at = 0usize;
-        while at < data.len() {
-            let n = message_end_within(&data[at..], 100, Cut::Lines) as usize;
-            assert!(n > 0 && n <= 100);
-            cut(
-                chunk(at as u32, n as u32),
-                &data[at..at + n],
-                Cut::Lines,
-                &mut pieces,
-            );
-            at += n;
+        let (live, replayed) = live_and_replayed(&data, 100, Cut::Lines, spool::Cut::Lines);
+        assert_eq!(replayed, live);
+        // An unframed stream's max_message pieces (`spooling::cut_of`: frames of max_message).
+        let data = vec![0u8; 4096];
+        for n in [1, 7, 1000, 4088] {
+            let (live, replayed) =
+                live_and_replayed(&data, 4088, Cut::Pieces(n), spool::Cut::Frames(n));
+            assert_eq!(replayed, live, "max_message {n}");
         }
-        assert_eq!(pieces, whole);
+        // Cut anywhere, the last piece of 4,088 bytes would be two messages (88 and 8 bytes).
+        let (live, replayed) =
+            live_and_replayed(&data, 4088, Cut::Pieces(1000), spool::Cut::Anywhere);
+        assert_ne!(replayed, live);
     }
 
     #[test]

@@ -27,10 +27,13 @@ use std::time::Instant;
 /// or a collector connection cut between two replayed pieces never leaves part of a record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Cut {
-    /// Bytes without records (or a datagram, which always fits): anywhere.
+    /// Bytes without records, or datagrams without framing: anywhere. (For an `mqtt://`
+    /// output, where a datagram is one message, the configuration makes every datagram fit
+    /// one spool record.)
     #[default]
     Anywhere,
-    /// Frames of this many bytes.
+    /// Frames of this many bytes; for an `mqtt://` output of an unframed stream, its
+    /// `max_message` pieces.
     Frames(u32),
     /// Just after a `\n`.
     Lines,

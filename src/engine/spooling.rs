@@ -56,7 +56,7 @@ pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
             );
         }
         let mut sp = Spool::new(sc, f.segments, f.position, f.position_fd, bsize, cx.now);
-        sp.cut = cut_of(&ch.cfg);
+        sp.cut = cut_of(&ch.cfg, &o.cfg.endpoint);
         if !sp.is_empty() {
             info!(
                 "output {}: spool {} holds {} records ({} bytes) to replay first",
@@ -72,12 +72,22 @@ pub(crate) fn open(cx: &mut Cx, ch: &mut Channel) -> Result<(), String> {
     Ok(())
 }
 
-/// Where the chunks channel `cfg` delivers may be cut into spool records.
-fn cut_of(cfg: &crate::config::ChannelConfig) -> Cut {
+/// Where the chunks channel `cfg` delivers to output `ep` may be cut into spool records: at
+/// its records' ends, and for an `mqtt://` output of an unframed stream at a whole number of
+/// `max_message` pieces, so that replay publishes the messages the chunk would have made
+/// live (`mqtt_session::cut` cuts each chunk, and each replayed record, from its start).
+fn cut_of(cfg: &crate::config::ChannelConfig, ep: &crate::config::url::Endpoint) -> Cut {
     if cfg.framing == crate::config::Framing::Line {
         Cut::Lines
     } else if let Some(w) = cfg.records.frame_bytes().filter(|_| cfg.is_framed_stream()) {
         Cut::Frames(w)
+    } else if let Some(m) = ep
+        .opts
+        .mqtt
+        .as_ref()
+        .filter(|_| cfg.input.scheme.is_stream())
+    {
+        Cut::Frames(m.max_message)
     } else {
         Cut::Anywhere
     }

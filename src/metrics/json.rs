@@ -48,7 +48,7 @@ fn ints(o: &mut String, pairs: &[(&str, u64)]) {
 ///            "disconnects":…,"reconnects":…,"errors":…,"backlog":…,"clients":…,
 ///            "spool":{"spooled_bytes":…,"spooled_records":…,"replayed_bytes":…,
 ///            "replayed_records":…,"dropped_records":…,"errors":…,"bytes":…,
-///            "oldest_age_seconds":…}|null,
+///            "oldest_age_seconds":…,"unsynced_bytes":…}|null,
 ///            "mqtt":{"published":…,"acknowledged":…,"duplicates":…,"refused":…,"lost":…}|null}]}]}
 /// ```
 pub fn render(s: &Snapshot) -> String {
@@ -156,6 +156,7 @@ pub fn render(s: &Snapshot) -> String {
                             ("errors", sp.errors),
                             ("bytes", sp.bytes),
                             ("oldest_age_seconds", sp.oldest_age_secs),
+                            ("unsynced_bytes", sp.unsynced_bytes),
                         ],
                     );
                     o.push('}');
@@ -228,7 +229,8 @@ mod tests {
             j.contains(
                 "\"clients\":0,\"spool\":{\"spooled_bytes\":4000,\"spooled_records\":40,\
                  \"replayed_bytes\":1000,\"replayed_records\":10,\"dropped_records\":3,\
-                 \"errors\":1,\"bytes\":3000,\"oldest_age_seconds\":12},\"mqtt\":null}"
+                 \"errors\":1,\"bytes\":3000,\"oldest_age_seconds\":12,\"unsynced_bytes\":512},\
+                 \"mqtt\":null}"
             ),
             "{j}"
         );

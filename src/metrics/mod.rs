@@ -20,11 +20,13 @@
 //! | `input` | `<channel>/<input url>` | `up`, `idle`, `listening`, `down` | bytes, datagrams, drops, **malformed**, reconnects, errors, **idle_timeouts**, **partial** |
 //! | `output` | `<channel>/<output url>` | see `engine::output_state` | the columns as named |
 //! | `spool` | as its output's | empty | spooled bytes, spooled records, replayed bytes, replayed records, dropped records, errors, spool bytes, oldest age (s) |
+//! | `spool_disk` | as its output's | empty | unsynced bytes, then zeros |
 //! | `mqtt` | as its output's | empty | published, acknowledged, duplicates, refused, lost, then zeros |
 //!
 //! An input row starts its channel: the output rows after it belong to it. A `spool` or `mqtt`
-//! row follows the row of the output it belongs to (rather than widening every row). Labels are
-//! cut to 63 bytes, so a long URL may be shortened.
+//! row follows the row of the output it belongs to (rather than widening every row), and a
+//! `spool_disk` row its `spool` row (the `spool` row's slots are all taken; a reader that
+//! predates a row kind skips it). Labels are cut to 63 bytes, so a long URL may be shortened.
 
 pub mod health;
 pub mod http;
@@ -125,6 +127,9 @@ pub struct SpoolMetrics {
     pub bytes: u64,
     /// Age of the oldest record still spooled, in seconds (0 when empty).
     pub oldest_age_secs: u64,
+    /// Bytes appended to the spool that no completed fsync covers yet (a crash now could lose
+    /// them); 0 from a counters region written before the `spool_disk` row.
+    pub unsynced_bytes: u64,
 }
 
 /// An `mqtt://` output's counters.
@@ -252,6 +257,7 @@ impl Snapshot {
                                         errors: x.errors,
                                         bytes: sp.size(),
                                         oldest_age_secs: engine.spool_oldest_age_secs(sp),
+                                        unsynced_bytes: sp.unsynced(),
                                     }
                                 }),
                                 mqtt: o.mqtt.as_ref().map(|m| {
@@ -356,6 +362,12 @@ impl Snapshot {
                             sp.oldest_age_secs,
                         ],
                     });
+                    rows.push(StatRow {
+                        label: label.clone(),
+                        kind: "spool_disk".into(),
+                        state: String::new(),
+                        values: [sp.unsynced_bytes, 0, 0, 0, 0, 0, 0, 0],
+                    });
                 }
                 if let Some(m) = &o.mqtt {
                     rows.push(StatRow {
@@ -380,7 +392,8 @@ impl Snapshot {
     }
 
     /// The snapshot a reader of the counters region sees. Rows of unknown kinds are skipped, and
-    /// output rows before any input row too (and `spool` or `mqtt` rows before any output row).
+    /// output rows before any input row too (and `spool` or `mqtt` rows before any output row,
+    /// `spool_disk` rows before any `spool` row of their output).
     pub fn from_rows(s: &StatsSnapshot) -> Snapshot {
         let mut snap = Snapshot {
             daemon: DaemonInfo {
@@ -462,7 +475,14 @@ impl Snapshot {
                             errors: v[5],
                             bytes: v[6],
                             oldest_age_secs: v[7],
+                            unsynced_bytes: 0,
                         });
+                    }
+                }
+                "spool_disk" => {
+                    let out = snap.channels.last_mut().and_then(|c| c.outputs.last_mut());
+                    if let Some(sp) = out.and_then(|o| o.spool.as_mut()) {
+                        sp.unsynced_bytes = v[0];
                     }
                 }
                 "mqtt" => {
@@ -568,6 +588,7 @@ pub(crate) mod tests {
                             errors: 1,
                             bytes: 3000,
                             oldest_age_secs: 12,
+                            unsynced_bytes: 512,
                         }),
                         ..OutputMetrics::default()
                     },
@@ -593,13 +614,26 @@ pub(crate) mod tests {
     fn rows_round_trip() {
         let s = sample();
         let rows = s.to_rows();
-        assert_eq!(rows.len(), 1 + 2 + 1 + 3 + 2);
+        assert_eq!(rows.len(), 1 + 2 + 1 + 3 + 3);
         assert_eq!(
             (rows[6].kind.as_str(), rows[6].values[6], rows[6].values[7]),
             ("spool", 3000, 12),
             "the spool row right after its output's"
         );
-        assert_eq!((rows[8].kind.as_str(), rows[8].values[1]), ("mqtt", 18));
+        assert_eq!(
+            (
+                rows[7].kind.as_str(),
+                rows[7].label.as_str(),
+                rows[7].values
+            ),
+            (
+                "spool_disk",
+                rows[6].label.as_str(),
+                [512, 0, 0, 0, 0, 0, 0, 0]
+            ),
+            "the spool_disk row right after its spool row"
+        );
+        assert_eq!((rows[9].kind.as_str(), rows[9].values[1]), ("mqtt", 18));
         assert_eq!(rows[3].label, "seismo/udp://127.0.0.1:5000");
         assert_eq!(rows[3].values[3], 2, "malformed in the fourth column");
         let read = StatsSnapshot {
@@ -622,6 +656,16 @@ pub(crate) mod tests {
         };
         assert_eq!(Snapshot::from_rows(&read), s);
         assert_eq!(s.pool_totals(), Some((13, 320)));
+        // Rows of a writer that predates `spool_disk`: the same, but nothing unsynced known.
+        let mut older = read.clone();
+        older.rows.retain(|r| r.kind != "spool_disk");
+        let mut want = s.clone();
+        want.channels[0].outputs[1]
+            .spool
+            .as_mut()
+            .unwrap()
+            .unsynced_bytes = 0;
+        assert_eq!(Snapshot::from_rows(&older), want);
         let mut stopping = s.clone();
         stopping.daemon.state = "stopping".into();
         let rows = stopping.to_rows();

@@ -267,7 +267,7 @@ type MqttField = fn(&super::MqttMetrics) -> u64;
 /// The families of spooling outputs and of `mqtt://` outputs (each written only when some
 /// output has a spool, or is an MQTT output).
 fn render_spool_and_mqtt(o: &mut String, s: &Snapshot) {
-    let spools: [(&'static str, &str, &str, SpoolField); 8] = [
+    let spools: [(&'static str, &str, &str, SpoolField); 9] = [
         (
             "ringrelay_spool_spooled_bytes_total",
             "counter",
@@ -315,6 +315,12 @@ fn render_spool_and_mqtt(o: &mut String, s: &Snapshot) {
             "gauge",
             "Age of the oldest record still in the spool, in seconds (0 when it is empty).",
             |x| x.oldest_age_secs,
+        ),
+        (
+            "ringrelay_spool_unsynced_bytes",
+            "gauge",
+            "Bytes appended to the spool that no completed fsync covers yet (a crash now could lose them).",
+            |x| x.unsynced_bytes,
         ),
     ];
     let spooling = || {
@@ -485,6 +491,9 @@ mod tests {
             "# TYPE ringrelay_spool_bytes gauge",
             "ringrelay_spool_bytes{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 3000",
             "ringrelay_spool_oldest_age_seconds{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 12",
+            "# HELP ringrelay_spool_unsynced_bytes Bytes appended to the spool that no completed fsync covers yet (a crash now could lose them).",
+            "# TYPE ringrelay_spool_unsynced_bytes gauge",
+            "ringrelay_spool_unsynced_bytes{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 512",
             "ringrelay_spool_dropped_records_total{channel=\"seismo\",output=\"unix:///tmp/a\\\"b\\\\c\"} 3",
             "# TYPE ringrelay_mqtt_acknowledged_total counter",
             "ringrelay_mqtt_acknowledged_total{channel=\"seismo\",output=\"mqtt://127.0.0.1:1883/t\"} 18",

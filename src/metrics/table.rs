@@ -128,6 +128,7 @@ fn extras(s: &Snapshot) -> String {
         "errors",
         "spool_bytes",
         "oldest_age_s",
+        "unsynced",
     ]
     .map(String::from)
     .to_vec()];
@@ -156,6 +157,7 @@ fn extras(s: &Snapshot) -> String {
                         sp.errors,
                         sp.bytes,
                         sp.oldest_age_secs,
+                        sp.unsynced_bytes,
                     ]
                     .map(|v| v.to_string()),
                 );
@@ -265,7 +267,7 @@ mod tests {
         let spool: Vec<&str> = lines[8].split_whitespace().collect();
         assert_eq!(
             spool[2..],
-            ["4000", "40", "1000", "10", "3", "1", "3000", "12"],
+            ["4000", "40", "1000", "10", "3", "1", "3000", "12", "512"],
             "{t}"
         );
         assert_eq!(lines[9], "");
