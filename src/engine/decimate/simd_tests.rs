@@ -70,13 +70,23 @@ proptest! {
         let mut want_m = vec![0; windows * 4 * ch];
         simd::sum_windows_scalar(&bytes, ch, ratio, &mut want_s);
         simd::minmax_windows_scalar(&bytes, ch, ratio, &mut want_m);
+        let mut want_a = vec![0; windows * 4 * ch];
+        simd::mean_windows_scalar(&bytes, ch, ratio, &mut want_a);
+        // The scalar means are the sums' means, rounded once.
+        let r = ratio as f64;
+        let from_sums: Vec<u8> = want_s.iter()
+            .flat_map(|s| ((f64::from(*s) / r) as f32).to_le_bytes()).collect();
+        prop_assert_eq!(&want_a, &from_sums);
         for isa in Isa::available() {
             let mut s = vec![7; windows * ch];
             let mut m = vec![7; windows * 4 * ch];
+            let mut a = vec![7; windows * 4 * ch];
             simd::sum_windows_i16(isa, &bytes, ch, ratio, &mut s);
             simd::minmax_windows_i16(isa, &bytes, ch, ratio, &mut m);
+            simd::mean_windows_i16(isa, &bytes, ch, ratio, &mut a);
             prop_assert_eq!(&s, &want_s, "{} sums", isa.name());
             prop_assert_eq!(&m, &want_m, "{} extremes", isa.name());
+            prop_assert_eq!(&a, &want_a, "{} means", isa.name());
         }
     }
 

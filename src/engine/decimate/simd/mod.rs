@@ -133,6 +133,61 @@ pub fn sum_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, ou
 }
 
 /// For each window of `ratio` frames of `channels` little-endian `i16` samples in `input`
+/// (whole windows only), the per-channel means as little-endian `f32`, `4·channels` bytes per
+/// window, into `out`: `(f64::from(sum) / ratio as f64) as f32`, the sum exact in `i32` (so the
+/// bytes of the `f64` path). `ratio` is at most [`MAX_SUM_RATIO`]. SIMD for 1, 2, 4 and 8
+/// sub-channels, scalar otherwise.
+pub fn mean_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
+    let wb = 2 * channels * ratio;
+    assert!(wb > 0 && ratio <= MAX_SUM_RATIO && input.len() % wb == 0);
+    assert_eq!(out.len(), input.len() / wb * 4 * channels);
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_macros)
+    )]
+    macro_rules! by_channels {
+        ($m:ident :: $f:ident) => {
+            match channels {
+                1 => $m::$f::<1>(input, ratio, out),
+                2 => $m::$f::<2>(input, ratio, out),
+                4 => $m::$f::<4>(input, ratio, out),
+                8 => $m::$f::<8>(input, ratio, out),
+                _ => mean_windows_scalar(input, channels, ratio, out),
+            }
+        };
+    }
+    match isa.0 {
+        Kind::Scalar => mean_windows_scalar(input, channels, ratio, out),
+        // SAFETY (call of a target_feature function): SSE2 is part of x86-64.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Sse2 => unsafe { by_channels!(x86::mean_windows_sse2) },
+        // SAFETY: an Isa of this kind exists only when AVX2 was detected.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 => unsafe { by_channels!(x86::mean_windows_avx2) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
+        #[cfg(target_arch = "aarch64")]
+        Kind::Neon => unsafe { by_channels!(neon::mean_windows) },
+    }
+}
+
+/// The scalar window means: the reference of the SIMD kernels (see [`mean_windows_i16`]).
+pub fn mean_windows_scalar(input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
+    let r = ratio as f64;
+    for (w, o) in input
+        .chunks_exact(2 * channels * ratio)
+        .zip(out.chunks_exact_mut(4 * channels))
+    {
+        for (c, d) in o.chunks_exact_mut(4).enumerate() {
+            let s: i32 = w
+                .chunks_exact(2 * channels)
+                .map(|f| i32::from(i16::from_le_bytes([f[2 * c], f[2 * c + 1]])))
+                .sum();
+            d.copy_from_slice(&((f64::from(s) / r) as f32).to_le_bytes());
+        }
+    }
+}
+
+/// For each window of `ratio` frames of `channels` little-endian `i16` samples in `input`
 /// (whole windows only), the per-channel (min, max) as little-endian `i16` pairs, `4·channels`
 /// bytes per window, into `out` (the layout a `minmax` level stores, so no conversion follows).
 pub fn minmax_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
@@ -344,6 +399,15 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
             if a != b {
                 return Err(format!(
                     "{} sums differ: {channels} channels, ratio {ratio}",
+                    isa.name()
+                ));
+            }
+            let (mut a, mut b) = (vec![0; 4 * n * channels], vec![0; 4 * n * channels]);
+            mean_windows_scalar(input, channels, ratio, &mut a);
+            mean_windows_i16(isa, input, channels, ratio, &mut b);
+            if a != b {
+                return Err(format!(
+                    "{} means differ: {channels} channels, ratio {ratio}",
                     isa.name()
                 ));
             }
