@@ -60,6 +60,7 @@
 //! reference implementations the decimator is checked against.
 
 mod fir;
+mod float_paths;
 mod polyphase;
 #[allow(unsafe_code)]
 pub mod simd;
@@ -122,6 +123,8 @@ pub struct Decimator {
     /// empty). The `f64` stages are not used then.
     mm_counts: Vec<usize>,
     mm_acc: Vec<i16>,
+    /// The same for `minmax` of `f32` input (`minmax_f32`): (+inf, −inf) while empty.
+    mmf_acc: Vec<f32>,
     /// Output frames of the `f32` FIR's last batch.
     fir_out: Vec<f64>,
 }
@@ -221,6 +224,7 @@ impl Decimator {
             mean_pending: Vec::new(),
             mm_counts: vec![0; levels],
             mm_acc: [i16::MAX, i16::MIN].repeat(levels * channels),
+            mmf_acc: [f32::INFINITY, f32::NEG_INFINITY].repeat(levels * channels),
             fir_out: Vec::new(),
         })
     }
@@ -311,6 +315,12 @@ impl Decimator {
             use SampleType as S;
             if self.sample == S::I16Le && self.mode == DecimateMode::MinMax {
                 return self.minmax_i16(bytes, out);
+            }
+            if self.sample == S::F32Le && self.mode == DecimateMode::MinMax {
+                return self.minmax_f32(bytes, out);
+            }
+            if self.sample == S::F32Le && self.stages.len() == 1 {
+                return self.mean_f32(bytes, out);
             }
             let ratio = self.stages[0].ratio() as usize;
             if self.sample == S::I16Le

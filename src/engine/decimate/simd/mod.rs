@@ -2,6 +2,8 @@
 //! sums and extremes of little-endian `i16` samples (`mean`/`minmax` level 0) and the `f32`
 //! dot product of the polyphase FIR.
 //!
+//! The `f32` kernels of `mean` and `minmax` are in `float` (re-exported here).
+//!
 //! Owns: choosing the instruction set once ([`Isa::detect`]: SSE2 or AVX2+FMA on x86-64 by
 //! `is_x86_feature_detected!`, NEON on aarch64, where it is always present), the kernels of
 //! each, and the scalar kernels that are both the fallback and the reference the SIMD ones are
@@ -30,10 +32,17 @@
 //! lanes), so it differs from the in-order scalar sum by rounding only (see the decimator's
 //! module doc for the bound).
 
+mod float;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_f32;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_f32;
+
+pub use float::{mean_fold_f32, mean_fold_f32_scalar, minmax_fold_f32, minmax_fold_f32_scalar};
 
 /// An instruction set the running CPU has (only constructible by detection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,6 +454,27 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
             }
         }
     }
+    let mut special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::MAX,
+        f32::MIN,
+        f32::from_bits(0x7fa0_0001),
+    ]
+    .into_iter()
+    .cycle();
+    let floats: Vec<f32> = samples
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, b)| match i % 13 {
+            0 => special.next().expect("cycle"),
+            _ => f32::from(i16::from_le_bytes([b[0], b[1]])) / 64.0,
+        })
+        .collect();
+    float::self_check_f32(isa, &floats)?;
     let f: Vec<f32> = samples
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
