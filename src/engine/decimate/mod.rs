@@ -19,8 +19,15 @@
 //!   is ignored unless the whole window is NaN).
 //! * `mean:N`: the window sum is accumulated in `f64` in arrival order, divided by N, and rounded
 //!   to the nearest `f32` (ties to even). Level 0 of little-endian `i16` input sums whole
-//!   windows in `i32` SIMD lanes ([`simd`]); every partial sum is an exactly representable
-//!   integer, so that is the same sum and the same output bytes. `minmax` of `i16` likewise
+//!   windows in `i32` SIMD lanes ([`simd`]), divides and rounds in vector lanes too, and keeps
+//!   the frames of a partial window raw until a later call completes it; every partial sum is
+//!   an exactly representable integer, so that is the same sum and the same output bytes.
+//!   Little-endian `f32` input with one level sums each sub-channel in its own `f64` vector
+//!   lane in arrival order ([`simd::mean_fold_f32`]): the same operations, so the same bytes.
+//!   `minmax` of little-endian `f32` runs every level in `f32` lanes the same way
+//!   ([`simd::minmax_fold_f32`]): the same values, except that of `-0.0` and `+0.0` in one
+//!   window the first one stays (the `f64` path leaves that open) and a window of nothing
+//!   but NaN stores the quiet NaN `0x7fc00000`. `minmax` of `i16` likewise
 //!   takes min and max in `i16` lanes, at every level (exact, so the same bytes as `f64`). Cascaded levels average the previous level's `f64`
 //!   means (not the rounded `f32` values), so level k equals the mean of `factor_k` inputs up to
 //!   `f64` rounding.
@@ -56,7 +63,8 @@
 //! datagrams or stream bytes, and the per-sample-type fast paths of level 0. `value` is the
 //! stored value types and level shapes, `fir` the low-pass design, `stage` one cascade level's
 //! windowing state, `polyphase` the `f32` FIR of level 0, `simd` the kernels (SSE2/AVX2 chosen
-//! at run time on x86-64, NEON on aarch64, scalar elsewhere), and `tests`/`simd_tests` the
+//! at run time on x86-64, NEON on aarch64, scalar elsewhere), `float_paths` the decimator's
+//! side of the `f32` kernels, and `tests`/`simd_tests` the
 //! reference implementations the decimator is checked against.
 
 mod fir;
