@@ -300,10 +300,10 @@ proptest! {
             let count0 = start % ratio;
             let mut results = Vec::new();
             for isa in std::iter::once(Isa::SCALAR).chain(Isa::available()) {
-                // A part-filled window to start from, from the input's last values.
+                // A part-filled window to start from, from the input's first values.
                 let mut count = count0;
                 let mut sums: Vec<f64> = (0..ch)
-                    .map(|c| if count0 == 0 { 0.0 } else { f64::from(vals[vals.len().saturating_sub(c + 1).min(vals.len().max(1) - 1)]) })
+                    .map(|c| if count0 == 0 { 0.0 } else { f64::from(vals.get(c).copied().unwrap_or(1.5)) })
                     .map(|v| if v.is_nan() { 0.5 } else { v })
                     .collect();
                 let mut acc: Vec<f32> = (0..2 * ch)
