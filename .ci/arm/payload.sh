@@ -217,19 +217,46 @@ output = file://$d/raw.raw
 sample = i16le
 sample_rate = 1000
 decimate = mean:10
+# f32 input runs the NEON running-window kernels (mean and minmax have their own).
+[channel f]
+input = udp://127.0.0.1:5301
+output = file://$d/f.raw
+sample = f32le
+interleave = 4
+sample_rate = 1000
+decimate = minmax:10,100
+[channel g]
+input = udp://127.0.0.1:5302
+output = file://$d/g.raw
+sample = f32le
+interleave = 2
+sample_rate = 1000
+decimate = mean:10
 EOC
   ringrelay run -c $d/conf > $d/relay.log 2>&1 & r=$!
   wait_ready $d/relay.log || { kill $r; fail shm "relay not ready"; return; }
   timeout 60 ringrelay gen udp://127.0.0.1:5300 --format i16le --signal counter --rate 10000 \
     --frames 1000 --packet-bytes 200 > $d/gen.log 2>&1
+  timeout 60 ringrelay gen udp://127.0.0.1:5301 --format f32le --interleave 4 --rate 10000 \
+    --frames 1000 --packet-bytes 400 > $d/gen-f.log 2>&1
+  timeout 60 ringrelay gen udp://127.0.0.1:5302 --format f32le --interleave 2 --rate 10000 \
+    --frames 1000 --packet-bytes 400 > $d/gen-g.log 2>&1
   sleep 1
   timeout 30 ringrelay tail s --shm-dir $d/regions --format csv > $d/tail.csv 2> $d/tail.err
   rt=$?
+  timeout 30 ringrelay tail f --shm-dir $d/regions --format csv > $d/tail-f.csv 2>> $d/tail.err
+  rf=$?
+  timeout 30 ringrelay tail g --shm-dir $d/regions --format csv > $d/tail-g.csv 2>> $d/tail.err
+  rg=$?
   term_wait $r; rr=$RC
   lines=$(wc -l < $d/tail.csv | tr -d ' ')
-  echo "shm: tail exit=$rt lines=$lines relay exit=$rr; first rows:"; head -3 $d/tail.csv
-  # 1000 frames / 10 = 100 decimated frames plus the header line.
-  if [ $rt = 0 ] && [ "$lines" = 101 ] && head -1 $d/tail.csv | grep -q '^frame,time_ns'; then
+  lf=$(wc -l < $d/tail-f.csv | tr -d ' ')
+  lg=$(wc -l < $d/tail-g.csv | tr -d ' ')
+  echo "shm: tail exit=$rt/$rf/$rg lines=$lines/$lf/$lg relay exit=$rr; first rows:"
+  head -3 $d/tail.csv; head -2 $d/tail-f.csv; head -2 $d/tail-g.csv
+  # 1000 frames / 10 = 100 decimated frames plus the header line, on each channel.
+  if [ $rt = 0 ] && [ "$lines" = 101 ] && head -1 $d/tail.csv | grep -q '^frame,time_ns' &&
+     [ $rf = 0 ] && [ "$lf" = 101 ] && [ $rg = 0 ] && [ "$lg" = 101 ]; then
     pass shm
   else
     cat $d/tail.err; fail shm "tail output"

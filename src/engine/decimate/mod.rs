@@ -19,8 +19,15 @@
 //!   is ignored unless the whole window is NaN).
 //! * `mean:N`: the window sum is accumulated in `f64` in arrival order, divided by N, and rounded
 //!   to the nearest `f32` (ties to even). Level 0 of little-endian `i16` input sums whole
-//!   windows in `i32` SIMD lanes ([`simd`]); every partial sum is an exactly representable
-//!   integer, so that is the same sum and the same output bytes. `minmax` of `i16` likewise
+//!   windows in `i32` SIMD lanes ([`simd`]), divides and rounds in vector lanes too, and keeps
+//!   the frames of a partial window raw until a later call completes it; every partial sum is
+//!   an exactly representable integer, so that is the same sum and the same output bytes.
+//!   Little-endian `f32` input with one level sums each sub-channel in its own `f64` vector
+//!   lane in arrival order ([`simd::mean_fold_f32`]): the same operations, so the same bytes.
+//!   `minmax` of little-endian `f32` runs every level in `f32` lanes the same way
+//!   ([`simd::minmax_fold_f32`]): the same values, except that of `-0.0` and `+0.0` in one
+//!   window the first one stays (the `f64` path leaves that open) and a window of nothing
+//!   but NaN stores the quiet NaN `0x7fc00000`. `minmax` of `i16` likewise
 //!   takes min and max in `i16` lanes, at every level (exact, so the same bytes as `f64`). Cascaded levels average the previous level's `f64`
 //!   means (not the rounded `f32` values), so level k equals the mean of `factor_k` inputs up to
 //!   `f64` rounding.
@@ -56,10 +63,12 @@
 //! datagrams or stream bytes, and the per-sample-type fast paths of level 0. `value` is the
 //! stored value types and level shapes, `fir` the low-pass design, `stage` one cascade level's
 //! windowing state, `polyphase` the `f32` FIR of level 0, `simd` the kernels (SSE2/AVX2 chosen
-//! at run time on x86-64, NEON on aarch64, scalar elsewhere), and `tests`/`simd_tests` the
+//! at run time on x86-64, NEON on aarch64, scalar elsewhere), `float_paths` the decimator's
+//! side of the `f32` kernels, and `tests`/`simd_tests` the
 //! reference implementations the decimator is checked against.
 
 mod fir;
+mod float_paths;
 mod polyphase;
 #[allow(unsafe_code)]
 pub mod simd;
@@ -80,6 +89,10 @@ use stage::Stage;
 
 /// Whole windows handed to a SIMD kernel at once (bounds the kernel's output buffer).
 const WINDOW_BATCH: usize = 256;
+
+/// Largest level-0 window (bytes) whose partial frames wait raw for the window kernels;
+/// longer `mean` windows of `i16` add up frame by frame.
+const MAX_PENDING: usize = 64 * 1024;
 
 /// Counters a decimator keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,11 +123,16 @@ pub struct Decimator {
     isa: Isa,
     /// Kernel outputs of the `i16` `mean` window path: per-channel window sums.
     win_sums: Vec<i32>,
+    /// `mean` of `i16` input: the raw frames of level 0's partial window (its `Stage` is not
+    /// used then).
+    mean_pending: Vec<u8>,
     /// `minmax` of `i16` input, which runs every level in `i16` (`minmax_i16`): per level,
     /// frames of the current window, and its (min, max) pairs (`i16::MAX`, `i16::MIN` while
     /// empty). The `f64` stages are not used then.
     mm_counts: Vec<usize>,
     mm_acc: Vec<i16>,
+    /// The same for `minmax` of `f32` input (`minmax_f32`): (+inf, −inf) while empty.
+    mmf_acc: Vec<f32>,
     /// Output frames of the `f32` FIR's last batch.
     fir_out: Vec<f64>,
 }
@@ -211,8 +229,10 @@ impl Decimator {
             scratch: Vec::with_capacity(2 * channels),
             isa: Isa::detect(),
             win_sums: Vec::new(),
+            mean_pending: Vec::new(),
             mm_counts: vec![0; levels],
             mm_acc: [i16::MAX, i16::MIN].repeat(levels * channels),
+            mmf_acc: [f32::INFINITY, f32::NEG_INFINITY].repeat(levels * channels),
             fir_out: Vec::new(),
         })
     }
@@ -304,7 +324,17 @@ impl Decimator {
             if self.sample == S::I16Le && self.mode == DecimateMode::MinMax {
                 return self.minmax_i16(bytes, out);
             }
-            if self.sample == S::I16Le && self.stages[0].ratio() as usize <= simd::MAX_SUM_RATIO {
+            if self.sample == S::F32Le && self.mode == DecimateMode::MinMax {
+                return self.minmax_f32(bytes, out);
+            }
+            if self.sample == S::F32Le && self.stages.len() == 1 {
+                return self.mean_f32(bytes, out);
+            }
+            let ratio = self.stages[0].ratio() as usize;
+            if self.sample == S::I16Le
+                && ratio <= simd::MAX_SUM_RATIO
+                && ratio * self.frame_bytes <= MAX_PENDING
+            {
                 return self.level0_i16_windows(bytes, out);
             }
             return match self.sample {
@@ -428,49 +458,62 @@ impl Decimator {
 }
 
 impl Decimator {
-    /// `mean` level 0 of little-endian `i16` samples: a partial window at either end goes
-    /// frame by frame through [`Decimator::level0`]; whole windows go to the SIMD kernel in
-    /// batches. Exact (integer sums), so the output is the same bytes as the frame-by-frame
-    /// path.
+    /// `mean` level 0 of little-endian `i16` samples, whole windows only, through the SIMD
+    /// kernels: the frames of a partial window wait as raw bytes in `mean_pending` until a
+    /// later call completes it, so no window is summed frame by frame. Exact (integer sums),
+    /// so the output is the same bytes as the frame-by-frame path.
     fn level0_i16_windows(&mut self, mut bytes: &[u8], out: &mut [Vec<u8>]) {
-        let dec = |b: [u8; 2]| f64::from(i16::from_le_bytes(b));
+        let wb = self.stages[0].ratio() as usize * self.frame_bytes;
+        self.counters.frames_in += (bytes.len() / self.frame_bytes) as u64;
+        if !self.mean_pending.is_empty() {
+            let take = (wb - self.mean_pending.len()).min(bytes.len());
+            self.mean_pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.mean_pending.len() < wb {
+                return;
+            }
+            let window = std::mem::take(&mut self.mean_pending);
+            self.mean_i16_windows(&window, out);
+            self.mean_pending = window;
+            self.mean_pending.clear();
+        }
+        let whole = bytes.len() / wb * wb;
+        self.mean_i16_windows(&bytes[..whole], out);
+        self.mean_pending.extend_from_slice(&bytes[whole..]);
+    }
+
+    /// Level 0's output frames of the whole `mean` windows of `i16` samples in `bytes`:
+    /// straight to `f32` bytes when there is one level, else each cascades.
+    fn mean_i16_windows(&mut self, bytes: &[u8], out: &mut [Vec<u8>]) {
         let fb = self.frame_bytes;
         let channels = fb / 2;
         let ratio = self.stages[0].ratio() as usize;
-        let count = self.stages[0].count() as usize;
-        if count != 0 {
-            let take = ((ratio - count) * fb).min(bytes.len());
-            self.level0(&bytes[..take], out, dec);
-            bytes = &bytes[take..];
-        }
         let wb = ratio * fb;
-        let whole = bytes.len() / wb * wb;
-        let single = self.stages.len() == 1;
-        for batch in bytes[..whole].chunks(wb * WINDOW_BATCH) {
+        let n = bytes.len() / wb;
+        if n == 0 {
+            return;
+        }
+        if self.stages.len() == 1 {
+            let o = &mut out[0];
+            let at = o.len();
+            o.resize(at + n * 4 * channels, 0);
+            simd::mean_windows_i16(self.isa, bytes, channels, ratio, &mut o[at..]);
+            self.counters.frames_out[0] += n as u64;
+            return;
+        }
+        for batch in bytes.chunks(wb * WINDOW_BATCH) {
             let n = batch.len() / wb;
-            self.counters.frames_in += (n * ratio) as u64;
             let mut sums = std::mem::take(&mut self.win_sums);
             sums.resize(n * channels, 0);
             simd::sum_windows_i16(self.isa, batch, channels, ratio, &mut sums);
             let r = ratio as f64;
-            if single {
-                let o = &mut out[0];
-                let at = o.len();
-                o.resize(at + sums.len() * 4, 0);
-                for (d, s) in o[at..].chunks_exact_mut(4).zip(&sums) {
-                    d.copy_from_slice(&((f64::from(*s) / r) as f32).to_le_bytes());
-                }
-                self.counters.frames_out[0] += n as u64;
-            } else {
-                for w in sums.chunks_exact(channels) {
-                    self.scratch.clear();
-                    self.scratch.extend(w.iter().map(|s| f64::from(*s) / r));
-                    self.cascade(out);
-                }
+            for w in sums.chunks_exact(channels) {
+                self.scratch.clear();
+                self.scratch.extend(w.iter().map(|s| f64::from(*s) / r));
+                self.cascade(out);
             }
             self.win_sums = sums;
         }
-        self.level0(&bytes[whole..], out, dec);
     }
 }
 

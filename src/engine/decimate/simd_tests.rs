@@ -70,13 +70,23 @@ proptest! {
         let mut want_m = vec![0; windows * 4 * ch];
         simd::sum_windows_scalar(&bytes, ch, ratio, &mut want_s);
         simd::minmax_windows_scalar(&bytes, ch, ratio, &mut want_m);
+        let mut want_a = vec![0; windows * 4 * ch];
+        simd::mean_windows_scalar(&bytes, ch, ratio, &mut want_a);
+        // The scalar means are the sums' means, rounded once.
+        let r = ratio as f64;
+        let from_sums: Vec<u8> = want_s.iter()
+            .flat_map(|s| ((f64::from(*s) / r) as f32).to_le_bytes()).collect();
+        prop_assert_eq!(&want_a, &from_sums);
         for isa in Isa::available() {
             let mut s = vec![7; windows * ch];
             let mut m = vec![7; windows * 4 * ch];
+            let mut a = vec![7; windows * 4 * ch];
             simd::sum_windows_i16(isa, &bytes, ch, ratio, &mut s);
             simd::minmax_windows_i16(isa, &bytes, ch, ratio, &mut m);
+            simd::mean_windows_i16(isa, &bytes, ch, ratio, &mut a);
             prop_assert_eq!(&s, &want_s, "{} sums", isa.name());
             prop_assert_eq!(&m, &want_m, "{} extremes", isa.name());
+            prop_assert_eq!(&a, &want_a, "{} means", isa.name());
         }
     }
 
@@ -233,5 +243,144 @@ fn detect_is_best_available() {
 fn self_check_passes() {
     for isa in Isa::available() {
         assert_eq!(simd::self_check(isa), Ok(()), "{}", isa.name());
+    }
+}
+
+/// `f32` samples: mostly ordinary values, often the special ones (NaN of both kinds,
+/// infinities, signed zeros, the extremes).
+fn arb_f32s(max: usize) -> impl Strategy<Value = Vec<f32>> {
+    proptest::collection::vec(
+        prop_oneof![
+            8 => -1000.0f32..1000.0,
+            1 => Just(f32::NAN),
+            1 => Just(f32::from_bits(0xffa0_0001)),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => Just(f32::MAX),
+            1 => Just(f32::MIN),
+        ],
+        0..max,
+    )
+}
+
+/// Little-endian `f32` values as bits, every NaN as the same one (which NaN an addition of two
+/// NaN returns depends on the operand order the compiler picked).
+fn f32_bits(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .map(|v| if v.is_nan() { 0x7fc0_0000 } else { v.to_bits() })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The running `f32` windows of each set equal the scalar ones exactly (`mean` and
+    /// `minmax`, raw frames and pairs), whatever the window already holds and however the
+    /// frames are split across calls.
+    #[test]
+    fn f32_fold_kernels_match_scalar(
+        ch in prop_oneof![Just(1usize), Just(2), Just(4), Just(8), 1usize..=9],
+        ratio in 1usize..40,
+        pairs in any::<bool>(),
+        vals in arb_f32s(9 * 300),
+        start in 0usize..40,
+        cuts in proptest::collection::vec(0usize..300, 0..6),
+    ) {
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for mean in [true, false] {
+            let fb = if mean || !pairs { 4 * ch } else { 8 * ch };
+            let bytes = &bytes[..bytes.len() / fb * fb];
+            let frames = bytes.len() / fb;
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| (*c).min(frames)).collect();
+            cuts.push(frames);
+            cuts.sort();
+            let count0 = start % ratio;
+            let mut results = Vec::new();
+            for isa in std::iter::once(Isa::SCALAR).chain(Isa::available()) {
+                // A part-filled window to start from, from the input's first values.
+                let mut count = count0;
+                let mut sums: Vec<f64> = (0..ch)
+                    .map(|c| if count0 == 0 { 0.0 } else { f64::from(vals.get(c).copied().unwrap_or(1.5)) })
+                    .map(|v| if v.is_nan() { 0.5 } else { v })
+                    .collect();
+                let mut acc: Vec<f32> = (0..2 * ch)
+                    .map(|j| if count0 == 0 { [f32::INFINITY, f32::NEG_INFINITY][j % 2] } else { [-0.0, 3.5][j % 2] })
+                    .collect();
+                let mut out = Vec::new();
+                let mut at = 0;
+                for &c in &cuts {
+                    let part = &bytes[at * fb..c * fb];
+                    let n = simd::fold_windows(c - at, ratio, count);
+                    if mean {
+                        let mut o = vec![0x55; n * 4 * ch];
+                        simd::mean_fold_f32(isa, part, ch, ratio, &mut count, &mut sums, &mut o);
+                        out.extend_from_slice(&o);
+                    } else {
+                        let mut o = vec![0x55; n * 8 * ch];
+                        simd::minmax_fold_f32(isa, part, pairs, ch, ratio, &mut count, &mut acc, &mut o);
+                        out.extend_from_slice(&o);
+                    }
+                    at = c;
+                }
+                let state: Vec<u64> = sums.iter()
+                    .map(|s| if s.is_nan() { 1 } else { s.to_bits() })
+                    .chain(acc.iter().map(|a| u64::from(a.to_bits())))
+                    .collect();
+                results.push((isa.name(), f32_bits(&out), out, count, state));
+            }
+            for r in &results[1..] {
+                if mean {
+                    prop_assert_eq!(&r.1, &results[0].1, "{} means", r.0);
+                } else {
+                    // No arithmetic: the very bytes.
+                    prop_assert_eq!(&r.2, &results[0].2, "{} extremes", r.0);
+                }
+                prop_assert_eq!((r.3, &r.4), (results[0].3, &results[0].4), "{} state", r.0);
+            }
+        }
+    }
+
+    /// Whole decimators of `f32` samples (`mean` of one level, `minmax` of 1 to 3 levels):
+    /// every instruction set gives the bytes of the scalar kernels, and the values of the `f64`
+    /// frame-by-frame path (the same samples fed big-endian), `-0.0` equal to `+0.0` and NaN
+    /// to NaN, whatever the packetisation.
+    #[test]
+    fn f32_decimator_matches_frame_path(
+        minmax in any::<bool>(),
+        ch in prop_oneof![Just(1usize), Just(2), Just(4), Just(8), 1usize..=9],
+        f0 in 1u32..30,
+        mults in proptest::collection::vec(2u32..5, 0..3),
+        vals in arb_f32s(3000),
+        cuts in proptest::collection::vec(0usize..12000, 0..16),
+    ) {
+        let mode = if minmax { DecimateMode::MinMax } else { DecimateMode::Mean };
+        let mut factors = vec![f0];
+        if minmax {
+            for m in mults { let l = *factors.last().unwrap(); factors.push(l * m); }
+        }
+        let sp = spec(mode, &factors, None);
+        let le: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let be: Vec<u8> = vals.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let mut cuts = cuts;
+        cuts.sort();
+        let (want, wd) = run(SampleType::F32Le, ch, &sp, Isa::SCALAR, &le, &cuts);
+        let (frame_path, _) = run(SampleType::F32Be, ch, &sp, Isa::SCALAR, &be, &cuts);
+        let value = |b: &[u8]| -> Vec<u32> {
+            f32_bits(b).into_iter().map(|v| if v == 0x8000_0000 { 0 } else { v }).collect()
+        };
+        for l in 0..factors.len() {
+            prop_assert_eq!(value(&want[l]), value(&frame_path[l]), "level {} vs f64 path", l);
+        }
+        for isa in Isa::available() {
+            let (got, d) = run(SampleType::F32Le, ch, &sp, isa, &le, &cuts);
+            for l in 0..factors.len() {
+                prop_assert_eq!(f32_bits(&got[l]), f32_bits(&want[l]), "{} level {}", isa.name(), l);
+            }
+            prop_assert_eq!(d.counters(), wd.counters(), "{} counters", isa.name());
+            prop_assert_eq!(d.carried_bytes(), wd.carried_bytes());
+        }
     }
 }

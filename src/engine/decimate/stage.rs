@@ -82,17 +82,6 @@ impl Stage {
         }
     }
 
-    /// Input frames of the current partial window.
-    pub(super) fn count(&self) -> u32 {
-        match self {
-            Stage::Every { count, .. }
-            | Stage::Mean { count, .. }
-            | Stage::MinMax { count, .. }
-            | Stage::Fir { count, .. } => *count,
-            Stage::FirF32(f) => f.count,
-        }
-    }
-
     /// Feeds one frame; returns true when `out` holds a new output frame.
     pub(super) fn push(&mut self, frame: &[f64], out: &mut Vec<f64>) -> bool {
         match self {

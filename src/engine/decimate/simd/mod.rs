@@ -2,6 +2,8 @@
 //! sums and extremes of little-endian `i16` samples (`mean`/`minmax` level 0) and the `f32`
 //! dot product of the polyphase FIR.
 //!
+//! The `f32` kernels of `mean` and `minmax` are in `float` (re-exported here).
+//!
 //! Owns: choosing the instruction set once ([`Isa::detect`]: SSE2 or AVX2+FMA on x86-64 by
 //! `is_x86_feature_detected!`, NEON on aarch64, where it is always present), the kernels of
 //! each, and the scalar kernels that are both the fallback and the reference the SIMD ones are
@@ -30,10 +32,17 @@
 //! lanes), so it differs from the in-order scalar sum by rounding only (see the decimator's
 //! module doc for the bound).
 
+mod float;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_f32;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_f32;
+
+pub use float::{mean_fold_f32, mean_fold_f32_scalar, minmax_fold_f32, minmax_fold_f32_scalar};
 
 /// An instruction set the running CPU has (only constructible by detection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +138,61 @@ pub fn sum_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, ou
         // SAFETY (call of a target_feature function): NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
         Kind::Neon => unsafe { by_channels!(neon::sum_windows) },
+    }
+}
+
+/// For each window of `ratio` frames of `channels` little-endian `i16` samples in `input`
+/// (whole windows only), the per-channel means as little-endian `f32`, `4·channels` bytes per
+/// window, into `out`: `(f64::from(sum) / ratio as f64) as f32`, the sum exact in `i32` (so the
+/// bytes of the `f64` path). `ratio` is at most [`MAX_SUM_RATIO`]. SIMD for 1, 2, 4 and 8
+/// sub-channels, scalar otherwise.
+pub fn mean_windows_i16(isa: Isa, input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
+    let wb = 2 * channels * ratio;
+    assert!(wb > 0 && ratio <= MAX_SUM_RATIO && input.len() % wb == 0);
+    assert_eq!(out.len(), input.len() / wb * 4 * channels);
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_macros)
+    )]
+    macro_rules! by_channels {
+        ($m:ident :: $f:ident) => {
+            match channels {
+                1 => $m::$f::<1>(input, ratio, out),
+                2 => $m::$f::<2>(input, ratio, out),
+                4 => $m::$f::<4>(input, ratio, out),
+                8 => $m::$f::<8>(input, ratio, out),
+                _ => mean_windows_scalar(input, channels, ratio, out),
+            }
+        };
+    }
+    match isa.0 {
+        Kind::Scalar => mean_windows_scalar(input, channels, ratio, out),
+        // SAFETY (call of a target_feature function): SSE2 is part of x86-64.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Sse2 => unsafe { by_channels!(x86::mean_windows_sse2) },
+        // SAFETY: an Isa of this kind exists only when AVX2 was detected.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 => unsafe { by_channels!(x86::mean_windows_avx2) },
+        // SAFETY (call of a target_feature function): NEON is part of aarch64.
+        #[cfg(target_arch = "aarch64")]
+        Kind::Neon => unsafe { by_channels!(neon::mean_windows) },
+    }
+}
+
+/// The scalar window means: the reference of the SIMD kernels (see [`mean_windows_i16`]).
+pub fn mean_windows_scalar(input: &[u8], channels: usize, ratio: usize, out: &mut [u8]) {
+    let r = ratio as f64;
+    for (w, o) in input
+        .chunks_exact(2 * channels * ratio)
+        .zip(out.chunks_exact_mut(4 * channels))
+    {
+        for (c, d) in o.chunks_exact_mut(4).enumerate() {
+            let s: i32 = w
+                .chunks_exact(2 * channels)
+                .map(|f| i32::from(i16::from_le_bytes([f[2 * c], f[2 * c + 1]])))
+                .sum();
+            d.copy_from_slice(&((f64::from(s) / r) as f32).to_le_bytes());
+        }
     }
 }
 
@@ -348,6 +412,15 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
                 ));
             }
             let (mut a, mut b) = (vec![0; 4 * n * channels], vec![0; 4 * n * channels]);
+            mean_windows_scalar(input, channels, ratio, &mut a);
+            mean_windows_i16(isa, input, channels, ratio, &mut b);
+            if a != b {
+                return Err(format!(
+                    "{} means differ: {channels} channels, ratio {ratio}",
+                    isa.name()
+                ));
+            }
+            let (mut a, mut b) = (vec![0; 4 * n * channels], vec![0; 4 * n * channels]);
             minmax_windows_scalar(input, channels, ratio, &mut a);
             minmax_windows_i16(isa, input, channels, ratio, &mut b);
             if a != b {
@@ -381,6 +454,27 @@ pub fn self_check(isa: Isa) -> Result<(), String> {
             }
         }
     }
+    let mut special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::MAX,
+        f32::MIN,
+        f32::from_bits(0x7fa0_0001),
+    ]
+    .into_iter()
+    .cycle();
+    let floats: Vec<f32> = samples
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, b)| match i % 13 {
+            0 => special.next().expect("cycle"),
+            _ => f32::from(i16::from_le_bytes([b[0], b[1]])) / 64.0,
+        })
+        .collect();
+    float::self_check_f32(isa, &floats)?;
     let f: Vec<f32> = samples
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)

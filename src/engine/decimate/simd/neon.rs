@@ -89,6 +89,63 @@ pub(super) fn sum_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut 
     }
 }
 
+/// Window means of `i16` samples straight to `f32` bytes: the sums as in [`sum_windows`],
+/// folded to one lane per sub-channel, converted to `f64`, divided by `ratio` and rounded to
+/// `f32` in vector lanes (each step exact or correctly rounded, as the scalar path).
+#[target_feature(enable = "neon")]
+pub(super) fn mean_windows<const C: usize>(input: &[u8], ratio: usize, out: &mut [u8]) {
+    let r = vdupq_n_f64(ratio as f64);
+    let means = |s: int32x4_t| -> [f32; 4] {
+        let lo = vdivq_f64(vcvtq_f64_s64(vmovl_s32(vget_low_s32(s))), r);
+        let hi = vdivq_f64(vcvtq_f64_s64(vmovl_high_s32(s)), r);
+        let mut m = [0f32; 4];
+        // SAFETY: `m` is 4 writable f32.
+        unsafe {
+            vst1q_f32(
+                m.as_mut_ptr(),
+                vcombine_f32(vcvt_f32_f64(lo), vcvt_f32_f64(hi)),
+            )
+        };
+        m
+    };
+    for (w, o) in input
+        .chunks_exact(2 * C * ratio)
+        .zip(out.chunks_exact_mut(4 * C))
+    {
+        let mut lo = vdupq_n_s32(0);
+        let mut hi = vdupq_n_s32(0);
+        let mut blocks = w.chunks_exact(16);
+        for b in &mut blocks {
+            let v = load_s16(b);
+            lo = vaddw_s16(lo, vget_low_s16(v));
+            hi = vaddw_high_s16(hi, v);
+        }
+        if !blocks.remainder().is_empty() {
+            // Starts on sub-channel 0; the zero padding adds nothing.
+            let v = load_part(blocks.remainder());
+            lo = vaddw_s16(lo, vget_low_s16(v));
+            hi = vaddw_high_s16(hi, v);
+        }
+        let m = if C == 8 {
+            let (a, b) = (means(lo), means(hi));
+            [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+        } else {
+            let mut s = vaddq_s32(lo, hi);
+            if C <= 2 {
+                s = vaddq_s32(s, vextq_s32::<2>(s, s));
+            }
+            if C == 1 {
+                s = vaddq_s32(s, vextq_s32::<1>(s, s));
+            }
+            let a = means(s);
+            [a[0], a[1], a[2], a[3], 0.0, 0.0, 0.0, 0.0]
+        };
+        for (d, v) in o.chunks_exact_mut(4).zip(m) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
 /// Per-channel window extremes on 8 lanes, the last vector overlapping when the window is not
 /// whole vectors (harmless for min and max).
 #[target_feature(enable = "neon")]

@@ -84,6 +84,117 @@ pub(super) fn sum_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: 
     }
 }
 
+/// Stores `C` (at most 4) `f32` of `v` as little-endian bytes: `4·C` bytes of `o`.
+#[inline]
+#[target_feature(enable = "sse2")]
+fn store_f32s<const C: usize>(v: __m128, o: &mut [u8]) {
+    if C == 4 {
+        let o: &mut [u8; 16] = (&mut o[..16]).try_into().expect("16-byte block");
+        // SAFETY: `o` is 16 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm_storeu_ps(o.as_mut_ptr().cast(), v) };
+    } else {
+        store_part(_mm_castps_si128(v), &mut o[..4 * C]);
+    }
+}
+
+/// Window means of `i16` samples straight to `f32` bytes: the sums as in
+/// [`sum_windows_avx2`], folded to one lane per sub-channel in registers, converted to `f64`,
+/// divided by `ratio` and rounded to `f32` in vector lanes (each step exact or correctly
+/// rounded, as in the scalar `(f64::from(sum) / r) as f32`).
+#[target_feature(enable = "avx2")]
+pub(super) fn mean_windows_avx2<const C: usize>(input: &[u8], ratio: usize, out: &mut [u8]) {
+    let r = _mm256_set1_pd(ratio as f64);
+    for (w, o) in input
+        .chunks_exact(2 * C * ratio)
+        .zip(out.chunks_exact_mut(4 * C))
+    {
+        let mut acc = _mm256_setzero_si256();
+        let mut blocks = w.chunks_exact(16);
+        for b in &mut blocks {
+            acc = _mm256_add_epi32(acc, _mm256_cvtepi16_epi32(load128(b)));
+        }
+        if !blocks.remainder().is_empty() {
+            // Starts on sub-channel 0; the zero padding adds nothing.
+            let part = load_part(blocks.remainder());
+            acc = _mm256_add_epi32(acc, _mm256_cvtepi16_epi32(part));
+        }
+        if C == 8 {
+            let lo = _mm256_cvtpd_ps(_mm256_div_pd(
+                _mm256_cvtepi32_pd(_mm256_castsi256_si128(acc)),
+                r,
+            ));
+            let hi = _mm256_cvtpd_ps(_mm256_div_pd(
+                _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(acc)),
+                r,
+            ));
+            store_f32s::<4>(lo, &mut o[..16]);
+            store_f32s::<4>(hi, &mut o[16..]);
+        } else {
+            let s = fold4_i32::<C>(_mm_add_epi32(
+                _mm256_castsi256_si128(acc),
+                _mm256_extracti128_si256::<1>(acc),
+            ));
+            let m = _mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtepi32_pd(s), r));
+            store_f32s::<C>(m, o);
+        }
+    }
+}
+
+/// Folds 4 `i32` lanes, lane `j` holding sub-channel `j % C` (`C` of 1, 2 or 4), so that lane
+/// `c < C` holds the sum of sub-channel `c`.
+#[inline]
+#[target_feature(enable = "sse2")]
+fn fold4_i32<const C: usize>(mut s: __m128i) -> __m128i {
+    if C <= 2 {
+        s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    }
+    if C == 1 {
+        s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    }
+    s
+}
+
+/// Four `i32` lanes divided by `r` and rounded to `f32`, as in [`mean_windows_avx2`].
+#[inline]
+#[target_feature(enable = "sse2")]
+fn means4_sse2(s: __m128i, r: __m128d) -> __m128 {
+    let lo = _mm_cvtpd_ps(_mm_div_pd(_mm_cvtepi32_pd(s), r));
+    let hi = _mm_cvtpd_ps(_mm_div_pd(_mm_cvtepi32_pd(_mm_unpackhi_epi64(s, s)), r));
+    _mm_movelh_ps(lo, hi)
+}
+
+/// Window means of `i16` samples straight to `f32` bytes on SSE2 (sums as in
+/// [`sum_windows_sse2`]).
+#[target_feature(enable = "sse2")]
+pub(super) fn mean_windows_sse2<const C: usize>(input: &[u8], ratio: usize, out: &mut [u8]) {
+    let r = _mm_set1_pd(ratio as f64);
+    for (w, o) in input
+        .chunks_exact(2 * C * ratio)
+        .zip(out.chunks_exact_mut(4 * C))
+    {
+        let mut lo = _mm_setzero_si128();
+        let mut hi = _mm_setzero_si128();
+        let mut blocks = w.chunks_exact(16);
+        for b in &mut blocks {
+            let v = load128(b);
+            lo = _mm_add_epi32(lo, _mm_srai_epi32::<16>(_mm_unpacklo_epi16(v, v)));
+            hi = _mm_add_epi32(hi, _mm_srai_epi32::<16>(_mm_unpackhi_epi16(v, v)));
+        }
+        if !blocks.remainder().is_empty() {
+            let v = load_part(blocks.remainder());
+            lo = _mm_add_epi32(lo, _mm_srai_epi32::<16>(_mm_unpacklo_epi16(v, v)));
+            hi = _mm_add_epi32(hi, _mm_srai_epi32::<16>(_mm_unpackhi_epi16(v, v)));
+        }
+        if C == 8 {
+            store_f32s::<4>(means4_sse2(lo, r), &mut o[..16]);
+            store_f32s::<4>(means4_sse2(hi, r), &mut o[16..]);
+        } else {
+            let s = fold4_i32::<C>(_mm_add_epi32(lo, hi));
+            store_f32s::<C>(means4_sse2(s, r), o);
+        }
+    }
+}
+
 /// The first `b.len()` (at most 16) bytes of a vector, the rest zero.
 #[inline(always)]
 fn load_part(b: &[u8]) -> __m128i {
