@@ -110,6 +110,8 @@
 //!     same way: the first seed 1, "step 1239: connection 28 (Some(Output(0, 1))) received
 //!     position 183354 after 184382" (the records read again); seed 2, "position 0 after
 //!     65011811"; seed 3, "position 22441 after 22448".
+//!     16 and 17 planted again after the simulation was split into modules (2026-12-03):
+//!     the same first seeds and messages.
 //!
 //! (The seeds were measured on their own branches: 1-9 before subscribers talked back,
 //! producers went silent, records were cut and ports were serial; 10-11, 12-13 and 14 each
