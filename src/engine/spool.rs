@@ -125,6 +125,10 @@ pub struct Spool {
     pub read: Position,
     /// A replay read in flight: (buffer, segment, offset, len).
     pub reading: Option<(BufId, u64, u64, u32)>,
+    /// A replay read found only part of a record before the written edge (segment, written):
+    /// the rest is staged or being written, and reading again before the edge moves would
+    /// find the same part.
+    pub partial_at: Option<(u64, u64)>,
     /// Replayed records handed to the output, oldest first: (the output's consumption mark
     /// once they are taken, the position just past them).
     pub handed: VecDeque<(u64, Position)>,
@@ -207,6 +211,7 @@ impl Spool {
             syncing: None,
             read,
             reading: None,
+            partial_at: None,
             handed: VecDeque::new(),
             consumed: read,
             recorded: read,
@@ -369,7 +374,8 @@ impl Spool {
                 continue;
             };
             let s = &self.segs[i];
-            if self.read.offset < s.written {
+            let partial = self.partial_at == Some((s.seq, s.written));
+            if self.read.offset < s.written && !partial {
                 let len = (s.written - self.read.offset).min(u64::from(self.buffer_size)) as u32;
                 return Some((s.fd, s.seq, self.read.offset, len));
             }
@@ -398,10 +404,25 @@ impl Spool {
     /// A replay read of `got` bytes at (`seq`, `offset`) came back in `buf`: `records` are the
     /// whole records found (payload offset and length in the buffer) and `end` the bytes they
     /// take. The caller queues them, then calls [`Spool::handed_to`] with its mark.
-    pub fn read_done(&mut self, seq: u64, offset: u64, end: usize, records: u64, bytes: u64) {
+    /// `got` is the bytes the read returned: when they end in part of a record (its rest not
+    /// written yet), the next read waits until the segment's written edge moves.
+    pub fn read_done(
+        &mut self,
+        (seq, offset, got): (u64, u64, u64),
+        end: usize,
+        records: u64,
+        bytes: u64,
+    ) {
         self.reading = None;
         if self.read.segment != seq || self.read.offset != offset {
             return; // dropped by drop-oldest meanwhile
+        }
+        self.partial_at = None;
+        if (end as u64) < got {
+            let edge = offset + got;
+            if let Some(s) = self.segs.iter().find(|s| s.seq == seq && s.written == edge) {
+                self.partial_at = Some((s.seq, s.written));
+            }
         }
         self.read.offset += end as u64;
         if let Some(s) = self.segs.iter_mut().find(|s| s.seq == seq) {
@@ -493,6 +514,50 @@ pub(crate) mod tests {
         }
     }
 
+    /// Replay right behind the head: a record whose start is written and whose rest is still
+    /// staged. A read that ends in its written part must make the next read wait for the
+    /// written edge to move, and flush the staged rest so that it does, not read the same part
+    /// again (a busy loop of reads until a sync point flushed it, up to `spool_sync` late).
+    #[test]
+    fn a_read_ending_in_part_of_a_record_flushes_the_rest_and_waits_for_it() {
+        let now = Instant::now();
+        let mut sp = Spool::new(
+            cfg(10_000, SpoolFull::DropOldest),
+            vec![],
+            vec![],
+            9,
+            256,
+            now,
+        );
+        let mut b = 0;
+        // 100 bytes a record in 256-byte staged buffers: the third record's first 56 bytes
+        // fill the first buffer (queued when full), its last 44 are staged in the second.
+        for _ in 0..3 {
+            assert!(append(&mut sp, 92, now, &mut b));
+        }
+        let mut released = Vec::new();
+        while let Some(op) = sp.next_disk(now) {
+            let Submit::Write { slot } = op else {
+                panic!("only writes are queued")
+            };
+            let len = sp.writing[slot].as_ref().expect("submitted").len();
+            assert!(!sp.disk_done(Lane::Write(slot), len as i32, now, &mut released));
+        }
+        assert_eq!(sp.segs[0].written, 256);
+        assert!(sp.staging.is_some(), "the rest is staged");
+        let (_, seq, off, len) = sp.next_read().expect("two records to read");
+        assert_eq!((off, len), (0, 256));
+        sp.reading = Some((0, seq, off, len));
+        // Two whole records, then the written part of the third.
+        sp.read_done((seq, off, 256), 200, 2, 184);
+        assert_eq!(sp.disk_queued(), 0);
+        assert_eq!(sp.next_read(), None, "the third's written part again");
+        assert_eq!(sp.disk_queued(), 1, "the staged rest is queued for writing");
+        settle(&mut sp, now);
+        let (_, _, off, len) = sp.next_read().expect("the whole third record");
+        assert_eq!((off, len), (200, 100));
+    }
+
     #[test]
     fn records_roll_segments_and_replay_in_order_then_delete_whole_segments() {
         let now = Instant::now();
@@ -517,7 +582,12 @@ pub(crate) mod tests {
         while let Some((_, seq, off, len)) = sp.next_read() {
             sp.reading = Some((0, seq, off, len));
             let whole = (len / 100) as u64;
-            sp.read_done(seq, off, (whole * 100) as usize, whole, whole * 92);
+            sp.read_done(
+                (seq, off, u64::from(len)),
+                (whole * 100) as usize,
+                whole,
+                whole * 92,
+            );
             mark += whole;
             sp.handed_to(mark);
             sp.consumed_to(mark, &mut gone);

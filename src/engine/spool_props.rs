@@ -211,7 +211,8 @@ impl Model {
             self.got.push(i);
             sum += r.len as u64;
         }
-        self.sp.read_done(seq, offset, end, found.len() as u64, sum);
+        self.sp
+            .read_done((seq, offset, u64::from(len)), end, found.len() as u64, sum);
         self.mark += found.len() as u64;
         self.sp.handed_to(self.mark);
         let mut gone = Vec::new();

@@ -121,6 +121,11 @@ impl Spool {
                 .sum::<usize>()
     }
 
+    /// Disk operations queued and not yet submitted.
+    pub fn disk_queued(&self) -> usize {
+        self.disk.len()
+    }
+
     /// Whether a write is queued or in flight.
     pub fn writes_pending(&self) -> bool {
         self.writes_in_flight() > 0 || self.disk.iter().any(|d| matches!(d, DiskOp::Write { .. }))

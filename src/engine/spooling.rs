@@ -435,6 +435,7 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
     if !up || draining || o.queue.backlog() > o.cfg.max_backlog / 2 || o.live {
         return;
     }
+    let queued = sp.disk_queued();
     if let Some((fd, seq, offset, len)) = sp.next_read() {
         let Some(b) = cx.pool.take() else { return };
         sp.reading = Some((b, seq, offset, len));
@@ -448,6 +449,12 @@ pub(crate) fn pump(cx: &mut Cx, o: &mut Output, at: At) {
             tok(OpKind::SpoolRead),
         );
         return;
+    }
+    if sp.disk_queued() > queued {
+        // Replay caught up with the staged tail and flushed it: submit that write now, or it
+        // waits for the next completion or tick, and with nothing else in flight the replay's
+        // last records wait with it.
+        return pump(cx, o, at);
     }
     // Caught up, and the queue back under half its limits (a replay read of small records
     // may queue more chunks than its quota: live, the next record would spool again).
@@ -555,7 +562,7 @@ pub(crate) fn on_read(cx: &mut Cx, ch: &mut Channel, tok: Token, res: i32) {
     let mut found = Vec::new();
     let (end, _) = spoolfmt::scan(bytes, 0, |f| found.push(f));
     let payload: u64 = found.iter().map(|f| f.len as u64).sum();
-    sp.read_done(seq, offset, end, found.len() as u64, payload);
+    sp.read_done((seq, offset, res as u64), end, found.len() as u64, payload);
     for f in &found {
         if f.len == 0 {
             continue;
