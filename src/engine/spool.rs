@@ -498,6 +498,18 @@ pub(crate) mod tests {
         true
     }
 
+    /// An empty spool of 1000-byte segments, 256-byte staged buffers, dropping the oldest.
+    pub(crate) fn spool(now: Instant) -> Spool {
+        Spool::new(
+            cfg(10_000, SpoolFull::DropOldest),
+            vec![],
+            vec![],
+            9,
+            256,
+            now,
+        )
+    }
+
     /// Runs every queued disk op to completion.
     pub(crate) fn settle(sp: &mut Spool, now: Instant) {
         sp.flush_staging();
@@ -521,14 +533,7 @@ pub(crate) mod tests {
     #[test]
     fn a_read_ending_in_part_of_a_record_flushes_the_rest_and_waits_for_it() {
         let now = Instant::now();
-        let mut sp = Spool::new(
-            cfg(10_000, SpoolFull::DropOldest),
-            vec![],
-            vec![],
-            9,
-            256,
-            now,
-        );
+        let mut sp = spool(now);
         let mut b = 0;
         // 100 bytes a record in 256-byte staged buffers: the third record's first 56 bytes
         // fill the first buffer (queued when full), its last 44 are staged in the second.
@@ -561,14 +566,7 @@ pub(crate) mod tests {
     #[test]
     fn records_roll_segments_and_replay_in_order_then_delete_whole_segments() {
         let now = Instant::now();
-        let mut sp = Spool::new(
-            cfg(10_000, SpoolFull::DropOldest),
-            vec![],
-            vec![],
-            9,
-            256,
-            now,
-        );
+        let mut sp = spool(now);
         let mut b = 0;
         for _ in 0..30 {
             assert!(append(&mut sp, 92, now, &mut b));

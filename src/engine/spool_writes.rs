@@ -415,19 +415,7 @@ pub(super) fn op_seq(d: DiskOp) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::spool::SpoolFull;
-    use crate::engine::spool::tests::{append, cfg};
-
-    fn spool(now: Instant) -> Spool {
-        Spool::new(
-            cfg(10_000, SpoolFull::DropOldest),
-            vec![],
-            vec![],
-            9,
-            256,
-            now,
-        )
-    }
+    use crate::engine::spool::tests::{append, spool};
 
     #[test]
     fn a_failed_write_is_retried_and_a_short_one_continues() {
